@@ -1,0 +1,96 @@
+//! Errors of the event store. Conflicts and limits are typed so callers can
+//! answer clients precisely; database failures are kept apart from them.
+
+use uuid::Uuid;
+
+use crate::ExpectedVersion;
+
+/// The store could not do its work (connection, SQL, corrupt row).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt event row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same work later may succeed: a lost connection,
+    /// a server shutting down, a pool timeout, a deadlock or serialisation failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => is_transient(e),
+            StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") // connection exception
+                || code == "40001" // serialization_failure
+                || code == "40P01" // deadlock_detected
+                || code == "57P01" // admin_shutdown (pg_terminate_backend)
+                || code == "57P02" // crash_shutdown
+                || code == "57P03" // cannot_connect_now
+        }),
+        _ => false,
+    }
+}
+
+/// Why an append wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("append to stream {stream_id} has no events")]
+    Empty { stream_id: Uuid },
+    #[error("append to stream {stream_id} has {count} events, more than the limit of {limit}")]
+    TooManyEvents {
+        stream_id: Uuid,
+        count: usize,
+        limit: usize,
+    },
+    #[error("event {index} of the append to stream {stream_id} has a payload of {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        stream_id: Uuid,
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error("append to stream {stream_id} has an empty stream type or event type")]
+    MissingType { stream_id: Uuid },
+    #[error("stream {stream_id} is at version {}, expected {expected}", actual.map_or("none (no stream)".to_string(), |v| v.to_string()))]
+    Conflict {
+        stream_id: Uuid,
+        expected: ExpectedVersion,
+        /// The stream's version when the append was refused; `None` if it does not exist.
+        actual: Option<u64>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for AppendError {
+    fn from(e: sqlx::Error) -> Self {
+        AppendError::Store(StoreError::Database(e))
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("stream {0} does not exist")]
+    StreamNotFound(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ReadError {
+    fn from(e: sqlx::Error) -> Self {
+        ReadError::Store(StoreError::Database(e))
+    }
+}

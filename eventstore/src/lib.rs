@@ -1,0 +1,161 @@
+//! The PostgreSQL event log of copilot-data: the single source of truth.
+//!
+//! # API
+//!
+//! * [`EventStore::append`] appends events to one stream with an
+//!   [`ExpectedVersion`] and [`Metadata`]; it returns the new version and the
+//!   event's [`Position`], the consistency token. A stale expected version is
+//!   [`AppendError::Conflict`]. An append that carries a command id already
+//!   appended returns the first outcome with `replayed: true` and writes nothing.
+//! * [`EventStore::append_batch`] appends to several streams in one
+//!   transaction (group commit); each request succeeds or is refused on its
+//!   own. [`EventStore::begin`] gives the same inside a transaction the caller
+//!   can also write to (inline projections) before [`AppendTx::commit`].
+//! * [`EventStore::read_stream`] reads one stream from a version;
+//!   [`EventStore::read_all_after`] reads the whole log after a position in
+//!   the gap-safe global order; [`EventStore::subscribe`] turns that into an
+//!   endless sequence of batches, woken by `LISTEN/NOTIFY` and by polling.
+//! * [`checkpoint`] saves a reader's position inside the caller's transaction;
+//!   [`EventStore::save_snapshot`] keeps the state of a long stream.
+//!
+//! # The global order, and why it never skips an event
+//!
+//! Every event row stores the id of the transaction that inserted it
+//! (`pg_current_xact_id()`, 64 bits with its epoch, so it never wraps) and a
+//! sequence number `seq`. A sequence value is taken at INSERT time, so the
+//! order of `seq` is not the order in which events become visible: a reader
+//! that checkpoints at `seq = 100` would never see `seq = 99` of a transaction
+//! that commits a moment later.
+//!
+//! Readers therefore order by `(generation, tx_id, seq)` and read only events
+//! whose transaction id is below the `xmin` of their own snapshot
+//! (`pg_snapshot_xmin(pg_current_snapshot())`). Every transaction with an id
+//! below `xmin` has ended, so its events are visible now or never; every
+//! transaction that is still running, or will start, has an id `>= xmin` and
+//! sorts after everything read. A checkpoint handed out can thus never be
+//! overtaken by a later commit.
+//!
+//! Transaction ids belong to a cluster. After `pg_dump` and a restore into
+//! another cluster the counter may be far behind the stored ids, and new
+//! events would sort *before* old ones. The `generation` column handles that:
+//! [`EventStore::connect`] compares the newest stored transaction id with the
+//! cluster's next one and, when the counter is behind, starts a new
+//! generation. Events of earlier generations are all committed (their cluster
+//! is gone) and sort before every event of the current generation.
+//!
+//! ## Cost
+//!
+//! * One extra index, `(generation, tx_id, seq)`, kept in insertion order.
+//! * Visibility waits for the oldest running transaction *of the whole
+//!   cluster* that holds a transaction id: a transaction that stays open for a
+//!   minute delays subscribers by a minute (they never skip, they wait). Keep
+//!   write transactions short; read-only transactions take no id and do not
+//!   count. Replication slots and prepared transactions count too.
+//! * Wake-ups: appenders send one coalesced `NOTIFY` after their commits
+//!   rather than one per append, because `NOTIFY` inside a transaction
+//!   serialises commits on a global lock and would defeat group commit.
+//!   Subscribers also poll (default every 500 ms), which covers a notification
+//!   lost to a crash or a reconnect, and an `xmin` moved by an unrelated
+//!   transaction.
+
+mod append;
+pub mod checkpoint;
+mod error;
+mod generation;
+mod model;
+mod notify;
+mod position;
+mod read;
+mod snapshot;
+mod subscribe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+pub use append::AppendTx;
+pub use error::{AppendError, ReadError, StoreError};
+pub use model::{
+    AppendOutcome, AppendRequest, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
+};
+pub use position::{ParsePositionError, Position};
+pub use read::ReadBatch;
+pub use subscribe::Subscription;
+
+/// The `NOTIFY` channel appenders signal after committing events.
+pub const NOTIFY_CHANNEL: &str = "eventstore_events";
+
+/// Limits and tuning of a store handle.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Largest accepted payload of one event, in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest number of events in one append.
+    pub max_events_per_append: usize,
+    /// How often a subscriber re-reads when no notification arrives.
+    pub poll_interval: Duration,
+    /// Events read per batch by subscriptions.
+    pub batch_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_payload_bytes: 1024 * 1024,
+            max_events_per_append: 1000,
+            poll_interval: Duration::from_millis(500),
+            batch_size: 1000,
+        }
+    }
+}
+
+/// A handle to the event store; cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    options: StoreOptions,
+    notifier: notify::Notifier,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStore {
+    /// Opens the store on a migrated database. Starts a new generation first
+    /// if the database was restored into a cluster whose transaction counter
+    /// is behind its events (see the crate documentation).
+    pub async fn connect(pool: PgPool, options: StoreOptions) -> Result<Self, StoreError> {
+        generation::ensure_current(&pool).await?;
+        let notifier = notify::Notifier::spawn(pool.clone());
+        Ok(EventStore {
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                notifier,
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// The current generation of the store.
+    pub async fn generation(&self) -> Result<i32, StoreError> {
+        generation::current(&self.inner.pool).await
+    }
+}

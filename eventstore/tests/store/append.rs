@@ -1,0 +1,255 @@
+use eventstore::{checkpoint, AppendError, ExpectedVersion, Position};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{event_count, request, store, with_command};
+
+#[sqlx::test(migrations = "../migrations")]
+async fn versions_and_positions_grow(pool: PgPool) {
+    let store = store(pool).await;
+    let stream = Uuid::now_v7();
+    let first = store
+        .append(&request(stream, ExpectedVersion::NoStream, 3))
+        .await
+        .expect("first");
+    assert_eq!((first.first_version, first.version), (1, 3));
+    let second = store
+        .append(&request(stream, ExpectedVersion::Exact(3), 2))
+        .await
+        .expect("second");
+    assert_eq!((second.first_version, second.version), (4, 5));
+    assert!(second.position > first.position);
+    let any = store
+        .append(&request(stream, ExpectedVersion::Any, 1))
+        .await
+        .expect("any");
+    assert_eq!(any.version, 6);
+    let fresh = store
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
+        .await
+        .expect("any creates");
+    assert_eq!(fresh.version, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn stale_expected_versions_conflict_and_write_nothing(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let stream = Uuid::now_v7();
+    store
+        .append(&request(stream, ExpectedVersion::NoStream, 2))
+        .await
+        .expect("create");
+
+    let err = store
+        .append(&request(stream, ExpectedVersion::Exact(1), 1))
+        .await
+        .expect_err("stale");
+    assert!(
+        matches!(
+            err,
+            AppendError::Conflict {
+                actual: Some(2),
+                expected: ExpectedVersion::Exact(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = store
+        .append(&request(stream, ExpectedVersion::NoStream, 1))
+        .await
+        .expect_err("exists");
+    assert!(
+        matches!(
+            err,
+            AppendError::Conflict {
+                actual: Some(2),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = store
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Exact(4), 1))
+        .await
+        .expect_err("missing stream");
+    assert!(
+        matches!(err, AppendError::Conflict { actual: None, .. }),
+        "{err:?}"
+    );
+    assert_eq!(event_count(&pool).await, 2);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_appends_with_one_expected_version_one_wins(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    for round in 0..20u64 {
+        let stream = Uuid::now_v7();
+        store
+            .append(&request(stream, ExpectedVersion::NoStream, 1))
+            .await
+            .expect("create");
+        let a = request(stream, ExpectedVersion::Exact(1), 1 + (round as usize % 3));
+        let b = request(stream, ExpectedVersion::Exact(1), 1);
+        let (ra, rb) = tokio::join!(store.append(&a), store.append(&b));
+        let oks = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "round {round}: {ra:?} / {rb:?}");
+        for r in [ra, rb] {
+            if let Err(e) = r {
+                assert!(matches!(e, AppendError::Conflict { .. }), "{e:?}");
+            }
+        }
+        let version = store
+            .stream_version(stream)
+            .await
+            .expect("version")
+            .expect("exists");
+        let stored = store.read_stream(stream, 1, 100).await.expect("read");
+        assert_eq!(
+            stored.len() as u64,
+            version,
+            "no event of the loser was kept"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_duplicates_write_once_and_share_the_outcome(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    for round in 0..20 {
+        let command = Uuid::now_v7();
+        let stream = Uuid::now_v7();
+        // Half the rounds send the duplicate to another stream: the command
+        // id alone decides.
+        let other = if round % 2 == 0 {
+            stream
+        } else {
+            Uuid::now_v7()
+        };
+        let a = with_command(request(stream, ExpectedVersion::Any, 3), command);
+        let b = with_command(request(other, ExpectedVersion::Any, 3), command);
+        let (ra, rb) = tokio::join!(store.append(&a), store.append(&b));
+        let (ra, rb) = (ra.expect("a"), rb.expect("b"));
+        assert_eq!(
+            ra.replayed as u8 + rb.replayed as u8,
+            1,
+            "exactly one is the original"
+        );
+        assert_eq!(ra.position, rb.position);
+        assert_eq!(
+            (ra.first_version, ra.version),
+            (rb.first_version, rb.version)
+        );
+        let written: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = ANY($1)")
+                .bind(vec![stream, other])
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        assert_eq!(written, 3, "round {round}");
+        let streams: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_streams WHERE stream_id = ANY($1)")
+                .bind(vec![stream, other])
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        assert_eq!(streams, 1, "the loser's stream bump was undone");
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_repeated_command_returns_the_first_outcome_later_too(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let command = Uuid::now_v7();
+    let stream = Uuid::now_v7();
+    let first = store
+        .append(&with_command(
+            request(stream, ExpectedVersion::NoStream, 2),
+            command,
+        ))
+        .await
+        .expect("first");
+    store
+        .append(&request(stream, ExpectedVersion::Any, 1))
+        .await
+        .expect("another");
+    // Same command again, even with an expected version that would now conflict.
+    let again = store
+        .append(&with_command(
+            request(stream, ExpectedVersion::NoStream, 2),
+            command,
+        ))
+        .await
+        .expect("replay");
+    assert!(again.replayed && !first.replayed);
+    assert_eq!(
+        (again.first_version, again.version, again.position),
+        (1, 2, first.position)
+    );
+    assert_eq!(event_count(&pool).await, 3);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn batch_applies_each_request_on_its_own(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let s1 = Uuid::now_v7();
+    let s2 = Uuid::now_v7();
+    store
+        .append(&request(s2, ExpectedVersion::NoStream, 1))
+        .await
+        .expect("create s2");
+    let outcomes = store
+        .append_batch(&[
+            request(s1, ExpectedVersion::NoStream, 2),
+            request(s2, ExpectedVersion::Exact(7), 1), // refused
+            request(s1, ExpectedVersion::Exact(2), 1), // sees the first request
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(outcomes[0].as_ref().expect("first").version, 2);
+    assert!(matches!(outcomes[1], Err(AppendError::Conflict { .. })));
+    assert_eq!(outcomes[2].as_ref().expect("third").version, 3);
+    assert_eq!(event_count(&pool).await, 4);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn checkpoint_and_writes_commit_or_roll_back_together(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let position = Position {
+        generation: 1,
+        tx_id: 42,
+        seq: 7,
+    };
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
+        .await
+        .expect("append");
+    checkpoint::save(tx.conn(), "rolled-back", position)
+        .await
+        .expect("save");
+    sqlx::query("CREATE TEMP TABLE inline_projection (x int)")
+        .execute(tx.conn())
+        .await
+        .expect("own sql");
+    drop(tx);
+    assert_eq!(event_count(&pool).await, 0);
+    assert_eq!(
+        checkpoint::load(&pool, "rolled-back").await.expect("load"),
+        None
+    );
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
+        .await
+        .expect("append");
+    checkpoint::save(tx.conn(), "kept", position)
+        .await
+        .expect("save");
+    tx.commit().await.expect("commit");
+    assert_eq!(event_count(&pool).await, 1);
+    assert_eq!(
+        checkpoint::load(&pool, "kept").await.expect("load"),
+        Some(position)
+    );
+}

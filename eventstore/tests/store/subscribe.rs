@@ -1,0 +1,106 @@
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use eventstore::{
+    EventStore, ExpectedVersion, Position, RecordedEvent, StoreOptions, Subscription,
+};
+use futures_util::StreamExt;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{request, store};
+
+async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedEvent> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(15), subscription.next_batch())
+            .await
+            .expect("events arrive")
+            .expect("batch");
+        seen.extend(batch);
+    }
+    seen
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn notifications_wake_subscribers_without_waiting_for_the_poll(pool: PgPool) {
+    // A poll interval far longer than the wait below: only NOTIFY can wake it.
+    let options = StoreOptions {
+        poll_interval: Duration::from_secs(60),
+        ..StoreOptions::default()
+    };
+    let store = EventStore::connect(pool, options).await.expect("store");
+    let mut subscription = store.subscribe(Position::START).await;
+    let waiter = tokio::spawn(async move {
+        let batch = subscription.next_batch().await.expect("batch");
+        (batch.len(), Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let appended_at = Instant::now();
+    store
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 2))
+        .await
+        .expect("append");
+    let (count, woke_at) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken by notification")
+        .expect("task");
+    assert_eq!(count, 2);
+    assert!(woke_at.duration_since(appended_at) < Duration::from_secs(10));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn subscription_resumes_after_its_connections_are_killed(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let mut subscription = store.subscribe(Position::START).await.with_batch_size(7);
+    let mut appended = Vec::new();
+    for _ in 0..5 {
+        let req = request(Uuid::now_v7(), ExpectedVersion::Any, 4);
+        appended.extend(req.events.iter().map(|e| e.event_id));
+        store.append(&req).await.expect("append");
+    }
+    let mut seen = collect(&mut subscription, 20).await;
+
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("terminate");
+    assert!(killed >= 1, "the listener connection at least was killed");
+
+    for _ in 0..5 {
+        let req = request(Uuid::now_v7(), ExpectedVersion::Any, 4);
+        appended.extend(req.events.iter().map(|e| e.event_id));
+        store.append(&req).await.expect("append after the kill");
+    }
+    seen.extend(collect(&mut subscription, 20).await);
+    let ids: Vec<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, appended, "every event once, in order");
+    let extra = tokio::time::timeout(Duration::from_millis(500), subscription.next_batch()).await;
+    assert!(extra.is_err(), "nothing more to deliver: {extra:?}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_subscription_is_also_a_stream_and_starts_after_its_position(pool: PgPool) {
+    let store = store(pool).await;
+    let first = store
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 3))
+        .await
+        .expect("append");
+    let second = store
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 2))
+        .await
+        .expect("append");
+    let stream = store.subscribe(first.position).await.into_stream();
+    futures_util::pin_mut!(stream);
+    let batch = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("batch arrives")
+        .expect("stream open")
+        .expect("batch");
+    let streams: HashSet<Uuid> = batch.iter().map(|e| e.stream_id).collect();
+    assert_eq!(streams, HashSet::from([second.stream_id]));
+    assert_eq!(batch.len(), 2);
+}

@@ -1,0 +1,393 @@
+//! Typed, layered settings: defaults in code, then a TOML file, then the
+//! environment variables of the contract (`COPILOT_*`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config/copilot.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Everything the services can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub nats: NatsSettings,
+    pub http: HttpSettings,
+    pub vectors: VectorSettings,
+    pub event_store: EventStoreSettings,
+    /// Acts as an admin credential for commands; unset disables it.
+    pub bootstrap_token: Option<SecretString>,
+    /// The tracing filter (`COPILOT_LOG`).
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    /// The seed's pool: 50 max, 5 min, 30 s acquire, 10 min idle, 30 min lifetime.
+    pub max_connections: u32,
+    pub min_connections: u32,
+    #[serde(with = "seconds")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "seconds")]
+    pub idle_timeout: Duration,
+    #[serde(with = "seconds")]
+    pub max_lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorSettings {
+    pub dir: PathBuf,
+    pub qdrant_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventStoreSettings {
+    pub max_payload_bytes: usize,
+    pub max_events_per_append: usize,
+    #[serde(with = "millis")]
+    pub poll_interval: Duration,
+    pub batch_size: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            nats: NatsSettings::default(),
+            http: HttpSettings::default(),
+            vectors: VectorSettings::default(),
+            event_store: EventStoreSettings::default(),
+            bootstrap_token: None,
+            log: "info".to_string(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/copilot"),
+            max_connections: 50,
+            min_connections: 5,
+            acquire_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            prefix: "copilot:".to_string(),
+        }
+    }
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: "nats://127.0.0.1:4222".to_string(),
+            prefix: "copilot".to_string(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for VectorSettings {
+    fn default() -> Self {
+        VectorSettings {
+            dir: PathBuf::from("./data/vectors"),
+            qdrant_url: None,
+        }
+    }
+}
+
+impl Default for EventStoreSettings {
+    fn default() -> Self {
+        EventStoreSettings {
+            max_payload_bytes: 1024 * 1024,
+            max_events_per_append: 1000,
+            poll_interval: Duration::from_millis(500),
+            batch_size: 1000,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or [`DEFAULT_CONFIG_FILE`] if it exists),
+    /// then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("COPILOT_"))
+            .collect();
+        Self::load_from(file, &env)
+    }
+
+    /// [`Settings::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+        if let Some(v) = get("COPILOT_DATABASE_URL") {
+            self.database.url = SecretString::from(v);
+        }
+        if let Some(v) = get("COPILOT_DATABASE_MAX_CONNECTIONS") {
+            self.database.max_connections = parse("COPILOT_DATABASE_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("COPILOT_REDIS_URL") {
+            self.redis.url = SecretString::from(v);
+        }
+        if let Some(v) = get("COPILOT_REDIS_PREFIX") {
+            self.redis.prefix = v;
+        }
+        if let Some(v) = get("COPILOT_NATS_URL") {
+            self.nats.url = v;
+        }
+        if let Some(v) = get("COPILOT_NATS_PREFIX") {
+            self.nats.prefix = v;
+        }
+        if let Some(v) = get("COPILOT_HTTP_ADDR") {
+            self.http.addr = parse("COPILOT_HTTP_ADDR", &v)?;
+        }
+        if let Some(v) = get("COPILOT_BOOTSTRAP_TOKEN") {
+            self.bootstrap_token = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("COPILOT_VECTOR_DIR") {
+            self.vectors.dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("COPILOT_QDRANT_URL") {
+            self.vectors.qdrant_url = Some(v);
+        }
+        if let Some(v) = get("COPILOT_LOG") {
+            self.log = v;
+        }
+        if let Some(v) = get("COPILOT_MAX_PAYLOAD_BYTES") {
+            self.event_store.max_payload_bytes = parse("COPILOT_MAX_PAYLOAD_BYTES", &v)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                name: "database.url",
+                message: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        if self.database.max_connections == 0
+            || self.database.min_connections > self.database.max_connections
+        {
+            return Err(ConfigError::Invalid {
+                name: "database.max_connections",
+                message: "must be at least 1 and at least min_connections".into(),
+            });
+        }
+        if self.nats.prefix.is_empty() || self.nats.prefix.contains(['.', '*', '>', ' ']) {
+            return Err(ConfigError::Invalid {
+                name: "nats.prefix",
+                message: "must be one non-empty subject token (no '.', '*', '>' or spaces)".into(),
+            });
+        }
+        if self.event_store.max_payload_bytes == 0 || self.event_store.batch_size == 0 {
+            return Err(ConfigError::Invalid {
+                name: "event_store",
+                message: "max_payload_bytes and batch_size must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::Invalid {
+        name,
+        message: format!("{value:?}: {e}"),
+    })
+}
+
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_point_at_loopback_services() {
+        let s = Settings::load_from(Some(Path::new("/dev/null")), &env(&[])).expect("defaults");
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://postgres@127.0.0.1:5432/copilot"
+        );
+        assert_eq!(s.redis.prefix, "copilot:");
+        assert_eq!(s.nats.prefix, "copilot");
+        assert_eq!(s.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database.max_connections, 50);
+        assert!(s.bootstrap_token.is_none());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("copilot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("copilot.toml");
+        std::fs::write(
+            &file,
+            "log = \"debug\"\n[nats]\nprefix = \"fromfile\"\n[database]\nmax_connections = 7\n",
+        )
+        .expect("write config");
+        let s = Settings::load_from(
+            Some(&file),
+            &env(&[
+                ("COPILOT_NATS_PREFIX", "fromenv"),
+                ("COPILOT_HTTP_ADDR", "0.0.0.0:9000"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.log, "debug");
+        assert_eq!(s.nats.prefix, "fromenv");
+        assert_eq!(s.database.max_connections, 7);
+        assert_eq!(s.http.addr.port(), 9000);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[("COPILOT_HTTP_ADDR", "nope")]),
+        )
+        .expect_err("bad address");
+        assert!(err.to_string().contains("COPILOT_HTTP_ADDR"), "{err}");
+        let err = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[("COPILOT_NATS_PREFIX", "a.b")]),
+        )
+        .expect_err("bad prefix");
+        assert!(err.to_string().contains("nats.prefix"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[
+                ("COPILOT_BOOTSTRAP_TOKEN", "hunter2"),
+                ("COPILOT_DATABASE_URL", "postgres://u:pw@h/db"),
+            ]),
+        )
+        .expect("load");
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("pw@"),
+            "{printed}"
+        );
+    }
+}

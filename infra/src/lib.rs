@@ -1,0 +1,8 @@
+//! What the copilot-data services share that is neither domain nor event
+//! store: typed configuration, telemetry, and connection set-up.
+
+pub mod config;
+pub mod postgres;
+pub mod telemetry;
+
+pub use config::{ConfigError, Settings};
