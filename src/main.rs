@@ -1,1 +1,37 @@
-fn main() {}
+//! `copilot-data`: the command-line program of the copilot data layer.
+
+mod bench;
+mod cli;
+mod shutdown;
+mod up;
+
+use anyhow::Context;
+use clap::Parser;
+use infra::Settings;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
+    infra::telemetry::init(&settings.log, cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command, settings))
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            let pool = infra::postgres::prepare(&settings.database).await?;
+            // Opening the store also starts a new generation after a restore.
+            let store = eventstore::EventStore::connect(pool, up::store_options(&settings)).await?;
+            tracing::info!(generation = store.generation().await?, "database migrated");
+            Ok(())
+        }
+        Command::Up => up::run(settings, shutdown::signal()).await,
+        Command::Bench(args) => bench::run(args, &settings).await,
+    }
+}

@@ -6,6 +6,7 @@ mod gap_safety;
 mod generation;
 mod limits;
 mod reads;
+mod restore;
 mod subscribe;
 
 use std::time::Duration;

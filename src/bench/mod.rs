@@ -1,0 +1,22 @@
+//! `copilot-data bench <workload>`: each figure measured beside a raw
+//! baseline in the same run, printed as a table or (`--json`) as the array
+//! of the contract.
+
+mod append;
+mod report;
+mod scratch;
+
+use infra::Settings;
+
+use crate::cli::{BenchArgs, Workload};
+
+pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
+    let figures = match args.workload {
+        Workload::Append => append::run(&args, settings).await?,
+    };
+    if args.json {
+        report::print_json(&figures)
+    } else {
+        report::print_table(&figures)
+    }
+}

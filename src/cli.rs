@@ -1,0 +1,55 @@
+//! The command line: one subcommand per role or operation.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "copilot-data",
+    version,
+    about = "Event-sourced data layer of an LLM copilot agent"
+)]
+pub struct Cli {
+    /// Configuration file (default: config/copilot.toml if it exists);
+    /// COPILOT_* environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log one JSON object per line instead of compact text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing, apply migrations, and exit.
+    Migrate,
+    /// Run every role in one process until SIGTERM or Ctrl-C.
+    Up,
+    /// Measure a workload beside its raw baseline.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Print one JSON array on standard output instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds each write configuration runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Keep the scratch database instead of dropping it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Workload {
+    /// Event store appends (1, 8, 32 writers; 1 and 10 events) and read-back,
+    /// beside bare INSERTs and a sequential scan.
+    Append,
+}
