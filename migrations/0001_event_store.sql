@@ -24,16 +24,15 @@ CREATE TABLE store_generations (
 INSERT INTO store_generations (generation, first_tx_id)
 VALUES (1, pg_snapshot_xmax(pg_current_snapshot())::text::bigint);
 
-CREATE TABLE event_streams (
-    stream_id   uuid PRIMARY KEY,
-    stream_type text NOT NULL,
-    version     bigint NOT NULL CHECK (version >= 0),
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
-
 CREATE SEQUENCE events_seq AS bigint;
 
+-- A stream exists once it has an event; its version is its newest event's.
+-- Optimistic concurrency and idempotency both come from unique indexes
+-- (no stream table, no lock beyond the index entries themselves):
+--   * (stream_id, version): two appends at the same expected version race
+--     for the same key; one inserts, the other inserts nothing (`conflict`);
+--   * command_id, set on the first event of each append only: a command id
+--     is unique forever, and two concurrent duplicates serialise on it.
 CREATE TABLE events (
     stream_id      uuid NOT NULL,
     version        bigint NOT NULL CHECK (version >= 1),
@@ -47,22 +46,17 @@ CREATE TABLE events (
     payload        bytea NOT NULL,
     metadata       jsonb NOT NULL,
     recorded_at    timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (stream_id, version)
+    -- Only on the first event of an append: the command and how many
+    -- events it appended, so a repeated command gets the same outcome.
+    command_id     uuid,
+    command_events integer,
+    PRIMARY KEY (stream_id, version),
+    CHECK ((command_id IS NULL) = (command_events IS NULL))
 );
 ALTER SEQUENCE events_seq OWNED BY events.seq;
 
 CREATE INDEX events_global_order ON events (generation, tx_id, seq);
-
--- Idempotency: a command id is unique forever. The row is claimed in the same
--- transaction as the events, so two concurrent duplicates serialise on the
--- unique index and the loser reads the winner's outcome.
-CREATE TABLE command_dedup (
-    command_id    uuid PRIMARY KEY,
-    stream_id     uuid NOT NULL,
-    first_version bigint NOT NULL,
-    last_version  bigint NOT NULL,
-    recorded_at   timestamptz NOT NULL DEFAULT now()
-);
+CREATE UNIQUE INDEX events_command ON events (command_id) WHERE command_id IS NOT NULL;
 
 CREATE TABLE projection_checkpoints (
     name       text PRIMARY KEY,
@@ -80,13 +74,20 @@ CREATE TABLE snapshots (
     taken_at       timestamptz NOT NULL DEFAULT now()
 );
 
--- Appends events to one stream; one round trip, no exception for the
--- expected outcomes (a conflict or a duplicate command), so a batch of
--- appends in one transaction keeps going when one of them is refused.
+-- Appends events to one stream, atomically, in one round trip.
 --
--- p_expected: -2 = any version, -1 = the stream must not exist, n >= 0 = exact.
--- Returns status 'ok' | 'conflict' | 'duplicate' with the versions and the
--- position (generation, tx_id, seq) of the last event.
+-- Writers of one stream serialise on a transaction-scoped advisory lock on
+-- the stream, taken before anything else, so the head read below is fresh
+-- and no other writer of the stream is in flight. That also keeps each
+-- stream's versions in the global order: every event already in the stream
+-- was committed by a transaction whose id was assigned before ours (we take
+-- ours after the lock), unless this transaction took its id earlier, in
+-- which case the function answers 'stale' instead of writing out of order.
+--
+-- p_expected: -1 = any version, 0 = the stream must not exist, n = exact.
+-- Returns 'ok' | 'conflict' | 'duplicate' | 'stale' with the versions and the
+-- position (generation, tx_id, seq) of the last event. Refusals raise
+-- nothing, so a batch of appends in one transaction keeps going.
 CREATE FUNCTION eventstore_append(
     p_stream_id       uuid,
     p_stream_type     text,
@@ -98,97 +99,74 @@ CREATE FUNCTION eventstore_append(
     p_payloads        bytea[],
     p_metadata        jsonb,
     OUT status         text,
+    OUT out_stream_id  uuid,
     OUT first_version  bigint,
     OUT last_version   bigint,
-    OUT actual_version bigint,
     OUT generation     integer,
     OUT tx_id          bigint,
     OUT seq            bigint
 ) LANGUAGE plpgsql AS $$
 DECLARE
-    n        bigint := cardinality(p_event_types);
-    v_inserted bigint;
+    n         integer := cardinality(p_event_ids);
+    head      record;
+    inserted  integer;
 BEGIN
-    IF p_command_id IS NOT NULL THEN
-        SELECT 'duplicate', d.first_version, d.last_version, NULL, e.generation, e.tx_id, e.seq
-          INTO status, first_version, last_version, actual_version, generation, tx_id, seq
-          FROM command_dedup d
-          JOIN events e ON e.stream_id = d.stream_id AND e.version = d.last_version
-         WHERE d.command_id = p_command_id;
-        IF FOUND THEN RETURN; END IF;
-    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id::text, 0));
 
-    IF p_expected = -2 THEN
-        INSERT INTO event_streams AS s (stream_id, stream_type, version)
-        VALUES (p_stream_id, p_stream_type, n)
-        ON CONFLICT (stream_id) DO UPDATE
-            SET version = s.version + n, updated_at = now()
-        RETURNING s.version INTO last_version;
-    ELSIF p_expected = -1 THEN
-        INSERT INTO event_streams (stream_id, stream_type, version)
-        VALUES (p_stream_id, p_stream_type, n)
-        ON CONFLICT (stream_id) DO NOTHING
-        RETURNING version INTO last_version;
-    ELSE
-        UPDATE event_streams s
-           SET version = s.version + n, updated_at = now()
-         WHERE s.stream_id = p_stream_id AND s.version = p_expected
-        RETURNING s.version INTO last_version;
-    END IF;
-
-    IF last_version IS NULL THEN
-        -- Either a real conflict, or a concurrent duplicate of this command
-        -- that committed while we waited for the stream's row lock.
-        IF p_command_id IS NOT NULL THEN
-            SELECT 'duplicate', d.first_version, d.last_version, NULL, e.generation, e.tx_id, e.seq
-              INTO status, first_version, last_version, actual_version, generation, tx_id, seq
-              FROM command_dedup d
-              JOIN events e ON e.stream_id = d.stream_id AND e.version = d.last_version
-             WHERE d.command_id = p_command_id;
-            IF FOUND THEN RETURN; END IF;
-        END IF;
-        status := 'conflict';
-        SELECT s.version INTO actual_version FROM event_streams s WHERE s.stream_id = p_stream_id;
-        RETURN;
-    END IF;
-    first_version := last_version - n + 1;
-
-    IF p_command_id IS NOT NULL THEN
-        INSERT INTO command_dedup (command_id, stream_id, first_version, last_version)
-        VALUES (p_command_id, p_stream_id, first_version, last_version)
-        ON CONFLICT (command_id) DO NOTHING;
-        IF NOT FOUND THEN
-            -- A concurrent duplicate (on another stream, so it did not wait on
-            -- our row lock) won: undo our version bump and report its outcome.
-            IF first_version = 1 THEN
-                DELETE FROM event_streams s WHERE s.stream_id = p_stream_id;
-            ELSE
-                UPDATE event_streams s SET version = s.version - n WHERE s.stream_id = p_stream_id;
-            END IF;
-            SELECT 'duplicate', d.first_version, d.last_version, NULL, e.generation, e.tx_id, e.seq
-              INTO status, first_version, last_version, actual_version, generation, tx_id, seq
-              FROM command_dedup d
-              JOIN events e ON e.stream_id = d.stream_id AND e.version = d.last_version
-             WHERE d.command_id = p_command_id;
-            RETURN;
-        END IF;
-    END IF;
-
+    SELECT e.version, e.generation, e.tx_id INTO head
+      FROM events e WHERE e.stream_id = p_stream_id
+     ORDER BY e.version DESC LIMIT 1;
     SELECT max(g.generation) INTO generation FROM store_generations g;
     tx_id := pg_current_xact_id()::text::bigint;
+    out_stream_id := p_stream_id;
 
-    INSERT INTO events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
-                             event_type, schema_version, payload, metadata)
-    SELECT p_stream_id, first_version + i.ord - 1, generation, tx_id, i.event_id, p_stream_type,
-           i.event_type, i.schema_version, i.payload, p_metadata
-      FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads)
-           WITH ORDINALITY AS i(event_id, event_type, schema_version, payload, ord);
-    GET DIAGNOSTICS v_inserted = ROW_COUNT;
-    IF v_inserted <> n THEN
-        RAISE EXCEPTION 'eventstore_append: % events given, % inserted', n, v_inserted;
+    IF p_expected >= 0 AND coalesce(head.version, 0) <> p_expected THEN
+        status := 'conflict';
+        last_version := head.version;
+    ELSIF head.version IS NOT NULL AND (head.generation, head.tx_id) > (generation, tx_id) THEN
+        status := 'stale';
+        last_version := head.version;
+    ELSE
+        first_version := coalesce(head.version, 0) + 1;
+        last_version := first_version + n - 1;
+        INSERT INTO events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
+                                 event_type, schema_version, payload, metadata,
+                                 command_id, command_events)
+        SELECT p_stream_id, first_version + i.ord - 1, generation, tx_id, i.event_id,
+               p_stream_type, i.event_type, i.schema_version, i.payload, p_metadata,
+               CASE WHEN i.ord = 1 THEN p_command_id END,
+               CASE WHEN i.ord = 1 AND p_command_id IS NOT NULL THEN n END
+          FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads)
+               WITH ORDINALITY AS i(event_id, event_type, schema_version, payload, ord)
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        IF inserted = n THEN
+            status := 'ok';
+            seq := currval('events_seq');
+            RETURN;
+        END IF;
+        -- A key was taken: the command id by a concurrent duplicate on
+        -- another stream (same-stream writers hold our lock), or a version by
+        -- a writer that bypassed this function. Undo our part, all or nothing.
+        DELETE FROM events e
+         WHERE e.stream_id = p_stream_id AND e.version BETWEEN first_version AND last_version
+           AND e.tx_id = eventstore_append.tx_id AND e.generation = eventstore_append.generation;
+        status := 'conflict';
+        last_version := (SELECT max(e.version) FROM events e WHERE e.stream_id = p_stream_id);
     END IF;
 
-    seq := currval('events_seq');
-    status := 'ok';
+    -- Refused: if this command was appended before, that outcome is the answer.
+    IF p_command_id IS NOT NULL THEN
+        SELECT 'duplicate', f.stream_id, f.version, l.version, l.generation, l.tx_id, l.seq
+          INTO status, out_stream_id, first_version, last_version, generation, tx_id, seq
+          FROM events f
+          JOIN events l ON l.stream_id = f.stream_id
+                       AND l.version = f.version + f.command_events - 1
+         WHERE f.command_id = p_command_id;
+        IF FOUND THEN RETURN; END IF;
+    END IF;
+    first_version := NULL;
+    generation := NULL;
+    tx_id := NULL;
 END;
 $$;

@@ -22,6 +22,11 @@ impl EventStore {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "retrying append");
                 }
+                // Cannot happen to a transaction of one append (it takes its
+                // id after the stream lock), but a new transaction fixes it.
+                Err(AppendError::StaleTransaction { .. }) if attempt < TRANSIENT_RETRIES => {
+                    attempt += 1;
+                }
                 Ok(outcome) => {
                     if !outcome.replayed {
                         self.inner.notifier.wake();
@@ -58,6 +63,11 @@ impl EventStore {
         requests: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let mut tx = self.begin().await?;
+        let streams: Vec<uuid::Uuid> = requests.iter().map(|r| r.stream_id).collect();
+        sqlx::query(LOCK_STREAMS)
+            .bind(&streams)
+            .execute(tx.conn())
+            .await?;
         let mut outcomes = Vec::with_capacity(requests.len());
         for request in requests {
             match tx.append(request).await {
@@ -122,8 +132,12 @@ pub struct AppendTx<'s> {
 }
 
 impl AppendTx<'_> {
-    /// Appends within this transaction. A refused append (conflict, limit)
-    /// leaves the transaction usable; a store error means it must be dropped.
+    /// Appends within this transaction. A refused append (conflict, limit,
+    /// stale) leaves the transaction usable; a store error means it must be
+    /// dropped. Appending to several streams here can deadlock with another
+    /// transaction doing the same in another order (PostgreSQL then aborts
+    /// one of them); [`EventStore::append_batch`] avoids that by locking its
+    /// streams first.
     pub async fn append(&mut self, request: &AppendRequest) -> Result<AppendOutcome, AppendError> {
         self.store.validate(request)?;
         let outcome = append_on(&mut self.tx, request).await?;
@@ -145,6 +159,14 @@ impl AppendTx<'_> {
     }
 }
 
+/// Takes the stream locks of a whole batch up front, in one global order:
+/// no deadlock between batches, and every append of the batch sees its
+/// stream's head committed by an older transaction (never `stale`).
+const LOCK_STREAMS: &str = "
+SELECT count(pg_advisory_xact_lock(k)) FROM (
+    SELECT DISTINCT hashtextextended(s::text, 0) AS k FROM unnest($1::uuid[]) AS s ORDER BY k
+) AS keys";
+
 async fn append_on(
     conn: &mut PgConnection,
     request: &AppendRequest,
@@ -162,13 +184,18 @@ async fn append_on(
         versions.push(event.schema_version);
         payloads.push(event.payload.as_slice());
     }
+    let expected = match request.expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(v) => i64::try_from(v).unwrap_or(i64::MAX),
+    };
     let row = sqlx::query(
-        "SELECT status, first_version, last_version, actual_version, generation, tx_id, seq
+        "SELECT status, out_stream_id, first_version, last_version, generation, tx_id, seq
            FROM eventstore_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(request.stream_id)
     .bind(&request.stream_type)
-    .bind(request.expected.to_sql())
+    .bind(expected)
     .bind(request.metadata.command_id)
     .bind(&ids)
     .bind(&types)
@@ -179,26 +206,16 @@ async fn append_on(
     .await?;
 
     let status: String = row.try_get("status")?;
-    let version = |column: &str| -> Result<Option<u64>, AppendError> {
-        let value: Option<i64> = row.try_get(column)?;
-        Ok(value.map(|v| v.max(0).unsigned_abs()))
-    };
+    let last_version: Option<i64> = row.try_get("last_version")?;
     match status.as_str() {
-        "conflict" => Err(AppendError::Conflict {
-            stream_id: request.stream_id,
-            expected: match request.expected {
-                ExpectedVersion::Exact(0) => ExpectedVersion::NoStream,
-                other => other,
-            },
-            actual: version("actual_version")?,
-        }),
         "ok" | "duplicate" => {
             let missing =
-                || StoreError::Corrupt(format!("append returned {status} without a position"));
+                || StoreError::Corrupt(format!("append answered {status} without a position"));
+            let first_version: Option<i64> = row.try_get("first_version")?;
             Ok(AppendOutcome {
-                stream_id: request.stream_id,
-                first_version: version("first_version")?.ok_or_else(missing)?,
-                version: version("last_version")?.ok_or_else(missing)?,
+                stream_id: row.try_get("out_stream_id")?,
+                first_version: first_version.ok_or_else(missing)?.unsigned_abs(),
+                version: last_version.ok_or_else(missing)?.unsigned_abs(),
                 position: Position {
                     generation: row
                         .try_get::<Option<i32>, _>("generation")?
@@ -211,6 +228,17 @@ async fn append_on(
                 replayed: status == "duplicate",
             })
         }
+        "conflict" => Err(AppendError::Conflict {
+            stream_id: request.stream_id,
+            expected: match request.expected {
+                ExpectedVersion::Exact(0) => ExpectedVersion::NoStream,
+                other => other,
+            },
+            actual: last_version.map(i64::unsigned_abs),
+        }),
+        "stale" => Err(AppendError::StaleTransaction {
+            stream_id: request.stream_id,
+        }),
         other => Err(StoreError::Corrupt(format!("unknown append status {other:?}")).into()),
     }
 }

@@ -70,6 +70,13 @@ pub enum AppendError {
         /// The stream's version when the append was refused; `None` if it does not exist.
         actual: Option<u64>,
     },
+    /// The transaction took its id before another one that has since
+    /// committed to this stream; appending here would put the stream's
+    /// events out of order in the global order. Retry in a new transaction.
+    #[error(
+        "stream {stream_id} was appended to by a newer transaction; retry in a new transaction"
+    )]
+    StaleTransaction { stream_id: Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -17,17 +17,6 @@ pub enum ExpectedVersion {
     Exact(u64),
 }
 
-impl ExpectedVersion {
-    /// The encoding understood by `eventstore_append`.
-    pub(crate) fn to_sql(self) -> i64 {
-        match self {
-            ExpectedVersion::Any => -2,
-            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => -1,
-            ExpectedVersion::Exact(v) => i64::try_from(v).unwrap_or(i64::MAX),
-        }
-    }
-}
-
 impl std::fmt::Display for ExpectedVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -48,9 +48,9 @@ impl EventStore {
     /// The current version of a stream, `None` if it does not exist.
     pub async fn stream_version(&self, stream_id: Uuid) -> Result<Option<u64>, StoreError> {
         let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM event_streams WHERE stream_id = $1")
+            sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
                 .bind(stream_id)
-                .fetch_optional(self.pool())
+                .fetch_one(self.pool())
                 .await?;
         Ok(version.map(i64::unsigned_abs))
     }
@@ -83,6 +83,25 @@ impl EventStore {
             caught_up: events.len() < limit,
             events,
         })
+    }
+
+    /// Whether events after `after` are committed and visible but held back
+    /// because an older transaction is still open: the reader should look
+    /// again soon, as no notification will tell it when that transaction ends.
+    pub async fn held_back(&self, after: Position) -> Result<bool, StoreError> {
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (
+                SELECT 1 FROM events
+                 WHERE (generation, tx_id, seq) > ($1, $2, $3)
+                   AND (generation, tx_id) >= ((SELECT max(generation) FROM store_generations),
+                                               (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)))",
+        )
+        .bind(after.generation)
+        .bind(after.tx_id)
+        .bind(after.seq)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(held)
     }
 
     /// The position of the newest event that is safely readable now, or

@@ -8,6 +8,9 @@ use sqlx::postgres::PgListener;
 use crate::{EventStore, Position, RecordedEvent, StoreError, NOTIFY_CHANNEL};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Re-read delays while events are held back by an open transaction.
+const HELD_BACK_FIRST_WAIT: Duration = Duration::from_millis(2);
+const HELD_BACK_MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Reads the log after a position in batches, waiting for new events when
 /// caught up. It resumes by itself after lost connections: the position only
@@ -51,20 +54,11 @@ impl Subscription {
     /// cannot fix.
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut backoff = Duration::from_millis(50);
+        let mut held_wait = HELD_BACK_FIRST_WAIT;
         loop {
-            match self
-                .store
-                .read_all_after(self.position, self.batch_size)
-                .await
-            {
-                Ok(batch) => {
-                    backoff = Duration::from_millis(50);
-                    if let Some(last) = batch.events.last() {
-                        self.position = last.position;
-                        return Ok(batch.events);
-                    }
-                    self.wait_for_news().await;
-                }
+            match self.read_or_wait(&mut held_wait).await {
+                Ok(Some(events)) => return Ok(events),
+                Ok(None) => backoff = Duration::from_millis(50),
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "subscription read failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -73,6 +67,33 @@ impl Subscription {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// One read; `None` after waiting when there was nothing to return.
+    async fn read_or_wait(
+        &mut self,
+        held_wait: &mut Duration,
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let batch = self
+            .store
+            .read_all_after(self.position, self.batch_size)
+            .await?;
+        if let Some(last) = batch.events.last() {
+            self.position = last.position;
+            return Ok(Some(batch.events));
+        }
+        let poll = self.store.options().poll_interval;
+        if self.store.held_back(self.position).await? {
+            // Committed events wait for an older open transaction; its end
+            // sends no notification if it wrote no events, so look again soon.
+            let wait = (*held_wait).min(poll);
+            *held_wait = (*held_wait * 2).min(HELD_BACK_MAX_WAIT);
+            self.wait_for_news(wait).await;
+        } else {
+            *held_wait = HELD_BACK_FIRST_WAIT;
+            self.wait_for_news(poll).await;
+        }
+        Ok(None)
     }
 
     /// The batches as a [`Stream`]; it ends after the first permanent error.
@@ -86,8 +107,7 @@ impl Subscription {
         })
     }
 
-    async fn wait_for_news(&mut self) {
-        let poll = self.store.options().poll_interval;
+    async fn wait_for_news(&mut self, poll: Duration) {
         self.ensure_listener().await;
         let Some(listener) = self.listener.as_mut() else {
             tokio::time::sleep(poll).await;

@@ -147,13 +147,14 @@ async fn concurrent_duplicates_write_once_and_share_the_outcome(pool: PgPool) {
                 .await
                 .expect("count");
         assert_eq!(written, 3, "round {round}");
-        let streams: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM event_streams WHERE stream_id = ANY($1)")
-                .bind(vec![stream, other])
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-        assert_eq!(streams, 1, "the loser's stream bump was undone");
+        let streams: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT stream_id) FROM events WHERE stream_id = ANY($1)",
+        )
+        .bind(vec![stream, other])
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert_eq!(streams, 1, "the loser's partial append was undone");
     }
 }
 
@@ -252,4 +253,50 @@ async fn checkpoint_and_writes_commit_or_roll_back_together(pool: PgPool) {
         checkpoint::load(&pool, "kept").await.expect("load"),
         Some(position)
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_older_transaction_cannot_append_behind_a_newer_one(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let first = Uuid::now_v7();
+    let contested = Uuid::now_v7();
+    // The old transaction takes its id with its first append...
+    let mut old = store.begin().await.expect("begin");
+    old.append(&request(first, ExpectedVersion::Any, 1))
+        .await
+        .expect("first append");
+    // ...a newer one commits to the contested stream...
+    store
+        .append(&request(contested, ExpectedVersion::Any, 1))
+        .await
+        .expect("newer append");
+    // ...so the old one may not append after it: its events would sort first.
+    let err = old
+        .append(&request(contested, ExpectedVersion::Any, 1))
+        .await
+        .expect_err("stale");
+    assert!(
+        matches!(err, AppendError::StaleTransaction { .. }),
+        "{err:?}"
+    );
+    old.commit()
+        .await
+        .expect("the refusal left the transaction usable");
+
+    // A batch locks its streams before it takes an id, so it is never stale.
+    let outcomes = store
+        .append_batch(&[
+            request(first, ExpectedVersion::Any, 1),
+            request(contested, ExpectedVersion::Exact(1), 1),
+        ])
+        .await
+        .expect("batch");
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let events = crate::read_all_when_visible(&store, Position::START, 4).await;
+    let contested_versions: Vec<u64> = events
+        .iter()
+        .filter(|e| e.stream_id == contested)
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(contested_versions, vec![1, 2]);
 }

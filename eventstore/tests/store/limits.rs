@@ -50,11 +50,7 @@ async fn bad_appends_get_specific_errors_and_write_nothing(pool: PgPool) {
     drop(tx);
 
     assert_eq!(event_count(&pool).await, 0);
-    let streams: i64 = sqlx::query_scalar("SELECT count(*) FROM event_streams")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(streams, 0);
+    assert_eq!(store.stream_version(stream).await.expect("version"), None);
 }
 
 #[sqlx::test(migrations = "../migrations")]
