@@ -170,3 +170,53 @@ BEGIN
     tx_id := NULL;
 END;
 $$;
+
+-- Appends for several streams in one statement and one transaction (group
+-- commit). The streams' locks are taken first, in one global order, so
+-- batches never deadlock with each other and no append in the batch can be
+-- 'stale'. Request i owns p_counts[i] consecutive entries of the event arrays.
+-- Each request gets its own row (status as for eventstore_append); a refused
+-- request does not affect the others.
+CREATE FUNCTION eventstore_append_batch(
+    p_stream_ids      uuid[],
+    p_stream_types    text[],
+    p_expected        bigint[],
+    p_command_ids     uuid[],
+    p_counts          integer[],
+    p_metadata        text[],
+    p_event_ids       uuid[],
+    p_event_types     text[],
+    p_schema_versions integer[],
+    p_payloads        bytea[]
+) RETURNS TABLE (
+    idx           integer,
+    status        text,
+    out_stream_id uuid,
+    first_version bigint,
+    last_version  bigint,
+    generation    integer,
+    tx_id         bigint,
+    seq           bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    i      integer;
+    o      integer := 1;
+    c      integer;
+BEGIN
+    PERFORM count(pg_advisory_xact_lock(k))
+       FROM (SELECT DISTINCT hashtextextended(s::text, 0) AS k
+               FROM unnest(p_stream_ids) AS s ORDER BY k) AS keys;
+    FOR i IN 1 .. coalesce(cardinality(p_stream_ids), 0) LOOP
+        c := p_counts[i];
+        idx := i;
+        SELECT a.status, a.out_stream_id, a.first_version, a.last_version, a.generation, a.tx_id, a.seq
+          INTO status, out_stream_id, first_version, last_version, generation, tx_id, seq
+          FROM eventstore_append(p_stream_ids[i], p_stream_types[i], p_expected[i], p_command_ids[i],
+                                 p_event_ids[o : o + c - 1], p_event_types[o : o + c - 1],
+                                 p_schema_versions[o : o + c - 1], p_payloads[o : o + c - 1],
+                                 p_metadata[i]::jsonb) AS a;
+        o := o + c;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;

@@ -6,77 +6,60 @@ use crate::{
     AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Position, StoreError,
 };
 
-/// How often a batch is retried after a deadlock or serialisation failure.
+/// How often a batch is retried after a lost connection, a deadlock or a
+/// serialisation failure.
 const TRANSIENT_RETRIES: usize = 3;
 
 impl EventStore {
     /// Appends events to one stream atomically (see [`AppendRequest`]).
+    ///
+    /// Appends that arrive while others are being written are grouped into
+    /// one statement and one transaction (group commit); each keeps its own
+    /// outcome, and a refusal of one does not affect the others.
     pub async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, AppendError> {
         self.validate(request)?;
-        let mut attempt = 0;
-        loop {
-            let mut conn = self.pool().acquire().await.map_err(StoreError::from)?;
-            // A single statement is its own transaction: one round trip.
-            match append_on(&mut conn, request).await {
-                Err(AppendError::Store(e)) if e.is_transient() && attempt < TRANSIENT_RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "retrying append");
-                }
-                // Cannot happen to a transaction of one append (it takes its
-                // id after the stream lock), but a new transaction fixes it.
-                Err(AppendError::StaleTransaction { .. }) if attempt < TRANSIENT_RETRIES => {
-                    attempt += 1;
-                }
-                Ok(outcome) => {
-                    if !outcome.replayed {
-                        self.inner.notifier.wake();
-                    }
-                    return Ok(outcome);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.inner.committer.submit(request.clone()).await
     }
 
-    /// Appends to several streams in one transaction. Each request is checked
-    /// and applied on its own (a conflict in one does not undo the others);
-    /// all that were applied commit together. The outer error means nothing
-    /// was committed.
+    /// Appends to several streams in one transaction: all that are accepted
+    /// commit together. Each request is checked and applied on its own (a
+    /// conflict in one does not undo the others); requests for one stream
+    /// apply in the order given. The outer error means nothing was committed.
     pub async fn append_batch(
         &self,
         requests: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut attempt = 0;
-        loop {
-            match self.try_append_batch(requests).await {
-                Err(e) if e.is_transient() && attempt < TRANSIENT_RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "retrying append batch");
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn try_append_batch(
-        &self,
-        requests: &[AppendRequest],
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut tx = self.begin().await?;
-        let streams: Vec<uuid::Uuid> = requests.iter().map(|r| r.stream_id).collect();
-        sqlx::query(LOCK_STREAMS)
-            .bind(&streams)
-            .execute(tx.conn())
-            .await?;
-        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut outcomes: Vec<Option<Result<AppendOutcome, AppendError>>> = Vec::new();
+        let mut valid = Vec::new();
         for request in requests {
-            match tx.append(request).await {
-                Err(AppendError::Store(e)) => return Err(e),
-                other => outcomes.push(other),
+            match self.validate(request) {
+                Ok(()) => {
+                    valid.push(request);
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
             }
         }
-        tx.commit().await?;
-        Ok(outcomes)
+        let mut applied = append_many(self.pool(), &valid).await?.into_iter();
+        if applied
+            .as_slice()
+            .iter()
+            .any(|r| matches!(r, Ok(o) if !o.replayed))
+        {
+            self.inner.notifier.wake();
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|slot| match slot {
+                Some(refused) => refused,
+                None => applied.next().unwrap_or_else(|| {
+                    Err(
+                        StoreError::Corrupt("batch answered fewer rows than requests".into())
+                            .into(),
+                    )
+                }),
+            })
+            .collect())
     }
 
     /// Starts a transaction in which events can be appended and the caller
@@ -159,14 +142,6 @@ impl AppendTx<'_> {
     }
 }
 
-/// Takes the stream locks of a whole batch up front, in one global order:
-/// no deadlock between batches, and every append of the batch sees its
-/// stream's head committed by an older transaction (never `stale`).
-const LOCK_STREAMS: &str = "
-SELECT count(pg_advisory_xact_lock(k)) FROM (
-    SELECT DISTINCT hashtextextended(s::text, 0) AS k FROM unnest($1::uuid[]) AS s ORDER BY k
-) AS keys";
-
 async fn append_on(
     conn: &mut PgConnection,
     request: &AppendRequest,
@@ -184,18 +159,13 @@ async fn append_on(
         versions.push(event.schema_version);
         payloads.push(event.payload.as_slice());
     }
-    let expected = match request.expected {
-        ExpectedVersion::Any => -1,
-        ExpectedVersion::NoStream => 0,
-        ExpectedVersion::Exact(v) => i64::try_from(v).unwrap_or(i64::MAX),
-    };
     let row = sqlx::query(
         "SELECT status, out_stream_id, first_version, last_version, generation, tx_id, seq
            FROM eventstore_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(request.stream_id)
     .bind(&request.stream_type)
-    .bind(expected)
+    .bind(expected_to_sql(request.expected))
     .bind(request.metadata.command_id)
     .bind(&ids)
     .bind(&types)
@@ -205,6 +175,102 @@ async fn append_on(
     .fetch_one(&mut *conn)
     .await?;
 
+    decode_outcome(&row, request)
+}
+
+/// Appends every request in one statement (`eventstore_append_batch`), so
+/// in one transaction, retrying transient failures. The outer error means
+/// nothing was written.
+pub(crate) async fn append_many(
+    pool: &sqlx::PgPool,
+    requests: &[&AppendRequest],
+) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let events: usize = requests.iter().map(|r| r.events.len()).sum();
+    let mut stream_ids = Vec::with_capacity(requests.len());
+    let mut stream_types = Vec::with_capacity(requests.len());
+    let mut expected = Vec::with_capacity(requests.len());
+    let mut command_ids = Vec::with_capacity(requests.len());
+    let mut counts = Vec::with_capacity(requests.len());
+    let mut metadata = Vec::with_capacity(requests.len());
+    let mut event_ids = Vec::with_capacity(events);
+    let mut event_types = Vec::with_capacity(events);
+    let mut schema_versions = Vec::with_capacity(events);
+    let mut payloads = Vec::with_capacity(events);
+    for request in requests {
+        stream_ids.push(request.stream_id);
+        stream_types.push(request.stream_type.as_str());
+        expected.push(expected_to_sql(request.expected));
+        command_ids.push(request.metadata.command_id);
+        counts.push(i32::try_from(request.events.len()).unwrap_or(i32::MAX));
+        metadata.push(
+            serde_json::to_string(&request.metadata).map_err(|e| {
+                StoreError::Corrupt(format!("metadata does not encode as JSON: {e}"))
+            })?,
+        );
+        for event in &request.events {
+            event_ids.push(event.event_id);
+            event_types.push(event.event_type.as_str());
+            schema_versions.push(event.schema_version);
+            payloads.push(event.payload.as_slice());
+        }
+    }
+    let mut attempt = 0;
+    let rows = loop {
+        let result = sqlx::query(
+            "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
+               FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&stream_ids)
+        .bind(&stream_types)
+        .bind(&expected)
+        .bind(&command_ids)
+        .bind(&counts)
+        .bind(&metadata)
+        .bind(&event_ids)
+        .bind(&event_types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .fetch_all(pool)
+        .await;
+        match result {
+            Ok(rows) => break rows,
+            Err(e) if crate::error::is_transient(&e) && attempt < TRANSIENT_RETRIES => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "retrying append batch");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if rows.len() != requests.len() {
+        return Err(StoreError::Corrupt(format!(
+            "batch of {} appends answered {} rows",
+            requests.len(),
+            rows.len()
+        )));
+    }
+    Ok(rows
+        .iter()
+        .zip(requests)
+        .map(|(row, request)| decode_outcome(row, request))
+        .collect())
+}
+
+fn expected_to_sql(expected: ExpectedVersion) -> i64 {
+    match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(v) => i64::try_from(v).unwrap_or(i64::MAX),
+    }
+}
+
+/// One row of `eventstore_append` or `eventstore_append_batch` as an outcome.
+fn decode_outcome(
+    row: &sqlx::postgres::PgRow,
+    request: &AppendRequest,
+) -> Result<AppendOutcome, AppendError> {
     let status: String = row.try_get("status")?;
     let last_version: Option<i64> = row.try_get("last_version")?;
     match status.as_str() {

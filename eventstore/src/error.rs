@@ -12,6 +12,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("corrupt event row: {0}")]
     Corrupt(String),
+    #[error("the event store is shut down")]
+    Closed,
 }
 
 impl StoreError {
@@ -20,7 +22,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => is_transient(e),
-            StoreError::Corrupt(_) => false,
+            StoreError::Corrupt(_) | StoreError::Closed => false,
         }
     }
 }

@@ -62,6 +62,7 @@ mod append;
 pub mod checkpoint;
 mod error;
 mod generation;
+mod group_commit;
 mod model;
 mod notify;
 mod position;
@@ -97,6 +98,11 @@ pub struct StoreOptions {
     pub poll_interval: Duration,
     /// Events read per batch by subscriptions.
     pub batch_size: usize,
+    /// Group commit: how many append transactions may be in flight at once.
+    /// Appends arriving while all are busy wait and go together in the next.
+    pub max_concurrent_batches: usize,
+    /// Group commit: the most events written in one transaction.
+    pub max_batch_events: usize,
 }
 
 impl Default for StoreOptions {
@@ -106,6 +112,8 @@ impl Default for StoreOptions {
             max_events_per_append: 1000,
             poll_interval: Duration::from_millis(500),
             batch_size: 1000,
+            max_concurrent_batches: 4,
+            max_batch_events: 2000,
         }
     }
 }
@@ -120,6 +128,7 @@ struct Inner {
     pool: PgPool,
     options: StoreOptions,
     notifier: notify::Notifier,
+    committer: group_commit::GroupCommit,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -137,11 +146,13 @@ impl EventStore {
     pub async fn connect(pool: PgPool, options: StoreOptions) -> Result<Self, StoreError> {
         generation::ensure_current(&pool).await?;
         let notifier = notify::Notifier::spawn(pool.clone());
+        let committer = group_commit::GroupCommit::spawn(pool.clone(), notifier.clone(), &options);
         Ok(EventStore {
             inner: Arc::new(Inner {
                 pool,
                 options,
                 notifier,
+                committer,
             }),
         })
     }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::NOTIFY_CHANNEL;
 
+#[derive(Clone)]
 pub(crate) struct Notifier {
     tx: mpsc::Sender<()>,
 }

@@ -62,9 +62,12 @@ impl EventStore {
         after: Position,
         limit: usize,
     ) -> Result<ReadBatch, StoreError> {
+        use futures_util::TryStreamExt;
+
         // The upper bound is evaluated once per statement (InitPlans), and both
         // bounds are row comparisons on the index, so this is a range scan.
-        let rows = sqlx::query(&format!(
+        // Rows are decoded as they arrive, overlapping with the server's work.
+        let events: Vec<RecordedEvent> = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events
               WHERE (generation, tx_id, seq) > ($1, $2, $3)
                 AND (generation, tx_id) < ((SELECT max(generation) FROM store_generations),
@@ -76,9 +79,11 @@ impl EventStore {
         .bind(after.tx_id)
         .bind(after.seq)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
+        .fetch(self.pool())
+        .map_err(StoreError::from)
+        .and_then(|row| std::future::ready(decode_row(&row)))
+        .try_collect()
         .await?;
-        let events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
         Ok(ReadBatch {
             caught_up: events.len() < limit,
             events,
@@ -128,25 +133,27 @@ impl EventStore {
     }
 }
 
+/// Decodes a row selected with [`COLUMNS`], by position: this is the hot
+/// path of replays and subscriptions, and name lookups cost more than the rest.
 fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    let version: i64 = row.try_get("version")?;
+    let version: i64 = row.try_get(1)?;
     let sqlx::types::Json(metadata): sqlx::types::Json<Metadata> = row
-        .try_get("metadata")
+        .try_get(10)
         .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
     Ok(RecordedEvent {
         position: Position {
-            generation: row.try_get("generation")?,
-            tx_id: row.try_get("tx_id")?,
-            seq: row.try_get("seq")?,
+            generation: row.try_get(2)?,
+            tx_id: row.try_get(3)?,
+            seq: row.try_get(4)?,
         },
-        stream_id: row.try_get("stream_id")?,
-        stream_type: row.try_get("stream_type")?,
+        stream_id: row.try_get(0)?,
+        stream_type: row.try_get(6)?,
         version: version.unsigned_abs(),
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        payload: row.try_get("payload")?,
+        event_id: row.try_get(5)?,
+        event_type: row.try_get(7)?,
+        schema_version: row.try_get(8)?,
+        payload: row.try_get(9)?,
         metadata,
-        recorded_at: row.try_get("recorded_at")?,
+        recorded_at: row.try_get(11)?,
     })
 }

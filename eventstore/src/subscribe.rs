@@ -12,10 +12,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const HELD_BACK_FIRST_WAIT: Duration = Duration::from_millis(2);
 const HELD_BACK_MAX_WAIT: Duration = Duration::from_millis(100);
 
+/// Batches read ahead of the consumer: the next one is fetched while the
+/// caller works on the current one.
+const READ_AHEAD: usize = 2;
+
 /// Reads the log after a position in batches, waiting for new events when
 /// caught up. It resumes by itself after lost connections: the position only
 /// moves past events it has returned, so nothing is lost or repeated.
+///
+/// Reading happens in a background task that stays up to two batches ahead
+/// of the caller, so fetching overlaps with the caller's work; dropping the
+/// subscription stops it.
 pub struct Subscription {
+    position: Position,
+    state: State,
+}
+
+enum State {
+    /// Not started: `with_batch_size` may still change the reader.
+    Idle(Reader),
+    Running(tokio::sync::mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>>),
+}
+
+/// The reading side of a subscription.
+struct Reader {
     store: EventStore,
     position: Position,
     listener: Option<PgListener>,
@@ -25,34 +45,81 @@ pub struct Subscription {
 impl EventStore {
     /// Subscribes to every event after `after` (use [`Position::START`] for all).
     pub async fn subscribe(&self, after: Position) -> Subscription {
-        let mut subscription = Subscription {
+        let mut reader = Reader {
             store: self.clone(),
             position: after,
             listener: None,
             batch_size: self.options().batch_size,
         };
         // Listen before the first read, so no notification falls between them.
-        subscription.ensure_listener().await;
-        subscription
+        reader.ensure_listener().await;
+        Subscription {
+            position: after,
+            state: State::Idle(reader),
+        }
     }
 }
 
 impl Subscription {
-    /// The position after the last event returned.
+    /// The position of the last event returned (where it started if none).
     pub fn position(&self) -> Position {
         self.position
     }
 
+    /// Reads batches of at most `batch_size` events (before the first read).
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
+        if let State::Idle(reader) = &mut self.state {
+            reader.batch_size = batch_size.max(1);
+        }
         self
     }
 
     /// The next non-empty batch, in the global order. Waits while there is
     /// nothing new; transient failures (lost connection, server restart) are
     /// retried with backoff. Returns an error only for failures that retrying
-    /// cannot fix.
+    /// cannot fix, after which the subscription is finished.
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+        if let State::Idle(_) = self.state {
+            let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
+            let State::Idle(mut reader) =
+                std::mem::replace(&mut self.state, State::Running(receiver))
+            else {
+                return Err(StoreError::Closed);
+            };
+            tokio::spawn(async move {
+                loop {
+                    let batch = reader.next_batch().await;
+                    let failed = batch.is_err();
+                    if sender.send(batch).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        let State::Running(receiver) = &mut self.state else {
+            return Err(StoreError::Closed);
+        };
+        let batch = receiver.recv().await.ok_or(StoreError::Closed)??;
+        if let Some(last) = batch.last() {
+            self.position = last.position;
+        }
+        Ok(batch)
+    }
+
+    /// The batches as a [`Stream`]; it ends after the first permanent error.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Vec<RecordedEvent>, StoreError>> {
+        futures_util::stream::unfold(Some(self), |state| async move {
+            let mut subscription = state?;
+            match subscription.next_batch().await {
+                Ok(batch) => Some((Ok(batch), Some(subscription))),
+                Err(error) => Some((Err(error), None)),
+            }
+        })
+    }
+}
+
+impl Reader {
+    async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut backoff = Duration::from_millis(50);
         let mut held_wait = HELD_BACK_FIRST_WAIT;
         loop {
@@ -94,17 +161,6 @@ impl Subscription {
             self.wait_for_news(poll).await;
         }
         Ok(None)
-    }
-
-    /// The batches as a [`Stream`]; it ends after the first permanent error.
-    pub fn into_stream(self) -> impl Stream<Item = Result<Vec<RecordedEvent>, StoreError>> {
-        futures_util::stream::unfold(Some(self), |state| async move {
-            let mut subscription = state?;
-            match subscription.next_batch().await {
-                Ok(batch) => Some((Ok(batch), Some(subscription))),
-                Err(error) => Some((Err(error), None)),
-            }
-        })
     }
 
     async fn wait_for_news(&mut self, poll: Duration) {

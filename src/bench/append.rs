@@ -49,6 +49,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         pool.clone(),
         StoreOptions {
             batch_size: 5000,
+            max_concurrent_batches: 2,
             ..StoreOptions::default()
         },
     )

@@ -15,7 +15,18 @@ use eventstore::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent,
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// Logs to the test output when `TEST_LOG` is set; tests are quiet otherwise.
+pub fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub async fn store(pool: PgPool) -> EventStore {
+    init_logging();
     EventStore::connect(
         pool,
         StoreOptions {

@@ -25,6 +25,7 @@ async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedE
 #[sqlx::test(migrations = "../migrations")]
 async fn notifications_wake_subscribers_without_waiting_for_the_poll(pool: PgPool) {
     // A poll interval far longer than the wait below: only NOTIFY can wake it.
+    crate::init_logging();
     let options = StoreOptions {
         poll_interval: Duration::from_secs(60),
         ..StoreOptions::default()
