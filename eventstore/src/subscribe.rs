@@ -88,7 +88,12 @@ impl Subscription {
             };
             tokio::spawn(async move {
                 loop {
-                    let batch = reader.next_batch().await;
+                    // Stop as soon as the subscription is dropped, also while
+                    // waiting for news.
+                    let batch = tokio::select! {
+                        batch = reader.next_batch() => batch,
+                        () = sender.closed() => return,
+                    };
                     let failed = batch.is_err();
                     if sender.send(batch).await.is_err() || failed {
                         return;

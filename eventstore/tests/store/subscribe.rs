@@ -105,3 +105,35 @@ async fn a_subscription_is_also_a_stream_and_starts_after_its_position(pool: PgP
     assert_eq!(streams, HashSet::from([second.stream_id]));
     assert_eq!(batch.len(), 2);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn dropping_a_subscription_releases_its_connections(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let listening = || async {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        count
+    };
+    let mut subscription = store.subscribe(Position::START).await;
+    store
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
+        .await
+        .expect("append");
+    collect(&mut subscription, 1).await;
+    assert_eq!(listening().await, 1);
+    drop(subscription);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listening().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        listening().await,
+        0,
+        "the reading task outlived its subscription"
+    );
+}
