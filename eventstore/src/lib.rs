@@ -112,7 +112,7 @@ impl Default for StoreOptions {
             max_events_per_append: 1000,
             poll_interval: Duration::from_millis(500),
             batch_size: 1000,
-            max_concurrent_batches: 4,
+            max_concurrent_batches: 2,
             max_batch_events: 2000,
         }
     }

@@ -49,7 +49,6 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         pool.clone(),
         StoreOptions {
             batch_size: 5000,
-            max_concurrent_batches: 2,
             ..StoreOptions::default()
         },
     )

@@ -300,3 +300,63 @@ async fn an_older_transaction_cannot_append_behind_a_newer_one(pool: PgPool) {
         .collect();
     assert_eq!(contested_versions, vec![1, 2]);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_answers_repeated_commands_with_the_first_outcome(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let (s1, s2, s3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
+    let earlier = store
+        .append(&with_command(request(s3, ExpectedVersion::NoStream, 1), y))
+        .await
+        .expect("earlier command");
+
+    let outcomes = store
+        .append_batch(&[
+            with_command(request(s1, ExpectedVersion::NoStream, 2), x),
+            with_command(request(s2, ExpectedVersion::NoStream, 2), x), // same command, other stream
+            request(s1, ExpectedVersion::Exact(2), 1),
+            with_command(request(s3, ExpectedVersion::Exact(9), 1), y), // repeat of an older command
+        ])
+        .await
+        .expect("batch");
+    let first = outcomes[0].as_ref().expect("first");
+    let repeat = outcomes[1].as_ref().expect("repeat");
+    assert!(!first.replayed && repeat.replayed);
+    assert_eq!(
+        (repeat.stream_id, repeat.version, repeat.position),
+        (s1, 2, first.position)
+    );
+    assert_eq!(outcomes[2].as_ref().expect("third").version, 3);
+    let older = outcomes[3].as_ref().expect("older");
+    assert!(older.replayed);
+    assert_eq!(older.position, earlier.position);
+    assert_eq!(event_count(&pool).await, 4, "1 earlier + 2 + 1");
+    assert_eq!(store.stream_version(s2).await.expect("version"), None);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn many_concurrent_creators_of_one_stream_one_wins(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let stream = Uuid::now_v7();
+    let attempts = (0..40).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(&request(stream, ExpectedVersion::NoStream, 2))
+                .await
+        })
+    });
+    let mut won = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(AppendError::Conflict {
+                actual: Some(2), ..
+            }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(event_count(&pool).await, 2);
+}
