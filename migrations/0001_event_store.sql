@@ -87,7 +87,12 @@ CREATE TABLE snapshots (
 -- p_expected: -1 = any version, 0 = the stream must not exist, n = exact.
 -- Returns 'ok' | 'conflict' | 'duplicate' | 'stale' with the versions and the
 -- position (generation, tx_id, seq) of the last event. Refusals raise
--- nothing, so a batch of appends in one transaction keeps going.
+-- nothing, so a batch of appends in one transaction keeps going. The one
+-- exception is a concurrent duplicate of the same command on another stream
+-- (same-stream duplicates wait on the lock and then find the first): the
+-- second insert of the command id raises unique_violation on events_command,
+-- nothing is kept, and the caller retries and is answered the first outcome.
+-- p_locked: the caller (eventstore_append_batch) holds the stream lock.
 CREATE FUNCTION eventstore_append(
     p_stream_id       uuid,
     p_stream_type     text,
@@ -98,6 +103,7 @@ CREATE FUNCTION eventstore_append(
     p_schema_versions integer[],
     p_payloads        bytea[],
     p_metadata        jsonb,
+    p_locked          boolean DEFAULT false,
     OUT status         text,
     OUT out_stream_id  uuid,
     OUT first_version  bigint,
@@ -108,27 +114,50 @@ CREATE FUNCTION eventstore_append(
 ) LANGUAGE plpgsql AS $$
 DECLARE
     n         integer := cardinality(p_event_ids);
-    head      record;
-    inserted  integer;
+    head_version    bigint;
+    head_generation integer;
+    head_tx         bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id::text, 0));
+    IF NOT p_locked THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id::text, 0));
+    END IF;
 
-    SELECT e.version, e.generation, e.tx_id INTO head
-      FROM events e WHERE e.stream_id = p_stream_id
-     ORDER BY e.version DESC LIMIT 1;
-    SELECT max(g.generation) INTO generation FROM store_generations g;
-    tx_id := pg_current_xact_id()::text::bigint;
+    -- A command id is unique forever: a repeat answers the first outcome.
+    IF p_command_id IS NOT NULL THEN
+        SELECT 'duplicate', f.stream_id, f.version, l.version, l.generation, l.tx_id, l.seq
+          INTO status, out_stream_id, first_version, last_version, generation, tx_id, seq
+          FROM events f
+          JOIN events l ON l.stream_id = f.stream_id
+                       AND l.version = f.version + f.command_events - 1
+         WHERE f.command_id = p_command_id AND f.command_id IS NOT NULL;
+        IF FOUND THEN RETURN; END IF;
+    END IF;
+
+    -- One statement for the head, the generation and our transaction id
+    -- (taken after the lock, see above).
+    SELECT h.version, h.generation, h.tx_id,
+           (SELECT max(g.generation) FROM store_generations g),
+           pg_current_xact_id()::text::bigint
+      INTO head_version, head_generation, head_tx, generation, tx_id
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (SELECT e.version, e.generation, e.tx_id FROM events e
+                          WHERE e.stream_id = p_stream_id
+                          ORDER BY e.version DESC LIMIT 1) AS h ON true;
     out_stream_id := p_stream_id;
 
-    IF p_expected >= 0 AND coalesce(head.version, 0) <> p_expected THEN
+    IF p_expected >= 0 AND coalesce(head_version, 0) <> p_expected THEN
         status := 'conflict';
-        last_version := head.version;
-    ELSIF head.version IS NOT NULL AND (head.generation, head.tx_id) > (generation, tx_id) THEN
+        last_version := head_version;
+    ELSIF head_version IS NOT NULL AND (head_generation, head_tx) > (generation, tx_id) THEN
         status := 'stale';
-        last_version := head.version;
+        last_version := head_version;
     ELSE
-        first_version := coalesce(head.version, 0) + 1;
+        first_version := coalesce(head_version, 0) + 1;
         last_version := first_version + n - 1;
+        -- A plain INSERT: the stream lock rules out version clashes, and a
+        -- command id taken by a concurrent duplicate on another stream
+        -- raises unique_violation, which callers retry (then they find it
+        -- below, committed).
         INSERT INTO events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
                                  event_type, schema_version, payload, metadata,
                                  command_id, command_events)
@@ -137,34 +166,12 @@ BEGIN
                CASE WHEN i.ord = 1 THEN p_command_id END,
                CASE WHEN i.ord = 1 AND p_command_id IS NOT NULL THEN n END
           FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads)
-               WITH ORDINALITY AS i(event_id, event_type, schema_version, payload, ord)
-        ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS inserted = ROW_COUNT;
-        IF inserted = n THEN
-            status := 'ok';
-            seq := currval('events_seq');
-            RETURN;
-        END IF;
-        -- A key was taken: the command id by a concurrent duplicate on
-        -- another stream (same-stream writers hold our lock), or a version by
-        -- a writer that bypassed this function. Undo our part, all or nothing.
-        DELETE FROM events e
-         WHERE e.stream_id = p_stream_id AND e.version BETWEEN first_version AND last_version
-           AND e.tx_id = eventstore_append.tx_id AND e.generation = eventstore_append.generation;
-        status := 'conflict';
-        last_version := (SELECT max(e.version) FROM events e WHERE e.stream_id = p_stream_id);
+               WITH ORDINALITY AS i(event_id, event_type, schema_version, payload, ord);
+        status := 'ok';
+        seq := currval('events_seq');
+        RETURN;
     END IF;
 
-    -- Refused: if this command was appended before, that outcome is the answer.
-    IF p_command_id IS NOT NULL THEN
-        SELECT 'duplicate', f.stream_id, f.version, l.version, l.generation, l.tx_id, l.seq
-          INTO status, out_stream_id, first_version, last_version, generation, tx_id, seq
-          FROM events f
-          JOIN events l ON l.stream_id = f.stream_id
-                       AND l.version = f.version + f.command_events - 1
-         WHERE f.command_id = p_command_id;
-        IF FOUND THEN RETURN; END IF;
-    END IF;
     first_version := NULL;
     generation := NULL;
     tx_id := NULL;
@@ -214,7 +221,7 @@ BEGIN
           FROM eventstore_append(p_stream_ids[i], p_stream_types[i], p_expected[i], p_command_ids[i],
                                  p_event_ids[o : o + c - 1], p_event_types[o : o + c - 1],
                                  p_schema_versions[o : o + c - 1], p_payloads[o : o + c - 1],
-                                 p_metadata[i]::jsonb) AS a;
+                                 p_metadata[i]::jsonb, true) AS a;
         o := o + c;
         RETURN NEXT;
     END LOOP;

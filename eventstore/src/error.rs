@@ -40,6 +40,9 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
                 || code == "57P01" // admin_shutdown (pg_terminate_backend)
                 || code == "57P02" // crash_shutdown
                 || code == "57P03" // cannot_connect_now
+                // A concurrent duplicate of a command committed first (see
+                // eventstore_append); the retry answers its outcome.
+                || (code == "23505" && db.constraint() == Some("events_command"))
         }),
         _ => false,
     }
