@@ -375,6 +375,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/copilot.example.toml");
+        let s = Settings::load_from(Some(&example), &env(&[])).expect("example parses");
+        assert_eq!(s.event_store.poll_interval, Duration::from_millis(500));
+        assert_eq!(s.database.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Settings::load_from(
             Some(Path::new("/dev/null")),
