@@ -1,0 +1,466 @@
+//! Values parsed at the edge: once one exists, it is valid.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::DomainError;
+
+/// Why a value could not be parsed (the caller adds the field name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+macro_rules! bounded_text {
+    ($($(#[$doc:meta])* $name:ident: $min:expr, $max:expr;)*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MIN_CHARS: usize = $min;
+            pub const MAX_CHARS: usize = $max;
+
+            pub fn parse(value: impl Into<String>) -> Result<Self, ParseError> {
+                let value: String = value.into();
+                let trimmed = value.trim();
+                let chars = trimmed.chars().count();
+                if chars < Self::MIN_CHARS {
+                    return Err(ParseError(if Self::MIN_CHARS == 1 {
+                        "must not be empty".to_string()
+                    } else {
+                        format!("must have at least {} characters", Self::MIN_CHARS)
+                    }));
+                }
+                if chars > Self::MAX_CHARS {
+                    return Err(ParseError(format!("must have at most {} characters", Self::MAX_CHARS)));
+                }
+                if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+                    return Err(ParseError("must not contain control characters".into()));
+                }
+                Ok($name(trimmed.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_inner(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $name::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+bounded_text! {
+    /// A person's display name.
+    DisplayName: 1, 100;
+    /// Titles of conversations and incidents.
+    Title: 1, 200;
+    /// Names of workflows, runbooks, API keys, steps.
+    Name: 1, 200;
+    /// Free text: descriptions, notes, summaries, reasons, errors.
+    Text: 1, 10_000;
+    /// Long free text: root causes, indexed content.
+    LongText: 1, 200_000;
+    /// A message of a conversation (about 100k characters).
+    MessageText: 0, 100_000;
+    /// A password as typed (hashed before it reaches an event).
+    Password: 8, 256;
+    /// Short identifiers: model names, languages, trigger sources, services.
+    Label: 1, 100;
+}
+
+/// An e-mail address, lower-cased.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ParseError> {
+        let value = value.into().trim().to_lowercase();
+        let err = || ParseError(format!("{value:?} is not an e-mail address"));
+        if value.len() > 254 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(err());
+        }
+        let (local, domain) = value.split_once('@').ok_or_else(err)?;
+        if local.is_empty()
+            || local.len() > 64
+            || domain.contains('@')
+            || !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
+        {
+            return Err(err());
+        }
+        Ok(Email(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Email(..)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Email::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! string_enum {
+    ($($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? })*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(ParseError(format!(
+                        "{other:?} is not one of {}",
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    )*};
+}
+
+string_enum! {
+    Role { Admin = "admin", Operator = "operator", Viewer = "viewer" }
+    MessageRole { User = "user", Assistant = "assistant", System = "system", Tool = "tool" }
+    Severity { Critical = "critical", High = "high", Medium = "medium", Low = "low" }
+    IncidentStatus { Open = "open", Investigating = "investigating", Mitigated = "mitigated", Resolved = "resolved", Closed = "closed" }
+    ExecutionStatus { Pending = "pending", Running = "running", Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled" }
+    StepStatus { Pending = "pending", Running = "running", Succeeded = "succeeded", Failed = "failed", Skipped = "skipped", Retrying = "retrying" }
+    WorkflowStatus { Draft = "draft", Active = "active", Inactive = "inactive", Deleted = "deleted" }
+    ConversationStatus { Active = "active", Archived = "archived", Deleted = "deleted" }
+    /// What an API key may do.
+    Scope { CommandsWrite = "commands:write", Read = "read", Admin = "admin" }
+}
+
+/// Up to 20 tags, each 1-64 characters of `a-z 0-9 - _ : .`, lower-cased, no repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(transparent)]
+pub struct Tags(BTreeSet<String>);
+
+impl Tags {
+    pub const MAX: usize = 20;
+
+    pub fn parse(values: Vec<String>) -> Result<Self, ParseError> {
+        let mut tags = BTreeSet::new();
+        for value in values {
+            let tag = value.trim().to_lowercase();
+            if tag.is_empty() || tag.chars().count() > 64 {
+                return Err(ParseError(format!(
+                    "tag {value:?} must have 1 to 64 characters"
+                )));
+            }
+            if !tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+            {
+                return Err(ParseError(format!(
+                    "tag {value:?} may only hold a-z, 0-9, '-', '_', ':' and '.'"
+                )));
+            }
+            tags.insert(tag);
+        }
+        if tags.len() > Self::MAX {
+            return Err(ParseError(format!("at most {} tags", Self::MAX)));
+        }
+        Ok(Tags(tags))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Both sets together, or an error if that is more than [`Tags::MAX`].
+    pub fn union(&self, other: &Tags) -> Result<Tags, ParseError> {
+        let merged: BTreeSet<String> = self.0.union(&other.0).cloned().collect();
+        if merged.len() > Self::MAX {
+            return Err(ParseError(format!("at most {} tags", Self::MAX)));
+        }
+        Ok(Tags(merged))
+    }
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Tags::parse(Vec::<String>::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Money in micro-dollars (1e-6 USD), so totals add up exactly. On the wire
+/// it is a decimal number (`cost_usd`) or a decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct CostUsd {
+    micros: i64,
+}
+
+impl CostUsd {
+    pub const ZERO: CostUsd = CostUsd { micros: 0 };
+    /// The largest accepted single cost: one million dollars.
+    const MAX_MICROS: i64 = 1_000_000 * 1_000_000;
+
+    pub fn from_micros(micros: i64) -> Result<Self, ParseError> {
+        if !(0..=Self::MAX_MICROS).contains(&micros) {
+            return Err(ParseError("must be between 0 and 1000000 dollars".into()));
+        }
+        Ok(CostUsd { micros })
+    }
+
+    pub fn micros(self) -> i64 {
+        self.micros
+    }
+
+    /// Parses a decimal with at most six fractional digits.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let err = || {
+            ParseError(format!(
+                "{text:?} is not a decimal amount with at most 6 decimals"
+            ))
+        };
+        let (whole, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+        if whole.is_empty()
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || frac.len() > 6
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(err());
+        }
+        let whole: i64 = whole.parse().map_err(|_| err())?;
+        let frac_micros: i64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<6}").parse().map_err(|_| err())?
+        };
+        let micros = whole
+            .checked_mul(1_000_000)
+            .and_then(|w| w.checked_add(frac_micros))
+            .ok_or_else(err)?;
+        Self::from_micros(micros)
+    }
+
+    pub fn checked_add(self, other: CostUsd) -> Option<CostUsd> {
+        self.micros
+            .checked_add(other.micros)
+            .map(|micros| CostUsd { micros })
+    }
+}
+
+impl fmt::Display for CostUsd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{:06}",
+            self.micros / 1_000_000,
+            self.micros % 1_000_000
+        )
+    }
+}
+
+impl Serialize for CostUsd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CostUsd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(u64),
+            Float(f64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(text) => CostUsd::parse(&text),
+            Raw::Int(n) => i64::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(1_000_000))
+                .ok_or_else(|| ParseError("too large".into()))
+                .and_then(CostUsd::from_micros),
+            // A JSON/MessagePack float: round to the micro-dollar.
+            Raw::Float(x) if x.is_finite() && x >= 0.0 => {
+                CostUsd::from_micros((x * 1_000_000.0).round() as i64)
+            }
+            Raw::Float(_) => Err(ParseError("must be a finite, non-negative number".into())),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A vector embedding; its dimension is checked against the configured one
+/// by [`Embedding::check_dimension`] before a command is decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Embedding(Vec<f32>);
+
+impl Embedding {
+    pub fn new(values: Vec<f32>) -> Result<Self, ParseError> {
+        if values.is_empty() || values.len() > 4096 {
+            return Err(ParseError("must have 1 to 4096 dimensions".into()));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(ParseError("must hold finite numbers only".into()));
+        }
+        Ok(Embedding(values))
+    }
+
+    pub fn values(&self) -> &[f32] {
+        &self.0
+    }
+
+    pub fn check_dimension(&self, field: &str, expected: usize) -> Result<(), DomainError> {
+        if self.0.len() != expected {
+            return Err(DomainError::invalid(
+                field,
+                format!(
+                    "has {} dimensions, the configured embedder has {expected}",
+                    self.0.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Eq for Embedding {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_parse_lower_cased_and_reject_garbage() {
+        assert_eq!(
+            Email::parse(" Ada@Example.COM ").map(|e| e.as_str().to_string()),
+            Ok("ada@example.com".into())
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@.example.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bounded_text_trims_and_bounds() {
+        assert_eq!(
+            Title::parse("  hello ").map(Title::into_inner),
+            Ok("hello".into())
+        );
+        assert!(Title::parse("   ").is_err());
+        assert!(Title::parse("x".repeat(201)).is_err());
+        assert!(Title::parse("bell\u{7}").is_err());
+        assert!(Password::parse("short").is_err());
+    }
+
+    #[test]
+    fn tags_are_normalised_and_bounded() {
+        let tags = Tags::parse(vec!["DB".into(), "db".into(), "ops:oncall".into()]).expect("tags");
+        assert_eq!(tags.iter().collect::<Vec<_>>(), vec!["db", "ops:oncall"]);
+        assert!(Tags::parse(vec!["has space".into()]).is_err());
+        assert!(Tags::parse((0..21).map(|i| format!("t{i}")).collect()).is_err());
+    }
+
+    #[test]
+    fn money_is_exact() {
+        assert_eq!(CostUsd::parse("0.00412").map(CostUsd::micros), Ok(4120));
+        assert_eq!(
+            CostUsd::parse("12").map(|c| c.to_string()),
+            Ok("12.000000".into())
+        );
+        assert!(CostUsd::parse("0.0000001").is_err());
+        assert!(CostUsd::parse("-1").is_err());
+        let from_float: CostUsd = serde_json::from_str("0.1").expect("float");
+        assert_eq!(from_float.micros(), 100_000);
+        let sum = (0..10)
+            .try_fold(CostUsd::ZERO, |acc, _| acc.checked_add(from_float))
+            .expect("sum");
+        assert_eq!(sum.to_string(), "1.000000", "no floating-point drift");
+    }
+
+    #[test]
+    fn enums_parse_their_contract_names() {
+        assert_eq!(
+            "investigating".parse::<IncidentStatus>(),
+            Ok(IncidentStatus::Investigating)
+        );
+        assert!("urgent".parse::<Severity>().is_err());
+        assert_eq!(
+            serde_json::to_string(&Scope::CommandsWrite).ok().as_deref(),
+            Some("\"commands:write\"")
+        );
+        assert_eq!(
+            serde_json::from_str::<Role>("\"operator\"").ok(),
+            Some(Role::Operator)
+        );
+    }
+
+    #[test]
+    fn embeddings_check_their_dimension() {
+        let e = Embedding::new(vec![0.1; 384]).expect("embedding");
+        assert!(e.check_dimension("embedding", 384).is_ok());
+        assert_eq!(
+            e.check_dimension("embedding", 1536).map_err(|e| e.code()),
+            Err("invalid")
+        );
+        assert!(Embedding::new(vec![f32::NAN]).is_err());
+    }
+}
