@@ -26,6 +26,23 @@ pub enum CodecError {
     Decode(String),
 }
 
+/// MessagePack with named fields in human-readable mode: ids and times are
+/// strings in their canonical text form, so any client library reads them.
+pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::new();
+    let mut serializer = rmp_serde::Serializer::new(&mut buf)
+        .with_struct_map()
+        .with_human_readable();
+    value.serialize(&mut serializer)?;
+    Ok(buf)
+}
+
+/// Reads MessagePack written by [`encode`] (or by any client).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let mut deserializer = rmp_serde::Deserializer::new(bytes).with_human_readable();
+    T::deserialize(&mut deserializer).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
 /// Decodes a payload stored at `stored` into the current shape `T`.
 pub fn decode_payload<T: DeserializeOwned>(
     event_type: &'static str,
@@ -34,7 +51,7 @@ pub fn decode_payload<T: DeserializeOwned>(
     payload: &[u8],
 ) -> Result<T, CodecError> {
     if stored == current {
-        return rmp_serde::from_slice(payload).map_err(|e| CodecError::Decode(e.to_string()));
+        return decode(payload);
     }
     if stored > current || stored < 1 {
         return Err(CodecError::FutureVersion {
@@ -43,8 +60,7 @@ pub fn decode_payload<T: DeserializeOwned>(
             current,
         });
     }
-    let mut value: Value =
-        rmp_serde::from_slice(payload).map_err(|e| CodecError::Decode(e.to_string()))?;
+    let mut value: Value = decode(payload)?;
     for version in stored..current {
         value = upcast(event_type, version, value)?;
     }

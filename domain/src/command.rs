@@ -118,7 +118,7 @@ impl Command {
         command_type: &str,
         payload: &[u8],
     ) -> Result<Command, ParseError<rmp_serde::decode::Error>> {
-        let mut de = rmp_serde::Deserializer::new(payload);
+        let mut de = rmp_serde::Deserializer::new(payload).with_human_readable();
         Command::from_payload(command_type, &mut de)
     }
 

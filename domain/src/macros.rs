@@ -23,9 +23,9 @@ macro_rules! events {
                 match self { $($enum::$variant(_) => $version),+ }
             }
 
-            /// MessagePack with named fields.
+            /// MessagePack with named fields, ids and times as text.
             pub fn encode(&self) -> Result<Vec<u8>, $crate::codec::CodecError> {
-                rmp_serde::to_vec_named(self).map_err($crate::codec::CodecError::from)
+                $crate::codec::encode(self)
             }
 
             /// Decodes a stored event, upcasting an older schema version.
