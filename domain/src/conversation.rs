@@ -52,9 +52,7 @@ pub struct Tag {
     pub tags: Tags,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
+pub use crate::Empty;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

@@ -57,9 +57,7 @@ pub struct Reopen {
     pub reason: Text,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
+pub use crate::Empty;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

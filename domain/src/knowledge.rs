@@ -31,9 +31,7 @@ pub struct IndexDocument {
     pub embedding: Option<Embedding>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
+pub use crate::Empty;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

@@ -37,6 +37,11 @@ pub use context::{Actor, Context};
 pub use error::DomainError;
 pub use personal::Personal;
 
+/// The payload of a command that takes no fields (`{}`); any field is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
 /// A consistency boundary: a stream of events and the rules for adding to it.
 pub trait Aggregate {
     /// The stream type stored beside its events (`conversation`, ...).

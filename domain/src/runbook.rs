@@ -38,9 +38,7 @@ pub struct RecordExecution {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
+pub use crate::Empty;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

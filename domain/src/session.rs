@@ -25,9 +25,7 @@ pub struct Start {
     pub user_agent: Option<Text>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
+pub use crate::Empty;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

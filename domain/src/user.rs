@@ -72,9 +72,7 @@ pub struct Lock {
     pub reason: Text,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
+pub use crate::Empty;
 
 /// Internal: the outcome of a login attempt, decided on the user's stream
 /// (`session.start` resolves the password first and sends this).
