@@ -93,6 +93,9 @@ impl Actor {
 pub struct Context {
     pub now: DateTime<Utc>,
     pub actor: Actor,
+    /// The id of the aggregate the command targets (the envelope's
+    /// `aggregate_id`): a user acting on their own account is its owner.
+    pub aggregate_id: uuid::Uuid,
     /// The argon2id hash of the password in the command (register,
     /// change_password), computed before deciding.
     pub password_hash: Option<String>,
@@ -113,10 +116,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// The same context for the aggregate `id`.
+    pub fn for_aggregate(mut self, id: impl Into<uuid::Uuid>) -> Self {
+        self.aggregate_id = id.into();
+        self
+    }
+
     pub fn new(now: DateTime<Utc>, actor: Actor) -> Self {
         Context {
             now,
             actor,
+            aggregate_id: uuid::Uuid::nil(),
             password_hash: None,
             password_verified: None,
             login: None,

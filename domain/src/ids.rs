@@ -36,6 +36,12 @@ macro_rules! id {
                 $name(id)
             }
         }
+
+        impl From<$name> for Uuid {
+            fn from(id: $name) -> Uuid {
+                id.0
+            }
+        }
     )*};
 }
 

@@ -217,14 +217,14 @@ pub struct State {
     pub api_keys: BTreeMap<ApiKeyId, ApiKeyState>,
 }
 
-impl User {
-    /// Decides with the id of the user's own stream, for ownership checks.
-    pub fn decide_for(
-        user_id: UserId,
-        state: &State,
-        command: Command,
-        ctx: &Context,
-    ) -> Result<Vec<Event>, DomainError> {
+impl Aggregate for User {
+    const STREAM_TYPE: &'static str = "user";
+    type State = State;
+    type Command = Command;
+    type Event = Event;
+
+    fn decide(state: &State, command: Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        let user_id = UserId(ctx.aggregate_id);
         use Command as C;
         if let C::Register(r) = command {
             if !matches!(ctx.actor, Actor::Bootstrap | Actor::System) && !ctx.actor.is_admin() {
@@ -447,19 +447,6 @@ impl User {
                 Ok(events)
             }
         }
-    }
-}
-
-impl Aggregate for User {
-    const STREAM_TYPE: &'static str = "user";
-    type State = State;
-    type Command = Command;
-    type Event = Event;
-
-    /// Ownership checks need the stream's id: prefer [`User::decide_for`].
-    /// Without it, only admins (and the bootstrap token) pass them.
-    fn decide(state: &State, command: Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
-        User::decide_for(UserId::default(), state, command, ctx)
     }
 
     fn evolve(mut state: State, event: &Event) -> State {

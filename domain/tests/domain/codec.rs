@@ -104,7 +104,12 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
             me(admin())
         };
         user_events.extend(
-            User::decide_for(uid, &User::replay(&user_events), command, &c).expect("user step"),
+            User::decide(
+                &User::replay(&user_events),
+                command,
+                &c.clone().for_aggregate(uid),
+            )
+            .expect("user step"),
         );
         if user_events.len() == 7 {
             let key_id = match user_events.last() {
@@ -112,11 +117,10 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
                 _ => panic!("issued"),
             };
             user_events.extend(
-                User::decide_for(
-                    uid,
+                User::decide(
                     &User::replay(&user_events),
                     user::Command::RevokeApiKey(json(json!({"key_id": key_id}))),
-                    &me(admin()),
+                    &me(admin()).for_aggregate(uid),
                 )
                 .expect("revoke"),
             );

@@ -14,7 +14,7 @@ fn decide(
     command: Command,
     ctx: &Context,
 ) -> Result<Vec<Event>, DomainError> {
-    User::decide_for(id, &User::replay(past), command, ctx)
+    User::decide(&User::replay(past), command, &ctx.clone().for_aggregate(id))
 }
 
 fn register() -> Command {
