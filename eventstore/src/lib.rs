@@ -6,11 +6,20 @@
 //!   [`ExpectedVersion`] and [`Metadata`]; it returns the new version and the
 //!   event's [`Position`], the consistency token. A stale expected version is
 //!   [`AppendError::Conflict`]. An append that carries a command id already
-//!   appended returns the first outcome with `replayed: true` and writes nothing.
+//!   appended returns the first outcome with `replayed: true` and writes
+//!   nothing. Appends that arrive together share one statement and one
+//!   commit (group commit, `group_commit.rs`), each with its own outcome.
 //! * [`EventStore::append_batch`] appends to several streams in one
-//!   transaction (group commit); each request succeeds or is refused on its
-//!   own. [`EventStore::begin`] gives the same inside a transaction the caller
-//!   can also write to (inline projections) before [`AppendTx::commit`].
+//!   transaction; each request succeeds or is refused on its own.
+//!   [`EventStore::begin`] appends inside a transaction the caller can also
+//!   write to (inline projections) before [`AppendTx::commit`].
+//!
+//! Writers of a stream serialise on a transaction-scoped advisory lock of
+//! the stream (see `migrations/0001_event_store.sql`), so concurrent appends
+//! never interleave versions, and a transaction that took its id before a
+//! newer one committed to the stream is refused
+//! ([`AppendError::StaleTransaction`]) rather than write a stream out of the
+//! global order.
 //! * [`EventStore::read_stream`] reads one stream from a version;
 //!   [`EventStore::read_all_after`] reads the whole log after a position in
 //!   the gap-safe global order; [`EventStore::subscribe`] turns that into an
@@ -45,7 +54,8 @@
 //!
 //! ## Cost
 //!
-//! * One extra index, `(generation, tx_id, seq)`, kept in insertion order.
+//! * One index for the order, `(generation, tx_id, seq)`, kept in insertion
+//!   order (and one for command ids, which idempotency needs anyway).
 //! * Visibility waits for the oldest running transaction *of the whole
 //!   cluster* that holds a transaction id: a transaction that stays open for a
 //!   minute delays subscribers by a minute (they never skip, they wait). Keep
