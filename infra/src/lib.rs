@@ -1,6 +1,7 @@
 //! What the copilot-data services share that is neither domain nor event
 //! store: typed configuration, telemetry, and connection set-up.
 
+pub mod auth;
 pub mod config;
 pub mod postgres;
 pub mod telemetry;
