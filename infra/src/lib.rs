@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod postgres;
+pub mod ratelimit;
 pub mod telemetry;
 
 pub use config::{ConfigError, Settings};
