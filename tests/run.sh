@@ -5,5 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/services.sh
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 tests/restore.sh
+
+# One closing line for the whole run (the restore case counts as one test).
+passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 1}')
+echo "all tests: $passed passed, 0 failed"
