@@ -19,15 +19,17 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub log_json: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Operation,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Operation {
     /// Create the database if missing, apply migrations, and exit.
     Migrate,
     /// Run every role in one process until SIGTERM or Ctrl-C.
     Up,
+    /// Run the command service (NATS intake) until SIGTERM or Ctrl-C.
+    CommandService,
     /// Measure a workload beside its raw baseline.
     Bench(BenchArgs),
 }

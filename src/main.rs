@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use infra::Settings;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Operation};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -22,16 +22,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command, settings))
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Migrate => {
+        Operation::Migrate => {
             let pool = infra::postgres::prepare(&settings.database).await?;
             // Opening the store also starts a new generation after a restore.
             let store = eventstore::EventStore::connect(pool, up::store_options(&settings)).await?;
             tracing::info!(generation = store.generation().await?, "database migrated");
             Ok(())
         }
-        Command::Up => up::run(settings, shutdown::signal()).await,
-        Command::Bench(args) => bench::run(args, &settings).await,
+        Operation::Up => up::run(settings, shutdown::signal()).await,
+        Operation::CommandService => up::command_service(settings, shutdown::signal()).await,
+        Operation::Bench(args) => bench::run(args, &settings).await,
     }
 }

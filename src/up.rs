@@ -1,11 +1,12 @@
-//! `copilot-data up`: every role in one process. The roles arrive with their
-//! crates; today it prepares the database, opens the event store, reports
-//! readiness and waits for a shutdown signal.
+//! `copilot-data up`: every role in one process (today the command service;
+//! the projector and query service join as they are built), and the
+//! single-role commands.
 
 use std::future::Future;
 
 use eventstore::{EventStore, StoreOptions};
 use infra::Settings;
+use secrecy::ExposeSecret;
 
 pub fn store_options(settings: &Settings) -> StoreOptions {
     let es = &settings.event_store;
@@ -18,17 +19,53 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
     }
 }
 
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
     let pool = infra::postgres::prepare(&settings.database).await?;
-    let store = EventStore::connect(pool, store_options(&settings)).await?;
-    let head = store.head_position().await?;
+    let store = EventStore::connect(pool, store_options(settings)).await?;
     tracing::info!(
         generation = store.generation().await?,
-        head = %head,
+        head = %store.head_position().await?,
         "event store ready"
     );
-    shutdown.await;
-    store.pool().close().await;
+    Ok(store)
+}
+
+pub fn command_service_config(settings: &Settings) -> command_service::ServiceConfig {
+    let commands = &settings.commands;
+    command_service::ServiceConfig {
+        nats_url: settings.nats.url.clone(),
+        prefix: settings.nats.prefix.clone(),
+        max_message_bytes: commands.max_message_bytes,
+        embedding_dimension: commands.embedding_dimension,
+        bootstrap_token: settings.bootstrap_token.clone(),
+        rate_limit: (commands.rate_limit_per_minute > 0).then(|| {
+            command_service::RateLimitConfig {
+                redis_url: settings.redis.url.expose_secret().to_string(),
+                key_prefix: format!("{}ratelimit:commands:", settings.redis.prefix),
+                limit: commands.rate_limit_per_minute,
+                window: std::time::Duration::from_secs(60),
+            }
+        }),
+        max_in_flight: commands.max_in_flight,
+    }
+}
+
+/// Every role in one process: today that is the command service.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    command_service(settings, shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn command_service(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    command_service::run(command_service_config(&settings), store.clone(), shutdown).await?;
+    store.pool().close().await;
     Ok(())
 }

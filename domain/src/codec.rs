@@ -26,6 +26,15 @@ pub enum CodecError {
     Decode(String),
 }
 
+/// What generic code (the command service, projections) needs of an
+/// aggregate's event type; implemented by the `events!` declaration.
+pub trait EventCodec: Sized {
+    fn event_type(&self) -> &'static str;
+    fn schema_version(&self) -> i32;
+    fn encode(&self) -> Result<Vec<u8>, CodecError>;
+    fn decode(event_type: &str, schema_version: i32, payload: &[u8]) -> Result<Self, CodecError>;
+}
+
 /// MessagePack with named fields in human-readable mode: ids and times are
 /// strings in their canonical text form, so any client library reads them.
 pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {

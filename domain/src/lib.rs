@@ -48,7 +48,7 @@ pub trait Aggregate {
     const STREAM_TYPE: &'static str;
     type State: Default + Clone + PartialEq + std::fmt::Debug;
     type Command;
-    type Event: Clone + PartialEq + std::fmt::Debug;
+    type Event: Clone + PartialEq + std::fmt::Debug + codec::EventCodec;
 
     /// The events `command` produces in `state`, or why it may not.
     fn decide(

@@ -36,5 +36,20 @@ macro_rules! events {
                 }
             }
         }
+
+        impl $crate::codec::EventCodec for $enum {
+            fn event_type(&self) -> &'static str {
+                $enum::event_type(self)
+            }
+            fn schema_version(&self) -> i32 {
+                $enum::schema_version(self)
+            }
+            fn encode(&self) -> Result<Vec<u8>, $crate::codec::CodecError> {
+                $enum::encode(self)
+            }
+            fn decode(event_type: &str, schema_version: i32, payload: &[u8]) -> Result<Self, $crate::codec::CodecError> {
+                $enum::decode(event_type, schema_version, payload)
+            }
+        }
     };
 }

@@ -35,6 +35,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub vectors: VectorSettings,
     pub event_store: EventStoreSettings,
+    pub commands: CommandSettings,
     /// Acts as an admin credential for commands; unset disables it.
     pub bootstrap_token: Option<SecretString>,
     /// The tracing filter (`COPILOT_LOG`).
@@ -85,6 +86,30 @@ pub struct VectorSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct CommandSettings {
+    /// Largest command message accepted (below NATS's 1 MiB max_payload).
+    pub max_message_bytes: usize,
+    /// Commands per principal per minute (Redis sliding window); 0 disables it.
+    pub rate_limit_per_minute: u32,
+    /// Dimension of the configured embedder (384 for the local model).
+    pub embedding_dimension: usize,
+    /// Commands handled at once per transport and instance.
+    pub max_in_flight: usize,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        CommandSettings {
+            max_message_bytes: 512 * 1024,
+            rate_limit_per_minute: 600,
+            embedding_dimension: 384,
+            max_in_flight: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventStoreSettings {
     pub max_payload_bytes: usize,
     pub max_events_per_append: usize,
@@ -102,6 +127,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             vectors: VectorSettings::default(),
             event_store: EventStoreSettings::default(),
+            commands: CommandSettings::default(),
             bootstrap_token: None,
             log: "info".to_string(),
         }

@@ -1,0 +1,292 @@
+//! Decoding a command message: the envelope, then the payload by type,
+//! naming the field that is wrong.
+
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use domain::command::ParseError;
+use domain::Command;
+
+use crate::result::Encoding;
+
+/// The envelope of the contract; the payload stays in its wire form until
+/// the command type says what it must be.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw<P> {
+    command_id: Uuid,
+    aggregate_id: Uuid,
+    expected_version: Option<u64>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    payload: P,
+}
+
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub command_id: Uuid,
+    pub aggregate_id: Uuid,
+    pub expected_version: Option<u64>,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+}
+
+/// Why a message could not be read: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+    /// The ids, when the envelope itself could be read.
+    pub command_id: Option<Uuid>,
+    pub aggregate_id: Option<Uuid>,
+}
+
+impl Invalid {
+    pub fn details(&self) -> serde_json::Value {
+        json!({ "field": self.field })
+    }
+}
+
+fn path_of(path: &serde_path_to_error::Path) -> String {
+    let text = path.to_string();
+    if text == "." || text.is_empty() {
+        "message".to_string()
+    } else {
+        text
+    }
+}
+
+/// Reads the envelope and the command of `command_type` from a message.
+pub fn decode(
+    encoding: Encoding,
+    command_type: &str,
+    bytes: &[u8],
+) -> Result<(Envelope, Command), Invalid> {
+    match encoding {
+        Encoding::Json => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let raw: Raw<serde_json::Value> =
+                serde_path_to_error::deserialize(&mut de).map_err(|e| invalid_envelope(&e))?;
+            de.end().map_err(|e| Invalid {
+                field: "message".into(),
+                message: e.to_string(),
+                command_id: None,
+                aggregate_id: None,
+            })?;
+            let envelope = raw.envelope();
+            let command = parse_payload(command_type, raw.payload, &envelope)?;
+            Ok((envelope, command))
+        }
+        Encoding::MessagePack => {
+            let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
+            let raw: Raw<rmpv::Value> =
+                serde_path_to_error::deserialize(&mut de).map_err(|e| invalid_envelope(&e))?;
+            if !de.get_ref().is_empty() {
+                return Err(Invalid {
+                    field: "message".into(),
+                    message: "trailing bytes after the envelope".into(),
+                    command_id: None,
+                    aggregate_id: None,
+                });
+            }
+            let envelope = raw.envelope();
+            let payload = to_json(raw.payload).map_err(|(field, message)| Invalid {
+                field: format!("payload{field}"),
+                message,
+                command_id: Some(envelope.command_id),
+                aggregate_id: Some(envelope.aggregate_id),
+            })?;
+            let command = parse_payload(command_type, payload, &envelope)?;
+            Ok((envelope, command))
+        }
+    }
+}
+
+/// A MessagePack payload as the JSON data model, so both encodings go
+/// through one decoder. A 16-byte binary is a UUID (the contract accepts
+/// raw UUIDs) and becomes its text form; other binaries and extension
+/// types have no place in a payload.
+fn to_json(value: rmpv::Value) -> Result<serde_json::Value, (String, String)> {
+    use rmpv::Value as M;
+    use serde_json::Value as J;
+    Ok(match value {
+        M::Nil => J::Null,
+        M::Boolean(b) => J::Bool(b),
+        M::Integer(i) => match (i.as_u64(), i.as_i64()) {
+            (Some(u), _) => J::from(u),
+            (None, Some(n)) => J::from(n),
+            _ => return Err((String::new(), "integer out of range".into())),
+        },
+        M::F32(f) => serde_json::Number::from_f64(f64::from(f))
+            .map(J::Number)
+            .ok_or((String::new(), "not a finite number".into()))?,
+        M::F64(f) => serde_json::Number::from_f64(f)
+            .map(J::Number)
+            .ok_or((String::new(), "not a finite number".into()))?,
+        M::String(s) => J::String(
+            s.into_str()
+                .ok_or((String::new(), "not valid UTF-8".into()))?,
+        ),
+        M::Binary(bytes) => match uuid::Uuid::from_slice(&bytes) {
+            Ok(id) => J::String(id.to_string()),
+            Err(_) => {
+                return Err((
+                    String::new(),
+                    "binary values are only accepted as 16-byte UUIDs".into(),
+                ))
+            }
+        },
+        M::Array(items) => J::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| to_json(v).map_err(|(f, m)| (format!("[{i}]{f}"), m)))
+                .collect::<Result<_, _>>()?,
+        ),
+        M::Map(entries) => {
+            let mut object = serde_json::Map::new();
+            for (key, v) in entries {
+                let M::String(key) = key else {
+                    return Err((String::new(), "map keys must be strings".into()));
+                };
+                let key = key
+                    .into_str()
+                    .ok_or((String::new(), "map key is not valid UTF-8".into()))?;
+                let v = to_json(v).map_err(|(f, m)| (format!(".{key}{f}"), m))?;
+                object.insert(key, v);
+            }
+            J::Object(object)
+        }
+        M::Ext(..) => return Err((String::new(), "extension types are not accepted".into())),
+    })
+}
+
+impl<P> Raw<P> {
+    fn envelope(&self) -> Envelope {
+        Envelope {
+            command_id: self.command_id,
+            aggregate_id: self.aggregate_id,
+            expected_version: self.expected_version,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+        }
+    }
+}
+
+fn invalid_envelope<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> Invalid {
+    Invalid {
+        field: path_of(e.path()),
+        message: e.inner().to_string(),
+        command_id: None,
+        aggregate_id: None,
+    }
+}
+
+fn parse_payload<'de, D>(
+    command_type: &str,
+    payload: D,
+    envelope: &Envelope,
+) -> Result<Command, Invalid>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(payload, &mut track);
+    Command::from_payload(command_type, tracked).map_err(|e| {
+        let (field, message) = match e {
+            ParseError::UnknownType(t) => {
+                ("type".to_string(), format!("unknown command type {t:?}"))
+            }
+            ParseError::Payload(inner) => {
+                let path = track.path().to_string();
+                let field = if path == "." || path.is_empty() {
+                    "payload".to_string()
+                } else {
+                    format!("payload.{path}")
+                };
+                (field, inner.to_string())
+            }
+        };
+        Invalid {
+            field,
+            message,
+            command_id: Some(envelope.command_id),
+            aggregate_id: Some(envelope.aggregate_id),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_msgpack_envelopes_name_the_bad_field() {
+        let good = json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"title": "t", "description": "d", "severity": "low", "affected_services": ["a"]}});
+        assert!(decode(
+            Encoding::Json,
+            "incident.open",
+            &serde_json::to_vec(&good).expect("json")
+        )
+        .is_ok());
+        let packed = domain::codec::encode(&good).expect("msgpack");
+        let decoded = decode(Encoding::MessagePack, "incident.open", &packed);
+        assert!(decoded.is_ok(), "{decoded:?}");
+
+        let mut bad = good.clone();
+        bad["payload"]["severity"] = json!("urgent");
+        let err = decode(
+            Encoding::Json,
+            "incident.open",
+            &serde_json::to_vec(&bad).expect("json"),
+        )
+        .expect_err("bad severity");
+        assert_eq!(err.field, "payload.severity");
+        let err = decode(
+            Encoding::MessagePack,
+            "incident.open",
+            &domain::codec::encode(&bad).expect("msgpack"),
+        )
+        .expect_err("bad severity");
+        assert_eq!(err.field, "payload.severity");
+
+        let mut bad = good.clone();
+        bad["command_id"] = json!("nope");
+        assert_eq!(
+            decode(
+                Encoding::Json,
+                "incident.open",
+                &serde_json::to_vec(&bad).expect("json")
+            )
+            .expect_err("id")
+            .field,
+            "command_id"
+        );
+        let mut bad = good.clone();
+        bad["extra"] = json!(1);
+        assert!(decode(
+            Encoding::Json,
+            "incident.open",
+            &serde_json::to_vec(&bad).expect("json")
+        )
+        .is_err());
+        assert_eq!(
+            decode(
+                Encoding::Json,
+                "incident.explode",
+                &serde_json::to_vec(&good).expect("json")
+            )
+            .expect_err("type")
+            .field,
+            "type"
+        );
+        assert_eq!(
+            decode(Encoding::MessagePack, "incident.open", b"\xc1\xc1")
+                .expect_err("garbage")
+                .command_id,
+            None
+        );
+    }
+}

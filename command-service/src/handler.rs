@@ -1,0 +1,839 @@
+//! The handling of one command, whatever the transport: decode, replay,
+//! authenticate, rate-limit, load, decide, append (with the inline auth
+//! projection and the stored result in the same transaction), answer.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::codec::EventCodec;
+use domain::context::{Actor, LoginFacts, NewApiKey, WorkflowFacts};
+use domain::{conversation, execution, incident, knowledge, runbook, session, user, workflow};
+use domain::{Aggregate, Command, Context, DomainError};
+use eventstore::{
+    AppendError, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, ReadError,
+};
+use futures_util::future::BoxFuture;
+use infra::ratelimit::SlidingWindow;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::authn::{Authenticator, Refusal};
+use crate::envelope::{self, Envelope};
+use crate::result::{CommandResult, Encoding, Status};
+
+/// A retry after a concurrent writer took the version, when the client did
+/// not pin `expected_version`.
+const CONFLICT_RETRIES: usize = 5;
+
+/// One command as it arrived.
+pub struct Incoming<'a> {
+    /// `<aggregate>.<action>`, from the subject.
+    pub command_type: &'a str,
+    pub payload: &'a [u8],
+    pub content_type: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+}
+
+pub struct HandlerSettings {
+    pub max_message_bytes: usize,
+    pub embedding_dimension: usize,
+}
+
+pub struct Handler {
+    locks: AggregateLocks,
+    store: EventStore,
+    authn: Authenticator,
+    limiter: Option<SlidingWindow>,
+    settings: HandlerSettings,
+}
+
+impl Handler {
+    pub fn new(
+        store: EventStore,
+        authn: Authenticator,
+        limiter: Option<SlidingWindow>,
+        settings: HandlerSettings,
+    ) -> Self {
+        Handler {
+            locks: AggregateLocks::default(),
+            store,
+            authn,
+            limiter,
+            settings,
+        }
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    /// Handles one command; the result is what the client gets (in the
+    /// request's encoding). Never panics on input.
+    pub async fn handle(&self, incoming: Incoming<'_>) -> (Encoding, CommandResult) {
+        let encoding = Encoding::from_content_type(incoming.content_type);
+        (encoding, self.handle_inner(encoding, incoming).await)
+    }
+
+    async fn handle_inner(&self, encoding: Encoding, incoming: Incoming<'_>) -> CommandResult {
+        let nil = Uuid::nil();
+        if incoming.payload.len() > self.settings.max_message_bytes {
+            return CommandResult::failed(
+                nil,
+                nil,
+                Status::Invalid,
+                "too_large",
+                format!(
+                    "the message has {} bytes, more than the limit of {}",
+                    incoming.payload.len(),
+                    self.settings.max_message_bytes
+                ),
+                Some(json!({"field": "message", "limit": self.settings.max_message_bytes})),
+            );
+        }
+        let (envelope, command) =
+            match envelope::decode(encoding, incoming.command_type, incoming.payload) {
+                Ok(decoded) => decoded,
+                Err(invalid) => {
+                    // The replay check needs the id: a repeat of a decided command
+                    // is answered even if this copy is garbled after the envelope.
+                    if let Some(command_id) = invalid.command_id {
+                        if let Ok(Some(stored)) = self.stored_result(command_id).await {
+                            return stored;
+                        }
+                    }
+                    let code = if invalid.field == "type" {
+                        "unknown_command"
+                    } else {
+                        "invalid"
+                    };
+                    return CommandResult::failed(
+                        invalid.command_id.unwrap_or(nil),
+                        invalid.aggregate_id.unwrap_or(nil),
+                        Status::Invalid,
+                        code,
+                        invalid.message.clone(),
+                        Some(invalid.details()),
+                    );
+                }
+            };
+        let span = tracing::info_span!("command", command_id = %envelope.command_id, command_type = incoming.command_type,
+            correlation_id = ?envelope.correlation_id, aggregate_id = %envelope.aggregate_id);
+        let _entered = span.enter();
+        match self.stored_result(envelope.command_id).await {
+            Ok(Some(stored)) => return stored,
+            Ok(None) => {}
+            Err(error) => return unavailable(&envelope, &error),
+        }
+        let now = Utc::now();
+        let admin_command = Command::admin_only(incoming.command_type);
+        let actor = match self
+            .authn
+            .authenticate(
+                incoming.authorization,
+                incoming.command_type,
+                admin_command,
+                now,
+            )
+            .await
+        {
+            Err(error) => return unavailable(&envelope, &error),
+            Ok(Err(Refusal::Unauthorized(code))) => {
+                return refused(
+                    &envelope,
+                    Status::Unauthorized,
+                    code,
+                    "the credential is missing, unknown, expired or revoked",
+                    None,
+                )
+            }
+            Ok(Err(Refusal::Forbidden(code))) => {
+                return refused(
+                    &envelope,
+                    Status::Forbidden,
+                    code,
+                    "the API key lacks the scope this command needs",
+                    None,
+                )
+            }
+            Ok(Ok(actor)) => actor,
+        };
+        if let Some(limiter) = &self.limiter {
+            let principal = match &actor {
+                Actor::Anonymous => format!("anonymous:{}", envelope.aggregate_id),
+                other => other.label(),
+            };
+            match limiter.check(&principal).await {
+                Ok(decision) if !decision.allowed => {
+                    let retry_ms =
+                        u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);
+                    return refused(
+                        &envelope,
+                        Status::RateLimited,
+                        "rate_limited",
+                        "too many commands; retry later",
+                        Some(json!({"retry_after_ms": retry_ms})),
+                    );
+                }
+                Ok(_) => {}
+                // Fail open: a Redis outage must not stop the agent.
+                Err(error) => {
+                    tracing::warn!(%error, "rate limiter unavailable; allowing the command")
+                }
+            }
+        }
+        let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
+        let outcome = match command {
+            Command::User(c) => {
+                self.execute::<user::User>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Session(c) => {
+                self.execute::<session::Session>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Conversation(c) => {
+                self.execute::<conversation::Conversation>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Workflow(c) => {
+                self.execute::<workflow::Workflow>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Execution(c) => {
+                self.execute::<execution::Execution>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Incident(c) => {
+                self.execute::<incident::Incident>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Runbook(c) => {
+                self.execute::<runbook::Runbook>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+            Command::Knowledge(c) => {
+                self.execute::<knowledge::Knowledge>(&envelope, incoming.command_type, c, ctx)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(result) => {
+                tracing::info!(status = result.status.as_str(), version = ?result.version, "command handled");
+                result
+            }
+            Err(error) => unavailable(&envelope, &error),
+        }
+    }
+
+    /// The stored outcome of a decided command, marked as replayed.
+    async fn stored_result(&self, command_id: Uuid) -> Result<Option<CommandResult>, sqlx::Error> {
+        let row: Option<(sqlx::types::Json<CommandResult>,)> =
+            sqlx::query_as("SELECT result FROM command_results WHERE command_id = $1")
+                .bind(command_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|(sqlx::types::Json(mut result),)| {
+            result.replayed = true;
+            result
+        }))
+    }
+
+    async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<(A::State, u64), HandleError> {
+        let mut state = A::State::default();
+        let mut version = 0;
+        let mut from = 1;
+        loop {
+            let events = match self.store.read_stream(stream_id, from, 1000).await {
+                Ok(events) => events,
+                Err(ReadError::StreamNotFound(_)) => return Ok((state, 0)),
+                Err(ReadError::Store(e)) => return Err(HandleError::Store(e.to_string())),
+            };
+            let done = events.len() < 1000;
+            for recorded in events {
+                if recorded.stream_type != A::STREAM_TYPE {
+                    return Err(HandleError::WrongStream(recorded.stream_type));
+                }
+                let event = A::Event::decode(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    &recorded.payload,
+                )
+                .map_err(|e| {
+                    HandleError::Store(format!("event {} of {stream_id}: {e}", recorded.version))
+                })?;
+                state = A::evolve(state, &event);
+                version = recorded.version;
+                from = recorded.version + 1;
+            }
+            if done {
+                return Ok((state, version));
+            }
+        }
+    }
+
+    async fn execute<A: Handled>(
+        &self,
+        envelope: &Envelope,
+        command_type: &str,
+        command: A::Command,
+        base: Context,
+    ) -> Result<CommandResult, HandleError> {
+        // Commands for one aggregate take turns in this instance, so they do
+        // not race each other into conflicts; other instances still can,
+        // and those conflicts are retried below.
+        let _turn = self.locks.lock(envelope.aggregate_id).await;
+        let mut attempt = 0;
+        loop {
+            let (state, version) = match self.load::<A>(envelope.aggregate_id).await {
+                Ok(loaded) => loaded,
+                Err(HandleError::WrongStream(actual)) => {
+                    return Ok(refused(
+                        envelope,
+                        Status::Rejected,
+                        "not_found",
+                        &format!(
+                            "aggregate {} is a {actual}, not a {}",
+                            envelope.aggregate_id,
+                            A::STREAM_TYPE
+                        ),
+                        None,
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(expected) = envelope.expected_version {
+                if expected != version {
+                    return Ok(conflict(envelope, expected, version));
+                }
+            }
+            let mut ctx = base.clone();
+            ctx.embedding_dimension = self.settings.embedding_dimension;
+            let facts = self.resolve_facts(A::view(&command), &mut ctx).await?;
+            let events = match A::decide(&state, command.clone(), &ctx) {
+                Ok(events) => events,
+                Err(error) => {
+                    let result = domain_refusal(envelope, &error);
+                    if let Some(login) = &facts.failed_login_of {
+                        self.record_login(*login, false, envelope).await;
+                    }
+                    if result.status == Status::Rejected {
+                        self.store_result(command_type, &ctx.actor, &result).await?;
+                    }
+                    return Ok(result);
+                }
+            };
+            let mut encoded = Vec::with_capacity(events.len());
+            for event in &events {
+                let payload = event
+                    .encode()
+                    .map_err(|e| HandleError::Store(e.to_string()))?;
+                encoded.push(NewEvent::new(
+                    event.event_type(),
+                    event.schema_version(),
+                    payload,
+                ));
+            }
+            let request = AppendRequest {
+                stream_id: envelope.aggregate_id,
+                stream_type: A::STREAM_TYPE.to_string(),
+                expected: if version == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(version)
+                },
+                events: encoded,
+                metadata: Metadata {
+                    command_id: Some(envelope.command_id),
+                    correlation_id: envelope.correlation_id,
+                    causation_id: envelope.causation_id,
+                    actor: Some(ctx.actor.label()),
+                    ip: None,
+                },
+            };
+            let mut tx = self
+                .store
+                .begin()
+                .await
+                .map_err(|e| HandleError::Store(e.to_string()))?;
+            match tx.append(&request).await {
+                Ok(outcome) if outcome.replayed => {
+                    drop(tx);
+                    return match self.stored_result(envelope.command_id).await? {
+                        Some(stored) => Ok(stored),
+                        None => Err(HandleError::Store(
+                            "a replayed command has no stored result".into(),
+                        )),
+                    };
+                }
+                Ok(outcome) => {
+                    A::project(tx.conn(), envelope.aggregate_id, &events).await?;
+                    let mut result = CommandResult {
+                        command_id: envelope.command_id,
+                        status: Status::Accepted,
+                        replayed: false,
+                        aggregate_id: envelope.aggregate_id,
+                        version: Some(outcome.version),
+                        position: Some(outcome.position.to_string()),
+                        events: events.iter().map(|e| e.event_type().to_string()).collect(),
+                        data: None,
+                        error: None,
+                    };
+                    // Secrets are shown once: the stored copy has none.
+                    insert_result(tx.conn(), command_type, &ctx.actor, &result).await?;
+                    tx.commit()
+                        .await
+                        .map_err(|e| HandleError::Store(e.to_string()))?;
+                    result.data = facts.data;
+                    if facts.reset_failed_logins {
+                        if let Some(user_id) = facts.login_user {
+                            self.record_login(user_id, true, envelope).await;
+                        }
+                    }
+                    return Ok(result);
+                }
+                Err(AppendError::Conflict { actual, .. })
+                    if envelope.expected_version.is_some() || attempt >= CONFLICT_RETRIES =>
+                {
+                    return Ok(conflict(
+                        envelope,
+                        envelope.expected_version.unwrap_or(version),
+                        actual.unwrap_or(0),
+                    ));
+                }
+                Err(AppendError::Conflict { .. } | AppendError::StaleTransaction { .. }) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+                }
+                Err(
+                    e @ (AppendError::Empty { .. }
+                    | AppendError::TooManyEvents { .. }
+                    | AppendError::PayloadTooLarge { .. }
+                    | AppendError::MissingType { .. }),
+                ) => {
+                    return Ok(refused(
+                        envelope,
+                        Status::Invalid,
+                        "too_large",
+                        &e.to_string(),
+                        Some(json!({"field": "payload"})),
+                    ));
+                }
+                Err(AppendError::Store(e)) => return Err(HandleError::Store(e.to_string())),
+            }
+        }
+    }
+
+    async fn store_result(
+        &self,
+        command_type: &str,
+        actor: &Actor,
+        result: &CommandResult,
+    ) -> Result<(), HandleError> {
+        let mut conn = self.pool().acquire().await?;
+        insert_result(&mut conn, command_type, actor, result).await
+    }
+
+    /// Fills in what `decide` needs from outside for this command.
+    async fn resolve_facts(
+        &self,
+        command: CommandRef<'_>,
+        ctx: &mut Context,
+    ) -> Result<Facts, HandleError> {
+        let mut facts = Facts::default();
+        match command {
+            CommandRef::User(user::Command::Register(r)) => {
+                ctx.password_hash = Some(hash(r.password.as_str().to_string()).await?);
+            }
+            CommandRef::User(user::Command::ChangePassword(c)) => {
+                let stored: Option<(String,)> =
+                    sqlx::query_as("SELECT password_hash FROM auth_users WHERE user_id = $1")
+                        .bind(ctx.aggregate_id)
+                        .fetch_optional(self.pool())
+                        .await?;
+                let current = c.current_password.as_str().to_string();
+                ctx.password_verified = Some(match stored {
+                    Some((hash,)) => verify(current, hash).await,
+                    None => false,
+                });
+                ctx.password_hash = Some(hash(c.new_password.as_str().to_string()).await?);
+            }
+            CommandRef::User(user::Command::IssueApiKey(_)) => {
+                let key_id = Uuid::now_v7();
+                let issued = tokio::task::spawn_blocking(move || infra::auth::new_api_key(key_id))
+                    .await
+                    .map_err(|e| HandleError::Store(e.to_string()))?
+                    .map_err(|e| HandleError::Store(e.to_string()))?;
+                facts.data = Some(
+                    json!({"api_key": issued.token.expose_secret(), "key_id": key_id, "prefix": issued.prefix}),
+                );
+                ctx.new_api_key = Some(NewApiKey {
+                    key_id: key_id.into(),
+                    key_hash: issued.hash,
+                    prefix: issued.prefix,
+                });
+            }
+            CommandRef::Session(session::Command::Start(s)) => {
+                let row: Option<(Uuid, String, String, bool, bool, Option<String>)> = sqlx::query_as(
+                    "SELECT user_id, role, password_hash, locked, deleted, mfa_secret FROM auth_users WHERE email = $1",
+                )
+                .bind(s.email.as_str())
+                .fetch_optional(self.pool())
+                .await?;
+                let password = s.password.as_str().to_string();
+                match row {
+                    Some((user_id, role, password_hash, locked, deleted, mfa_secret)) => {
+                        let ok = verify(password, password_hash).await;
+                        ctx.password_verified = Some(ok);
+                        let role = role
+                            .parse()
+                            .map_err(|_| HandleError::Store(format!("bad role {role}")))?;
+                        ctx.login = Some(LoginFacts {
+                            user_id: user_id.into(),
+                            role,
+                            locked,
+                            deleted,
+                            mfa_enabled: mfa_secret.is_some(),
+                            mfa_code_valid: match (&mfa_secret, &s.mfa_code) {
+                                (Some(secret), Some(code)) => {
+                                    Some(crate::totp::verify(secret, code.as_str(), ctx.now))
+                                }
+                                _ => None,
+                            },
+                        });
+                        facts.login_user = Some(user_id);
+                        if !ok && !deleted {
+                            facts.failed_login_of = Some(user_id);
+                        }
+                        let failed: Option<i64> = self.failed_logins(user_id).await?;
+                        facts.reset_failed_logins = ok && failed.unwrap_or(0) > 0;
+                    }
+                    None => {
+                        // Same work as a real check, so timing tells nothing.
+                        let _ = verify(password, DUMMY_HASH.to_string()).await;
+                        ctx.password_verified = Some(false);
+                    }
+                }
+                let token = infra::auth::new_session_token();
+                ctx.token_hash = Some(token.hash.clone());
+                facts.data = Some(json!({
+                    "token": token.token.expose_secret(),
+                    "expires_at": ctx.now + domain::session::SESSION_LIFETIME,
+                }));
+            }
+            CommandRef::Execution(execution::Command::Start(s)) => {
+                let (state, _) = self
+                    .load::<workflow::Workflow>(s.workflow_id.0)
+                    .await
+                    .unwrap_or_default();
+                ctx.workflow = state.status.map(|status| WorkflowFacts {
+                    version: state.version,
+                    status,
+                    max_retries: state.max_retries,
+                });
+            }
+            _ => {}
+        }
+        Ok(facts)
+    }
+
+    async fn failed_logins(&self, user_id: Uuid) -> Result<Option<i64>, HandleError> {
+        let (state, _) = self.load::<user::User>(user_id).await?;
+        Ok(Some(i64::from(state.failed_logins)))
+    }
+
+    /// Records a login attempt on the user's stream (five failures lock it).
+    async fn record_login(&self, user_id: Uuid, succeeded: bool, envelope: &Envelope) {
+        for _ in 0..CONFLICT_RETRIES {
+            let Ok((state, version)) = self.load::<user::User>(user_id).await else {
+                return;
+            };
+            let ctx = Context::new(Utc::now(), Actor::System).for_aggregate(user_id);
+            let Ok(events) = user::User::decide(
+                &state,
+                user::Command::RecordLogin(user::RecordLogin {
+                    succeeded,
+                    ip_address: None,
+                }),
+                &ctx,
+            ) else {
+                return;
+            };
+            let mut encoded = Vec::new();
+            for event in &events {
+                let Ok(payload) = event.encode() else { return };
+                encoded.push(NewEvent::new(
+                    event.event_type(),
+                    event.schema_version(),
+                    payload,
+                ));
+            }
+            let request = AppendRequest {
+                stream_id: user_id,
+                stream_type: "user".into(),
+                expected: ExpectedVersion::Exact(version),
+                events: encoded,
+                metadata: Metadata {
+                    causation_id: Some(envelope.command_id),
+                    correlation_id: envelope.correlation_id,
+                    actor: Some("system".into()),
+                    ..Metadata::default()
+                },
+            };
+            let Ok(mut tx) = self.store.begin().await else {
+                return;
+            };
+            match tx.append(&request).await {
+                Ok(_) => {
+                    if user::User::project(tx.conn(), user_id, &events)
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tx.commit().await;
+                    }
+                    return;
+                }
+                Err(AppendError::Conflict { .. } | AppendError::StaleTransaction { .. }) => {
+                    continue
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record a login attempt");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A hash with the same parameters as real ones, for unknown e-mails.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$mR8YoRYoV3Jp3Wsv2bJbCq7bRZfGjY1Hq0kzJ1bqJxM";
+
+#[derive(Default)]
+struct Facts {
+    /// Returned to the client once, never stored.
+    data: Option<Value>,
+    failed_login_of: Option<Uuid>,
+    login_user: Option<Uuid>,
+    reset_failed_logins: bool,
+}
+
+async fn hash(secret: String) -> Result<String, HandleError> {
+    tokio::task::spawn_blocking(move || infra::auth::hash_secret(&secret))
+        .await
+        .map_err(|e| HandleError::Store(e.to_string()))?
+        .map_err(|e| HandleError::Store(e.to_string()))
+}
+
+async fn verify(secret: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || infra::auth::verify_secret(&secret, &hash).unwrap_or(false))
+        .await
+        .unwrap_or(false)
+}
+
+/// A view of a command for fact resolution, whatever aggregate it is for.
+pub(crate) enum CommandRef<'a> {
+    User(&'a user::Command),
+    Session(&'a session::Command),
+    Execution(&'a execution::Command),
+    Other,
+}
+
+/// What the handler needs of an aggregate beyond the domain: which facts
+/// its commands need, and the inline projection of its events.
+pub(crate) trait Handled: Aggregate<Command: Clone> {
+    fn view(_command: &Self::Command) -> CommandRef<'_> {
+        CommandRef::Other
+    }
+
+    fn project<'c>(
+        _conn: &'c mut sqlx::PgConnection,
+        _id: Uuid,
+        _events: &'c [Self::Event],
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Handled for user::User {
+    fn view(command: &user::Command) -> CommandRef<'_> {
+        CommandRef::User(command)
+    }
+
+    fn project<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        id: Uuid,
+        events: &'c [user::Event],
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(crate::inline::apply_user(conn, id, events))
+    }
+}
+
+impl Handled for session::Session {
+    fn view(command: &session::Command) -> CommandRef<'_> {
+        CommandRef::Session(command)
+    }
+
+    fn project<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        id: Uuid,
+        events: &'c [session::Event],
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(crate::inline::apply_session(conn, id, events))
+    }
+}
+
+impl Handled for execution::Execution {
+    fn view(command: &execution::Command) -> CommandRef<'_> {
+        CommandRef::Execution(command)
+    }
+}
+
+impl Handled for conversation::Conversation {}
+impl Handled for workflow::Workflow {}
+impl Handled for incident::Incident {}
+impl Handled for runbook::Runbook {}
+impl Handled for knowledge::Knowledge {}
+
+async fn insert_result(
+    conn: &mut sqlx::PgConnection,
+    command_type: &str,
+    actor: &Actor,
+    result: &CommandResult,
+) -> Result<(), HandleError> {
+    sqlx::query(
+        "INSERT INTO command_results (command_id, command_type, actor, status, result)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (command_id) DO NOTHING",
+    )
+    .bind(result.command_id)
+    .bind(command_type)
+    .bind(actor.label())
+    .bind(result.status.as_str())
+    .bind(sqlx::types::Json(result))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("store: {0}")]
+    Store(String),
+    #[error("stream holds {0} events")]
+    WrongStream(String),
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(e: sqlx::Error) -> Self {
+        HandleError::Store(e.to_string())
+    }
+}
+
+fn refused(
+    envelope: &Envelope,
+    status: Status,
+    code: &str,
+    message: &str,
+    details: Option<Value>,
+) -> CommandResult {
+    CommandResult::failed(
+        envelope.command_id,
+        envelope.aggregate_id,
+        status,
+        code,
+        message,
+        details,
+    )
+}
+
+fn conflict(envelope: &Envelope, expected: u64, actual: u64) -> CommandResult {
+    let mut result = refused(
+        envelope,
+        Status::Conflict,
+        "conflict",
+        &format!("expected version {expected}, the stream is at {actual}"),
+        Some(json!({"expected_version": expected, "actual_version": actual})),
+    );
+    result.version = Some(actual);
+    result
+}
+
+/// The one place a domain refusal becomes a wire status.
+fn domain_refusal(envelope: &Envelope, error: &DomainError) -> CommandResult {
+    match error {
+        DomainError::Rejected { code, message } => {
+            refused(envelope, Status::Rejected, code, message, None)
+        }
+        DomainError::Forbidden(message) => {
+            refused(envelope, Status::Forbidden, "forbidden", message, None)
+        }
+        DomainError::NotFound(what) => refused(
+            envelope,
+            Status::Rejected,
+            "not_found",
+            &format!("{what} not found"),
+            None,
+        ),
+        DomainError::Invalid { field, message } => refused(
+            envelope,
+            Status::Invalid,
+            "invalid",
+            message,
+            Some(json!({"field": format!("payload.{field}")})),
+        ),
+    }
+}
+
+fn unavailable(envelope: &Envelope, error: &dyn std::fmt::Display) -> CommandResult {
+    // The cause is logged, not sent: it may name internals.
+    tracing::error!(%error, command_id = %envelope.command_id, "command failed: a dependency is unavailable");
+    refused(
+        envelope,
+        Status::Unavailable,
+        "unavailable",
+        "a dependency is unavailable; retry with the same command id",
+        None,
+    )
+}
+
+/// One async mutex per aggregate with commands in flight.
+#[derive(Default)]
+struct AggregateLocks {
+    locks:
+        std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct Turn<'a> {
+    id: Uuid,
+    owner: &'a AggregateLocks,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl AggregateLocks {
+    async fn lock(&self, id: Uuid) -> Turn<'_> {
+        let lock = match self.locks.lock() {
+            Ok(mut map) => std::sync::Arc::clone(map.entry(id).or_default()),
+            Err(poisoned) => std::sync::Arc::clone(poisoned.into_inner().entry(id).or_default()),
+        };
+        Turn {
+            id,
+            owner: self,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if let Ok(mut map) = self.owner.locks.lock() {
+            // Forget the mutex when nobody else holds or waits for it.
+            if map
+                .get(&self.id)
+                .is_some_and(|m| std::sync::Arc::strong_count(m) == 1)
+            {
+                map.remove(&self.id);
+            }
+        }
+    }
+}

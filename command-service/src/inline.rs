@@ -1,0 +1,155 @@
+//! The auth index, kept by an inline projection: the same transaction that
+//! appends a command's events applies them here.
+
+use chrono::{DateTime, Utc};
+use domain::{session, user};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub async fn apply_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    events: &[user::Event],
+) -> Result<(), sqlx::Error> {
+    for event in events {
+        match event {
+            user::Event::Registered(e) => {
+                sqlx::query(
+                    "INSERT INTO auth_users (user_id, email, role, password_hash) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(user_id)
+                .bind(e.email.as_ref().map(String::as_str).unwrap_or_default())
+                .bind(e.role.as_str())
+                .bind(&e.password_hash)
+                .execute(&mut *conn)
+                .await?;
+            }
+            user::Event::RoleChanged(e) => set(conn, user_id, "role = $2", e.to.as_str()).await?,
+            user::Event::PasswordChanged(e) => {
+                set(conn, user_id, "password_hash = $2", &e.password_hash).await?
+            }
+            user::Event::MfaEnabled(e) => {
+                set(
+                    conn,
+                    user_id,
+                    "mfa_secret = $2",
+                    e.secret.as_ref().map(String::as_str).unwrap_or_default(),
+                )
+                .await?
+            }
+            user::Event::MfaDisabled(_) => flag(conn, user_id, "mfa_secret = NULL").await?,
+            user::Event::Locked(_) => flag(conn, user_id, "locked = true").await?,
+            user::Event::Unlocked(_) => flag(conn, user_id, "locked = false").await?,
+            user::Event::Deleted(_) => flag(conn, user_id, "deleted = true").await?,
+            user::Event::Forgotten(_) => {
+                // Nothing of the person stays in the index.
+                sqlx::query("DELETE FROM auth_sessions WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("DELETE FROM auth_api_keys WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("DELETE FROM auth_users WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            user::Event::ApiKeyIssued(e) => {
+                let scopes: Vec<&str> = e.scopes.iter().map(|s| s.as_str()).collect();
+                sqlx::query(
+                    "INSERT INTO auth_api_keys (key_id, user_id, key_hash, scopes, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(e.key_id.0)
+                .bind(user_id)
+                .bind(&e.key_hash)
+                .bind(&scopes)
+                .bind(e.expires_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            user::Event::ApiKeyRevoked(e) => {
+                sqlx::query("UPDATE auth_api_keys SET revoked = true WHERE key_id = $1")
+                    .bind(e.key_id.0)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            user::Event::ProfileUpdated(_)
+            | user::Event::LoginFailed(_)
+            | user::Event::LoginSucceeded(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn set(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    assignment: &str,
+    value: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE auth_users SET {assignment}, updated_at = now() WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .bind(value)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn flag(conn: &mut PgConnection, user_id: Uuid, assignment: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE auth_users SET {assignment}, updated_at = now() WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn apply_session(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    events: &[session::Event],
+) -> Result<(), sqlx::Error> {
+    for event in events {
+        match event {
+            session::Event::Started(e) => {
+                sqlx::query(
+                    "INSERT INTO auth_sessions (token_hash, session_id, user_id, expires_at, last_seen)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&e.token_hash)
+                .bind(session_id)
+                .bind(e.user_id.0)
+                .bind(e.expires_at)
+                .bind(e.started_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            session::Event::Touched(e) => touch(conn, session_id, e.at).await?,
+            session::Event::Ended(_) => {
+                sqlx::query("UPDATE auth_sessions SET ended = true WHERE session_id = $1")
+                    .bind(session_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn touch(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth_sessions SET last_seen = $2 WHERE session_id = $1")
+        .bind(session_id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The command service: the agent's commands arrive over NATS (core
+//! request/reply and JetStream), are decided by the domain and appended to
+//! the event store, once, and answered with the contract's result.
+
+mod authn;
+pub mod envelope;
+pub mod handler;
+mod inline;
+pub mod result;
+pub mod totp;
+mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventstore::EventStore;
+use secrecy::SecretString;
+
+pub use handler::{Handler, HandlerSettings, Incoming};
+pub use result::{CommandResult, Encoding, Status};
+
+/// What the service needs to know.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    pub nats_url: String,
+    /// First subject token; stream names take it as a suffix unless it is `copilot`.
+    pub prefix: String,
+    pub max_message_bytes: usize,
+    pub embedding_dimension: usize,
+    pub bootstrap_token: Option<SecretString>,
+    /// Redis URL and key prefix for the rate limit; `None` disables it.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// How many commands are handled at once per transport.
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone)]
+pub struct RateLimitConfig {
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub limit: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("JetStream set-up failed: {0}")]
+    JetStream(String),
+    #[error("NATS subscription failed: {0}")]
+    Subscribe(String),
+}
+
+/// The JetStream stream names for a prefix (`COPILOT_COMMANDS`, or
+/// `COPILOT_COMMANDS_<PREFIX>` for any other prefix).
+pub fn stream_names(prefix: &str) -> (String, String) {
+    if prefix == "copilot" {
+        ("COPILOT_COMMANDS".into(), "COPILOT_RESULTS".into())
+    } else {
+        let suffix: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        (
+            format!("COPILOT_COMMANDS_{suffix}"),
+            format!("COPILOT_RESULTS_{suffix}"),
+        )
+    }
+}
+
+/// Runs both transports until `shutdown` resolves, then stops taking new
+/// messages, finishes those in flight and returns.
+pub async fn run(
+    config: ServiceConfig,
+    store: EventStore,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServiceError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("copilot-data command-service")
+        .connect(&config.nats_url)
+        .await
+        .map_err(|e| ServiceError::Connect {
+            url: config.nats_url.clone(),
+            message: e.to_string(),
+        })?;
+    let limiter = match &config.rate_limit {
+        None => None,
+        Some(rl) => match redis::Client::open(rl.redis_url.as_str()) {
+            Ok(redis_client) => match redis_client.get_connection_manager().await {
+                Ok(conn) => Some(infra::ratelimit::SlidingWindow::new(
+                    conn,
+                    rl.key_prefix.clone(),
+                    rl.limit,
+                    rl.window,
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "Redis unavailable at start; commands are not rate-limited");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "invalid Redis URL; commands are not rate-limited");
+                None
+            }
+        },
+    };
+    let handler = Arc::new(Handler::new(
+        store.clone(),
+        authn::Authenticator::new(store.pool().clone(), config.bootstrap_token.clone()),
+        limiter,
+        HandlerSettings {
+            max_message_bytes: config.max_message_bytes,
+            embedding_dimension: config.embedding_dimension,
+        },
+    ));
+    transport::serve(client, config, handler, shutdown).await
+}

@@ -1,0 +1,331 @@
+//! The two NATS transports. Both hand each message to the same handler and
+//! share its idempotency record, so a command sent on both is harmless.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::{Client, HeaderMap, Message};
+use futures_util::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::handler::{Handler, Incoming};
+use crate::result::{CommandResult, Encoding, Status};
+use crate::{stream_names, ServiceConfig, ServiceError};
+
+/// Deliveries of a JetStream command before it is dead-lettered.
+pub const MAX_DELIVER: i64 = 5;
+const CONSUMER: &str = "command-service";
+/// How long in-flight commands may take to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve(
+    client: Client,
+    config: ServiceConfig,
+    handler: Arc<Handler>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServiceError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let js = jetstream::new(client.clone());
+    let consumer = setup_jetstream(&js, &config).await?;
+    let rpc = client
+        .queue_subscribe(
+            format!("{}.rpc.>", config.prefix),
+            "command-service".to_string(),
+        )
+        .await
+        .map_err(|e| ServiceError::Subscribe(e.to_string()))?;
+    tracing::info!(prefix = %config.prefix, "command service listening");
+
+    let rpc_task = tokio::spawn(rpc_loop(
+        client.clone(),
+        rpc,
+        config.clone(),
+        Arc::clone(&handler),
+        stop_rx.clone(),
+    ));
+    let js_task = tokio::spawn(jetstream_loop(
+        js,
+        consumer,
+        config.clone(),
+        handler,
+        stop_rx,
+    ));
+    shutdown.await;
+    tracing::info!("command service stopping: no new messages, finishing those in flight");
+    let _ = stop_tx.send(true);
+    let _ = rpc_task.await;
+    let _ = js_task.await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn setup_jetstream(
+    js: &jetstream::Context,
+    config: &ServiceConfig,
+) -> Result<consumer::PullConsumer, ServiceError> {
+    let (commands, results) = stream_names(&config.prefix);
+    let err = |e: &dyn std::fmt::Display| ServiceError::JetStream(e.to_string());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: commands,
+            subjects: vec![format!("{}.cmd.>", config.prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(&e))?;
+    js.get_or_create_stream(stream::Config {
+        name: results,
+        subjects: vec![
+            format!("{}.result.>", config.prefix),
+            format!("{}.dlq.>", config.prefix),
+        ],
+        max_age: Duration::from_secs(24 * 60 * 60),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(&e))?;
+    stream
+        .get_or_create_consumer(
+            CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(CONSUMER.to_string()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: MAX_DELIVER,
+                filter_subject: format!("{}.cmd.>", config.prefix),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| err(&e))
+}
+
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+async fn rpc_loop(
+    client: Client,
+    mut subscription: async_nats::Subscriber,
+    config: ServiceConfig,
+    handler: Arc<Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let mut in_flight = JoinSet::new();
+    let prefix = format!("{}.rpc.", config.prefix);
+    loop {
+        tokio::select! {
+            message = subscription.next() => {
+                let Some(message) = message else { break };
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
+                let (client, handler, prefix) = (client.clone(), Arc::clone(&handler), prefix.clone());
+                in_flight.spawn(async move {
+                    answer_rpc(&client, &handler, &prefix, message).await;
+                    drop(slot);
+                });
+            }
+            _ = stop.changed() => break,
+        }
+        while in_flight.try_join_next().is_some() {}
+    }
+    // Stop taking new requests; other instances of the queue group get them.
+    let _ = subscription.unsubscribe().await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn answer_rpc(client: &Client, handler: &Handler, prefix: &str, message: Message) {
+    let command_type = message
+        .subject
+        .as_str()
+        .strip_prefix(prefix)
+        .unwrap_or_default();
+    let headers = message.headers.as_ref();
+    let (encoding, result) = handler
+        .handle(Incoming {
+            command_type,
+            payload: &message.payload,
+            content_type: header(headers, "Content-Type"),
+            authorization: header(headers, "Authorization"),
+        })
+        .await;
+    let Some(reply) = message.reply else { return };
+    let mut reply_headers = HeaderMap::new();
+    reply_headers.insert("Content-Type", encoding.content_type());
+    if let Err(error) = client
+        .publish_with_headers(reply, reply_headers, encoding.encode(&result).into())
+        .await
+    {
+        tracing::warn!(%error, command_id = %result.command_id, "cannot send the reply");
+    }
+}
+
+async fn jetstream_loop(
+    js: jetstream::Context,
+    consumer: consumer::PullConsumer,
+    config: ServiceConfig,
+    handler: Arc<Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let mut in_flight = JoinSet::new();
+    let mut messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(error) => {
+            tracing::error!(%error, "cannot consume JetStream commands");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "JetStream delivery failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    None => break,
+                };
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
+                let (js, handler, prefix) = (js.clone(), Arc::clone(&handler), config.prefix.clone());
+                in_flight.spawn(async move {
+                    process(&js, &handler, &prefix, message).await;
+                    drop(slot);
+                });
+            }
+            _ = stop.changed() => break,
+        }
+        while in_flight.try_join_next().is_some() {}
+    }
+    // Messages not yet handled are neither acked nor lost: JetStream
+    // redelivers them after the ack wait, to this or another instance.
+    drop(messages);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Handles one JetStream command. It is acked only after its outcome is
+/// stored (by the handler) and its result is published.
+async fn process(
+    js: &jetstream::Context,
+    handler: &Handler,
+    prefix: &str,
+    message: jetstream::Message,
+) {
+    let command_prefix = format!("{prefix}.cmd.");
+    let command_type = message
+        .subject
+        .as_str()
+        .strip_prefix(command_prefix.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let headers = message.headers.as_ref();
+    let msg_id = header(headers, "Nats-Msg-Id").map(str::to_string);
+    let (encoding, mut result) = handler
+        .handle(Incoming {
+            command_type: &command_type,
+            payload: &message.payload,
+            content_type: header(headers, "Content-Type"),
+            authorization: header(headers, "Authorization"),
+        })
+        .await;
+    if result.command_id.is_nil() {
+        if let Some(id) = msg_id
+            .as_deref()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        {
+            result.command_id = id;
+        }
+    }
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    if result.status == Status::Unavailable && delivered < MAX_DELIVER {
+        // Nothing was appended: try again later.
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_millis(
+                500 * delivered as u64,
+            ))))
+            .await;
+        return;
+    }
+    if result.status == Status::Unavailable {
+        dead_letter(js, prefix, &command_type, &message).await;
+    }
+    if publish_result(js, prefix, encoding, &result).await {
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, command_id = %result.command_id, "cannot ack a command");
+        }
+    } else {
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+    }
+}
+
+async fn publish_result(
+    js: &jetstream::Context,
+    prefix: &str,
+    encoding: Encoding,
+    result: &CommandResult,
+) -> bool {
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", encoding.content_type());
+    headers.insert("Nats-Msg-Id", result.command_id.to_string().as_str());
+    let subject = format!("{prefix}.result.{}", result.command_id);
+    match js
+        .publish_with_headers(subject, headers, encoding.encode(result).into())
+        .await
+    {
+        Ok(ack) => match ack.await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "result not stored by JetStream");
+                false
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot publish a result");
+            false
+        }
+    }
+}
+
+/// A command that failed every delivery goes to `<prefix>.dlq.<type>`.
+async fn dead_letter(
+    js: &jetstream::Context,
+    prefix: &str,
+    command_type: &str,
+    message: &jetstream::Message,
+) {
+    let headers = message.headers.clone().unwrap_or_default();
+    let subject = format!(
+        "{prefix}.dlq.{}",
+        if command_type.is_empty() {
+            "unknown"
+        } else {
+            command_type
+        }
+    );
+    tracing::error!(
+        subject,
+        "command dead-lettered after {MAX_DELIVER} deliveries"
+    );
+    if let Ok(ack) = js
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await
+    {
+        let _ = ack.await;
+    }
+}

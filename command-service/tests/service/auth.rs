@@ -1,0 +1,192 @@
+use command_service::Status;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{envelope, App};
+
+#[sqlx::test(migrations = "../migrations")]
+async fn tokens_work_at_once_and_stop_at_once(pool: PgPool) {
+    let app = App::spawn(pool).await;
+    let (_alice, alice) = app.user("operator").await;
+    let (_bob, bob) = app.user("operator").await;
+
+    let conversation = Uuid::now_v7();
+    let started = app
+        .rpc(
+            "conversation.start",
+            &envelope(conversation, json!({"title": "hi"})),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(
+        started.status,
+        Status::Accepted,
+        "a token works right after session.start: {started:?}"
+    );
+
+    let before = app.event_count().await;
+    let foreign = app
+        .rpc(
+            "conversation.append_message",
+            &envelope(
+                conversation,
+                json!({"message_id": Uuid::now_v7(), "role": "user", "content": "x"}),
+            ),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(
+        (
+            foreign.status,
+            foreign.error.as_ref().map(|e| e.code.as_str())
+        ),
+        (Status::Forbidden, Some("forbidden"))
+    );
+
+    for (token, code) in [
+        (None, "missing_token"),
+        (Some("cps_not-a-real-token"), "invalid_token"),
+        (Some("garbage"), "invalid_token"),
+    ] {
+        let refused = app
+            .rpc(
+                "conversation.start",
+                &envelope(Uuid::now_v7(), json!({})),
+                token,
+            )
+            .await;
+        assert_eq!(refused.status, Status::Unauthorized, "{token:?}");
+        assert_eq!(refused.error.as_ref().map(|e| e.code.as_str()), Some(code));
+    }
+
+    // Find alice's session and end it: the token fails the moment that is acknowledged.
+    let session: (Uuid,) = sqlx::query_as("SELECT session_id FROM auth_sessions s JOIN auth_users u USING (user_id) WHERE s.token_hash = $1")
+        .bind(infra::auth::token_hash(&alice))
+        .fetch_one(&app.pool)
+        .await
+        .expect("session");
+    let ended = app
+        .rpc("session.end", &envelope(session.0, json!({})), Some(&alice))
+        .await;
+    assert_eq!(ended.status, Status::Accepted, "{ended:?}");
+    let after_end = app
+        .rpc(
+            "conversation.tag",
+            &envelope(conversation, json!({"tags": ["x"]})),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(
+        (after_end.status, after_end.error.map(|e| e.code)),
+        (Status::Unauthorized, Some("session_ended".to_string()))
+    );
+    assert_eq!(
+        app.event_count().await,
+        before + 1,
+        "only session_ended was appended"
+    );
+    app.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn api_keys_are_shown_once_and_revoked_at_once(pool: PgPool) {
+    let app = App::spawn(pool).await;
+    let (user_id, token) = app.user("operator").await;
+    let issued = app
+        .rpc(
+            "user.issue_api_key",
+            &envelope(user_id, json!({"name": "ci", "scopes": ["commands:write"]})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(issued.status, Status::Accepted, "{issued:?}");
+    let data = issued.data.clone().expect("the key is shown");
+    let key = data["api_key"].as_str().expect("key").to_string();
+    let key_id = data["key_id"].as_str().expect("key id").to_string();
+
+    let with_key = app.rpc("incident.open", &envelope(Uuid::now_v7(), json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]})), Some(&key)).await;
+    assert_eq!(with_key.status, Status::Accepted, "{with_key:?}");
+    let admin_only = app
+        .rpc(
+            "user.lock",
+            &envelope(user_id, json!({"reason": "x"})),
+            Some(&key),
+        )
+        .await;
+    assert_eq!(admin_only.status, Status::Forbidden);
+
+    // The stored result of the issuing command never holds the key.
+    let replay = app.rpc("user.issue_api_key", &json!({"command_id": issued.command_id, "aggregate_id": user_id, "payload": {"name": "ci", "scopes": ["commands:write"]}}), Some(&token)).await;
+    assert!(replay.replayed && replay.data.is_none(), "{replay:?}");
+
+    let revoked = app
+        .rpc(
+            "user.revoke_api_key",
+            &envelope(user_id, json!({"key_id": key_id})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(revoked.status, Status::Accepted, "{revoked:?}");
+    let after = app.rpc("incident.open", &envelope(Uuid::now_v7(), json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]})), Some(&key)).await;
+    assert_eq!(
+        (after.status, after.error.map(|e| e.code)),
+        (Status::Unauthorized, Some("api_key_revoked".to_string()))
+    );
+    app.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn five_wrong_passwords_lock_the_account(pool: PgPool) {
+    let app = App::spawn(pool).await;
+    let user_id = Uuid::now_v7();
+    let email = format!("{}@example.com", Uuid::new_v4().simple());
+    let registered = app.rpc("user.register", &envelope(user_id, json!({"email": email, "display_name": "L", "password": "correct horse", "role": "viewer"})), Some(&app.bootstrap)).await;
+    assert_eq!(registered.status, Status::Accepted);
+    for _ in 0..5 {
+        let wrong = app
+            .rpc(
+                "session.start",
+                &envelope(
+                    Uuid::now_v7(),
+                    json!({"email": email, "password": "wrong password"}),
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(
+            wrong.error.map(|e| e.code),
+            Some("invalid_credentials".to_string())
+        );
+    }
+    let right = app
+        .rpc(
+            "session.start",
+            &envelope(
+                Uuid::now_v7(),
+                json!({"email": email, "password": "correct horse"}),
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        right.error.map(|e| e.code),
+        Some("account_locked".to_string())
+    );
+    let unknown = app
+        .rpc(
+            "session.start",
+            &envelope(
+                Uuid::now_v7(),
+                json!({"email": "nobody@example.com", "password": "correct horse"}),
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        unknown.error.map(|e| e.code),
+        Some("invalid_credentials".to_string()),
+        "unknown e-mails look like wrong passwords"
+    );
+    app.finish().await;
+}
