@@ -96,7 +96,8 @@ async fn setup_jetstream(
             consumer::pull::Config {
                 durable_name: Some(CONSUMER.to_string()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // A killed instance's unacked commands come back after this long.
+                ack_wait: Duration::from_secs(15),
                 max_deliver: MAX_DELIVER,
                 filter_subject: format!("{}.cmd.>", config.prefix),
                 ..Default::default()

@@ -266,6 +266,12 @@ impl Settings {
         if let Some(v) = get("COPILOT_LOG") {
             self.log = v;
         }
+        if let Some(v) = get("COPILOT_RATE_LIMIT_PER_MINUTE") {
+            self.commands.rate_limit_per_minute = parse("COPILOT_RATE_LIMIT_PER_MINUTE", &v)?;
+        }
+        if let Some(v) = get("COPILOT_MAX_MESSAGE_BYTES") {
+            self.commands.max_message_bytes = parse("COPILOT_MAX_MESSAGE_BYTES", &v)?;
+        }
         if let Some(v) = get("COPILOT_MAX_PAYLOAD_BYTES") {
             self.event_store.max_payload_bytes = parse("COPILOT_MAX_PAYLOAD_BYTES", &v)?;
         }
