@@ -41,11 +41,30 @@ pub struct HandlerSettings {
     pub embedding_dimension: usize,
 }
 
+/// The rate limit, once Redis could be reached (shared with the task that connects it).
+#[derive(Clone, Default)]
+pub struct Limiter(std::sync::Arc<std::sync::RwLock<Option<SlidingWindow>>>);
+
+impl Limiter {
+    pub fn set(&self, window: SlidingWindow) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Some(window);
+        }
+    }
+
+    fn get(&self) -> Option<SlidingWindow> {
+        self.0.read().ok().and_then(|slot| slot.clone())
+    }
+}
+
+/// How long a rate-limit check may take before the command runs anyway.
+const LIMIT_TIMEOUT: Duration = Duration::from_millis(250);
+
 pub struct Handler {
     locks: AggregateLocks,
     store: EventStore,
     authn: Authenticator,
-    limiter: Option<SlidingWindow>,
+    limiter: Limiter,
     settings: HandlerSettings,
 }
 
@@ -53,7 +72,7 @@ impl Handler {
     pub fn new(
         store: EventStore,
         authn: Authenticator,
-        limiter: Option<SlidingWindow>,
+        limiter: Limiter,
         settings: HandlerSettings,
     ) -> Self {
         Handler {
@@ -159,12 +178,19 @@ impl Handler {
             }
             Ok(Ok(actor)) => actor,
         };
-        if let Some(limiter) = &self.limiter {
+        if let Some(limiter) = self.limiter.get() {
             let principal = match &actor {
                 Actor::Anonymous => format!("anonymous:{}", envelope.aggregate_id),
                 other => other.label(),
             };
-            match limiter.check(&principal).await {
+            match tokio::time::timeout(LIMIT_TIMEOUT, limiter.check(&principal))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "rate limit check timed out",
+                    )))
+                }) {
                 Ok(decision) if !decision.allowed => {
                     let retry_ms =
                         u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);

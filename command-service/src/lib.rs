@@ -91,27 +91,10 @@ pub async fn run(
             url: config.nats_url.clone(),
             message: e.to_string(),
         })?;
-    let limiter = match &config.rate_limit {
-        None => None,
-        Some(rl) => match redis::Client::open(rl.redis_url.as_str()) {
-            Ok(redis_client) => match redis_client.get_connection_manager().await {
-                Ok(conn) => Some(infra::ratelimit::SlidingWindow::new(
-                    conn,
-                    rl.key_prefix.clone(),
-                    rl.limit,
-                    rl.window,
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, "Redis unavailable at start; commands are not rate-limited");
-                    None
-                }
-            },
-            Err(error) => {
-                tracing::warn!(%error, "invalid Redis URL; commands are not rate-limited");
-                None
-            }
-        },
-    };
+    let limiter = handler::Limiter::default();
+    if let Some(rl) = config.rate_limit.clone() {
+        tokio::spawn(connect_limiter(rl, limiter.clone()));
+    }
     let handler = Arc::new(Handler::new(
         store.clone(),
         authn::Authenticator::new(store.pool().clone(), config.bootstrap_token.clone()),
@@ -122,4 +105,37 @@ pub async fn run(
         },
     ));
     transport::serve(client, config, handler, shutdown).await
+}
+
+/// Connects the rate limit to Redis in the background, retrying: the
+/// service starts (and runs, unlimited) while Redis is down.
+async fn connect_limiter(rl: RateLimitConfig, limiter: handler::Limiter) {
+    let client = match redis::Client::open(rl.redis_url.as_str()) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(%error, "invalid Redis URL; commands are not rate-limited");
+            return;
+        }
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager()).await {
+            Ok(Ok(conn)) => {
+                limiter.set(infra::ratelimit::SlidingWindow::new(
+                    conn,
+                    rl.key_prefix.clone(),
+                    rl.limit,
+                    rl.window,
+                ));
+                tracing::info!("rate limit connected to Redis");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "Redis unavailable; commands run without a rate limit for now")
+            }
+            Err(_) => {
+                tracing::warn!("Redis does not answer; commands run without a rate limit for now")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod catalogue;
 mod concurrency;
 mod idempotency;
+mod rate_limit;
 
 use std::time::Duration;
 

@@ -1,0 +1,74 @@
+use std::time::Duration;
+
+use command_service::{RateLimitConfig, Status};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{config, envelope, App};
+
+fn open_incident() -> serde_json::Value {
+    envelope(
+        Uuid::now_v7(),
+        json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]}),
+    )
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn each_principal_is_limited_by_a_sliding_window(pool: PgPool) {
+    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
+    cfg.rate_limit = Some(RateLimitConfig {
+        redis_url: "redis://127.0.0.1:6379".into(),
+        key_prefix: format!("test:{prefix}:ratelimit:"),
+        limit: 3,
+        window: Duration::from_secs(60),
+    });
+    let app = App::spawn_with(pool, cfg).await;
+    let boot = app.bootstrap.clone();
+    for _ in 0..3 {
+        assert_eq!(
+            app.rpc("incident.open", &open_incident(), Some(&boot))
+                .await
+                .status,
+            Status::Accepted
+        );
+    }
+    let before = app.event_count().await;
+    let limited = app
+        .rpc("incident.open", &open_incident(), Some(&boot))
+        .await;
+    assert_eq!(limited.status, Status::RateLimited, "{limited:?}");
+    let retry = limited
+        .error
+        .and_then(|e| e.details)
+        .and_then(|d| d["retry_after_ms"].as_u64())
+        .expect("retry_after_ms");
+    assert!(retry > 0 && retry <= 60_000, "{retry}");
+    assert_eq!(app.event_count().await, before, "nothing appended");
+    app.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn commands_still_work_without_redis(pool: PgPool) {
+    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
+    cfg.rate_limit = Some(RateLimitConfig {
+        // Nothing listens here: the limit fails open.
+        redis_url: "redis://127.0.0.1:1".into(),
+        key_prefix: "test:unreachable:".into(),
+        limit: 1,
+        window: Duration::from_secs(60),
+    });
+    let app = App::spawn_with(pool, cfg).await;
+    let boot = app.bootstrap.clone();
+    for _ in 0..3 {
+        assert_eq!(
+            app.rpc("incident.open", &open_incident(), Some(&boot))
+                .await
+                .status,
+            Status::Accepted
+        );
+    }
+    app.finish().await;
+}
