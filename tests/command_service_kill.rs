@@ -22,6 +22,7 @@ fn start(database_url: &str, prefix: &str, bootstrap: &str) -> Child {
         .env("COPILOT_RATE_LIMIT_PER_MINUTE", "0")
         .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
         .env("COPILOT_LOG", "warn")
+        .env("COPILOT_METRICS_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

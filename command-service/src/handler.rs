@@ -92,7 +92,23 @@ impl Handler {
     /// request's encoding). Never panics on input.
     pub async fn handle(&self, incoming: Incoming<'_>) -> (Encoding, CommandResult) {
         let encoding = Encoding::from_content_type(incoming.content_type);
-        (encoding, self.handle_inner(encoding, incoming).await)
+        let started = std::time::Instant::now();
+        // Only catalogue types become label values, so a client cannot
+        // blow up the metric's cardinality.
+        let label = if Command::is_known(incoming.command_type) {
+            incoming.command_type.to_string()
+        } else {
+            "unknown".to_string()
+        };
+        let result = self.handle_inner(encoding, incoming).await;
+        let m = crate::metrics::metrics();
+        m.commands
+            .with_label_values(&[label.as_str(), result.status.as_str()])
+            .inc();
+        m.latency
+            .with_label_values(&[label.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        (encoding, result)
     }
 
     async fn handle_inner(&self, encoding: Encoding, incoming: Incoming<'_>) -> CommandResult {
@@ -429,6 +445,7 @@ impl Handler {
                     ));
                 }
                 Err(AppendError::Conflict { .. } | AppendError::StaleTransaction { .. }) => {
+                    crate::metrics::metrics().conflict_retries.inc();
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }

@@ -6,6 +6,7 @@ mod authn;
 pub mod envelope;
 pub mod handler;
 mod inline;
+pub mod metrics;
 pub mod result;
 pub mod totp;
 mod transport;

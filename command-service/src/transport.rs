@@ -128,7 +128,10 @@ async fn rpc_loop(
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
                 let (client, handler, prefix) = (client.clone(), Arc::clone(&handler), prefix.clone());
                 in_flight.spawn(async move {
+                    let gauge = crate::metrics::metrics().in_flight.with_label_values(&["rpc"]);
+                    gauge.inc();
                     answer_rpc(&client, &handler, &prefix, message).await;
+                    gauge.dec();
                     drop(slot);
                 });
             }
@@ -201,7 +204,10 @@ async fn jetstream_loop(
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
                 let (js, handler, prefix) = (js.clone(), Arc::clone(&handler), config.prefix.clone());
                 in_flight.spawn(async move {
+                    let gauge = crate::metrics::metrics().in_flight.with_label_values(&["jetstream"]);
+                    gauge.inc();
                     process(&js, &handler, &prefix, message).await;
+                    gauge.dec();
                     drop(slot);
                 });
             }

@@ -95,6 +95,8 @@ pub struct CommandSettings {
     pub embedding_dimension: usize,
     /// Commands handled at once per transport and instance.
     pub max_in_flight: usize,
+    /// Where `copilot-data command-service` serves `/metrics`; unset: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for CommandSettings {
@@ -104,6 +106,7 @@ impl Default for CommandSettings {
             rate_limit_per_minute: 600,
             embedding_dimension: 384,
             max_in_flight: 256,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }
@@ -265,6 +268,13 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_LOG") {
             self.log = v;
+        }
+        if let Some(v) = get("COPILOT_METRICS_ADDR") {
+            self.commands.metrics_addr = if v == "off" {
+                None
+            } else {
+                Some(parse("COPILOT_METRICS_ADDR", &v)?)
+            };
         }
         if let Some(v) = get("COPILOT_RATE_LIMIT_PER_MINUTE") {
             self.commands.rate_limit_per_minute = parse("COPILOT_RATE_LIMIT_PER_MINUTE", &v)?;

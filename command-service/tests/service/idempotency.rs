@@ -53,6 +53,10 @@ async fn a_command_sent_twice_on_either_transport_and_after_a_restart_is_applied
             .replayed
     );
 
+    let exposed = infra::metrics::render();
+    assert!(exposed.contains(r#"copilot_commands_total{status="accepted",type="incident.open"}"#), "{exposed}");
+    assert!(exposed.contains("copilot_command_duration_seconds_bucket"), "latency histogram exported");
+
     app.stop().await;
     let bootstrap = app.bootstrap.clone();
     let restarted = App::spawn_with(pool.clone(), config(&app.prefix, &bootstrap)).await;
