@@ -32,6 +32,22 @@ pub enum Operation {
     CommandService,
     /// Measure a workload beside its raw baseline.
     Bench(BenchArgs),
+    /// A simulated agent: users signing in, conversations, workflow runs,
+    /// incidents and documents, sent as commands over NATS at a chosen rate.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Commands per second, across all simulated agents.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// How long to run, in seconds (0 = until Ctrl-C).
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Simulated agents working at once (each a signed-in user).
+    #[arg(long, default_value_t = 4)]
+    pub agents: usize,
 }
 
 #[derive(Debug, Args)]

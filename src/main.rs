@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod demo;
 mod shutdown;
 mod up;
 
@@ -34,5 +35,6 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         Operation::Up => up::run(settings, shutdown::signal()).await,
         Operation::CommandService => up::command_service(settings, shutdown::signal()).await,
         Operation::Bench(args) => bench::run(args, &settings).await,
+        Operation::Demo(args) => demo::run(args, &settings, shutdown::signal()).await,
     }
 }

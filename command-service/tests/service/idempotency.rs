@@ -54,8 +54,14 @@ async fn a_command_sent_twice_on_either_transport_and_after_a_restart_is_applied
     );
 
     let exposed = infra::metrics::render();
-    assert!(exposed.contains(r#"copilot_commands_total{status="accepted",type="incident.open"}"#), "{exposed}");
-    assert!(exposed.contains("copilot_command_duration_seconds_bucket"), "latency histogram exported");
+    assert!(
+        exposed.contains(r#"copilot_commands_total{status="accepted",type="incident.open"}"#),
+        "{exposed}"
+    );
+    assert!(
+        exposed.contains("copilot_command_duration_seconds_bucket"),
+        "latency histogram exported"
+    );
 
     app.stop().await;
     let bootstrap = app.bootstrap.clone();

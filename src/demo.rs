@@ -1,0 +1,288 @@
+//! `copilot-data demo`: a simulated agent, so a fresh start shows a living
+//! system and load tests have a realistic mix. It talks to a running
+//! command service over NATS request/reply, in MessagePack, like an agent.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use command_service::{CommandResult, Status};
+use infra::Settings;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::cli::DemoArgs;
+
+struct Agent {
+    client: async_nats::Client,
+    prefix: String,
+    pace: Arc<Semaphore>,
+    tally: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Agent {
+    /// Sends one command (waiting for the pace) and returns its result.
+    async fn send(
+        &self,
+        command_type: &str,
+        aggregate: Uuid,
+        payload: Value,
+        token: &str,
+    ) -> anyhow::Result<CommandResult> {
+        if let Ok(permit) = self.pace.acquire().await {
+            permit.forget();
+        }
+        let body = json!({"command_id": Uuid::now_v7(), "aggregate_id": aggregate, "correlation_id": aggregate, "payload": payload});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Authorization", format!("Bearer {token}").as_str());
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.client.request_with_headers(
+                format!("{}.rpc.{command_type}", self.prefix),
+                headers,
+                domain::codec::encode(&body)?.into(),
+            ),
+        )
+        .await
+        .context("the command service did not answer in 10 s")?
+        .context("no command service answers (is `copilot-data up` running?)")?;
+        let result: CommandResult = domain::codec::decode(&reply.payload)?;
+        if let Ok(mut tally) = self.tally.lock() {
+            *tally
+                .entry(format!("{command_type} {}", result.status.as_str()))
+                .or_default() += 1;
+        }
+        if result.status != Status::Accepted {
+            tracing::debug!(command_type, status = result.status.as_str(), error = ?result.error, "demo command not accepted");
+        }
+        Ok(result)
+    }
+}
+
+pub async fn run(
+    args: DemoArgs,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let bootstrap = settings
+        .bootstrap_token
+        .as_ref()
+        .map(|t| t.expose_secret().to_string())
+        .context("set COPILOT_BOOTSTRAP_TOKEN (the demo registers its users with it)")?;
+    let client = async_nats::connect(&settings.nats.url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", settings.nats.url))?;
+    let agent = Arc::new(Agent {
+        client,
+        prefix: settings.nats.prefix.clone(),
+        pace: Arc::new(Semaphore::new(0)),
+        tally: Mutex::new(BTreeMap::new()),
+    });
+
+    // The pace: `rate` permits a second, never more than one second's worth banked.
+    let rate = args.rate.max(0.1);
+    let pacer = {
+        let pace = Arc::clone(&agent.pace);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            loop {
+                tick.tick().await;
+                if (pace.available_permits() as f64) < rate.max(1.0) {
+                    pace.add_permits(1);
+                }
+            }
+        })
+    };
+
+    let admin = sign_up(&agent, &bootstrap, "admin").await?;
+    let workflow = Uuid::now_v7();
+    agent.send("workflow.create", workflow, json!({"name": "restart service", "definition": {"steps": ["drain", "restart", "verify"], "max_retries": 2}, "tags": ["ops"]}), &admin).await?;
+    agent
+        .send("workflow.activate", workflow, json!({}), &admin)
+        .await?;
+    tracing::info!(rate, agents = args.agents, "demo running");
+
+    let mut workers = tokio::task::JoinSet::new();
+    for n in 0..args.agents.max(1) {
+        let agent = Arc::clone(&agent);
+        let bootstrap = bootstrap.clone();
+        workers.spawn(async move {
+            let role = if n % 3 == 2 { "viewer" } else { "operator" };
+            let token = sign_up(&agent, &bootstrap, role).await?;
+            for round in 0u64.. {
+                // Viewers only talk to the agent; the others also operate.
+                let scenario = if role == "viewer" { 0 } else { round % 4 };
+                match scenario {
+                    0 => conversation(&agent, &token).await?,
+                    1 => execution(&agent, &token, workflow).await?,
+                    2 => incident(&agent, &token).await?,
+                    _ => document(&agent, &token).await?,
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    let until = async {
+        if args.seconds == 0 {
+            std::future::pending::<()>().await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        }
+    };
+    tokio::select! {
+        () = until => {}
+        () = shutdown => {}
+        Some(Ok(Err(error))) = workers.join_next() => return Err(error),
+    }
+    workers.abort_all();
+    pacer.abort();
+    let tally = agent.tally.lock().map(|t| t.clone()).unwrap_or_default();
+    for (what, count) in tally {
+        tracing::info!(count, "{what}");
+    }
+    Ok(())
+}
+
+async fn sign_up(agent: &Agent, bootstrap: &str, role: &str) -> anyhow::Result<String> {
+    let email = format!("demo-{}@example.com", Uuid::new_v4().simple());
+    let password = format!("demo-{}", Uuid::new_v4().simple());
+    let registered = agent
+        .send("user.register", Uuid::now_v7(), json!({"email": email, "display_name": format!("Demo {role}"), "password": password, "role": role}), bootstrap)
+        .await?;
+    anyhow::ensure!(
+        registered.status == Status::Accepted,
+        "cannot register a demo user: {:?}",
+        registered.error
+    );
+    let started = agent
+        .send(
+            "session.start",
+            Uuid::now_v7(),
+            json!({"email": email, "password": password, "user_agent": "copilot-data demo"}),
+            "",
+        )
+        .await?;
+    started
+        .data
+        .as_ref()
+        .and_then(|d| d["token"].as_str())
+        .map(str::to_string)
+        .context("session.start gave no token")
+}
+
+const QUESTIONS: &[&str] = &[
+    "Why did last night's deploy of the checkout service fail?",
+    "Summarise the open incidents for the payments team.",
+    "Which runbook covers a primary database failover?",
+    "Draft a postmortem for the cache stampede on Tuesday.",
+];
+
+async fn conversation(agent: &Agent, token: &str) -> anyhow::Result<()> {
+    let id = Uuid::now_v7();
+    agent
+        .send(
+            "conversation.start",
+            id,
+            json!({"title": "Ops questions", "model": "gpt-4o", "tags": ["ops"]}),
+            token,
+        )
+        .await?;
+    for (i, question) in QUESTIONS.iter().enumerate() {
+        agent.send("conversation.append_message", id, json!({"message_id": Uuid::now_v7(), "role": "user", "content": question, "tokens_in": 40 + i * 7}), token).await?;
+        agent
+            .send("conversation.append_message", id, json!({"message_id": Uuid::now_v7(), "role": "assistant",
+                "content": format!("Here is what I found about: {question} The logs show a migration holding a lock for 40 s; rolling back restored service."),
+                "tokens_in": 900 + i * 31, "tokens_out": 180 + i * 13, "cost_usd": "0.0041"}), token)
+            .await?;
+    }
+    agent
+        .send("conversation.archive", id, json!({}), token)
+        .await?;
+    Ok(())
+}
+
+async fn execution(agent: &Agent, token: &str, workflow: Uuid) -> anyhow::Result<()> {
+    let id = Uuid::now_v7();
+    agent
+        .send(
+            "execution.start",
+            id,
+            json!({"workflow_id": workflow, "trigger_source": "demo", "priority": 5}),
+            token,
+        )
+        .await?;
+    for (n, name) in ["drain", "restart", "verify"].iter().enumerate() {
+        let step = Uuid::now_v7();
+        agent
+            .send(
+                "execution.start_step",
+                id,
+                json!({"step_id": step, "name": name}),
+                token,
+            )
+            .await?;
+        if n == 1 {
+            agent.send("execution.fail_step", id, json!({"step_id": step, "error": "pod not ready after 30 s", "retryable": true}), token).await?;
+            agent
+                .send("execution.retry_step", id, json!({"step_id": step}), token)
+                .await?;
+        }
+        agent
+            .send(
+                "execution.complete_step",
+                id,
+                json!({"step_id": step, "output": {"ok": true}}),
+                token,
+            )
+            .await?;
+    }
+    agent
+        .send(
+            "execution.complete",
+            id,
+            json!({"outputs": {"restarted": true}}),
+            token,
+        )
+        .await?;
+    Ok(())
+}
+
+async fn incident(agent: &Agent, token: &str) -> anyhow::Result<()> {
+    let id = Uuid::now_v7();
+    agent.send("incident.open", id, json!({"title": "Elevated 5xx on checkout", "description": "Error rate above 5% since the last deploy", "severity": "high", "affected_services": ["checkout", "payments"]}), token).await?;
+    let me = Uuid::now_v7();
+    agent
+        .send("incident.assign", id, json!({"assignee_id": me}), token)
+        .await?;
+    agent
+        .send(
+            "incident.add_note",
+            id,
+            json!({"text": "Rolling back the deploy."}),
+            token,
+        )
+        .await?;
+    agent
+        .send(
+            "incident.mitigate",
+            id,
+            json!({"summary": "Rolled back; error rate normal."}),
+            token,
+        )
+        .await?;
+    agent.send("incident.resolve", id, json!({"root_cause": "A migration locked the orders table.", "remediation_steps": ["Add the index concurrently", "Gate migrations on lock time"]}), token).await?;
+    agent.send("incident.close", id, json!({}), token).await?;
+    Ok(())
+}
+
+async fn document(agent: &Agent, token: &str) -> anyhow::Result<()> {
+    agent
+        .send("knowledge.index_document", Uuid::now_v7(), json!({"title": "Runbook: database failover", "section": "Promote",
+            "content": "Promote the replica with the least lag, repoint the service, verify writes."}), token)
+        .await?;
+    Ok(())
+}
