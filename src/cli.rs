@@ -70,4 +70,7 @@ pub enum Workload {
     /// Event store appends (1, 8, 32 writers; 1 and 10 events) and read-back,
     /// beside bare INSERTs and a sequential scan.
     Append,
+    /// 32 agents sending commands over NATS request/reply, beside a bare
+    /// NATS echo responder and bare single-row INSERTs.
+    Commands,
 }

@@ -9,9 +9,7 @@ use domain::codec::EventCodec;
 use domain::context::{Actor, LoginFacts, NewApiKey, WorkflowFacts};
 use domain::{conversation, execution, incident, knowledge, runbook, session, user, workflow};
 use domain::{Aggregate, Command, Context, DomainError};
-use eventstore::{
-    AppendError, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, ReadError,
-};
+use eventstore::{AppendError, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
 use futures_util::future::BoxFuture;
 use infra::ratelimit::SlidingWindow;
 use secrecy::ExposeSecret;
@@ -62,6 +60,7 @@ const LIMIT_TIMEOUT: Duration = Duration::from_millis(250);
 
 pub struct Handler {
     locks: AggregateLocks,
+    cache: StateCache,
     store: EventStore,
     authn: Authenticator,
     limiter: Limiter,
@@ -77,6 +76,7 @@ impl Handler {
     ) -> Self {
         Handler {
             locks: AggregateLocks::default(),
+            cache: StateCache::default(),
             store,
             authn,
             limiter,
@@ -282,16 +282,20 @@ impl Handler {
         }))
     }
 
-    async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<(A::State, u64), HandleError> {
-        let mut state = A::State::default();
-        let mut version = 0;
-        let mut from = 1;
+    /// The aggregate's state and version: from the cache if this instance
+    /// has seen it, caught up with whatever other instances appended since.
+    async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<(A::State, u64), HandleError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let (mut state, mut version) = self.cache.get::<A>(stream_id).unwrap_or_default();
+        let mut from = version + 1;
         loop {
-            let events = match self.store.read_stream(stream_id, from, 1000).await {
-                Ok(events) => events,
-                Err(ReadError::StreamNotFound(_)) => return Ok((state, 0)),
-                Err(ReadError::Store(e)) => return Err(HandleError::Store(e.to_string())),
-            };
+            let events = self
+                .store
+                .read_stream_from(stream_id, from, 1000)
+                .await
+                .map_err(|e| HandleError::Store(e.to_string()))?;
             let done = events.len() < 1000;
             for recorded in events {
                 if recorded.stream_type != A::STREAM_TYPE {
@@ -427,6 +431,9 @@ impl Handler {
                     tx.commit()
                         .await
                         .map_err(|e| HandleError::Store(e.to_string()))?;
+                    let next = events.iter().fold(state, |s, e| A::evolve(s, e));
+                    self.cache
+                        .put::<A>(envelope.aggregate_id, next, outcome.version);
                     result.data = facts.data;
                     if facts.reset_failed_logins {
                         if let Some(user_id) = facts.login_user {
@@ -684,7 +691,7 @@ pub(crate) enum CommandRef<'a> {
 
 /// What the handler needs of an aggregate beyond the domain: which facts
 /// its commands need, and the inline projection of its events.
-pub(crate) trait Handled: Aggregate<Command: Clone> {
+pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static> {
     fn view(_command: &Self::Command) -> CommandRef<'_> {
         CommandRef::Other
     }
@@ -877,6 +884,44 @@ impl Drop for Turn<'_> {
             {
                 map.remove(&self.id);
             }
+        }
+    }
+}
+
+/// Recently used aggregate states, so a command does not re-read a long
+/// stream: it reads only what was appended after the cached version. The
+/// log stays the truth; the cache only saves reading it again.
+type CachedState = (Box<dyn std::any::Any + Send + Sync>, u64);
+
+#[derive(Default)]
+struct StateCache {
+    entries: std::sync::Mutex<std::collections::HashMap<Uuid, CachedState>>,
+}
+
+/// Aggregates kept; past it the cache starts again (cheap, and rare).
+const CACHE_CAPACITY: usize = 50_000;
+
+impl StateCache {
+    fn get<A: Aggregate>(&self, id: Uuid) -> Option<(A::State, u64)>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let entries = self.entries.lock().ok()?;
+        let (state, version) = entries.get(&id)?;
+        state
+            .downcast_ref::<A::State>()
+            .map(|s| (s.clone(), *version))
+    }
+
+    fn put<A: Aggregate>(&self, id: Uuid, state: A::State, version: u64)
+    where
+        A::State: Send + Sync + 'static,
+    {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHE_CAPACITY && !entries.contains_key(&id) {
+                entries.clear();
+            }
+            entries.insert(id, (Box::new(state), version));
         }
     }
 }

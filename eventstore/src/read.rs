@@ -28,6 +28,23 @@ impl EventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let events = self
+            .read_stream_from(stream_id, from_version, limit)
+            .await?;
+        if events.is_empty() && self.stream_version(stream_id).await?.is_none() {
+            return Err(ReadError::StreamNotFound(stream_id));
+        }
+        Ok(events)
+    }
+
+    /// Like [`EventStore::read_stream`], but an unknown stream is simply
+    /// empty (one query: for callers that catch up from a known version).
+    pub async fn read_stream_from(
+        &self,
+        stream_id: Uuid,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events
               WHERE stream_id = $1 AND version >= $2
@@ -39,10 +56,7 @@ impl EventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(self.pool())
         .await?;
-        if rows.is_empty() && self.stream_version(stream_id).await?.is_none() {
-            return Err(ReadError::StreamNotFound(stream_id));
-        }
-        Ok(rows.iter().map(decode_row).collect::<Result<_, _>>()?)
+        rows.iter().map(decode_row).collect()
     }
 
     /// The current version of a stream, `None` if it does not exist.

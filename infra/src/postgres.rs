@@ -44,7 +44,18 @@ pub async fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbSetupError> {
         .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(settings.idle_timeout)
         .max_lifetime(settings.max_lifetime)
-        .test_before_acquire(true)
+        // The seed's health check before acquire, for connections that sat
+        // idle: pinging every acquire would double the round trips of
+        // every query.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > std::time::Duration::from_secs(10) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|source| DbSetupError::Connect { target, source })

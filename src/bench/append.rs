@@ -30,6 +30,20 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
     let (scratch, pool) = ScratchDb::create(&settings.database, 40, args.keep).await?;
     tracing::info!(database = scratch.name(), "bench database ready");
+    create_bare_table(&pool).await?;
+    let store = EventStore::connect(
+        pool.clone(),
+        StoreOptions {
+            batch_size: 5000,
+            ..StoreOptions::default()
+        },
+    )
+    .await?;
+    run_measurements(duration, store, pool, scratch).await
+}
+
+/// The baseline's table: the event row shape with only a primary key.
+pub(super) async fn create_bare_table(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query(
         "CREATE TABLE bench_bare_events (
             id bigserial PRIMARY KEY,
@@ -43,17 +57,17 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             metadata jsonb NOT NULL,
             recorded_at timestamptz NOT NULL DEFAULT now())",
     )
-    .execute(&pool)
+    .execute(pool)
     .await?;
-    let store = EventStore::connect(
-        pool.clone(),
-        StoreOptions {
-            batch_size: 5000,
-            ..StoreOptions::default()
-        },
-    )
-    .await?;
+    Ok(())
+}
 
+async fn run_measurements(
+    duration: Duration,
+    store: EventStore,
+    pool: PgPool,
+    scratch: ScratchDb,
+) -> anyhow::Result<Vec<Figure>> {
     let steps = (WRITERS.len() * EVENTS_PER_APPEND.len() * 2 + 2) as u64;
     let progress = ProgressBar::new(steps).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -123,20 +137,24 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     Ok(figures)
 }
 
-struct RunResult {
-    events: u64,
-    elapsed: Duration,
-    latencies: Latencies,
+pub(super) struct RunResult {
+    pub(super) events: u64,
+    pub(super) elapsed: Duration,
+    pub(super) latencies: Latencies,
 }
 
 impl RunResult {
-    fn events_per_s(&self) -> f64 {
+    pub(super) fn events_per_s(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 }
 
 /// Runs `writers` concurrent writers for about `duration` each.
-async fn drive<F, Fut>(writers: usize, duration: Duration, make: F) -> anyhow::Result<RunResult>
+pub(super) async fn drive<F, Fut>(
+    writers: usize,
+    duration: Duration,
+    make: F,
+) -> anyhow::Result<RunResult>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<(u64, Latencies)>> + Send + 'static,
@@ -233,7 +251,7 @@ async fn store_writer(
     Ok((events, latencies))
 }
 
-async fn bare_writer(
+pub(super) async fn bare_writer(
     pool: PgPool,
     per: usize,
     duration: Duration,

@@ -3,6 +3,7 @@
 //! of the contract.
 
 mod append;
+mod commands;
 mod report;
 mod scratch;
 
@@ -13,6 +14,7 @@ use crate::cli::{BenchArgs, Workload};
 pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     let figures = match args.workload {
         Workload::Append => append::run(&args, settings).await?,
+        Workload::Commands => commands::run(&args, settings).await?,
     };
     if args.json {
         report::print_json(&figures)

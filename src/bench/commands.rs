@@ -1,0 +1,231 @@
+//! `bench commands`: 32 agents sending `conversation.append_message` over
+//! request/reply to an in-process command service, beside a bare NATS echo
+//! responder and bare single-row INSERTs at the same concurrency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use command_service::{CommandResult, ServiceConfig, Status};
+use eventstore::{EventStore, StoreOptions};
+use futures_util::StreamExt;
+use infra::Settings;
+use secrecy::SecretString;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::append::{bare_writer, create_bare_table, drive};
+use super::report::{Figure, Latencies};
+use super::scratch::ScratchDb;
+use crate::cli::BenchArgs;
+
+const AGENTS: usize = 32;
+
+pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
+    let duration = Duration::from_secs_f64(args.seconds.max(0.1));
+    let (scratch, pool) = ScratchDb::create(&settings.database, 60, args.keep).await?;
+    create_bare_table(&pool).await?;
+    let prefix = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let bootstrap = format!("bench-{}", Uuid::new_v4());
+    let store = EventStore::connect(pool.clone(), StoreOptions::default()).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServiceConfig {
+        nats_url: settings.nats.url.clone(),
+        prefix: prefix.clone(),
+        max_message_bytes: settings.commands.max_message_bytes,
+        embedding_dimension: settings.commands.embedding_dimension,
+        bootstrap_token: Some(SecretString::from(bootstrap.clone())),
+        rate_limit: None,
+        max_in_flight: 256,
+    };
+    let service = tokio::spawn(command_service::run(config, store, async move {
+        let _ = stopped.await;
+    }));
+    let client = async_nats::connect(&settings.nats.url)
+        .await
+        .context("connecting to NATS")?;
+    let agent = Agent {
+        client: client.clone(),
+        prefix: prefix.clone(),
+    };
+    wait_until_answering(&agent).await?;
+
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(200));
+    progress.set_message("signing in and starting conversations");
+    let token = sign_in(&agent, &bootstrap).await?;
+    let mut conversations = Vec::new();
+    for _ in 0..AGENTS {
+        let id = Uuid::now_v7();
+        let started = agent
+            .send(
+                "conversation.start",
+                json!({"command_id": Uuid::now_v7(), "aggregate_id": id, "payload": {}}),
+                &token,
+            )
+            .await?;
+        anyhow::ensure!(
+            started.status == Status::Accepted,
+            "cannot start a conversation: {:?}",
+            started.error
+        );
+        conversations.push(id);
+    }
+
+    progress.set_message(format!(
+        "{AGENTS} agents sending conversation.append_message"
+    ));
+    let agent = Arc::new(agent);
+    let mut commands = drive(AGENTS, duration, |i| {
+        let agent = Arc::clone(&agent);
+        let token = token.clone();
+        let conversation = conversations[i];
+        async move {
+            let deadline = Instant::now() + duration;
+            let mut latencies = Latencies::default();
+            let mut accepted = 0u64;
+            while Instant::now() < deadline {
+                let body = json!({"command_id": Uuid::now_v7(), "aggregate_id": conversation, "payload": {
+                    "message_id": Uuid::now_v7(), "role": "assistant",
+                    "content": "The deploy failed because a migration locked the orders table; I rolled it back.",
+                    "tokens_in": 812, "tokens_out": 164, "cost_usd": "0.00412"}});
+                let started = Instant::now();
+                let result = agent.send("conversation.append_message", body, &token).await?;
+                latencies.push(started.elapsed());
+                accepted += u64::from(result.status == Status::Accepted);
+            }
+            Ok((accepted, latencies))
+        }
+    })
+    .await?;
+
+    progress.set_message("bare NATS echo");
+    let echo_subject = format!("{prefix}.echo");
+    let mut echo_sub = client.subscribe(echo_subject.clone()).await?;
+    let echo_client = client.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(message) = echo_sub.next().await {
+            if let Some(reply) = message.reply {
+                let _ = echo_client.publish(reply, message.payload).await;
+            }
+        }
+    });
+    let payload: bytes::Bytes = domain::codec::encode(&json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"content": "x".repeat(120)}}))?.into();
+    let mut echoes = drive(AGENTS, duration, |_| {
+        let client = client.clone();
+        let subject = echo_subject.clone();
+        let payload = payload.clone();
+        async move {
+            let deadline = Instant::now() + duration;
+            let mut latencies = Latencies::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                client.request(subject.clone(), payload.clone()).await?;
+                latencies.push(started.elapsed());
+                n += 1;
+            }
+            Ok((n, latencies))
+        }
+    })
+    .await?;
+    echo.abort();
+
+    progress.set_message("bare single-row INSERTs");
+    let inserts = drive(AGENTS, duration, |_| bare_writer(pool.clone(), 1, duration)).await?;
+    progress.finish_and_clear();
+
+    let _ = stop.send(());
+    let _ = service.await;
+    let js = async_nats::jetstream::new(client);
+    let (commands_stream, results_stream) = command_service::stream_names(&prefix);
+    let _ = js.delete_stream(commands_stream).await;
+    let _ = js.delete_stream(results_stream).await;
+    scratch.drop_db(pool).await?;
+
+    let rate = commands.events_per_s();
+    let mut figures = vec![
+        Figure::compared(
+            "commands.append_message.w32.per_s",
+            rate,
+            "cmds/s",
+            "nats_echo.w32.per_s",
+            echoes.events_per_s(),
+        ),
+        Figure::compared(
+            "commands.append_message.w32.per_s",
+            rate,
+            "cmds/s",
+            "bare_insert.w32.e1.per_s",
+            inserts.events_per_s(),
+        ),
+    ];
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        figures.push(Figure::compared(
+            format!("commands.append_message.w32.{name}"),
+            commands.latencies.quantile_ms(q),
+            "ms",
+            format!("nats_echo.w32.{name}"),
+            echoes.latencies.quantile_ms(q),
+        ));
+    }
+    Ok(figures)
+}
+
+struct Agent {
+    client: async_nats::Client,
+    prefix: String,
+}
+
+impl Agent {
+    async fn send(
+        &self,
+        command_type: &str,
+        body: serde_json::Value,
+        token: &str,
+    ) -> anyhow::Result<CommandResult> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Authorization", format!("Bearer {token}").as_str());
+        let reply = self
+            .client
+            .request_with_headers(
+                format!("{}.rpc.{command_type}", self.prefix),
+                headers,
+                domain::codec::encode(&body)?.into(),
+            )
+            .await?;
+        Ok(domain::codec::decode(&reply.payload)?)
+    }
+}
+
+async fn wait_until_answering(agent: &Agent) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let probe = agent.send("session.touch", json!({}), "");
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the in-process command service did not start")
+}
+
+async fn sign_in(agent: &Agent, bootstrap: &str) -> anyhow::Result<String> {
+    let email = format!("bench-{}@example.com", Uuid::new_v4().simple());
+    let registered = agent
+        .send("user.register", json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"email": email, "display_name": "Bench", "password": "bench password", "role": "operator"}}), bootstrap)
+        .await?;
+    anyhow::ensure!(
+        registered.status == Status::Accepted,
+        "cannot register: {:?}",
+        registered.error
+    );
+    let started = agent
+        .send("session.start", json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"email": email, "password": "bench password"}}), "")
+        .await?;
+    started
+        .data
+        .as_ref()
+        .and_then(|d| d["token"].as_str())
+        .map(str::to_string)
+        .context("no token")
+}
