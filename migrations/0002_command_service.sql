@@ -34,9 +34,11 @@ CREATE TABLE auth_api_keys (
 );
 CREATE INDEX auth_api_keys_user ON auth_api_keys (user_id);
 
--- The outcome of every command that was decided (accepted or rejected), so
--- a repeated command id gets the first outcome on either transport and
--- after restarts; also served by GET /v1/commands/{id}.
+-- Outcomes of decided commands, so a repeated command id gets the first
+-- outcome on either transport and after restarts (and GET /v1/commands/{id}
+-- can show it). An accepted command's outcome is its events: the first one
+-- carries the command id and how many there were. Only rejections, which
+-- append nothing, are stored here.
 CREATE TABLE command_results (
     command_id   uuid PRIMARY KEY,
     command_type text NOT NULL,
@@ -45,3 +47,24 @@ CREATE TABLE command_results (
     result       jsonb NOT NULL,
     recorded_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Every stored outcome, in the contract's result form (replayed = true).
+CREATE VIEW command_outcomes AS
+SELECT command_id, result || '{"replayed": true}'::jsonb AS result
+  FROM command_results
+UNION ALL
+SELECT f.command_id,
+       jsonb_build_object(
+           'command_id', f.command_id,
+           'status', 'accepted',
+           'replayed', true,
+           'aggregate_id', f.stream_id,
+           'version', l.version,
+           'position', l.generation || '.' || l.tx_id || '.' || l.seq,
+           'events', (SELECT jsonb_agg(e.event_type ORDER BY e.version)
+                        FROM events e
+                       WHERE e.stream_id = f.stream_id
+                         AND e.version BETWEEN f.version AND l.version))
+  FROM events f
+  JOIN events l ON l.stream_id = f.stream_id AND l.version = f.version + f.command_events - 1
+ WHERE f.command_id IS NOT NULL;

@@ -129,7 +129,7 @@ async fn sigkill_with_commands_in_flight_loses_and_doubles_nothing(pool: PgPool)
         .await
         .expect("count");
     assert_eq!(per_stream, 0);
-    let outcomes: i64 = sqlx::query_scalar("SELECT count(*) FROM command_results")
+    let outcomes: i64 = sqlx::query_scalar("SELECT count(*) FROM command_outcomes")
         .fetch_one(&pool)
         .await
         .expect("count");

@@ -272,7 +272,7 @@ impl Handler {
     /// The stored outcome of a decided command, marked as replayed.
     async fn stored_result(&self, command_id: Uuid) -> Result<Option<CommandResult>, sqlx::Error> {
         let row: Option<(sqlx::types::Json<CommandResult>,)> =
-            sqlx::query_as("SELECT result FROM command_results WHERE command_id = $1")
+            sqlx::query_as("SELECT result FROM command_outcomes WHERE command_id = $1 LIMIT 1")
                 .bind(command_id)
                 .fetch_optional(self.pool())
                 .await?;
@@ -398,24 +398,27 @@ impl Handler {
                     ip: None,
                 },
             };
-            let mut tx = self
-                .store
-                .begin()
-                .await
-                .map_err(|e| HandleError::Store(e.to_string()))?;
-            match tx.append(&request).await {
+            match self.append::<A>(&request, &events).await {
                 Ok(outcome) if outcome.replayed => {
-                    drop(tx);
                     return match self.stored_result(envelope.command_id).await? {
                         Some(stored) => Ok(stored),
                         None => Err(HandleError::Store(
-                            "a replayed command has no stored result".into(),
+                            "a replayed command has no stored outcome".into(),
                         )),
                     };
                 }
                 Ok(outcome) => {
-                    A::project(tx.conn(), envelope.aggregate_id, &events).await?;
-                    let mut result = CommandResult {
+                    let next = events.iter().fold(state, |s, e| A::evolve(s, e));
+                    self.cache
+                        .put::<A>(envelope.aggregate_id, next, outcome.version);
+                    if facts.reset_failed_logins {
+                        if let Some(user_id) = facts.login_user {
+                            self.record_login(user_id, true, envelope).await;
+                        }
+                    }
+                    // Secrets are shown here, once; the stored outcome (the
+                    // events) holds none.
+                    return Ok(CommandResult {
                         command_id: envelope.command_id,
                         status: Status::Accepted,
                         replayed: false,
@@ -423,24 +426,9 @@ impl Handler {
                         version: Some(outcome.version),
                         position: Some(outcome.position.to_string()),
                         events: events.iter().map(|e| e.event_type().to_string()).collect(),
-                        data: None,
+                        data: facts.data,
                         error: None,
-                    };
-                    // Secrets are shown once: the stored copy has none.
-                    insert_result(tx.conn(), command_type, &ctx.actor, &result).await?;
-                    tx.commit()
-                        .await
-                        .map_err(|e| HandleError::Store(e.to_string()))?;
-                    let next = events.iter().fold(state, |s, e| A::evolve(s, e));
-                    self.cache
-                        .put::<A>(envelope.aggregate_id, next, outcome.version);
-                    result.data = facts.data;
-                    if facts.reset_failed_logins {
-                        if let Some(user_id) = facts.login_user {
-                            self.record_login(user_id, true, envelope).await;
-                        }
-                    }
-                    return Ok(result);
+                    });
                 }
                 Err(AppendError::Conflict { actual, .. })
                     if envelope.expected_version.is_some() || attempt >= CONFLICT_RETRIES =>
@@ -473,6 +461,28 @@ impl Handler {
                 Err(AppendError::Store(e)) => return Err(HandleError::Store(e.to_string())),
             }
         }
+    }
+
+    /// Appends a decided command's events. With an inline projection (the
+    /// auth index) it is one transaction with the projection; without, it
+    /// goes through the store's group commit with whatever else is arriving.
+    async fn append<A: Handled>(
+        &self,
+        request: &AppendRequest,
+        events: &[A::Event],
+    ) -> Result<eventstore::AppendOutcome, AppendError> {
+        if !A::INLINE {
+            return self.store.append(request).await;
+        }
+        let mut tx = self.store.begin().await?;
+        let outcome = tx.append(request).await?;
+        if !outcome.replayed {
+            A::project(tx.conn(), request.stream_id, events)
+                .await
+                .map_err(eventstore::StoreError::from)?;
+            tx.commit().await?;
+        }
+        Ok(outcome)
     }
 
     async fn store_result(
@@ -692,6 +702,9 @@ pub(crate) enum CommandRef<'a> {
 /// What the handler needs of an aggregate beyond the domain: which facts
 /// its commands need, and the inline projection of its events.
 pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static> {
+    /// Whether its events feed an inline projection (see [`Handled::project`]).
+    const INLINE: bool = false;
+
     fn view(_command: &Self::Command) -> CommandRef<'_> {
         CommandRef::Other
     }
@@ -706,6 +719,8 @@ pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static
 }
 
 impl Handled for user::User {
+    const INLINE: bool = true;
+
     fn view(command: &user::Command) -> CommandRef<'_> {
         CommandRef::User(command)
     }
@@ -720,6 +735,8 @@ impl Handled for user::User {
 }
 
 impl Handled for session::Session {
+    const INLINE: bool = true;
+
     fn view(command: &session::Command) -> CommandRef<'_> {
         CommandRef::Session(command)
     }
