@@ -21,6 +21,9 @@ use crate::authn::{Authenticator, Refusal};
 use crate::envelope::{self, Envelope};
 use crate::result::{CommandResult, Encoding, Status};
 
+/// Streams are snapshotted every this many events.
+pub const SNAPSHOT_EVERY: u64 = 100;
+
 /// A retry after a concurrent writer took the version, when the client did
 /// not pin `expected_version`.
 const CONFLICT_RETRIES: usize = 5;
@@ -288,7 +291,10 @@ impl Handler {
     where
         A::State: Send + Sync + 'static,
     {
-        let (mut state, mut version) = self.cache.get::<A>(stream_id).unwrap_or_default();
+        let (mut state, mut version) = match self.cache.get::<A>(stream_id) {
+            Some(cached) => cached,
+            None => self.snapshot_or_empty::<A>(stream_id).await,
+        };
         let mut from = version + 1;
         loop {
             let events = self
@@ -409,6 +415,12 @@ impl Handler {
                 }
                 Ok(outcome) => {
                     let next = events.iter().fold(state, |s, e| A::evolve(s, e));
+                    self.maybe_snapshot::<A>(
+                        envelope.aggregate_id,
+                        &next,
+                        outcome.first_version,
+                        outcome.version,
+                    );
                     self.cache
                         .put::<A>(envelope.aggregate_id, next, outcome.version);
                     if facts.reset_failed_logins {
@@ -461,6 +473,58 @@ impl Handler {
                 Err(AppendError::Store(e)) => return Err(HandleError::Store(e.to_string())),
             }
         }
+    }
+
+    /// The newest usable snapshot of a stream, or the empty state. A
+    /// snapshot of another state schema, or one that does not decode, is
+    /// ignored: the stream is then read from the start.
+    async fn snapshot_or_empty<A: Aggregate>(&self, stream_id: Uuid) -> (A::State, u64) {
+        match self.store.load_snapshot(stream_id).await {
+            Ok(Some(snapshot)) if snapshot.schema_version == A::STATE_VERSION => {
+                match domain::codec::decode::<A::State>(&snapshot.state) {
+                    Ok(state) => (state, snapshot.version),
+                    Err(error) => {
+                        tracing::warn!(%error, %stream_id, "ignoring a snapshot that does not decode");
+                        (A::State::default(), 0)
+                    }
+                }
+            }
+            Ok(_) => (A::State::default(), 0),
+            Err(error) => {
+                tracing::warn!(%error, %stream_id, "cannot read the snapshot; reading the stream");
+                (A::State::default(), 0)
+            }
+        }
+    }
+
+    /// Saves a snapshot each time a stream passes a multiple of
+    /// [`SNAPSHOT_EVERY`] events, off the command's path.
+    fn maybe_snapshot<A: Aggregate>(
+        &self,
+        stream_id: Uuid,
+        state: &A::State,
+        first: u64,
+        last: u64,
+    ) {
+        // Only when this append crossed a multiple of SNAPSHOT_EVERY.
+        if first == 0 || (first - 1) / SNAPSHOT_EVERY == last / SNAPSHOT_EVERY {
+            return;
+        }
+        let Ok(bytes) = domain::codec::encode(state) else {
+            return;
+        };
+        let store = self.store.clone();
+        let snapshot = eventstore::Snapshot {
+            stream_id,
+            version: last,
+            schema_version: A::STATE_VERSION,
+            state: bytes,
+        };
+        tokio::spawn(async move {
+            if let Err(error) = store.save_snapshot(&snapshot).await {
+                tracing::warn!(%error, "cannot save a snapshot");
+            }
+        });
     }
 
     /// Appends a decided command's events. With an inline projection (the

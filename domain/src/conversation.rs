@@ -128,7 +128,7 @@ events! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
     pub exists: bool,
     pub owner_id: UserId,

@@ -165,7 +165,7 @@ events! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
     pub name: String,
     pub status: StepStatus,
@@ -174,7 +174,7 @@ pub struct StepState {
     pub retryable: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
     pub status: Option<ExecutionStatus>,
     pub started_at: Option<DateTime<Utc>>,

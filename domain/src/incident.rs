@@ -153,7 +153,7 @@ events! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
     pub status: Option<IncidentStatus>,
     pub opened: Option<Opened>,

@@ -46,7 +46,15 @@ pub struct Empty {}
 pub trait Aggregate {
     /// The stream type stored beside its events (`conversation`, ...).
     const STREAM_TYPE: &'static str;
-    type State: Default + Clone + PartialEq + std::fmt::Debug;
+    /// The schema of `State` in snapshots; raise it when `State` changes
+    /// shape, and older snapshots are ignored (the stream is replayed).
+    const STATE_VERSION: i32 = 1;
+    type State: Default
+        + Clone
+        + PartialEq
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned;
     type Command;
     type Event: Clone + PartialEq + std::fmt::Debug + codec::EventCodec;
 

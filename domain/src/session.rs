@@ -69,7 +69,7 @@ events! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
     pub user_id: Option<UserId>,
     pub expires_at: Option<DateTime<Utc>>,

@@ -89,7 +89,7 @@ events! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
     pub status: Option<WorkflowStatus>,
     pub version: u32,

@@ -7,6 +7,7 @@ mod catalogue;
 mod concurrency;
 mod idempotency;
 mod rate_limit;
+mod snapshots;
 
 use std::time::Duration;
 
