@@ -337,8 +337,23 @@ impl Handler {
         // and those conflicts are retried below.
         let _turn = self.locks.lock(envelope.aggregate_id).await;
         let mut attempt = 0;
+        // A cached state is used optimistically: an append from a stale one
+        // fails its expected version and is retried from the store, and a
+        // refusal or a version mismatch is checked against the store before
+        // it is answered.
+        let mut trust_cache = true;
         loop {
-            let (state, version) = match self.load::<A>(envelope.aggregate_id).await {
+            let cached = if trust_cache {
+                self.cache.get::<A>(envelope.aggregate_id)
+            } else {
+                None
+            };
+            let fresh = cached.is_none();
+            let loaded = match cached {
+                Some(cached) => Ok(cached),
+                None => self.load::<A>(envelope.aggregate_id).await,
+            };
+            let (state, version) = match loaded {
                 Ok(loaded) => loaded,
                 Err(HandleError::WrongStream(actual)) => {
                     return Ok(refused(
@@ -357,6 +372,10 @@ impl Handler {
             };
             if let Some(expected) = envelope.expected_version {
                 if expected != version {
+                    if !fresh {
+                        trust_cache = false;
+                        continue;
+                    }
                     return Ok(conflict(envelope, expected, version));
                 }
             }
@@ -365,6 +384,11 @@ impl Handler {
             let facts = self.resolve_facts(A::view(&command), &mut ctx).await?;
             let events = match A::decide(&state, command.clone(), &ctx) {
                 Ok(events) => events,
+                Err(_) if !fresh => {
+                    // Refuse only on the store's word, not on the cache's.
+                    trust_cache = false;
+                    continue;
+                }
                 Err(error) => {
                     let result = domain_refusal(envelope, &error);
                     if let Some(login) = &facts.failed_login_of {
@@ -453,6 +477,7 @@ impl Handler {
                 }
                 Err(AppendError::Conflict { .. } | AppendError::StaleTransaction { .. }) => {
                     crate::metrics::metrics().conflict_retries.inc();
+                    trust_cache = false;
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }

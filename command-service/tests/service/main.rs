@@ -6,6 +6,7 @@ mod bad_input;
 mod catalogue;
 mod concurrency;
 mod idempotency;
+mod multi_instance;
 mod rate_limit;
 mod snapshots;
 

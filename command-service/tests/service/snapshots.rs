@@ -6,7 +6,10 @@ use uuid::Uuid;
 use crate::{config, envelope, App};
 
 fn message(conversation: Uuid, expected: Option<u64>) -> serde_json::Value {
-    let mut body = envelope(conversation, json!({"message_id": Uuid::now_v7(), "role": "user", "content": "hello", "tokens_in": 1}));
+    let mut body = envelope(
+        conversation,
+        json!({"message_id": Uuid::now_v7(), "role": "user", "content": "hello", "tokens_in": 1}),
+    );
     if let Some(v) = expected {
         body["expected_version"] = json!(v);
     }
@@ -18,13 +21,36 @@ async fn long_streams_load_from_snapshots_and_bad_snapshots_are_ignored(pool: Pg
     let mut app = App::spawn(pool.clone()).await;
     let (_, token) = app.user("operator").await;
     let conversation = Uuid::now_v7();
-    assert_eq!(app.rpc("conversation.start", &envelope(conversation, json!({})), Some(&token)).await.status, Status::Accepted);
+    assert_eq!(
+        app.rpc(
+            "conversation.start",
+            &envelope(conversation, json!({})),
+            Some(&token)
+        )
+        .await
+        .status,
+        Status::Accepted
+    );
     for _ in 0..120 {
-        assert_eq!(app.rpc("conversation.append_message", &message(conversation, None), Some(&token)).await.status, Status::Accepted);
+        assert_eq!(
+            app.rpc(
+                "conversation.append_message",
+                &message(conversation, None),
+                Some(&token)
+            )
+            .await
+            .status,
+            Status::Accepted
+        );
     }
     let mut snapshot = None;
     for _ in 0..50 {
-        snapshot = sqlx::query_scalar::<_, i64>("SELECT version FROM snapshots WHERE stream_id = $1").bind(conversation).fetch_optional(&pool).await.expect("snapshot");
+        snapshot =
+            sqlx::query_scalar::<_, i64>("SELECT version FROM snapshots WHERE stream_id = $1")
+                .bind(conversation)
+                .fetch_optional(&pool)
+                .await
+                .expect("snapshot");
         if snapshot.is_some() {
             break;
         }
@@ -36,14 +62,38 @@ async fn long_streams_load_from_snapshots_and_bad_snapshots_are_ignored(pool: Pg
     app.stop().await;
     let boot = app.bootstrap.clone();
     let mut app = App::spawn_with(pool.clone(), config(&app.prefix, &boot)).await;
-    let next = app.rpc("conversation.append_message", &message(conversation, Some(121)), Some(&token)).await;
-    assert_eq!((next.status, next.version), (Status::Accepted, Some(122)), "{next:?}");
+    let next = app
+        .rpc(
+            "conversation.append_message",
+            &message(conversation, Some(121)),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        (next.status, next.version),
+        (Status::Accepted, Some(122)),
+        "{next:?}"
+    );
 
     // A snapshot that does not decode is ignored: the stream is read instead.
-    sqlx::query("UPDATE snapshots SET state = '\\x00c1'::bytea WHERE stream_id = $1").bind(conversation).execute(&pool).await.expect("spoil");
+    sqlx::query("UPDATE snapshots SET state = '\\x00c1'::bytea WHERE stream_id = $1")
+        .bind(conversation)
+        .execute(&pool)
+        .await
+        .expect("spoil");
     app.stop().await;
     let app = App::spawn_with(pool.clone(), config(&app.prefix, &boot)).await;
-    let after = app.rpc("conversation.append_message", &message(conversation, Some(122)), Some(&token)).await;
-    assert_eq!((after.status, after.version), (Status::Accepted, Some(123)), "{after:?}");
+    let after = app
+        .rpc(
+            "conversation.append_message",
+            &message(conversation, Some(122)),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        (after.status, after.version),
+        (Status::Accepted, Some(123)),
+        "{after:?}"
+    );
     app.finish().await;
 }
