@@ -190,3 +190,56 @@ async fn five_wrong_passwords_lock_the_account(pool: PgPool) {
     );
     app.finish().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn expired_sessions_and_keys_are_refused(pool: PgPool) {
+    let app = App::spawn(pool).await;
+    let (user_id, token) = app.user("operator").await;
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let issued = app
+        .rpc(
+            "user.issue_api_key",
+            &envelope(
+                user_id,
+                json!({"name": "short", "scopes": ["commands:write"], "expires_at": soon}),
+            ),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(issued.status, Status::Accepted, "{issued:?}");
+    let key = issued
+        .data
+        .and_then(|d| d["api_key"].as_str().map(str::to_string))
+        .expect("key");
+    let open = || {
+        envelope(
+            Uuid::now_v7(),
+            json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]}),
+        )
+    };
+    assert_eq!(
+        app.rpc("incident.open", &open(), Some(&key)).await.status,
+        Status::Accepted
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let expired = app.rpc("incident.open", &open(), Some(&key)).await;
+    assert_eq!(
+        (expired.status, expired.error.map(|e| e.code)),
+        (Status::Unauthorized, Some("api_key_expired".to_string()))
+    );
+
+    // A session past its 24 hours (moved there in the auth index, as time would).
+    sqlx::query(
+        "UPDATE auth_sessions SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
+    )
+    .bind(infra::auth::token_hash(&token))
+    .execute(&app.pool)
+    .await
+    .expect("age the session");
+    let late = app.rpc("incident.open", &open(), Some(&token)).await;
+    assert_eq!(
+        (late.status, late.error.map(|e| e.code)),
+        (Status::Unauthorized, Some("session_expired".to_string()))
+    );
+    app.finish().await;
+}
