@@ -15,17 +15,17 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::agent::AgentClient;
 use crate::cli::DemoArgs;
 
 struct Agent {
-    client: async_nats::Client,
-    prefix: String,
+    inner: AgentClient,
     pace: Arc<Semaphore>,
     tally: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Agent {
-    /// Sends one command (waiting for the pace) and returns its result.
+    /// Sends one command (waiting for the pace) and counts its outcome.
     async fn send(
         &self,
         command_type: &str,
@@ -36,21 +36,10 @@ impl Agent {
         if let Ok(permit) = self.pace.acquire().await {
             permit.forget();
         }
-        let body = json!({"command_id": Uuid::now_v7(), "aggregate_id": aggregate, "correlation_id": aggregate, "payload": payload});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Authorization", format!("Bearer {token}").as_str());
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.client.request_with_headers(
-                format!("{}.rpc.{command_type}", self.prefix),
-                headers,
-                domain::codec::encode(&body)?.into(),
-            ),
-        )
-        .await
-        .context("the command service did not answer in 10 s")?
-        .context("no command service answers (is `copilot-data up` running?)")?;
-        let result: CommandResult = domain::codec::decode(&reply.payload)?;
+        let result = self
+            .inner
+            .command(command_type, aggregate, payload, token)
+            .await?;
         if let Ok(mut tally) = self.tally.lock() {
             *tally
                 .entry(format!("{command_type} {}", result.status.as_str()))
@@ -77,8 +66,10 @@ pub async fn run(
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats.url))?;
     let agent = Arc::new(Agent {
-        client,
-        prefix: settings.nats.prefix.clone(),
+        inner: AgentClient {
+            client,
+            prefix: settings.nats.prefix.clone(),
+        },
         pace: Arc::new(Semaphore::new(0)),
         tally: Mutex::new(BTreeMap::new()),
     });
@@ -147,31 +138,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Signs up through the pace, so the demo's rate holds from the start.
 async fn sign_up(agent: &Agent, bootstrap: &str, role: &str) -> anyhow::Result<String> {
-    let email = format!("demo-{}@example.com", Uuid::new_v4().simple());
-    let password = format!("demo-{}", Uuid::new_v4().simple());
-    let registered = agent
-        .send("user.register", Uuid::now_v7(), json!({"email": email, "display_name": format!("Demo {role}"), "password": password, "role": role}), bootstrap)
-        .await?;
-    anyhow::ensure!(
-        registered.status == Status::Accepted,
-        "cannot register a demo user: {:?}",
-        registered.error
-    );
-    let started = agent
-        .send(
-            "session.start",
-            Uuid::now_v7(),
-            json!({"email": email, "password": password, "user_agent": "copilot-data demo"}),
-            "",
-        )
-        .await?;
-    started
-        .data
-        .as_ref()
-        .and_then(|d| d["token"].as_str())
-        .map(str::to_string)
-        .context("session.start gave no token")
+    if let Ok(permit) = agent.pace.acquire_many(2).await {
+        permit.forget();
+    }
+    agent.inner.sign_up(bootstrap, role).await
 }
 
 const QUESTIONS: &[&str] = &[

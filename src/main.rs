@@ -1,5 +1,6 @@
 //! `copilot-data`: the command-line program of the copilot data layer.
 
+mod agent;
 mod bench;
 mod cli;
 mod demo;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use command_service::{CommandResult, ServiceConfig, Status};
+use command_service::{ServiceConfig, Status};
 use eventstore::{EventStore, StoreOptions};
 use futures_util::StreamExt;
 use infra::Settings;
@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::append::{bare_writer, create_bare_table, drive};
 use super::report::{Figure, Latencies};
 use super::scratch::ScratchDb;
+use crate::agent::AgentClient;
 use crate::cli::BenchArgs;
 
 const AGENTS: usize = 32;
@@ -44,25 +45,21 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let client = async_nats::connect(&settings.nats.url)
         .await
         .context("connecting to NATS")?;
-    let agent = Agent {
+    let agent = AgentClient {
         client: client.clone(),
         prefix: prefix.clone(),
     };
-    wait_until_answering(&agent).await?;
+    agent.wait_until_answering().await?;
 
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(Duration::from_millis(200));
     progress.set_message("signing in and starting conversations");
-    let token = sign_in(&agent, &bootstrap).await?;
+    let token = agent.sign_up(&bootstrap, "operator").await?;
     let mut conversations = Vec::new();
     for _ in 0..AGENTS {
         let id = Uuid::now_v7();
         let started = agent
-            .send(
-                "conversation.start",
-                json!({"command_id": Uuid::now_v7(), "aggregate_id": id, "payload": {}}),
-                &token,
-            )
+            .command("conversation.start", id, json!({}), &token)
             .await?;
         anyhow::ensure!(
             started.status == Status::Accepted,
@@ -90,7 +87,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
                     "content": "The deploy failed because a migration locked the orders table; I rolled it back.",
                     "tokens_in": 812, "tokens_out": 164, "cost_usd": "0.00412"}});
                 let started = Instant::now();
-                let result = agent.send("conversation.append_message", body, &token).await?;
+                let result = agent.send("conversation.append_message", &body, &token).await?;
                 latencies.push(started.elapsed());
                 accepted += u64::from(result.status == Status::Accepted);
             }
@@ -170,62 +167,4 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         ));
     }
     Ok(figures)
-}
-
-struct Agent {
-    client: async_nats::Client,
-    prefix: String,
-}
-
-impl Agent {
-    async fn send(
-        &self,
-        command_type: &str,
-        body: serde_json::Value,
-        token: &str,
-    ) -> anyhow::Result<CommandResult> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Authorization", format!("Bearer {token}").as_str());
-        let reply = self
-            .client
-            .request_with_headers(
-                format!("{}.rpc.{command_type}", self.prefix),
-                headers,
-                domain::codec::encode(&body)?.into(),
-            )
-            .await?;
-        Ok(domain::codec::decode(&reply.payload)?)
-    }
-}
-
-async fn wait_until_answering(agent: &Agent) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        let probe = agent.send("session.touch", json!({}), "");
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("the in-process command service did not start")
-}
-
-async fn sign_in(agent: &Agent, bootstrap: &str) -> anyhow::Result<String> {
-    let email = format!("bench-{}@example.com", Uuid::new_v4().simple());
-    let registered = agent
-        .send("user.register", json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"email": email, "display_name": "Bench", "password": "bench password", "role": "operator"}}), bootstrap)
-        .await?;
-    anyhow::ensure!(
-        registered.status == Status::Accepted,
-        "cannot register: {:?}",
-        registered.error
-    );
-    let started = agent
-        .send("session.start", json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"email": email, "password": "bench password"}}), "")
-        .await?;
-    started
-        .data
-        .as_ref()
-        .and_then(|d| d["token"].as_str())
-        .map(str::to_string)
-        .context("no token")
 }
