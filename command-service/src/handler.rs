@@ -15,6 +15,7 @@ use infra::ratelimit::SlidingWindow;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::authn::{Authenticator, Refusal};
@@ -158,22 +159,35 @@ impl Handler {
             };
         let span = tracing::info_span!("command", command_id = %envelope.command_id, command_type = incoming.command_type,
             correlation_id = ?envelope.correlation_id, aggregate_id = %envelope.aggregate_id);
-        let _entered = span.enter();
+        // The span follows the future across awaits (entering it here would
+        // mark whatever else ran on this thread meanwhile).
+        self.handle_decoded(
+            envelope,
+            command,
+            incoming.command_type,
+            incoming.authorization,
+        )
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_decoded(
+        &self,
+        envelope: Envelope,
+        command: Command,
+        command_type: &str,
+        authorization: Option<&str>,
+    ) -> CommandResult {
         match self.stored_result(envelope.command_id).await {
             Ok(Some(stored)) => return stored,
             Ok(None) => {}
             Err(error) => return unavailable(&envelope, &error),
         }
         let now = Utc::now();
-        let admin_command = Command::admin_only(incoming.command_type);
+        let admin_command = Command::admin_only(command_type);
         let actor = match self
             .authn
-            .authenticate(
-                incoming.authorization,
-                incoming.command_type,
-                admin_command,
-                now,
-            )
+            .authenticate(authorization, command_type, admin_command, now)
             .await
         {
             Err(error) => return unavailable(&envelope, &error),
@@ -231,35 +245,35 @@ impl Handler {
         let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
         let outcome = match command {
             Command::User(c) => {
-                self.execute::<user::User>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<user::User>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Session(c) => {
-                self.execute::<session::Session>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<session::Session>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Conversation(c) => {
-                self.execute::<conversation::Conversation>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<conversation::Conversation>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Workflow(c) => {
-                self.execute::<workflow::Workflow>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<workflow::Workflow>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Execution(c) => {
-                self.execute::<execution::Execution>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<execution::Execution>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Incident(c) => {
-                self.execute::<incident::Incident>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<incident::Incident>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Runbook(c) => {
-                self.execute::<runbook::Runbook>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<runbook::Runbook>(&envelope, command_type, c, ctx)
                     .await
             }
             Command::Knowledge(c) => {
-                self.execute::<knowledge::Knowledge>(&envelope, incoming.command_type, c, ctx)
+                self.execute::<knowledge::Knowledge>(&envelope, command_type, c, ctx)
                     .await
             }
         };
