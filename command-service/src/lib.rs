@@ -2,12 +2,14 @@
 //! request/reply and JetStream), are decided by the domain and appended to
 //! the event store, once, and answered with the contract's result.
 
+mod aggregates;
 mod authn;
 pub mod envelope;
 pub mod handler;
 mod inline;
 pub mod metrics;
 pub mod result;
+mod state;
 pub mod totp;
 mod transport;
 

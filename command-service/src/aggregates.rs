@@ -1,0 +1,79 @@
+//! What the handler needs of each aggregate beyond the domain.
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use domain::{
+    conversation, execution, incident, knowledge, runbook, session, user, workflow, Aggregate,
+};
+
+/// A view of a command for fact resolution, whatever aggregate it is for.
+pub(crate) enum CommandRef<'a> {
+    User(&'a user::Command),
+    Session(&'a session::Command),
+    Execution(&'a execution::Command),
+    Other,
+}
+
+/// What the handler needs of an aggregate beyond the domain: which facts
+/// its commands need, and the inline projection of its events.
+pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static> {
+    /// Whether its events feed an inline projection (see [`Handled::project`]).
+    const INLINE: bool = false;
+
+    fn view(_command: &Self::Command) -> CommandRef<'_> {
+        CommandRef::Other
+    }
+
+    fn project<'c>(
+        _conn: &'c mut sqlx::PgConnection,
+        _id: Uuid,
+        _events: &'c [Self::Event],
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Handled for user::User {
+    const INLINE: bool = true;
+
+    fn view(command: &user::Command) -> CommandRef<'_> {
+        CommandRef::User(command)
+    }
+
+    fn project<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        id: Uuid,
+        events: &'c [user::Event],
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(crate::inline::apply_user(conn, id, events))
+    }
+}
+
+impl Handled for session::Session {
+    const INLINE: bool = true;
+
+    fn view(command: &session::Command) -> CommandRef<'_> {
+        CommandRef::Session(command)
+    }
+
+    fn project<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        id: Uuid,
+        events: &'c [session::Event],
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(crate::inline::apply_session(conn, id, events))
+    }
+}
+
+impl Handled for execution::Execution {
+    fn view(command: &execution::Command) -> CommandRef<'_> {
+        CommandRef::Execution(command)
+    }
+}
+
+impl Handled for conversation::Conversation {}
+impl Handled for workflow::Workflow {}
+impl Handled for incident::Incident {}
+impl Handled for runbook::Runbook {}
+impl Handled for knowledge::Knowledge {}
