@@ -41,11 +41,52 @@ impl Authenticator {
         }
     }
 
-    /// The actor behind `authorization` (the header's value) for a command
-    /// of `command_type`; `session.start` needs no credential.
-    pub async fn authenticate(
+    /// Before deciding: the stored outcome of `command_id`, if it was
+    /// decided before, and the actor behind `authorization` (the header's
+    /// value); `session.start` needs no credential. For a session token,
+    /// the common case, both come from one query.
+    pub async fn preflight(
+        &self,
+        command_id: Uuid,
+        authorization: Option<&str>,
+        command_type: &str,
+        admin_command: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Preflight, sqlx::Error> {
+        let token = match authorization {
+            _ if command_type == "session.start" => None,
+            None => None,
+            Some(header) => header.strip_prefix("Bearer ").map(str::trim),
+        };
+        if let Some(Bearer::Session(session_token)) = token.and_then(parse_bearer) {
+            let row: SessionRow = sqlx::query_as(&format!(
+                "SELECT ({}) AS outcome, s.user_id, u.role, s.expires_at, s.last_seen, s.ended, u.locked, u.deleted
+                   FROM (SELECT 1) AS one
+                   LEFT JOIN auth_sessions s ON s.token_hash = $2
+                   LEFT JOIN auth_users u ON u.user_id = s.user_id",
+                crate::outcomes::STORED_OUTCOME
+            ))
+            .bind(command_id)
+            .bind(token_hash(session_token))
+            .fetch_one(&self.pool)
+            .await?;
+            let outcome = row.outcome.clone().map(|o| o.0);
+            return Ok(Preflight {
+                outcome,
+                actor: session_actor(row, now),
+            });
+        }
+        let outcome = crate::outcomes::stored(&self.pool, command_id).await?;
+        let actor = self
+            .authenticate(authorization, token, command_type, admin_command, now)
+            .await?;
+        Ok(Preflight { outcome, actor })
+    }
+
+    async fn authenticate(
         &self,
         authorization: Option<&str>,
+        token: Option<&str>,
         command_type: &str,
         admin_command: bool,
         now: DateTime<Utc>,
@@ -53,10 +94,10 @@ impl Authenticator {
         if command_type == "session.start" {
             return Ok(Ok(Actor::Anonymous));
         }
-        let Some(header) = authorization else {
+        if authorization.is_none() {
             return Ok(Err(Refusal::Unauthorized("missing_token")));
-        };
-        let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
+        }
+        let Some(token) = token else {
             return Ok(Err(Refusal::Unauthorized("malformed_authorization")));
         };
         if let Some(bootstrap) = &self.bootstrap {
@@ -65,29 +106,25 @@ impl Authenticator {
             }
         }
         match parse_bearer(token) {
-            None => Ok(Err(Refusal::Unauthorized("invalid_token"))),
-            Some(Bearer::Session(token)) => self.session(token, now).await,
+            // Sessions are checked in `preflight`.
+            None | Some(Bearer::Session(_)) => Ok(Err(Refusal::Unauthorized("invalid_token"))),
             Some(Bearer::ApiKey { key_id, secret }) => {
                 self.api_key(token, key_id, secret, admin_command, now)
                     .await
             }
         }
     }
+}
 
-    async fn session(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Result<Actor, Refusal>, sqlx::Error> {
-        let row: Option<SessionRow> = sqlx::query_as(
-            "SELECT s.user_id, u.role, s.expires_at, s.last_seen, s.ended, u.locked, u.deleted
-               FROM auth_sessions s JOIN auth_users u ON u.user_id = s.user_id
-              WHERE s.token_hash = $1",
-        )
-        .bind(token_hash(token))
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(SessionRow {
+/// What [`Authenticator::preflight`] found.
+pub struct Preflight {
+    pub outcome: Option<crate::result::CommandResult>,
+    pub actor: Result<Actor, Refusal>,
+}
+
+fn session_actor(row: SessionRow, now: DateTime<Utc>) -> Result<Actor, Refusal> {
+    {
+        let SessionRow {
             user_id,
             role,
             expires_at,
@@ -95,25 +132,30 @@ impl Authenticator {
             ended,
             locked,
             deleted,
-        }) = row
+            ..
+        } = row;
+        let (Some(user_id), Some(role), Some(expires_at), Some(last_seen)) =
+            (user_id, role, expires_at, last_seen)
         else {
-            return Ok(Err(Refusal::Unauthorized("invalid_token")));
+            return Err(Refusal::Unauthorized("invalid_token"));
         };
-        if ended {
-            return Ok(Err(Refusal::Unauthorized("session_ended")));
+        if ended.unwrap_or(true) {
+            return Err(Refusal::Unauthorized("session_ended"));
         }
         if now >= expires_at {
-            return Ok(Err(Refusal::Unauthorized("session_expired")));
+            return Err(Refusal::Unauthorized("session_expired"));
         }
         if now - last_seen > IDLE_TIMEOUT {
-            return Ok(Err(Refusal::Unauthorized("session_idle_timeout")));
+            return Err(Refusal::Unauthorized("session_idle_timeout"));
         }
-        if locked || deleted {
-            return Ok(Err(Refusal::Unauthorized("account_disabled")));
+        if locked.unwrap_or(true) || deleted.unwrap_or(true) {
+            return Err(Refusal::Unauthorized("account_disabled"));
         }
-        Ok(user(user_id, &role))
+        user(user_id, &role)
     }
+}
 
+impl Authenticator {
     async fn api_key(
         &self,
         token: &str,
@@ -184,15 +226,18 @@ impl Authenticator {
     }
 }
 
+/// A session and its user, beside a stored outcome; every column may be
+/// NULL (no such session, or the user row is gone).
 #[derive(sqlx::FromRow)]
 struct SessionRow {
-    user_id: Uuid,
-    role: String,
-    expires_at: DateTime<Utc>,
-    last_seen: DateTime<Utc>,
-    ended: bool,
-    locked: bool,
-    deleted: bool,
+    outcome: Option<sqlx::types::Json<crate::result::CommandResult>>,
+    user_id: Option<Uuid>,
+    role: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    last_seen: Option<DateTime<Utc>>,
+    ended: Option<bool>,
+    locked: Option<bool>,
+    deleted: Option<bool>,
 }
 
 #[derive(sqlx::FromRow)]

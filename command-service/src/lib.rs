@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod handler;
 mod inline;
 pub mod metrics;
+mod outcomes;
 pub mod result;
 mod state;
 pub mod totp;

@@ -180,20 +180,27 @@ impl Handler {
         command_type: &str,
         authorization: Option<&str>,
     ) -> CommandResult {
-        match self.stored_result(envelope.command_id).await {
-            Ok(Some(stored)) => return stored,
-            Ok(None) => {}
-            Err(error) => return unavailable(&envelope, &error),
-        }
         let now = Utc::now();
         let admin_command = Command::admin_only(command_type);
-        let actor = match self
+        let preflight = match self
             .authn
-            .authenticate(authorization, command_type, admin_command, now)
+            .preflight(
+                envelope.command_id,
+                authorization,
+                command_type,
+                admin_command,
+                now,
+            )
             .await
         {
+            Ok(preflight) => preflight,
             Err(error) => return unavailable(&envelope, &error),
-            Ok(Err(Refusal::Unauthorized(code))) => {
+        };
+        if let Some(stored) = preflight.outcome {
+            return stored;
+        }
+        let actor = match preflight.actor {
+            Err(Refusal::Unauthorized(code)) => {
                 return refused(
                     &envelope,
                     Status::Unauthorized,
@@ -202,7 +209,7 @@ impl Handler {
                     None,
                 )
             }
-            Ok(Err(Refusal::Forbidden(code))) => {
+            Err(Refusal::Forbidden(code)) => {
                 return refused(
                     &envelope,
                     Status::Forbidden,
@@ -211,7 +218,7 @@ impl Handler {
                     None,
                 )
             }
-            Ok(Ok(actor)) => actor,
+            Ok(actor) => actor,
         };
         if let Some(limiter) = self.limiter.get() {
             let principal = match &actor {
@@ -290,15 +297,7 @@ impl Handler {
 
     /// The stored outcome of a decided command, marked as replayed.
     async fn stored_result(&self, command_id: Uuid) -> Result<Option<CommandResult>, sqlx::Error> {
-        let row: Option<(sqlx::types::Json<CommandResult>,)> =
-            sqlx::query_as("SELECT result FROM command_outcomes WHERE command_id = $1 LIMIT 1")
-                .bind(command_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(row.map(|(sqlx::types::Json(mut result),)| {
-            result.replayed = true;
-            result
-        }))
+        crate::outcomes::stored(self.pool(), command_id).await
     }
 
     /// The aggregate's state and version: from the cache if this instance
