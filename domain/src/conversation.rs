@@ -184,7 +184,11 @@ impl Aggregate for Conversation {
             )),
         };
         match command {
-            Command::Start(_) => unreachable_start(),
+            // Handled above; kept so the match stays exhaustive.
+            Command::Start(_) => Err(DomainError::rejected(
+                "already_exists",
+                "the conversation already exists",
+            )),
             Command::AppendMessage(m) => {
                 require_active()?;
                 if state.messages.contains_key(&m.message_id) {
@@ -310,12 +314,4 @@ impl Aggregate for Conversation {
         }
         state
     }
-}
-
-/// `Start` is handled before the match; this arm exists to keep it exhaustive.
-fn unreachable_start() -> Result<Vec<Event>, DomainError> {
-    Err(DomainError::rejected(
-        "already_exists",
-        "the conversation already exists",
-    ))
 }
