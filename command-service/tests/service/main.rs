@@ -8,6 +8,7 @@ mod concurrency;
 mod idempotency;
 mod multi_instance;
 mod rate_limit;
+mod shutdown;
 mod snapshots;
 
 use std::time::Duration;

@@ -1,0 +1,91 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{config, App};
+
+/// Stopping gracefully while JetStream commands are queued: what was taken
+/// is finished and acked, the rest waits in the stream for the next start.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_graceful_stop_finishes_what_it_took_and_leaves_the_rest(pool: PgPool) {
+    const COMMANDS: usize = 120;
+    let mut app = App::spawn(pool.clone()).await;
+    let mut results = app
+        .client
+        .subscribe(format!("{}.result.>", app.prefix))
+        .await
+        .expect("subscribe");
+    let js = async_nats::jetstream::new(app.client.clone());
+    let mut ids = HashSet::new();
+    for i in 0..COMMANDS {
+        let command_id = Uuid::now_v7();
+        ids.insert(command_id.to_string());
+        let body = json!({"command_id": command_id, "aggregate_id": Uuid::now_v7(),
+            "payload": {"title": format!("i{i}"), "description": "d", "severity": "low", "affected_services": ["api"]}});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        headers.insert(
+            "Authorization",
+            format!("Bearer {}", app.bootstrap).as_str(),
+        );
+        headers.insert("Nats-Msg-Id", command_id.to_string().as_str());
+        js.publish_with_headers(
+            format!("{}.cmd.incident.open", app.prefix),
+            headers,
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    let mut answered = HashSet::new();
+    while answered.len() < 10 {
+        let message = tokio::time::timeout(Duration::from_secs(20), results.next())
+            .await
+            .expect("progress")
+            .expect("result");
+        answered.insert(
+            message
+                .subject
+                .to_string()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    app.stop().await;
+
+    let restarted = App::spawn_with(pool.clone(), config(&app.prefix, &app.bootstrap)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while answered.len() < COMMANDS && std::time::Instant::now() < deadline {
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(5), results.next()).await
+        {
+            answered.insert(
+                message
+                    .subject
+                    .to_string()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(
+        answered, ids,
+        "every command answered once the service is back"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(events as usize, COMMANDS, "none lost, none doubled");
+    restarted.finish().await;
+}
