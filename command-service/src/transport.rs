@@ -217,6 +217,8 @@ async fn jetstream_loop(
     }
     // Messages not yet handled are neither acked nor lost: JetStream
     // redelivers them after the ack wait, to this or another instance.
+    // (NAKing them here would hand them straight back to this still-open
+    // pull and use up their deliveries.)
     drop(messages);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while in_flight.join_next().await.is_some() {}
