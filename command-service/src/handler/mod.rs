@@ -497,10 +497,7 @@ impl Handler {
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }
                 Err(
-                    e @ (AppendError::Empty { .. }
-                    | AppendError::TooManyEvents { .. }
-                    | AppendError::PayloadTooLarge { .. }
-                    | AppendError::MissingType { .. }),
+                    e @ (AppendError::TooManyEvents { .. } | AppendError::PayloadTooLarge { .. }),
                 ) => {
                     return Ok(refused(
                         envelope,
@@ -509,6 +506,11 @@ impl Handler {
                         &e.to_string(),
                         Some(json!({"field": "payload"})),
                     ));
+                }
+                // The domain produced an empty or untyped append: our bug,
+                // not the client's, and nothing was written.
+                Err(e @ (AppendError::Empty { .. } | AppendError::MissingType { .. })) => {
+                    return Err(HandleError::Store(e.to_string()));
                 }
                 Err(AppendError::Store(e)) => return Err(HandleError::Store(e.to_string())),
             }
