@@ -86,8 +86,7 @@ impl Handler {
                         if !ok && !deleted {
                             facts.failed_login_of = Some(user_id);
                         }
-                        let failed: Option<i64> = self.failed_logins(user_id).await?;
-                        facts.reset_failed_logins = ok && failed.unwrap_or(0) > 0;
+                        facts.reset_failed_logins = ok && self.failed_logins(user_id).await? > 0;
                     }
                     None => {
                         // Same work as a real check, so timing tells nothing.
@@ -118,9 +117,9 @@ impl Handler {
         Ok(facts)
     }
 
-    async fn failed_logins(&self, user_id: Uuid) -> Result<Option<i64>, HandleError> {
+    async fn failed_logins(&self, user_id: Uuid) -> Result<u32, HandleError> {
         let (state, _) = self.load::<user::User>(user_id).await?;
-        Ok(Some(i64::from(state.failed_logins)))
+        Ok(state.failed_logins)
     }
 
     /// Records a login attempt on the user's stream (five failures lock it).
