@@ -139,10 +139,7 @@ async fn api_keys_are_shown_once_and_revoked_at_once(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn five_wrong_passwords_lock_the_account(pool: PgPool) {
     let app = App::spawn(pool).await;
-    let user_id = Uuid::now_v7();
-    let email = format!("{}@example.com", Uuid::new_v4().simple());
-    let registered = app.rpc("user.register", &envelope(user_id, json!({"email": email, "display_name": "L", "password": "correct horse", "role": "viewer"})), Some(&app.bootstrap)).await;
-    assert_eq!(registered.status, Status::Accepted);
+    let (_, email) = app.register("viewer").await;
     for _ in 0..5 {
         let wrong = app
             .rpc(

@@ -11,17 +11,7 @@ use crate::{envelope, App};
 async fn fifty_concurrent_commands_on_one_aggregate_all_land_in_order(pool: PgPool) {
     let app = App::spawn(pool.clone()).await;
     let (_, token) = app.user("operator").await;
-    let conversation = Uuid::now_v7();
-    assert_eq!(
-        app.rpc(
-            "conversation.start",
-            &envelope(conversation, json!({})),
-            Some(&token)
-        )
-        .await
-        .status,
-        Status::Accepted
-    );
+    let conversation = app.conversation(&token).await;
 
     let sends = (0..50).map(|i| {
         let body = envelope(conversation, json!({"message_id": Uuid::now_v7(), "role": "user", "content": format!("m{i}"), "tokens_in": 1, "tokens_out": 1}));

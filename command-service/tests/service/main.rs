@@ -45,9 +45,14 @@ pub fn config(prefix: &str, bootstrap: &str) -> ServiceConfig {
     }
 }
 
+/// A NATS prefix (and so stream names) no other test uses.
+pub fn fresh_prefix() -> String {
+    format!("t{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
 impl App {
     pub async fn spawn(pool: PgPool) -> App {
-        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let prefix = fresh_prefix();
         App::spawn_with(pool, config(&prefix, &format!("boot-{}", Uuid::new_v4()))).await
     }
 
@@ -222,14 +227,25 @@ impl App {
             .expect("count")
     }
 
-    /// Registers a user with the bootstrap token and signs them in.
-    pub async fn user(&self, role: &str) -> (Uuid, String) {
+    /// Registers a user (password `correct horse`) with the bootstrap
+    /// token; returns the user id and e-mail.
+    pub async fn register(&self, role: &str) -> (Uuid, String) {
         let user_id = Uuid::now_v7();
         let email = format!("{}@example.com", Uuid::new_v4().simple());
         let registered = self
-            .rpc("user.register", &envelope(user_id, json!({"email": email, "display_name": "Test", "password": "correct horse", "role": role})), Some(&self.bootstrap))
+            .rpc(
+                "user.register",
+                &envelope(user_id, json!({"email": email, "display_name": "Test", "password": "correct horse", "role": role})),
+                Some(&self.bootstrap),
+            )
             .await;
         assert_eq!(registered.status, Status::Accepted, "{registered:?}");
+        (user_id, email)
+    }
+
+    /// Registers a user with the bootstrap token and signs them in.
+    pub async fn user(&self, role: &str) -> (Uuid, String) {
+        let (user_id, email) = self.register(role).await;
         let started = self
             .rpc(
                 "session.start",
@@ -248,6 +264,20 @@ impl App {
             .expect("token")
             .to_string();
         (user_id, token)
+    }
+
+    /// Starts a conversation owned by the holder of `token`.
+    pub async fn conversation(&self, token: &str) -> Uuid {
+        let conversation = Uuid::now_v7();
+        let started = self
+            .rpc(
+                "conversation.start",
+                &envelope(conversation, json!({})),
+                Some(token),
+            )
+            .await;
+        assert_eq!(started.status, Status::Accepted, "{started:?}");
+        conversation
     }
 }
 

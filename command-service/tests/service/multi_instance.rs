@@ -6,12 +6,12 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{config, envelope, App};
+use crate::{config, envelope, fresh_prefix, App};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn an_instance_never_answers_from_a_stale_cache(pool: PgPool) {
     let a = App::spawn(pool.clone()).await;
-    let b_prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let b_prefix = fresh_prefix();
     let b = App::spawn_with(pool.clone(), config(&b_prefix, &a.bootstrap)).await;
     let (_, token) = a.user("operator").await;
     let incident = Uuid::now_v7();

@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{config, envelope, App};
+use crate::{config, envelope, fresh_prefix, App};
 
 fn open_incident() -> serde_json::Value {
     envelope(
@@ -14,17 +14,22 @@ fn open_incident() -> serde_json::Value {
     )
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn each_principal_is_limited_by_a_sliding_window(pool: PgPool) {
-    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+/// A service whose commands are limited to `limit` a minute by Redis at `redis_url`.
+async fn limited(pool: PgPool, redis_url: &str, limit: u32) -> App {
+    let prefix = fresh_prefix();
     let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
     cfg.rate_limit = Some(RateLimitConfig {
-        redis_url: "redis://127.0.0.1:6379".into(),
+        redis_url: redis_url.into(),
         key_prefix: format!("test:{prefix}:ratelimit:"),
-        limit: 3,
+        limit,
         window: Duration::from_secs(60),
     });
-    let app = App::spawn_with(pool, cfg).await;
+    App::spawn_with(pool, cfg).await
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn each_principal_is_limited_by_a_sliding_window(pool: PgPool) {
+    let app = limited(pool, "redis://127.0.0.1:6379", 3).await;
     let boot = app.bootstrap.clone();
     for _ in 0..3 {
         assert_eq!(
@@ -51,16 +56,8 @@ async fn each_principal_is_limited_by_a_sliding_window(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn commands_still_work_without_redis(pool: PgPool) {
-    let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
-    cfg.rate_limit = Some(RateLimitConfig {
-        // Nothing listens here: the limit fails open.
-        redis_url: "redis://127.0.0.1:1".into(),
-        key_prefix: "test:unreachable:".into(),
-        limit: 1,
-        window: Duration::from_secs(60),
-    });
-    let app = App::spawn_with(pool, cfg).await;
+    // Nothing listens on port 1: the limit fails open.
+    let app = limited(pool, "redis://127.0.0.1:1", 1).await;
     let boot = app.bootstrap.clone();
     for _ in 0..3 {
         assert_eq!(

@@ -20,17 +20,7 @@ fn message(conversation: Uuid, expected: Option<u64>) -> serde_json::Value {
 async fn long_streams_load_from_snapshots_and_bad_snapshots_are_ignored(pool: PgPool) {
     let mut app = App::spawn(pool.clone()).await;
     let (_, token) = app.user("operator").await;
-    let conversation = Uuid::now_v7();
-    assert_eq!(
-        app.rpc(
-            "conversation.start",
-            &envelope(conversation, json!({})),
-            Some(&token)
-        )
-        .await
-        .status,
-        Status::Accepted
-    );
+    let conversation = app.conversation(&token).await;
     for _ in 0..120 {
         assert_eq!(
             app.rpc(
