@@ -40,14 +40,9 @@ impl EventStore {
                 Err(e) => outcomes.push(Some(Err(e))),
             }
         }
-        let mut applied = append_many(self.pool(), &valid).await?.into_iter();
-        if applied
-            .as_slice()
-            .iter()
-            .any(|r| matches!(r, Ok(o) if !o.replayed))
-        {
-            self.inner.notifier.wake();
-        }
+        let mut applied = append_many(self.pool(), &self.inner.notifier, &valid)
+            .await?
+            .into_iter();
         Ok(outcomes
             .into_iter()
             .map(|slot| match slot {
@@ -179,10 +174,11 @@ async fn append_on(
 }
 
 /// Appends every request in one statement (`eventstore_append_batch`), so
-/// in one transaction, retrying transient failures. The outer error means
-/// nothing was written.
+/// in one transaction, retrying transient failures, and wakes subscribers
+/// if anything new was written. The outer error means nothing was written.
 pub(crate) async fn append_many(
     pool: &sqlx::PgPool,
+    notifier: &crate::notify::Notifier,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
     if requests.is_empty() {
@@ -251,11 +247,15 @@ pub(crate) async fn append_many(
             rows.len()
         )));
     }
-    Ok(rows
+    let outcomes: Vec<_> = rows
         .iter()
         .zip(requests)
         .map(|(row, request)| decode_outcome(row, request))
-        .collect())
+        .collect();
+    if outcomes.iter().any(|o| matches!(o, Ok(o) if !o.replayed)) {
+        notifier.wake();
+    }
+    Ok(outcomes)
 }
 
 fn expected_to_sql(expected: ExpectedVersion) -> i64 {

@@ -90,11 +90,8 @@ async fn dispatch(
 async fn commit(pool: &PgPool, batch: Vec<Pending>, notifier: &Notifier) {
     let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
     tracing::trace!(appends = requests.len(), "group commit");
-    match append_many(pool, &requests).await {
+    match append_many(pool, notifier, &requests).await {
         Ok(outcomes) => {
-            if outcomes.iter().any(|o| matches!(o, Ok(o) if !o.replayed)) {
-                notifier.wake();
-            }
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = pending.reply.send(outcome);
             }
@@ -104,15 +101,12 @@ async fn commit(pool: &PgPool, batch: Vec<Pending>, notifier: &Notifier) {
             // transaction, so only that one gets the error.
             tracing::warn!(%error, appends = batch.len(), "group commit failed; appending one by one");
             for pending in batch {
-                let outcome = match append_many(pool, &[&pending.request]).await {
+                let outcome = match append_many(pool, notifier, &[&pending.request]).await {
                     Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
                         Err(StoreError::Corrupt("append answered no row".into()).into())
                     }),
                     Err(e) => Err(e.into()),
                 };
-                if matches!(&outcome, Ok(o) if !o.replayed) {
-                    notifier.wake();
-                }
                 let _ = pending.reply.send(outcome);
             }
         }
