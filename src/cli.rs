@@ -30,11 +30,54 @@ pub enum Operation {
     Up,
     /// Run the command service (NATS intake) until SIGTERM or Ctrl-C.
     CommandService,
+    /// Run the projector (read models and audit log) until SIGTERM or Ctrl-C.
+    Projector,
+    /// Rebuild SQL projections from the start of the log. Without a limit
+    /// it builds blue/green into a shadow schema and swaps it in; with
+    /// --until-position or --until-time it builds `<schema>_asof` for
+    /// inspection and leaves the live projection alone.
+    Replay(ReplayArgs),
+    /// Rebuild every SQL projection into a scratch schema up to the live
+    /// checkpoint and compare them table by table; exits non-zero on any
+    /// difference.
+    Verify(ProjectionArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditOperation),
     /// Measure a workload beside its raw baseline.
     Bench(BenchArgs),
     /// A simulated agent: users signing in, conversations, workflow runs,
     /// incidents and documents, sent as commands over NATS at a chosen rate.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditOperation {
+    /// Create the coming months' partitions and drop those older than the
+    /// twelve-month retention.
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionArgs {
+    /// A projection to include (relational, audit); default: all SQL ones.
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 5000)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub select: ProjectionArgs,
+    /// Stop after this position (`generation.tx_id.seq`).
+    #[arg(long, conflicts_with = "until_time")]
+    pub until_position: Option<eventstore::Position>,
+    /// Stop at the last event recorded at or before this time (RFC 3339).
+    #[arg(long)]
+    pub until_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +106,9 @@ pub struct BenchArgs {
     /// Keep the scratch database instead of dropping it.
     #[arg(long)]
     pub keep: bool,
+    /// Events generated for `replay`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

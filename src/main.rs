@@ -4,6 +4,7 @@ mod agent;
 mod bench;
 mod cli;
 mod demo;
+mod ops;
 mod shutdown;
 mod up;
 
@@ -11,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use infra::Settings;
 
-use crate::cli::{Cli, Operation};
+use crate::cli::{AuditOperation, Cli, Operation};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -35,6 +36,10 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         }
         Operation::Up => up::run(settings, shutdown::signal()).await,
         Operation::CommandService => up::command_service(settings, shutdown::signal()).await,
+        Operation::Projector => up::projector(settings, shutdown::signal()).await,
+        Operation::Replay(args) => ops::replay(args, &settings).await,
+        Operation::Verify(args) => ops::verify(args, &settings).await,
+        Operation::Audit(AuditOperation::Prune) => ops::audit_prune(&settings).await,
         Operation::Bench(args) => bench::run(args, &settings).await,
         Operation::Demo(args) => demo::run(args, &settings, shutdown::signal()).await,
     }

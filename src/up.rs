@@ -19,7 +19,7 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
     }
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
+pub async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
     let pool = infra::postgres::prepare(&settings.database).await?;
     let store = EventStore::connect(pool, store_options(settings)).await?;
     tracing::info!(
@@ -50,13 +50,47 @@ pub fn command_service_config(settings: &Settings) -> command_service::ServiceCo
     }
 }
 
-/// Every role in one process: today that is the command service.
+pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
+    let p = &settings.projector;
+    projector::ProjectorConfig {
+        batch_size: p.batch_size,
+        skip_poison: p.skip_poison,
+        lease_retry: p.lease_retry,
+        ..projector::ProjectorConfig::default()
+    }
+}
+
+/// Every role in one process: the command service and the projector.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    command_service(settings, shutdown).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::try_join!(
+        signal,
+        command_service(settings.clone(), until_stopped(stopped.clone())),
+        projector(settings.clone(), until_stopped(stopped.clone())),
+    )?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn projector(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    tracing::info!("projector running");
+    projector::run(projector_config(&settings), store.clone(), shutdown).await?;
+    store.pool().close().await;
     Ok(())
 }
 

@@ -44,10 +44,29 @@ impl<T> fmt::Debug for Personal<T> {
     }
 }
 
-/// Serialised as the bare value, or `null` when erased.
+thread_local! {
+    static REDACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What a personal value serialises as inside [`redacted`].
+pub const REDACTED: &str = "[personal]";
+
+/// Runs `f` with every personal value serialising as [`REDACTED`]: for
+/// copies that must outlive the owner's right to be forgotten (the audit
+/// log keeps the facts of an event, not the person's data).
+pub fn redacted<R>(f: impl FnOnce() -> R) -> R {
+    let before = REDACTING.with(|r| r.replace(true));
+    let result = f();
+    REDACTING.with(|r| r.set(before));
+    result
+}
+
+/// Serialised as the bare value, or `null` when erased (or [`REDACTED`]
+/// inside [`redacted`]).
 impl<T: Serialize> Serialize for Personal<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
+            Personal::Value(_) if REDACTING.with(std::cell::Cell::get) => s.serialize_str(REDACTED),
             Personal::Value(v) => v.serialize(s),
             Personal::Erased => s.serialize_none(),
         }

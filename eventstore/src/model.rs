@@ -42,6 +42,9 @@ pub struct Metadata {
     pub actor: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The client program, when the request said (the audit log shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 /// An event to append: its payload is already encoded (MessagePack).

@@ -36,6 +36,7 @@ pub struct Settings {
     pub vectors: VectorSettings,
     pub event_store: EventStoreSettings,
     pub commands: CommandSettings,
+    pub projector: ProjectorSettings,
     /// Acts as an admin credential for commands; unset disables it.
     pub bootstrap_token: Option<SecretString>,
     /// The tracing filter (`COPILOT_LOG`).
@@ -99,6 +100,28 @@ pub struct CommandSettings {
     pub metrics_addr: Option<SocketAddr>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorSettings {
+    /// Events per projection batch (one transaction each).
+    pub batch_size: usize,
+    /// Park a poison event and go on after it, instead of stopping there.
+    pub skip_poison: bool,
+    /// How often a projector without a projection's lease tries to take it.
+    #[serde(with = "millis")]
+    pub lease_retry: Duration,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        ProjectorSettings {
+            batch_size: 2000,
+            skip_poison: false,
+            lease_retry: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Default for CommandSettings {
     fn default() -> Self {
         CommandSettings {
@@ -131,6 +154,7 @@ impl Default for Settings {
             vectors: VectorSettings::default(),
             event_store: EventStoreSettings::default(),
             commands: CommandSettings::default(),
+            projector: ProjectorSettings::default(),
             bootstrap_token: None,
             log: "info".to_string(),
         }
@@ -282,6 +306,16 @@ impl Settings {
         if let Some(v) = get("COPILOT_MAX_MESSAGE_BYTES") {
             self.commands.max_message_bytes = parse("COPILOT_MAX_MESSAGE_BYTES", &v)?;
         }
+        if let Some(v) = get("COPILOT_PROJECTOR_BATCH_SIZE") {
+            self.projector.batch_size = parse("COPILOT_PROJECTOR_BATCH_SIZE", &v)?;
+        }
+        if let Some(v) = get("COPILOT_PROJECTOR_SKIP_POISON") {
+            self.projector.skip_poison = parse("COPILOT_PROJECTOR_SKIP_POISON", &v)?;
+        }
+        if let Some(v) = get("COPILOT_PROJECTOR_LEASE_RETRY_MS") {
+            self.projector.lease_retry =
+                Duration::from_millis(parse("COPILOT_PROJECTOR_LEASE_RETRY_MS", &v)?);
+        }
         if let Some(v) = get("COPILOT_MAX_PAYLOAD_BYTES") {
             self.event_store.max_payload_bytes = parse("COPILOT_MAX_PAYLOAD_BYTES", &v)?;
         }
@@ -308,6 +342,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 name: "nats.prefix",
                 message: "must be one non-empty subject token (no '.', '*', '>' or spaces)".into(),
+            });
+        }
+        if self.projector.batch_size == 0 {
+            return Err(ConfigError::Invalid {
+                name: "projector.batch_size",
+                message: "must be positive".into(),
             });
         }
         if self.event_store.max_payload_bytes == 0 || self.event_store.batch_size == 0 {

@@ -441,6 +441,7 @@ impl Handler {
                     causation_id: envelope.causation_id,
                     actor: Some(ctx.actor.label()),
                     ip: None,
+                    user_agent: None,
                 },
             };
             match self.append::<A>(&request, &events).await {

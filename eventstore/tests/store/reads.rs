@@ -14,6 +14,7 @@ async fn read_stream_returns_what_was_appended(pool: PgPool) {
         causation_id: Some(Uuid::now_v7()),
         actor: Some("user-1".into()),
         ip: Some("192.0.2.7".into()),
+        user_agent: None,
     };
     let mut first = request(stream, ExpectedVersion::NoStream, 3);
     first.metadata = metadata.clone();

@@ -1,0 +1,283 @@
+//! The rows a batch of events changes, coalesced in memory and written with
+//! one binary COPY per table: new rows straight into the table, changes to
+//! existing rows through a staging table and one UPDATE.
+//!
+//! Events carry absolute facts (running totals, new statuses), so most
+//! changes are "set column to value" and need no read; counters an event
+//! only increments are "add to column". Several events on one row within a
+//! batch become one write.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::copy::{CopyBuffer, EncodeError};
+use crate::table::{ColType, TableDef, Value};
+
+#[derive(Debug, Clone)]
+enum Cell {
+    Keep,
+    Set(Value),
+    Add(i64),
+}
+
+#[derive(Default)]
+struct Pending {
+    inserts: HashMap<Uuid, Vec<Value>>,
+    updates: HashMap<Uuid, Vec<Cell>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// Pending changes to a fixed set of tables.
+pub struct ChangeSet {
+    tables: Vec<(&'static TableDef, Pending)>,
+}
+
+impl ChangeSet {
+    /// Changes to `tables`, written in that order.
+    pub fn new(tables: &[&'static TableDef]) -> Self {
+        ChangeSet {
+            tables: tables.iter().map(|t| (*t, Pending::default())).collect(),
+        }
+    }
+
+    fn pending(&mut self, table: &'static TableDef) -> &mut Pending {
+        let slot = self
+            .tables
+            .iter()
+            .position(|(t, _)| std::ptr::eq(*t, table));
+        match slot {
+            Some(i) => &mut self.tables[i].1,
+            None => panic!("table {} is not part of this change set", table.name),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables
+            .iter()
+            .all(|(_, p)| p.inserts.is_empty() && p.updates.is_empty())
+    }
+
+    /// A new row (from [`TableDef::new_row`]). False if the id already has
+    /// a pending new row: the caller's event is then inconsistent.
+    pub fn insert(&mut self, table: &'static TableDef, row: Vec<Value>) -> bool {
+        let Some(Value::Uuid(id)) = row.first() else {
+            return false;
+        };
+        let id = *id;
+        let pending = self.pending(table);
+        if pending.inserts.contains_key(&id) || pending.updates.contains_key(&id) {
+            return false;
+        }
+        pending.inserts.insert(id, row);
+        true
+    }
+
+    /// Sets a column of row `id` (new in this batch or already stored).
+    pub fn set(&mut self, table: &'static TableDef, id: Uuid, column: &str, value: Value) {
+        let index = table.index(column);
+        let width = table.columns.len();
+        let pending = self.pending(table);
+        if let Some(row) = pending.inserts.get_mut(&id) {
+            row[index] = value;
+            return;
+        }
+        let cells = pending
+            .updates
+            .entry(id)
+            .or_insert_with(|| vec![Cell::Keep; width]);
+        cells[index] = Cell::Set(value);
+    }
+
+    /// Adds `delta` to an integer column of row `id`.
+    pub fn add(&mut self, table: &'static TableDef, id: Uuid, column: &str, delta: i64) {
+        let index = table.index(column);
+        let width = table.columns.len();
+        let pending = self.pending(table);
+        if let Some(row) = pending.inserts.get_mut(&id) {
+            row[index] = added(&row[index], delta);
+            return;
+        }
+        let cells = pending
+            .updates
+            .entry(id)
+            .or_insert_with(|| vec![Cell::Keep; width]);
+        cells[index] = match &cells[index] {
+            Cell::Keep => Cell::Add(delta),
+            Cell::Add(d) => Cell::Add(d + delta),
+            Cell::Set(v) => Cell::Set(added(v, delta)),
+        };
+    }
+
+    /// Writes every pending change into `schema` and forgets them.
+    pub async fn flush(&mut self, conn: &mut PgConnection, schema: &str) -> Result<(), FlushError> {
+        for (table, pending) in &mut self.tables {
+            if !pending.inserts.is_empty() {
+                let rows = std::mem::take(&mut pending.inserts);
+                copy_rows(conn, schema, table, rows.into_values()).await?;
+            }
+            if !pending.updates.is_empty() {
+                let updates = std::mem::take(&mut pending.updates);
+                update_rows(conn, schema, table, updates).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets pending changes (after a failed transaction).
+    pub fn clear(&mut self) {
+        for (_, pending) in &mut self.tables {
+            pending.inserts.clear();
+            pending.updates.clear();
+        }
+    }
+}
+
+fn added(value: &Value, delta: i64) -> Value {
+    match value {
+        Value::I32(v) => Value::I32(
+            i32::try_from(i64::from(*v) + delta).unwrap_or(if delta < 0 { 0 } else { i32::MAX }),
+        ),
+        Value::I64(v) => Value::I64(v.saturating_add(delta)),
+        Value::I16(v) => Value::I16(i16::try_from(i64::from(*v) + delta).unwrap_or(i16::MAX)),
+        _ => Value::I64(delta),
+    }
+}
+
+/// COPYs whole rows into `schema.table`.
+pub async fn copy_rows(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &TableDef,
+    rows: impl IntoIterator<Item = Vec<Value>>,
+) -> Result<u64, FlushError> {
+    let mut buffer = CopyBuffer::new();
+    for row in rows {
+        buffer.begin_row(table.columns.len());
+        for (column, value) in table.columns.iter().zip(&row) {
+            buffer.field(column.name, column.ty, value)?;
+        }
+    }
+    let sql = format!(
+        "COPY \"{schema}\".{} ({}) FROM STDIN (FORMAT binary)",
+        table.name,
+        table.column_list()
+    );
+    send_copy(conn, &sql, buffer.finish()).await
+}
+
+/// Runs a binary COPY ... FROM STDIN with `payload`.
+pub async fn send_copy(
+    conn: &mut PgConnection,
+    sql: &str,
+    payload: Vec<u8>,
+) -> Result<u64, FlushError> {
+    let mut copy = conn.copy_in_raw(sql).await?;
+    if let Err(error) = copy.send(payload).await {
+        // Ends the COPY so the connection stays usable for the rollback.
+        let _ = copy.abort("copy failed").await;
+        return Err(error.into());
+    }
+    Ok(copy.finish().await?)
+}
+
+/// Runs `sql` (one or more statements, no parameters) with the simple
+/// query protocol.
+pub async fn run_sql(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::Executor::execute(conn, sql).await?;
+    Ok(())
+}
+
+fn stage_name(schema: &str, table: &TableDef) -> String {
+    format!("\"stage_{schema}_{}\"", table.name)
+}
+
+async fn update_rows(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &TableDef,
+    updates: HashMap<Uuid, Vec<Cell>>,
+) -> Result<(), FlushError> {
+    let stage = stage_name(schema, table);
+    let mut ddl = format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} (id uuid, set_mask bigint, add_mask bigint"
+    );
+    for column in &table.columns[1..] {
+        let _ = write!(ddl, ", {} {}", column.name, column.ty.sql(schema));
+    }
+    ddl.push_str(") ON COMMIT DELETE ROWS");
+    run_sql(&mut *conn, &ddl).await?;
+
+    let mut buffer = CopyBuffer::new();
+    for (id, cells) in updates {
+        buffer.begin_row(table.columns.len() + 2);
+        let (mut set_mask, mut add_mask) = (0i64, 0i64);
+        for (i, cell) in cells.iter().enumerate().skip(1) {
+            match cell {
+                Cell::Keep => {}
+                Cell::Set(_) => set_mask |= 1 << i,
+                Cell::Add(_) => add_mask |= 1 << i,
+            }
+        }
+        buffer.field("id", ColType::Uuid, &Value::Uuid(id))?;
+        buffer.field("set_mask", ColType::Int8, &Value::I64(set_mask))?;
+        buffer.field("add_mask", ColType::Int8, &Value::I64(add_mask))?;
+        for (column, cell) in table.columns.iter().zip(&cells).skip(1) {
+            let value = match cell {
+                Cell::Keep => Value::Null,
+                Cell::Set(v) => v.clone(),
+                Cell::Add(d) => match column.ty {
+                    ColType::Int4 => Value::count(*d),
+                    ColType::Int2 => Value::I16(i16::try_from(*d).unwrap_or(i16::MAX)),
+                    _ => Value::I64(*d),
+                },
+            };
+            buffer.field(column.name, column.ty, &value)?;
+        }
+    }
+    let columns = std::iter::once("id, set_mask, add_mask".to_string())
+        .chain(table.columns[1..].iter().map(|c| c.name.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    send_copy(
+        conn,
+        &format!("COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"),
+        buffer.finish(),
+    )
+    .await?;
+
+    let mut sql = format!(
+        "WITH s AS (DELETE FROM {stage} RETURNING *) UPDATE \"{schema}\".{} AS t SET ",
+        table.name
+    );
+    for (i, column) in table.columns.iter().enumerate().skip(1) {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        let name = column.name;
+        let bit = 1i64 << i;
+        let _ = write!(
+            sql,
+            "{name} = CASE WHEN s.set_mask & {bit} <> 0 THEN s.{name}"
+        );
+        if matches!(column.ty, ColType::Int2 | ColType::Int4 | ColType::Int8) {
+            let _ = write!(
+                sql,
+                " WHEN s.add_mask & {bit} <> 0 THEN t.{name} + s.{name}"
+            );
+        }
+        let _ = write!(sql, " ELSE t.{name} END");
+    }
+    sql.push_str(" FROM s WHERE t.id = s.id");
+    run_sql(&mut *conn, &sql).await?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The projector: every read model is a projection of the event log.
+//!
+//! Two SQL projections run here: `relational` (the nine operational tables
+//! of the read model, schema `read_model`) and `audit` (the partitioned,
+//! append-only audit log, schema `audit`). Each one
+//!
+//! * reads the store's gap-safe subscription in batches and writes each
+//!   batch and its checkpoint in one transaction (exactly-once effect); the
+//!   checkpoint row is locked and compared first, so a writer that lost its
+//!   lease, or a blue/green swap that moved the checkpoint, makes the batch
+//!   roll back instead of applying it twice;
+//! * holds a lease (a session advisory lock on the connection it writes
+//!   with), so it runs in exactly one projector process; when that process
+//!   dies its connection closes and another process takes over;
+//! * parks a poison event (one that cannot be decoded or applied) in
+//!   `projection_errors` and stops there, or, if configured, skips it after
+//!   parking it; never silently.
+//!
+//! [`rebuild`] replays projections from the start of the log into a shadow
+//! schema and swaps it in (blue/green), builds point-in-time copies, and
+//! verifies that a fresh rebuild equals what is live.
+
+pub mod audit;
+mod batch;
+pub mod changes;
+pub mod copy;
+pub mod events;
+pub mod history;
+mod metrics;
+mod projection;
+pub mod rebuild;
+pub mod relational;
+mod runner;
+pub mod table;
+pub mod tables;
+
+pub use batch::PoisonPolicy;
+pub use projection::{Kind, Projection};
+pub use runner::{maintain_audit, run, ProjectorConfig};
+
+use crate::changes::FlushError;
+use crate::copy::EncodeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event at `index` of the batch cannot be projected.
+    #[error("event #{index} of the batch cannot be projected: {reason}")]
+    Poison { index: usize, reason: String },
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Store(#[from] eventstore::StoreError),
+    /// The checkpoint is not where this writer left it: another writer (a
+    /// projector that took the lease over, or a blue/green swap) moved it.
+    #[error("checkpoint of {0} moved under this writer")]
+    Moved(String),
+}
+
+impl From<FlushError> for ProjectionError {
+    fn from(error: FlushError) -> Self {
+        match error {
+            FlushError::Db(e) => ProjectionError::Db(e),
+            FlushError::Encode(e) => ProjectionError::Encode(e),
+        }
+    }
+}
+
+impl ProjectionError {
+    /// `error`, blamed on event `index` when it is about the data (a
+    /// constraint or a value PostgreSQL refuses) rather than the connection.
+    pub(crate) fn at(index: usize, error: impl Into<ProjectionError>) -> Self {
+        let error = error.into();
+        if error.is_data_error() {
+            ProjectionError::Poison {
+                index,
+                reason: error.to_string(),
+            }
+        } else {
+            error
+        }
+    }
+
+    /// A failure caused by what was written (SQLSTATE classes 22 and 23,
+    /// or a value that does not fit its column), which retrying cannot fix.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            ProjectionError::Db(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            ProjectionError::Encode(_) | ProjectionError::Poison { .. } => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The SQL projections by name, with their schemas and DDL.
+
+use chrono::{DateTime, Utc};
+use eventstore::RecordedEvent;
+use sqlx::PgConnection;
+
+use crate::audit::Audit;
+use crate::events::{decode, DomainEvent};
+use crate::relational::Relational;
+use crate::tables::{AUDIT_LOGS, RELATIONAL};
+use crate::ProjectionError;
+
+const READ_MODEL_MIGRATION: &str = include_str!("../../migrations/0003_read_model.sql");
+const AUDIT_MIGRATION: &str = include_str!("../../migrations/0004_audit_log.sql");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Relational,
+    Audit,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Relational, Kind::Audit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Relational => "relational",
+            Kind::Audit => "audit",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The schema the live projection writes and dashboards read.
+    pub fn live_schema(self) -> &'static str {
+        match self {
+            Kind::Relational => "read_model",
+            Kind::Audit => "audit",
+        }
+    }
+
+    /// The schema-relative DDL (the migration below its marker).
+    pub fn ddl(self) -> &'static str {
+        let (text, marker) = match self {
+            Kind::Relational => (READ_MODEL_MIGRATION, "-- @read-model-ddl"),
+            Kind::Audit => (AUDIT_MIGRATION, "-- @audit-ddl"),
+        };
+        text.split_once(marker).map_or(text, |(_, ddl)| ddl)
+    }
+
+    /// The tables `verify` compares.
+    pub fn tables(self) -> Vec<&'static str> {
+        match self {
+            Kind::Relational => RELATIONAL.iter().map(|t| t.name).collect(),
+            Kind::Audit => vec![AUDIT_LOGS.name],
+        }
+    }
+}
+
+/// One projection's writer and what it remembers between batches.
+pub struct Projection {
+    kind: Kind,
+    relational: Relational,
+    audit: Audit,
+}
+
+impl Projection {
+    pub fn new(kind: Kind) -> Self {
+        Projection {
+            kind,
+            relational: Relational::default(),
+            audit: Audit::default(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Forgets what it remembers of its tables: after a rollback, or when
+    /// someone else may have written them.
+    pub fn reset(&mut self) {
+        self.relational.reset();
+        self.audit.reset();
+    }
+
+    /// Applies `events` to the tables in `schema`, in the caller's
+    /// transaction.
+    pub async fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        schema: &str,
+        events: &[RecordedEvent],
+        now: DateTime<Utc>,
+    ) -> Result<(), ProjectionError> {
+        let mut decoded: Vec<(&RecordedEvent, DomainEvent)> = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let typed =
+                decode(event).map_err(|reason| ProjectionError::Poison { index, reason })?;
+            decoded.push((event, typed));
+        }
+        match self.kind {
+            Kind::Relational => self.relational.apply(conn, schema, &decoded).await,
+            Kind::Audit => self.audit.apply(conn, schema, &decoded, now).await,
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Rebuilding projections from the log: blue/green replay into a shadow
+//! schema with a swap, point-in-time copies, and `verify`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use eventstore::{checkpoint, EventStore, Position, RecordedEvent};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::mpsc;
+
+use crate::batch::{self, Outcome, PoisonPolicy, Target};
+use crate::changes::run_sql;
+use crate::projection::{Kind, Projection};
+use crate::ProjectionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] eventstore::StoreError),
+    #[error("{projection}: poison event at {position}: {reason}")]
+    Poison {
+        projection: &'static str,
+        position: Position,
+        reason: String,
+    },
+}
+
+/// How far a rebuild reads the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Everything readable now.
+    Head,
+    /// Up to and including this position.
+    Position(Position),
+    /// The longest prefix of the log recorded at or before this time (a
+    /// prefix, so every stream is cut at a consistent version).
+    Time(DateTime<Utc>),
+}
+
+impl Until {
+    /// How many of `events` are within the limit; `true` if the limit was hit.
+    fn cut(self, events: &[RecordedEvent]) -> (usize, bool) {
+        let within = |e: &RecordedEvent| match self {
+            Until::Head => true,
+            Until::Position(p) => e.position <= p,
+            Until::Time(t) => e.recorded_at <= t,
+        };
+        let n = events.iter().take_while(|e| within(e)).count();
+        (n, n < events.len())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BuildReport {
+    pub events: u64,
+    pub position: Position,
+    pub elapsed: Duration,
+}
+
+/// Options of a rebuild.
+#[derive(Clone, Copy)]
+pub struct BuildOptions<'a> {
+    pub until: Until,
+    pub batch_size: usize,
+    /// Called after each batch with the events applied so far.
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+pub async fn connect(store: &EventStore) -> Result<PgConnection, sqlx::Error> {
+    store.pool().connect_options().connect().await
+}
+
+/// Creates `schema` afresh (dropping what was there) with `kind`'s tables.
+pub async fn create_schema(
+    conn: &mut PgConnection,
+    kind: Kind,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    run_sql(
+        &mut tx,
+        &format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE;
+         CREATE SCHEMA \"{schema}\";
+         SET LOCAL search_path TO \"{schema}\", public;"
+        ),
+    )
+    .await?;
+    run_sql(&mut tx, kind.ddl()).await?;
+    tx.commit().await
+}
+
+pub async fn drop_schema(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    run_sql(conn, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
+    Ok(())
+}
+
+/// Reads the log from `after` in batches, one batch ahead of the caller,
+/// until it is caught up or past `until`.
+fn read_ahead(
+    store: &EventStore,
+    after: Position,
+    until: Until,
+    batch_size: usize,
+) -> mpsc::Receiver<Result<Vec<RecordedEvent>, eventstore::StoreError>> {
+    let (sender, receiver) = mpsc::channel(2);
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut position = after;
+        loop {
+            let batch = match store.read_all_after(position, batch_size).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+            let (n, limit_hit) = until.cut(&batch.events);
+            let mut events = batch.events;
+            events.truncate(n);
+            if let Some(last) = events.last() {
+                position = last.position;
+            }
+            let done = limit_hit || batch.caught_up || events.is_empty();
+            if !events.is_empty() && sender.send(Ok(events)).await.is_err() {
+                return;
+            }
+            if done {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Builds `kind` into `schema` from the start of the log, saving its
+/// position under `checkpoint_name`. Returns the projection (with what it
+/// remembers) so a swap can continue from it.
+pub async fn build(
+    store: &EventStore,
+    conn: &mut PgConnection,
+    kind: Kind,
+    schema: &str,
+    checkpoint_name: &str,
+    options: BuildOptions<'_>,
+) -> Result<(Projection, BuildReport), RebuildError> {
+    let started = Instant::now();
+    create_schema(conn, kind, schema).await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(checkpoint_name)
+        .execute(&mut *conn)
+        .await?;
+    let mut projection = Projection::new(kind);
+    let target = Target {
+        schema,
+        checkpoint: checkpoint_name,
+    };
+    let mut position = Position::START;
+    let mut applied = 0u64;
+    let mut batches = read_ahead(store, Position::START, options.until, options.batch_size);
+    while let Some(events) = batches.recv().await {
+        let events = events?;
+        position = apply_or_fail(conn, &mut projection, target, position, &events).await?;
+        applied += events.len() as u64;
+        (options.progress)(applied);
+    }
+    Ok((
+        projection,
+        BuildReport {
+            events: applied,
+            position,
+            elapsed: started.elapsed(),
+        },
+    ))
+}
+
+async fn apply_or_fail(
+    conn: &mut PgConnection,
+    projection: &mut Projection,
+    target: Target<'_>,
+    position: Position,
+    events: &[RecordedEvent],
+) -> Result<Position, RebuildError> {
+    match batch::project(
+        conn,
+        projection,
+        target,
+        position,
+        events,
+        PoisonPolicy::Stop,
+        Utc::now(),
+    )
+    .await?
+    {
+        Outcome::Applied(to) => Ok(to),
+        Outcome::Parked {
+            position, reason, ..
+        } => Err(RebuildError::Poison {
+            projection: projection.kind().name(),
+            position,
+            reason,
+        }),
+    }
+}
+
+/// Applies what the log holds after `position` to `schema`, inside the
+/// caller's transaction, up to `until`. Returns the new position.
+async fn catch_up_in(
+    conn: &mut PgConnection,
+    store: &EventStore,
+    projection: &mut Projection,
+    schema: &str,
+    mut position: Position,
+    until: Until,
+    batch_size: usize,
+) -> Result<Position, RebuildError> {
+    loop {
+        let batch = store.read_all_after(position, batch_size).await?;
+        let (n, limit_hit) = until.cut(&batch.events);
+        let events = &batch.events[..n];
+        if let Some(last) = events.last() {
+            if let Err(error) = projection
+                .apply(&mut *conn, schema, events, Utc::now())
+                .await
+            {
+                projection.reset();
+                return Err(error.into());
+            }
+            position = last.position;
+        }
+        if limit_hit || batch.caught_up || events.is_empty() {
+            return Ok(position);
+        }
+    }
+}
+
+/// Replays `kind` from the start into a shadow schema while the live one
+/// keeps serving, then swaps them in one transaction: the live
+/// projection's checkpoint row is locked (its writer waits), the shadow
+/// catches up with the last events, the schemas trade names and the
+/// checkpoint moves to the shadow's position. The old tables are dropped
+/// after the commit.
+pub async fn replay_and_swap(
+    store: &EventStore,
+    kind: Kind,
+    batch_size: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<BuildReport, RebuildError> {
+    let live = kind.live_schema();
+    let shadow = format!("{live}_shadow");
+    let shadow_checkpoint = format!("{}@shadow", kind.name());
+    let mut conn = connect(store).await?;
+    let (mut projection, mut report) = build(
+        store,
+        &mut conn,
+        kind,
+        &shadow,
+        &shadow_checkpoint,
+        BuildOptions {
+            until: Until::Head,
+            batch_size,
+            progress,
+        },
+    )
+    .await?;
+
+    let retired = format!("{live}_retired");
+    drop_schema(&mut conn, &retired).await?;
+    let mut tx = conn.begin().await?;
+    // Locks the live checkpoint row: the live writer's next batch waits.
+    let live_position = live_checkpoint_for_update(&mut tx, kind.name()).await?;
+    let position = catch_up_in(
+        &mut tx,
+        store,
+        &mut projection,
+        &shadow,
+        report.position,
+        Until::Head,
+        batch_size,
+    )
+    .await?;
+    report.events += count_between(store, report.position, position).await?;
+    report.position = position;
+    checkpoint::save(&mut *tx, kind.name(), position).await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(&shadow_checkpoint)
+        .execute(&mut *tx)
+        .await?;
+    run_sql(
+        &mut tx,
+        &format!(
+            "ALTER SCHEMA \"{live}\" RENAME TO \"{retired}\";
+         ALTER SCHEMA \"{shadow}\" RENAME TO \"{live}\";"
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(projection = kind.name(), from = %live_position, to = %position, "swapped in the rebuilt projection");
+    drop_schema(&mut conn, &retired).await?;
+    Ok(report)
+}
+
+async fn count_between(
+    store: &EventStore,
+    after: Position,
+    upto: Position,
+) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
+            AND (generation, tx_id, seq) <= ($4, $5, $6)",
+    )
+    .bind(after.generation)
+    .bind(after.tx_id)
+    .bind(after.seq)
+    .bind(upto.generation)
+    .bind(upto.tx_id)
+    .bind(upto.seq)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n.unsigned_abs())
+}
+
+async fn live_checkpoint_for_update(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Position, sqlx::Error> {
+    let (generation, tx_id, seq): (i32, i64, i64) = sqlx::query_as(
+        "INSERT INTO projection_checkpoints (name, generation, tx_id, seq) VALUES ($1, 0, 0, 0)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+         RETURNING generation, tx_id, seq",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    Ok(Position {
+        generation,
+        tx_id,
+        seq,
+    })
+}
+
+/// Builds `kind` as of `until` into `<live>_asof` and leaves it there for
+/// inspection (the live projection is not touched). Returns the schema.
+pub async fn build_as_of(
+    store: &EventStore,
+    kind: Kind,
+    until: Until,
+    batch_size: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(String, BuildReport), RebuildError> {
+    let schema = format!("{}_asof", kind.live_schema());
+    let mut conn = connect(store).await?;
+    let (_, report) = build(
+        store,
+        &mut conn,
+        kind,
+        &schema,
+        &format!("{}@asof", kind.name()),
+        BuildOptions {
+            until,
+            batch_size,
+            progress,
+        },
+    )
+    .await?;
+    Ok((schema, report))
+}
+
+/// Row count and an order-independent checksum of a table's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSum {
+    pub rows: i64,
+    pub checksum: String,
+}
+
+pub async fn table_sum(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<TableSum, sqlx::Error> {
+    let (rows, checksum): (i64, String) = sqlx::query_as(&format!(
+        "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0)::text
+           FROM \"{schema}\".{table} t"
+    ))
+    .fetch_one(conn)
+    .await?;
+    Ok(TableSum { rows, checksum })
+}
+
+#[derive(Debug, Clone)]
+pub struct TableComparison {
+    pub projection: &'static str,
+    pub table: &'static str,
+    pub live: TableSum,
+    pub rebuilt: TableSum,
+}
+
+impl TableComparison {
+    pub fn equal(&self) -> bool {
+        self.live == self.rebuilt
+    }
+}
+
+/// Rebuilds each of `kinds` into a scratch schema up to its live
+/// checkpoint and compares them table by table. The comparison runs with
+/// the live checkpoint row locked, so the live writer cannot move on
+/// between the rebuild's last event and the comparison.
+pub async fn verify(
+    store: &EventStore,
+    kinds: &[Kind],
+    batch_size: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<TableComparison>, RebuildError> {
+    let mut comparisons = Vec::new();
+    let mut conn = connect(store).await?;
+    for &kind in kinds {
+        let live = kind.live_schema();
+        let scratch = format!("{live}_verify");
+        let scratch_checkpoint = format!("{}@verify", kind.name());
+        let live_position = checkpoint::load(&mut conn, kind.name())
+            .await?
+            .unwrap_or(Position::START);
+        let (mut projection, report) = build(
+            store,
+            &mut conn,
+            kind,
+            &scratch,
+            &scratch_checkpoint,
+            BuildOptions {
+                until: Until::Position(live_position),
+                batch_size,
+                progress,
+            },
+        )
+        .await?;
+        let mut tx = conn.begin().await?;
+        let locked: Option<(i32, i64, i64)> = sqlx::query_as(
+            "SELECT generation, tx_id, seq FROM projection_checkpoints WHERE name = $1 FOR SHARE",
+        )
+        .bind(kind.name())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now_live = locked.map_or(Position::START, |(generation, tx_id, seq)| Position {
+            generation,
+            tx_id,
+            seq,
+        });
+        catch_up_in(
+            &mut tx,
+            store,
+            &mut projection,
+            &scratch,
+            report.position,
+            Until::Position(now_live),
+            batch_size,
+        )
+        .await?;
+        for table in kind.tables() {
+            let live_sum = table_sum(&mut tx, live, table).await?;
+            let rebuilt = table_sum(&mut tx, &scratch, table).await?;
+            comparisons.push(TableComparison {
+                projection: kind.name(),
+                table,
+                live: live_sum,
+                rebuilt,
+            });
+        }
+        tx.rollback().await?;
+        drop_schema(&mut conn, &scratch).await?;
+        sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+            .bind(&scratch_checkpoint)
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(comparisons)
+}

@@ -1,0 +1,297 @@
+//! The live projector: one task per projection, each holding its lease and
+//! following the log.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use eventstore::{checkpoint, EventStore, Position};
+use sqlx::{ConnectOptions, PgConnection};
+use tokio::sync::watch;
+
+use crate::audit::retention_start;
+use crate::batch::{self, Outcome, PoisonPolicy, Target};
+use crate::metrics::metrics;
+use crate::projection::{Kind, Projection};
+use crate::ProjectionError;
+
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    pub projections: Vec<Kind>,
+    /// Names this process in `projection_status.holder`.
+    pub instance: String,
+    pub batch_size: usize,
+    /// Skip (after parking) poison events instead of stopping at them.
+    pub skip_poison: bool,
+    /// How often a process without a lease tries to take it.
+    pub lease_retry: Duration,
+    /// How often audit partitions are created ahead and old ones dropped.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            projections: Kind::ALL.to_vec(),
+            instance: format!("projector-{}", std::process::id()),
+            batch_size: 2_000,
+            skip_poison: false,
+            lease_retry: Duration::from_secs(1),
+            maintenance_interval: Duration::from_secs(3_600),
+        }
+    }
+}
+
+enum Exit {
+    Shutdown,
+    /// Stopped at a poison event; waits for shutdown.
+    Stopped,
+    LeaseBusy,
+}
+
+/// Runs the configured projections until `shutdown` completes; batches in
+/// progress finish first.
+pub async fn run(
+    config: ProjectorConfig,
+    store: EventStore,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ProjectionError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for kind in config.projections.clone() {
+        tasks.push(tokio::spawn(run_projection(
+            kind,
+            store.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if config.projections.contains(&Kind::Audit) {
+        tasks.push(tokio::spawn(audit_maintenance(
+            store.clone(),
+            config.maintenance_interval,
+            stop_rx.clone(),
+        )));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+async fn run_projection(
+    kind: Kind,
+    store: EventStore,
+    config: ProjectorConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = kind.name();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let result = lead(kind, &store, &config, &mut stop).await;
+        metrics().leader.with_label_values(&[name]).set(0);
+        let wait = match result {
+            Ok(Exit::Shutdown) => return,
+            Ok(Exit::Stopped) => {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+                return;
+            }
+            Ok(Exit::LeaseBusy) => config.lease_retry,
+            Err(ProjectionError::Moved(detail)) => {
+                metrics().errors.with_label_values(&[name, "moved"]).inc();
+                tracing::info!(projection = name, %detail, "checkpoint moved; restarting from it");
+                Duration::ZERO
+            }
+            Err(error) => {
+                metrics()
+                    .errors
+                    .with_label_values(&[name, "database"])
+                    .inc();
+                tracing::warn!(projection = name, %error, retry_in = ?backoff, "projection failed; retrying");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                wait
+            }
+        };
+        if sleep_or_stop(wait, &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Takes the lease of `kind` and projects until shutdown, a poison stop or
+/// an error. The lease is a session advisory lock on the connection the
+/// batches are written with: if that connection dies, so does the lease.
+async fn lead(
+    kind: Kind,
+    store: &EventStore,
+    config: &ProjectorConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Exit, ProjectionError> {
+    let name = kind.name();
+    let mut conn: PgConnection = store.pool().connect_options().connect().await?;
+    let leased: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('copilot_projection:' || $1, 0))",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await?;
+    if !leased {
+        return Ok(Exit::LeaseBusy);
+    }
+    sqlx::query(
+        "INSERT INTO projection_status (name, holder, acquired_at, stopped, updated_at)
+         VALUES ($1, $2, now(), NULL, now())
+         ON CONFLICT (name) DO UPDATE
+            SET holder = EXCLUDED.holder, acquired_at = now(), stopped = NULL, updated_at = now()",
+    )
+    .bind(name)
+    .bind(&config.instance)
+    .execute(&mut conn)
+    .await?;
+    metrics().leader.with_label_values(&[name]).set(1);
+    metrics().stopped.with_label_values(&[name]).set(0);
+    tracing::info!(projection = name, instance = %config.instance, "lease taken");
+
+    let policy = if config.skip_poison {
+        PoisonPolicy::Skip
+    } else {
+        PoisonPolicy::Stop
+    };
+    let target = Target {
+        schema: kind.live_schema(),
+        checkpoint: name,
+    };
+    let mut projection = Projection::new(kind);
+    let mut position = checkpoint::load(&mut conn, name)
+        .await?
+        .unwrap_or(Position::START);
+    let mut subscription = store
+        .subscribe(position)
+        .await
+        .with_batch_size(config.batch_size);
+    let mut last_lag_check = Instant::now();
+    loop {
+        let events = tokio::select! {
+            batch = subscription.next_batch() => batch?,
+            _ = stop.changed() => return Ok(Exit::Shutdown),
+        };
+        let started = Instant::now();
+        let outcome = batch::project(
+            &mut conn,
+            &mut projection,
+            target,
+            position,
+            &events,
+            policy,
+            Utc::now(),
+        )
+        .await?;
+        match outcome {
+            Outcome::Applied(to) => {
+                position = to;
+                let m = metrics();
+                m.events
+                    .with_label_values(&[name])
+                    .inc_by(events.len() as u64);
+                m.batch_seconds
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
+                if let Some(last) = events.last() {
+                    let lag = (Utc::now() - last.recorded_at).num_milliseconds().max(0);
+                    m.lag_seconds
+                        .with_label_values(&[name])
+                        .set(lag as f64 / 1000.0);
+                }
+                tracing::debug!(projection = name, events = events.len(), %position, "batch applied");
+            }
+            Outcome::Parked {
+                position: to,
+                reason,
+                stopped,
+            } => {
+                metrics().errors.with_label_values(&[name, "poison"]).inc();
+                position = to;
+                if stopped {
+                    metrics().stopped.with_label_values(&[name]).set(1);
+                    tracing::error!(projection = name, %position, %reason,
+                        "poison event parked in projection_errors; projection stopped");
+                    return Ok(Exit::Stopped);
+                }
+                tracing::warn!(projection = name, %position, %reason,
+                    "poison event parked in projection_errors and skipped");
+                // The subscription has read past the parked event's batch.
+                subscription = store
+                    .subscribe(position)
+                    .await
+                    .with_batch_size(config.batch_size);
+            }
+        }
+        if last_lag_check.elapsed() > Duration::from_secs(5) {
+            last_lag_check = Instant::now();
+            let behind = events_after(store, position).await?;
+            metrics().lag_events.with_label_values(&[name]).set(behind);
+        }
+    }
+}
+
+/// Events after `position`, counted up to a cap (this is a gauge, not a report).
+async fn events_after(store: &EventStore, position: Position) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
+          LIMIT 1000000) behind",
+    )
+    .bind(position.generation)
+    .bind(position.tx_id)
+    .bind(position.seq)
+    .fetch_one(store.pool())
+    .await
+}
+
+/// Creates the audit log's partitions ahead and drops those past retention.
+pub async fn maintain_audit(
+    pool: &sqlx::PgPool,
+    schema: &str,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query(
+        "SELECT audit_ensure_partition($1, (date_trunc('month', $2::timestamptz) + make_interval(months => m))::date)
+           FROM generate_series(0, 3) AS m",
+    )
+    .bind(schema)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar("SELECT audit_prune($1, $2)")
+        .bind(schema)
+        .bind(retention_start(now))
+        .fetch_all(pool)
+        .await
+}
+
+async fn audit_maintenance(store: EventStore, interval: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match maintain_audit(store.pool(), Kind::Audit.live_schema(), Utc::now()).await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(?dropped, "audit partitions past retention dropped");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "audit partition maintenance failed"),
+        }
+        if sleep_or_stop(interval, &mut stop).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Projector tests, each against its own PostgreSQL database.
+
+mod audit_log;
+mod live;
+mod poison;
+mod replay;
+mod security;
+mod support;

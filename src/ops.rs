@@ -1,0 +1,148 @@
+//! Operations on the read models: replay, verify, audit pruning.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use eventstore::EventStore;
+use indicatif::{ProgressBar, ProgressStyle};
+use infra::Settings;
+use projector::rebuild::{self, Until};
+use projector::Kind;
+
+use crate::cli::{ProjectionArgs, ReplayArgs};
+use crate::up;
+
+fn selected(args: &ProjectionArgs) -> anyhow::Result<Vec<Kind>> {
+    if args.projections.is_empty() {
+        return Ok(Kind::ALL.to_vec());
+    }
+    args.projections
+        .iter()
+        .map(|name| {
+            Kind::parse(name)
+                .with_context(|| format!("unknown projection {name:?} (known: relational, audit)"))
+        })
+        .collect()
+}
+
+/// A progress bar over the log's events (events/s and ETA).
+pub fn progress_bar(store_events: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(store_events).with_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {human_pos}/{human_len} events {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+pub async fn log_size(store: &EventStore) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(store.pool())
+        .await?;
+    Ok(n.unsigned_abs())
+}
+
+pub async fn replay(args: ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+    let kinds = selected(&args.select)?;
+    let store = up::open_store(settings).await?;
+    let total = log_size(&store).await?;
+    let until = match (args.until_position, args.until_time) {
+        (Some(p), _) => Some(Until::Position(p)),
+        (None, Some(t)) => Some(Until::Time(t)),
+        (None, None) => None,
+    };
+    let mut out = std::io::stdout().lock();
+    for kind in kinds {
+        let bar = progress_bar(total, kind.name());
+        let progress = |n: u64| bar.set_position(n);
+        match until {
+            None => {
+                let report =
+                    rebuild::replay_and_swap(&store, kind, args.select.batch_size, &progress)
+                        .await?;
+                bar.finish_and_clear();
+                writeln!(
+                    out,
+                    "{}: {} events in {:.1} s ({:.0} events/s), swapped into {} at {}",
+                    kind.name(),
+                    report.events,
+                    report.elapsed.as_secs_f64(),
+                    report.events as f64 / report.elapsed.as_secs_f64().max(1e-9),
+                    kind.live_schema(),
+                    report.position
+                )?;
+            }
+            Some(until) => {
+                let (schema, report) =
+                    rebuild::build_as_of(&store, kind, until, args.select.batch_size, &progress)
+                        .await?;
+                bar.finish_and_clear();
+                writeln!(
+                    out,
+                    "{}: {} events up to {} built into schema {schema} (the live projection is unchanged)",
+                    kind.name(),
+                    report.events,
+                    report.position
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn verify(args: ProjectionArgs, settings: &Settings) -> anyhow::Result<()> {
+    let kinds = selected(&args)?;
+    let store = up::open_store(settings).await?;
+    let total = log_size(&store).await?;
+    let bar = progress_bar(total, "rebuild");
+    let progress = |n: u64| bar.set_position(n);
+    let comparisons = rebuild::verify(&store, &kinds, args.batch_size, &progress).await?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    let mut differences = 0;
+    for c in &comparisons {
+        if c.equal() {
+            writeln!(
+                out,
+                "{:<12} {:<22} OK    {} rows",
+                c.projection, c.table, c.live.rows
+            )?;
+        } else {
+            differences += 1;
+            writeln!(
+                out,
+                "{:<12} {:<22} DIFF  live {} rows (checksum {}), rebuilt {} rows (checksum {})",
+                c.projection,
+                c.table,
+                c.live.rows,
+                c.live.checksum,
+                c.rebuilt.rows,
+                c.rebuilt.checksum
+            )?;
+        }
+    }
+    if differences > 0 {
+        bail!("{differences} table(s) differ from a fresh rebuild");
+    }
+    Ok(())
+}
+
+pub async fn audit_prune(settings: &Settings) -> anyhow::Result<()> {
+    let store = up::open_store(settings).await?;
+    let dropped =
+        projector::maintain_audit(store.pool(), Kind::Audit.live_schema(), chrono::Utc::now())
+            .await?;
+    let mut out = std::io::stdout().lock();
+    if dropped.is_empty() {
+        writeln!(out, "no audit partition is older than the retention")?;
+    }
+    for name in dropped {
+        writeln!(out, "dropped {name}")?;
+    }
+    Ok(())
+}
