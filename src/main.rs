@@ -35,8 +35,14 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Operation::Up => up::run(settings, shutdown::signal()).await,
-        Operation::CommandService => up::command_service(settings, shutdown::signal()).await,
-        Operation::Projector => up::projector(settings, shutdown::signal()).await,
+        Operation::CommandService => {
+            let _metrics = up::serve_metrics(&settings).await?;
+            up::command_service(settings, shutdown::signal()).await
+        }
+        Operation::Projector => {
+            let _metrics = up::serve_metrics(&settings).await?;
+            up::projector(settings, shutdown::signal()).await
+        }
         Operation::Replay(args) => ops::replay(args, &settings).await,
         Operation::Verify(args) => ops::verify(args, &settings).await,
         Operation::Audit(AuditOperation::Prune) => ops::audit_prune(&settings).await,

@@ -50,6 +50,28 @@ pub fn command_service_config(settings: &Settings) -> command_service::ServiceCo
     }
 }
 
+/// Serves `/metrics` on the configured address (`COPILOT_METRICS_ADDR`,
+/// `off` for none) for as long as the returned guard lives.
+pub async fn serve_metrics(settings: &Settings) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = settings.commands.metrics_addr else {
+        return Ok(None);
+    };
+    let (bound, task) = infra::metrics::serve(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!(%bound, "Prometheus metrics at /metrics");
+    Ok(Some(MetricsServer(task)))
+}
+
+/// Stops the metrics endpoint when dropped.
+pub struct MetricsServer(tokio::task::JoinHandle<()>);
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
     let p = &settings.projector;
     projector::ProjectorConfig {
@@ -65,6 +87,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let _metrics = serve_metrics(&settings).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
