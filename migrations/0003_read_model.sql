@@ -103,11 +103,6 @@ CREATE TABLE users (
     deleted_at            timestamptz,
     forgotten_at          timestamptz
 );
-CREATE UNIQUE INDEX users_email_active ON users (lower(email)) WHERE deleted_at IS NULL AND email IS NOT NULL;
-CREATE INDEX users_role ON users (role) WHERE deleted_at IS NULL;
-CREATE INDEX users_locked ON users (id) WHERE is_locked;
-CREATE INDEX users_last_login ON users (last_login_at DESC) WHERE deleted_at IS NULL;
-CREATE INDEX users_preferences ON users USING gin (preferences jsonb_path_ops);
 
 CREATE TABLE sessions (
     id                 uuid PRIMARY KEY,
@@ -124,10 +119,6 @@ CREATE TABLE sessions (
     end_reason         text,
     CHECK (expires_at >= started_at)
 );
-CREATE INDEX sessions_user ON sessions (user_id, started_at DESC);
-CREATE INDEX sessions_active ON sessions (expires_at) WHERE ended_at IS NULL;
-CREATE UNIQUE INDEX sessions_token_hash ON sessions (token_hash);
-CREATE INDEX sessions_last_seen ON sessions (last_seen_at) WHERE ended_at IS NULL;
 
 CREATE TABLE conversations (
     id              uuid PRIMARY KEY,
@@ -146,10 +137,6 @@ CREATE TABLE conversations (
     archived_at     timestamptz,
     deleted_at      timestamptz
 );
-CREATE INDEX conversations_user_recent ON conversations (user_id, updated_at DESC);
-CREATE INDEX conversations_active ON conversations (user_id) WHERE status = 'active';
-CREATE INDEX conversations_tags ON conversations USING gin (tags);
-CREATE INDEX conversations_created ON conversations (created_at DESC);
 
 CREATE TABLE messages (
     id              uuid PRIMARY KEY,
@@ -170,8 +157,6 @@ CREATE TABLE messages (
     rated_at        timestamptz,
     UNIQUE (conversation_id, sequence)
 );
-CREATE INDEX messages_user_recent ON messages (user_id, created_at DESC);
-CREATE INDEX messages_rated ON messages (rating) WHERE rating IS NOT NULL;
 
 CREATE TABLE workflows (
     id          uuid PRIMARY KEY,
@@ -189,10 +174,6 @@ CREATE TABLE workflows (
     updated_at  timestamptz NOT NULL,
     deleted_at  timestamptz
 );
-CREATE INDEX workflows_name ON workflows (name) WHERE deleted_at IS NULL;
-CREATE INDEX workflows_active ON workflows (updated_at DESC) WHERE status = 'active';
-CREATE INDEX workflows_tags ON workflows USING gin (tags);
-CREATE INDEX workflows_definition ON workflows USING gin (definition jsonb_path_ops);
 
 CREATE TABLE workflow_executions (
     id               uuid PRIMARY KEY,
@@ -214,10 +195,6 @@ CREATE TABLE workflow_executions (
     duration_ms      bigint CHECK (duration_ms >= 0),
     CHECK (finished_at IS NULL OR finished_at >= started_at)
 );
-CREATE INDEX executions_workflow ON workflow_executions (workflow_id, started_at DESC);
-CREATE INDEX executions_running ON workflow_executions (priority DESC, started_at) WHERE status IN ('pending', 'running');
-CREATE INDEX executions_started_by ON workflow_executions (started_by, started_at DESC);
-CREATE INDEX executions_status ON workflow_executions (status, started_at DESC);
 
 CREATE TABLE step_executions (
     id           uuid PRIMARY KEY,
@@ -233,8 +210,6 @@ CREATE TABLE step_executions (
     finished_at  timestamptz,
     duration_ms  bigint CHECK (duration_ms >= 0)
 );
-CREATE INDEX steps_execution ON step_executions (execution_id, started_at);
-CREATE INDEX steps_failed ON step_executions (finished_at DESC) WHERE status = 'failed';
 
 CREATE TABLE incidents (
     id                  uuid PRIMARY KEY,
@@ -259,11 +234,6 @@ CREATE TABLE incidents (
     time_to_resolve_ms  bigint,
     updated_at          timestamptz NOT NULL
 );
-CREATE INDEX incidents_open ON incidents (severity, opened_at DESC) WHERE status NOT IN ('resolved', 'closed');
-CREATE INDEX incidents_services ON incidents USING gin (affected_services);
-CREATE INDEX incidents_assignee ON incidents (assignee_id) WHERE assignee_id IS NOT NULL;
-CREATE INDEX incidents_opened ON incidents (opened_at DESC);
-CREATE INDEX incidents_status ON incidents (status, severity);
 
 CREATE TABLE runbooks (
     id                 uuid PRIMARY KEY,
@@ -282,9 +252,6 @@ CREATE TABLE runbooks (
     updated_at         timestamptz NOT NULL,
     archived_at        timestamptz
 );
-CREATE INDEX runbooks_name ON runbooks (name) WHERE archived_at IS NULL;
-CREATE INDEX runbooks_tags ON runbooks USING gin (tags);
-CREATE INDEX runbooks_triggers ON runbooks USING gin (trigger_conditions jsonb_path_ops);
 
 -- Dashboard views. security_invoker: the reader's row-level security applies.
 CREATE VIEW active_sessions WITH (security_invoker = true) AS
@@ -332,3 +299,40 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO copilot_readonly, copilot_app', s);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA %I TO copilot_admin', s);
 END $$;
+
+-- @deferred-indexes
+-- Secondary indexes. A rebuild creates them after loading its rows, which
+-- is faster than maintaining them row by row.
+CREATE UNIQUE INDEX users_email_active ON users (lower(email)) WHERE deleted_at IS NULL AND email IS NOT NULL;
+CREATE INDEX users_role ON users (role) WHERE deleted_at IS NULL;
+CREATE INDEX users_locked ON users (id) WHERE is_locked;
+CREATE INDEX users_last_login ON users (last_login_at DESC) WHERE deleted_at IS NULL;
+CREATE INDEX users_preferences ON users USING gin (preferences jsonb_path_ops);
+CREATE INDEX sessions_user ON sessions (user_id, started_at DESC);
+CREATE INDEX sessions_active ON sessions (expires_at) WHERE ended_at IS NULL;
+CREATE UNIQUE INDEX sessions_token_hash ON sessions (token_hash);
+CREATE INDEX sessions_last_seen ON sessions (last_seen_at) WHERE ended_at IS NULL;
+CREATE INDEX conversations_user_recent ON conversations (user_id, updated_at DESC);
+CREATE INDEX conversations_active ON conversations (user_id) WHERE status = 'active';
+CREATE INDEX conversations_tags ON conversations USING gin (tags);
+CREATE INDEX conversations_created ON conversations (created_at DESC);
+CREATE INDEX messages_user_recent ON messages (user_id, created_at DESC);
+CREATE INDEX messages_rated ON messages (rating) WHERE rating IS NOT NULL;
+CREATE INDEX workflows_name ON workflows (name) WHERE deleted_at IS NULL;
+CREATE INDEX workflows_active ON workflows (updated_at DESC) WHERE status = 'active';
+CREATE INDEX workflows_tags ON workflows USING gin (tags);
+CREATE INDEX workflows_definition ON workflows USING gin (definition jsonb_path_ops);
+CREATE INDEX executions_workflow ON workflow_executions (workflow_id, started_at DESC);
+CREATE INDEX executions_running ON workflow_executions (priority DESC, started_at) WHERE status IN ('pending', 'running');
+CREATE INDEX executions_started_by ON workflow_executions (started_by, started_at DESC);
+CREATE INDEX executions_status ON workflow_executions (status, started_at DESC);
+CREATE INDEX steps_execution ON step_executions (execution_id, started_at);
+CREATE INDEX steps_failed ON step_executions (finished_at DESC) WHERE status = 'failed';
+CREATE INDEX incidents_open ON incidents (severity, opened_at DESC) WHERE status NOT IN ('resolved', 'closed');
+CREATE INDEX incidents_services ON incidents USING gin (affected_services);
+CREATE INDEX incidents_assignee ON incidents (assignee_id) WHERE assignee_id IS NOT NULL;
+CREATE INDEX incidents_opened ON incidents (opened_at DESC);
+CREATE INDEX incidents_status ON incidents (status, severity);
+CREATE INDEX runbooks_name ON runbooks (name) WHERE archived_at IS NULL;
+CREATE INDEX runbooks_tags ON runbooks USING gin (tags);
+CREATE INDEX runbooks_triggers ON runbooks USING gin (trigger_conditions jsonb_path_ops);

@@ -119,4 +119,7 @@ pub enum Workload {
     /// 32 agents sending commands over NATS request/reply, beside a bare
     /// NATS echo responder and bare single-row INSERTs.
     Commands,
+    /// Rebuild every SQL projection (audit log included) from a generated
+    /// log (--events), beside a bare binary COPY of the same final rows.
+    Replay,
 }

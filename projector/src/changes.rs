@@ -255,8 +255,12 @@ async fn update_rows(
     )
     .await?;
 
+    // The staged rows are few next to the table, and neither has fresh
+    // statistics during a rebuild: without these the planner may hash the
+    // whole table for every batch. For the rest of this transaction only.
     let mut sql = format!(
-        "WITH s AS (DELETE FROM {stage} RETURNING *) UPDATE \"{schema}\".{} AS t SET ",
+        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
+         WITH s AS (DELETE FROM {stage} RETURNING *) UPDATE \"{schema}\".{} AS t SET ",
         table.name
     );
     for (i, column) in table.columns.iter().enumerate().skip(1) {

@@ -164,8 +164,9 @@ pub struct History {
     incidents: Vec<Inc>,
     runbooks: Vec<(Uuid, u64, u64, u64)>,
     knowledge: Vec<(Uuid, u64, u32, bool)>,
-    /// Whether to forget users now and then (erasure of personal data).
-    pub forget_users: bool,
+    /// How often (in percent) a user's activity is being forgotten
+    /// (erasure of personal data); 0 never.
+    pub forget_percent: u64,
 }
 
 impl History {
@@ -181,7 +182,7 @@ impl History {
             incidents: Vec::new(),
             runbooks: Vec::new(),
             knowledge: Vec::new(),
-            forget_users: true,
+            forget_percent: 5,
         }
     }
 
@@ -317,7 +318,7 @@ impl History {
                 prefix: "cpk_0f".into(),
                 issued_at: at,
             }),
-            4 if self.forget_users && self.rng.chance(40) => {
+            4 if self.rng.chance(self.forget_percent) => {
                 // A forgotten user does nothing more: their conversations
                 // and sessions go quiet.
                 self.users[i].2 = true;

@@ -12,6 +12,7 @@ use crate::ProjectionError;
 
 const READ_MODEL_MIGRATION: &str = include_str!("../../migrations/0003_read_model.sql");
 const AUDIT_MIGRATION: &str = include_str!("../../migrations/0004_audit_log.sql");
+const DEFERRED_INDEXES: &str = "-- @deferred-indexes";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -41,8 +42,22 @@ impl Kind {
         }
     }
 
-    /// The schema-relative DDL (the migration below its marker).
-    pub fn ddl(self) -> &'static str {
+    /// The schema-relative DDL (the migration below its marker), without
+    /// the secondary indexes.
+    pub fn ddl_tables(self) -> &'static str {
+        let ddl = self.ddl();
+        ddl.split_once(DEFERRED_INDEXES)
+            .map_or(ddl, |(tables, _)| tables)
+    }
+
+    /// The secondary indexes, created after a rebuild has loaded its rows.
+    pub fn ddl_indexes(self) -> &'static str {
+        self.ddl()
+            .split_once(DEFERRED_INDEXES)
+            .map_or("", |(_, indexes)| indexes)
+    }
+
+    fn ddl(self) -> &'static str {
         let (text, marker) = match self {
             Kind::Relational => (READ_MODEL_MIGRATION, "-- @read-model-ddl"),
             Kind::Audit => (AUDIT_MIGRATION, "-- @audit-ddl"),

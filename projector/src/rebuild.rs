@@ -70,11 +70,16 @@ pub struct BuildOptions<'a> {
     pub progress: &'a (dyn Fn(u64) + Sync),
 }
 
+/// A connection of its own (not from the pool) for a projection writer.
 pub async fn connect(store: &EventStore) -> Result<PgConnection, sqlx::Error> {
-    store.pool().connect_options().connect().await
+    let mut conn = store.pool().connect_options().connect().await?;
+    // "already exists, skipping" notices of the staging tables are noise.
+    run_sql(&mut conn, "SET client_min_messages TO warning").await?;
+    Ok(conn)
 }
 
-/// Creates `schema` afresh (dropping what was there) with `kind`'s tables.
+/// Creates `schema` afresh (dropping what was there) with `kind`'s tables
+/// and views, but not its secondary indexes (see [`create_indexes`]).
 pub async fn create_schema(
     conn: &mut PgConnection,
     kind: Kind,
@@ -90,7 +95,25 @@ pub async fn create_schema(
         ),
     )
     .await?;
-    run_sql(&mut tx, kind.ddl()).await?;
+    run_sql(&mut tx, kind.ddl_tables()).await?;
+    tx.commit().await
+}
+
+/// Creates the secondary indexes of `kind` in `schema`.
+pub async fn create_indexes(
+    conn: &mut PgConnection,
+    kind: Kind,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    run_sql(
+        &mut tx,
+        &format!("SET LOCAL search_path TO \"{schema}\", public"),
+    )
+    .await?;
+    // Index builds may use more memory than a query.
+    run_sql(&mut tx, "SET LOCAL maintenance_work_mem = '256MB'").await?;
+    run_sql(&mut tx, kind.ddl_indexes()).await?;
     tx.commit().await
 }
 
@@ -168,6 +191,7 @@ pub async fn build(
         applied += events.len() as u64;
         (options.progress)(applied);
     }
+    create_indexes(conn, kind, schema).await?;
     Ok((
         projection,
         BuildReport {

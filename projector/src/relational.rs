@@ -2,7 +2,7 @@
 //! (users, sessions, conversations, messages, workflows, executions, steps,
 //! incidents, runbooks), written from the facts each event carries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use domain::{conversation, execution, incident, runbook, session, user, workflow, Personal};
 use eventstore::RecordedEvent;
@@ -25,6 +25,10 @@ const OWNER_CACHE_LIMIT: usize = 1_000_000;
 pub struct Relational {
     changes: ChangeSet,
     owners: HashMap<Uuid, Uuid>,
+    /// Users forgotten so far (loaded from the users table on first use):
+    /// personal data of theirs is written as NULL whenever it comes, so the
+    /// result does not depend on where batches begin and end.
+    forgotten: Option<HashSet<Uuid>>,
 }
 
 impl Default for Relational {
@@ -32,16 +36,25 @@ impl Default for Relational {
         Relational {
             changes: ChangeSet::new(&RELATIONAL),
             owners: HashMap::new(),
+            forgotten: None,
         }
     }
 }
 
-fn personal(value: &Personal<String>) -> Value {
-    Value::opt_text(value.as_ref().map(String::as_str))
-}
+/// Personal values of `owner`, or NULL once the owner is forgotten.
+struct Personals<'a>(&'a HashSet<Uuid>);
 
-fn opt_personal(value: Option<&Personal<String>>) -> Value {
-    value.map_or(Value::Null, personal)
+impl Personals<'_> {
+    fn of(&self, owner: Uuid, value: &Personal<String>) -> Value {
+        if self.0.contains(&owner) {
+            return Value::Null;
+        }
+        Value::opt_text(value.as_ref().map(String::as_str))
+    }
+
+    fn opt(&self, owner: Uuid, value: Option<&Personal<String>>) -> Value {
+        value.map_or(Value::Null, |v| self.of(owner, v))
+    }
 }
 
 fn actor_id(event: &RecordedEvent) -> Option<Uuid> {
@@ -58,6 +71,7 @@ impl Relational {
     pub fn reset(&mut self) {
         self.changes.clear();
         self.owners.clear();
+        self.forgotten = None;
     }
 
     /// Applies `events` (already decoded) to `schema` in the caller's
@@ -69,18 +83,30 @@ impl Relational {
         events: &[(&RecordedEvent, DomainEvent)],
     ) -> Result<(), ProjectionError> {
         self.load_owners(conn, schema, events).await?;
+        if self.forgotten.is_none() {
+            let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
+                "SELECT id FROM \"{schema}\".users WHERE forgotten_at IS NOT NULL"
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+            self.forgotten = Some(ids.into_iter().collect());
+        }
+        let mut forgotten_now = Vec::new();
         for (index, (recorded, event)) in events.iter().enumerate() {
-            if let DomainEvent::User(user::Event::Forgotten(at)) = event {
-                self.flush(conn, schema, index.checked_sub(1)).await?;
-                erase_user(conn, schema, recorded.stream_id, at.at)
-                    .await
-                    .map_err(|e| ProjectionError::at(index, e))?;
-                continue;
+            if let DomainEvent::User(user::Event::Forgotten(_)) = event {
+                forgotten_now.push(recorded.stream_id);
+                self.forgotten
+                    .get_or_insert_with(HashSet::new)
+                    .insert(recorded.stream_id);
             }
             self.apply_one(recorded, event)
                 .map_err(|reason| ProjectionError::Poison { index, reason })?;
         }
-        self.flush(conn, schema, None).await
+        self.flush(conn, schema, None).await?;
+        if !forgotten_now.is_empty() {
+            erase_personal_data(conn, schema, &forgotten_now).await?;
+        }
+        Ok(())
     }
 
     async fn flush(
@@ -115,7 +141,10 @@ impl Relational {
             .filter(|(r, e)| {
                 matches!(
                     e,
-                    DomainEvent::Conversation(conversation::Event::MessageAppended(_))
+                    DomainEvent::Conversation(
+                        conversation::Event::MessageAppended(_)
+                            | conversation::Event::MessageRated(_)
+                    )
                 ) && !self.owners.contains_key(&r.stream_id)
             })
             .map(|(r, _)| r.stream_id)
@@ -161,6 +190,9 @@ impl Relational {
     fn user(&mut self, id: Uuid, event: &user::Event) -> bool {
         use user::Event as E;
         let c = &mut self.changes;
+        let p = Personals(self.forgotten.as_ref().map_or(&EMPTY, |f| f));
+        let personal = |v: &Personal<String>| p.of(id, v);
+        let opt_personal = |v: Option<&Personal<String>>| p.opt(id, v);
         let t = &USERS;
         match event {
             E::Registered(e) => {
@@ -230,8 +262,15 @@ impl Relational {
                 c.set(t, id, "deleted_at", Value::Ts(e.at));
                 c.set(t, id, "updated_at", Value::Ts(e.at));
             }
-            // Handled by `erase_user`, after the pending changes are written.
-            E::Forgotten(_) => {}
+            // Rows of other tables are erased by `erase_personal_data` once
+            // this batch is written.
+            E::Forgotten(e) => {
+                for column in ["email", "display_name", "last_login_ip"] {
+                    c.set(t, id, column, Value::Null);
+                }
+                c.set(t, id, "forgotten_at", Value::Ts(e.at));
+                c.set(t, id, "updated_at", Value::Ts(e.at));
+            }
         }
         true
     }
@@ -239,6 +278,7 @@ impl Relational {
     fn session(&mut self, id: Uuid, event: &session::Event) -> bool {
         use session::Event as E;
         let c = &mut self.changes;
+        let p = Personals(self.forgotten.as_ref().map_or(&EMPTY, |f| f));
         let t = &SESSIONS;
         match event {
             E::Started(e) => {
@@ -248,8 +288,8 @@ impl Relational {
                 row[t.index("token_hash")] = Value::Text(e.token_hash.clone());
                 row[t.index("device_fingerprint")] =
                     Value::opt_text(e.device_fingerprint.as_deref());
-                row[t.index("ip_address")] = opt_personal(e.ip_address.as_ref());
-                row[t.index("user_agent")] = opt_personal(e.user_agent.as_ref());
+                row[t.index("ip_address")] = p.opt(e.user_id.0, e.ip_address.as_ref());
+                row[t.index("user_agent")] = p.opt(e.user_id.0, e.user_agent.as_ref());
                 row[t.index("started_at")] = Value::Ts(e.started_at);
                 row[t.index("last_seen_at")] = Value::Ts(e.started_at);
                 row[t.index("expires_at")] = Value::Ts(e.expires_at);
@@ -267,13 +307,20 @@ impl Relational {
     fn conversation(&mut self, id: Uuid, event: &conversation::Event) -> Result<bool, String> {
         use conversation::Event as E;
         let c = &mut self.changes;
+        let p = Personals(self.forgotten.as_ref().map_or(&EMPTY, |f| f));
+        let owner_of = |owners: &HashMap<Uuid, Uuid>| {
+            owners
+                .get(&id)
+                .copied()
+                .ok_or_else(|| format!("conversation {id} is unknown"))
+        };
         let t = &CONVERSATIONS;
         match event {
             E::Started(e) => {
                 self.owners.insert(id, e.owner_id.0);
                 let mut row = t.new_row(id);
                 row[t.index("user_id")] = Value::Uuid(e.owner_id.0);
-                row[t.index("title")] = opt_personal(e.title.as_ref());
+                row[t.index("title")] = p.opt(e.owner_id.0, e.title.as_ref());
                 row[t.index("model")] = Value::opt_text(e.model.as_deref());
                 row[t.index("tags")] = Value::TextArray(e.tags.clone());
                 row[t.index("context")] = Value::opt_json(e.context.as_ref());
@@ -291,7 +338,7 @@ impl Relational {
                 row[m.index("user_id")] = Value::Uuid(owner);
                 row[m.index("sequence")] = Value::count(e.sequence);
                 row[m.index("role")] = Value::Label(e.role.as_str());
-                row[m.index("content")] = personal(&e.content);
+                row[m.index("content")] = p.of(owner, &e.content);
                 row[m.index("tool_calls")] = Value::opt_json(e.tool_calls.as_ref());
                 row[m.index("tool_results")] = Value::opt_json(e.tool_results.as_ref());
                 row[m.index("tokens_in")] = Value::count(e.tokens_in);
@@ -315,8 +362,9 @@ impl Relational {
             E::MessageRated(e) => {
                 let m = &MESSAGES;
                 let message = e.message_id.0;
+                let owner = owner_of(&self.owners)?;
                 c.set(m, message, "rating", Value::I16(i16::from(e.rating)));
-                c.set(m, message, "feedback", opt_personal(e.comment.as_ref()));
+                c.set(m, message, "feedback", p.opt(owner, e.comment.as_ref()));
                 c.set(m, message, "rated_at", Value::Ts(e.rated_at));
             }
             E::Tagged(e) => c.set(t, id, "tags", Value::TextArray(e.tags.clone())),
@@ -596,28 +644,24 @@ fn success_rate(e: &runbook::ExecutionRecorded) -> i64 {
     i64::try_from(hundredths).unwrap_or(0)
 }
 
-/// The personal data of a forgotten user, as the read model shows it: gone.
-async fn erase_user(
+static EMPTY: std::sync::LazyLock<HashSet<Uuid>> = std::sync::LazyLock::new(HashSet::new);
+
+/// The personal data of forgotten users in rows written before they were
+/// forgotten, as the read model shows it: gone.
+async fn erase_personal_data(
     conn: &mut PgConnection,
     schema: &str,
-    user_id: Uuid,
-    at: chrono::DateTime<chrono::Utc>,
+    users: &[Uuid],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE \"{schema}\".users SET email = NULL, display_name = NULL, last_login_ip = NULL,
-                forgotten_at = $2, updated_at = $2 WHERE id = $1"
-    ))
-    .bind(user_id)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
     for statement in [
-        "UPDATE \"{s}\".sessions SET ip_address = NULL, user_agent = NULL WHERE user_id = $1",
-        "UPDATE \"{s}\".conversations SET title = NULL WHERE user_id = $1",
-        "UPDATE \"{s}\".messages SET content = NULL, feedback = NULL WHERE user_id = $1",
+        "UPDATE \"{s}\".sessions SET ip_address = NULL, user_agent = NULL
+          WHERE user_id = ANY($1) AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)",
+        "UPDATE \"{s}\".conversations SET title = NULL WHERE user_id = ANY($1) AND title IS NOT NULL",
+        "UPDATE \"{s}\".messages SET content = NULL, feedback = NULL
+          WHERE user_id = ANY($1) AND (content IS NOT NULL OR feedback IS NOT NULL)",
     ] {
         sqlx::query(&statement.replace("{s}", schema))
-            .bind(user_id)
+            .bind(users)
             .execute(&mut *conn)
             .await?;
     }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use eventstore::{checkpoint, EventStore, Position};
-use sqlx::{ConnectOptions, PgConnection};
 use tokio::sync::watch;
 
 use crate::audit::retention_start;
@@ -141,7 +140,7 @@ async fn lead(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Exit, ProjectionError> {
     let name = kind.name();
-    let mut conn: PgConnection = store.pool().connect_options().connect().await?;
+    let mut conn = crate::rebuild::connect(store).await?;
     let leased: bool = sqlx::query_scalar(
         "SELECT pg_try_advisory_lock(hashtextextended('copilot_projection:' || $1, 0))",
     )

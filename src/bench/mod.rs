@@ -4,6 +4,7 @@
 
 mod append;
 mod commands;
+mod replay;
 mod report;
 mod scratch;
 
@@ -15,6 +16,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     let figures = match args.workload {
         Workload::Append => append::run(&args, settings).await?,
         Workload::Commands => commands::run(&args, settings).await?,
+        Workload::Replay => replay::run(&args, settings).await?,
     };
     if args.json {
         report::print_json(&figures)

@@ -10,6 +10,7 @@ use crate::support::{self, count};
 async fn live_projection_equals_a_fresh_rebuild(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(7);
+    history.forget_percent = 60;
     let running = support::spawn(&store, support::config());
     // Written concurrently by several writers while the projector follows.
     let mut writers = Vec::new();
@@ -17,6 +18,7 @@ async fn live_projection_equals_a_fresh_rebuild(pool: PgPool) {
         let store = store.clone();
         writers.push(tokio::spawn(async move {
             let mut history = History::new(100 + seed);
+            history.forget_percent = 60;
             support::append(&store, &mut history, 600).await
         }));
     }
@@ -116,4 +118,58 @@ async fn verify_reports_a_tampered_table(pool: PgPool) {
         .map(|c| c.table)
         .collect();
     assert_eq!(differing, vec!["incidents"]);
+}
+
+/// A projector started afresh (nothing remembered) continues where the
+/// last one stopped, including events about rows it never saw created.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn a_restarted_projector_continues_from_its_checkpoint(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    let mut history = History::new(31);
+    let running = support::spawn(&store, support::config());
+    support::append(&store, &mut history, 500).await;
+    support::caught_up(&store).await;
+    running.stop().await;
+    // The new projector's first batch is a rating of a message it never saw.
+    let (message, conversation, version): (uuid::Uuid, uuid::Uuid, i64) = sqlx::query_as(
+        "SELECT m.id, m.conversation_id, (SELECT max(version) FROM events WHERE stream_id = m.conversation_id)
+           FROM read_model.messages m ORDER BY m.id LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("a message");
+    let rated = domain::conversation::Event::MessageRated(domain::conversation::MessageRated {
+        message_id: domain::ids::MessageId(message),
+        rating: 4,
+        previous_rating: None,
+        comment: Some(domain::Personal::new("useful".into())),
+        rated_at: chrono::Utc::now(),
+    });
+    store
+        .append(&eventstore::AppendRequest {
+            stream_id: conversation,
+            stream_type: "conversation".into(),
+            expected: eventstore::ExpectedVersion::Exact(version.unsigned_abs()),
+            events: vec![eventstore::NewEvent::new(
+                rated.event_type(),
+                rated.schema_version(),
+                rated.encode().expect("encode"),
+            )],
+            metadata: eventstore::Metadata::default(),
+        })
+        .await
+        .expect("append rating");
+    let running = support::spawn(&store, support::config());
+    support::caught_up(&store).await;
+    running.stop().await;
+    let errors = count(&pool, "SELECT count(*) FROM projection_errors").await;
+    assert_eq!(errors, 0);
+    let rating: Option<i16> =
+        sqlx::query_scalar("SELECT rating FROM read_model.messages WHERE id = $1")
+            .bind(message)
+            .fetch_one(&pool)
+            .await
+            .expect("rating");
+    assert_eq!(rating, Some(4));
+    support::assert_verified(&store).await;
 }

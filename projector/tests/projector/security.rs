@@ -35,7 +35,7 @@ async fn users_see_only_their_own_rows(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let running = support::spawn(&store, support::config());
     let mut history = History::new(21);
-    history.forget_users = false;
+    history.forget_percent = 0;
     support::append(&store, &mut history, 1500).await;
     support::caught_up(&store).await;
     running.stop().await;
