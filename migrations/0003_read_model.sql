@@ -300,6 +300,12 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA %I TO copilot_admin', s);
 END $$;
 
+-- Indexes by owner stay with their tables even during a rebuild: erasing a
+-- forgotten user's data looks rows up by user_id.
+CREATE INDEX sessions_user ON sessions (user_id, started_at DESC);
+CREATE INDEX conversations_user_recent ON conversations (user_id, updated_at DESC);
+CREATE INDEX messages_user_recent ON messages (user_id, created_at DESC);
+
 -- @deferred-indexes
 -- Secondary indexes. A rebuild creates them after loading its rows, which
 -- is faster than maintaining them row by row.
@@ -308,15 +314,12 @@ CREATE INDEX users_role ON users (role) WHERE deleted_at IS NULL;
 CREATE INDEX users_locked ON users (id) WHERE is_locked;
 CREATE INDEX users_last_login ON users (last_login_at DESC) WHERE deleted_at IS NULL;
 CREATE INDEX users_preferences ON users USING gin (preferences jsonb_path_ops);
-CREATE INDEX sessions_user ON sessions (user_id, started_at DESC);
 CREATE INDEX sessions_active ON sessions (expires_at) WHERE ended_at IS NULL;
 CREATE UNIQUE INDEX sessions_token_hash ON sessions (token_hash);
 CREATE INDEX sessions_last_seen ON sessions (last_seen_at) WHERE ended_at IS NULL;
-CREATE INDEX conversations_user_recent ON conversations (user_id, updated_at DESC);
 CREATE INDEX conversations_active ON conversations (user_id) WHERE status = 'active';
 CREATE INDEX conversations_tags ON conversations USING gin (tags);
 CREATE INDEX conversations_created ON conversations (created_at DESC);
-CREATE INDEX messages_user_recent ON messages (user_id, created_at DESC);
 CREATE INDEX messages_rated ON messages (rating) WHERE rating IS NOT NULL;
 CREATE INDEX workflows_name ON workflows (name) WHERE deleted_at IS NULL;
 CREATE INDEX workflows_active ON workflows (updated_at DESC) WHERE status = 'active';
