@@ -78,6 +78,10 @@ pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
         batch_size: p.batch_size,
         skip_poison: p.skip_poison,
         lease_retry: p.lease_retry,
+        relay: p.relay.then(|| projector::relay::RelayConfig {
+            nats_url: settings.nats.url.clone(),
+            prefix: settings.nats.prefix.clone(),
+        }),
         ..projector::ProjectorConfig::default()
     }
 }

@@ -60,24 +60,10 @@ pub enum ServiceError {
 /// The JetStream stream names for a prefix (`COPILOT_COMMANDS`, or
 /// `COPILOT_COMMANDS_<PREFIX>` for any other prefix).
 pub fn stream_names(prefix: &str) -> (String, String) {
-    if prefix == "copilot" {
-        ("COPILOT_COMMANDS".into(), "COPILOT_RESULTS".into())
-    } else {
-        let suffix: String = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        (
-            format!("COPILOT_COMMANDS_{suffix}"),
-            format!("COPILOT_RESULTS_{suffix}"),
-        )
-    }
+    (
+        infra::nats::stream_name("COPILOT_COMMANDS", prefix),
+        infra::nats::stream_name("COPILOT_RESULTS", prefix),
+    )
 }
 
 /// Runs both transports until `shutdown` resolves, then stops taking new

@@ -110,6 +110,8 @@ pub struct ProjectorSettings {
     /// How often a projector without a projection's lease tries to take it.
     #[serde(with = "millis")]
     pub lease_retry: Duration,
+    /// Publish every event to JetStream (`<prefix>.evt.>`), the event relay.
+    pub relay: bool,
 }
 
 impl Default for ProjectorSettings {
@@ -118,6 +120,7 @@ impl Default for ProjectorSettings {
             batch_size: 2000,
             skip_poison: false,
             lease_retry: Duration::from_secs(1),
+            relay: true,
         }
     }
 }
@@ -311,6 +314,9 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_PROJECTOR_SKIP_POISON") {
             self.projector.skip_poison = parse("COPILOT_PROJECTOR_SKIP_POISON", &v)?;
+        }
+        if let Some(v) = get("COPILOT_PROJECTOR_RELAY") {
+            self.projector.relay = parse("COPILOT_PROJECTOR_RELAY", &v)?;
         }
         if let Some(v) = get("COPILOT_PROJECTOR_LEASE_RETRY_MS") {
             self.projector.lease_retry =

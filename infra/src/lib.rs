@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod nats;
 pub mod postgres;
 pub mod ratelimit;
 pub mod telemetry;

@@ -56,9 +56,10 @@ pub fn decode(event: &RecordedEvent) -> Result<DomainEvent, String> {
 }
 
 impl DomainEvent {
-    /// The event's facts as JSON with personal data redacted.
-    pub fn redacted_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        domain::personal::redacted(|| match self {
+    /// The event's facts as JSON, personal data included (at the current
+    /// schema version: older stored versions were upcast when decoded).
+    pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
             DomainEvent::User(e) => serde_json::to_value(e),
             DomainEvent::Session(e) => serde_json::to_value(e),
             DomainEvent::Conversation(e) => serde_json::to_value(e),
@@ -67,6 +68,25 @@ impl DomainEvent {
             DomainEvent::Incident(e) => serde_json::to_value(e),
             DomainEvent::Runbook(e) => serde_json::to_value(e),
             DomainEvent::Knowledge(e) => serde_json::to_value(e),
-        })
+        }
+    }
+
+    /// The schema version the event has after decoding (the current one).
+    pub fn schema_version(&self) -> i32 {
+        match self {
+            DomainEvent::User(e) => e.schema_version(),
+            DomainEvent::Session(e) => e.schema_version(),
+            DomainEvent::Conversation(e) => e.schema_version(),
+            DomainEvent::Workflow(e) => e.schema_version(),
+            DomainEvent::Execution(e) => e.schema_version(),
+            DomainEvent::Incident(e) => e.schema_version(),
+            DomainEvent::Runbook(e) => e.schema_version(),
+            DomainEvent::Knowledge(e) => e.schema_version(),
+        }
+    }
+
+    /// The event's facts as JSON with personal data redacted.
+    pub fn redacted_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        domain::personal::redacted(|| self.to_json())
     }
 }

@@ -30,6 +30,7 @@ mod metrics;
 mod projection;
 pub mod rebuild;
 pub mod relational;
+pub mod relay;
 mod runner;
 pub mod table;
 pub mod tables;

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use eventstore::{checkpoint, EventStore, Position};
+use sqlx::PgConnection;
 use tokio::sync::watch;
 
 use crate::audit::retention_start;
 use crate::batch::{self, Outcome, PoisonPolicy, Target};
 use crate::metrics::metrics;
 use crate::projection::{Kind, Projection};
+use crate::relay::{Relay, RelayConfig, RelayError};
 use crate::ProjectionError;
 
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub struct ProjectorConfig {
     pub lease_retry: Duration,
     /// How often audit partitions are created ahead and old ones dropped.
     pub maintenance_interval: Duration,
+    /// Publish every event to JetStream (the event relay), if set.
+    pub relay: Option<RelayConfig>,
 }
 
 impl Default for ProjectorConfig {
@@ -37,6 +41,7 @@ impl Default for ProjectorConfig {
             skip_poison: false,
             lease_retry: Duration::from_secs(1),
             maintenance_interval: Duration::from_secs(3_600),
+            relay: None,
         }
     }
 }
@@ -60,6 +65,14 @@ pub async fn run(
     for kind in config.projections.clone() {
         tasks.push(tokio::spawn(run_projection(
             kind,
+            store.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(relay) = config.relay.clone() {
+        tasks.push(tokio::spawn(run_relay(
+            relay,
             store.clone(),
             config.clone(),
             stop_rx.clone(),
@@ -243,6 +256,121 @@ async fn lead(
             let behind = events_after(store, position).await?;
             metrics().lag_events.with_label_values(&[name]).set(behind);
         }
+    }
+}
+
+/// A connection holding the lease of projection `name`, or `None` if
+/// another process holds it. The lease lasts as long as the connection.
+async fn take_lease(
+    store: &EventStore,
+    name: &str,
+    instance: &str,
+) -> Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = crate::rebuild::connect(store).await?;
+    let leased: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('copilot_projection:' || $1, 0))",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await?;
+    if !leased {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO projection_status (name, holder, acquired_at, stopped, updated_at)
+         VALUES ($1, $2, now(), NULL, now())
+         ON CONFLICT (name) DO UPDATE
+            SET holder = EXCLUDED.holder, acquired_at = now(), stopped = NULL, updated_at = now()",
+    )
+    .bind(name)
+    .bind(instance)
+    .execute(&mut conn)
+    .await?;
+    metrics().leader.with_label_values(&[name]).set(1);
+    metrics().stopped.with_label_values(&[name]).set(0);
+    tracing::info!(projection = name, instance, "lease taken");
+    Ok(Some(conn))
+}
+
+/// The relay's checkpoint and lease name.
+pub const RELAY: &str = "relay";
+
+async fn run_relay(
+    relay: RelayConfig,
+    store: EventStore,
+    config: ProjectorConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let result = relay_while_leading(&relay, &store, &config, &mut stop).await;
+        metrics().leader.with_label_values(&[RELAY]).set(0);
+        let wait = match result {
+            Ok(Exit::Shutdown | Exit::Stopped) => return,
+            Ok(Exit::LeaseBusy) => config.lease_retry,
+            Err(error) => {
+                metrics().errors.with_label_values(&[RELAY, "relay"]).inc();
+                tracing::warn!(%error, retry_in = ?backoff, "event relay failed; retrying");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                wait
+            }
+        };
+        if sleep_or_stop(wait, &mut stop).await {
+            return;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayRunError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] eventstore::StoreError),
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+/// Publishes the log from the relay's checkpoint on, saving the checkpoint
+/// after each batch is acknowledged.
+async fn relay_while_leading(
+    config: &RelayConfig,
+    store: &EventStore,
+    projector: &ProjectorConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Exit, RelayRunError> {
+    let Some(mut conn) = take_lease(store, RELAY, &projector.instance).await? else {
+        return Ok(Exit::LeaseBusy);
+    };
+    let relay = Relay::connect(config).await?;
+    let position = checkpoint::load(&mut conn, RELAY)
+        .await?
+        .unwrap_or(Position::START);
+    let mut subscription = store
+        .subscribe(position)
+        .await
+        .with_batch_size(projector.batch_size);
+    loop {
+        let events = tokio::select! {
+            batch = subscription.next_batch() => batch?,
+            _ = stop.changed() => return Ok(Exit::Shutdown),
+        };
+        let started = Instant::now();
+        relay.publish(&events).await?;
+        if let Some(last) = events.last() {
+            checkpoint::save(&mut conn, RELAY, last.position).await?;
+        }
+        let m = metrics();
+        m.events
+            .with_label_values(&[RELAY])
+            .inc_by(events.len() as u64);
+        m.batch_seconds
+            .with_label_values(&[RELAY])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 

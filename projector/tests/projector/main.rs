@@ -3,6 +3,7 @@
 mod audit_log;
 mod live;
 mod poison;
+mod relay;
 mod replay;
 mod security;
 mod support;

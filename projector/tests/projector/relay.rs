@@ -1,0 +1,128 @@
+//! The event relay publishes every event to JetStream once per message id,
+//! in log order, and a relay that starts over publishes no copies.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use eventstore::{checkpoint, Position};
+use futures_util::StreamExt;
+use projector::history::History;
+use projector::relay::{stream_name, RelayConfig};
+use projector::ProjectorConfig;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::support::{self, count};
+
+async fn relayed_up_to(store: &eventstore::EventStore, head: Position) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = checkpoint::load(store.pool(), "relay")
+            .await
+            .expect("checkpoint")
+            .unwrap_or(Position::START);
+        if at == head {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay stuck at {at}, head {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    let prefix = format!("r{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let config = ProjectorConfig {
+        projections: Vec::new(),
+        relay: Some(RelayConfig {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            prefix: prefix.clone(),
+        }),
+        ..support::config()
+    };
+    let running = support::spawn(&store, config.clone());
+    let mut writers = Vec::new();
+    for seed in [1u64, 2] {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            support::append(&store, &mut History::new(seed), 300).await
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let head = support::last_position(&store).await;
+    relayed_up_to(&store, head).await;
+    running.stop().await;
+
+    // A relay that lost its checkpoint publishes everything again: the
+    // server drops the copies by message id.
+    checkpoint::save(store.pool(), "relay", Position::START)
+        .await
+        .expect("reset");
+    let running = support::spawn(&store, config);
+    relayed_up_to(&store, head).await;
+    running.stop().await;
+
+    let events = count(&pool, "SELECT count(*) FROM events").await;
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("NATS");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream_name(&prefix)).await.expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.state.messages as i64, events, "one message per event");
+
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut ids = HashSet::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut last_position: Option<Position> = None;
+    for _ in 0..events {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("in time")
+            .expect("a message")
+            .expect("no error");
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.to_string())
+            .expect("message id");
+        assert!(ids.insert(id.clone()), "{id} published twice");
+        let body: serde_json::Value = rmp_serde::from_slice(&message.payload).expect("msgpack");
+        assert_eq!(body["event_id"].as_str(), Some(id.as_str()));
+        assert!(body["data"].is_object(), "decoded facts: {body}");
+        let stream_id = body["stream_id"].as_str().expect("stream id").to_string();
+        let version = body["version"].as_u64().expect("version");
+        let previous = versions.insert(stream_id.clone(), version).unwrap_or(0);
+        assert_eq!(
+            version,
+            previous + 1,
+            "stream {stream_id} in order, no gaps"
+        );
+        let position: Position = body["position"]
+            .as_str()
+            .expect("position")
+            .parse()
+            .expect("position");
+        assert!(last_position.is_none_or(|p| p < position), "log order");
+        last_position = Some(position);
+        assert!(message.subject.starts_with(&format!("{prefix}.evt.")));
+    }
+    js.delete_stream(stream_name(&prefix))
+        .await
+        .expect("clean up");
+}
