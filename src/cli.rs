@@ -60,7 +60,8 @@ pub enum AuditOperation {
 
 #[derive(Debug, Args)]
 pub struct ProjectionArgs {
-    /// A projection to include (relational, audit); default: all SQL ones.
+    /// A projection to include (relational, audit; for replay also redis);
+    /// default: all SQL ones.
     #[arg(long = "projection", value_name = "NAME")]
     pub projections: Vec<String>,
     /// Events per transaction.

@@ -47,7 +47,18 @@ pub async fn log_size(store: &EventStore) -> anyhow::Result<u64> {
     Ok(n.unsigned_abs())
 }
 
-pub async fn replay(args: ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+    let redis = args.select.projections.iter().any(|p| p == "redis");
+    args.select.projections.retain(|p| p != "redis");
+    if redis {
+        if args.until_position.is_some() || args.until_time.is_some() {
+            bail!("the Redis projection is rebuilt to the head of the log only");
+        }
+        replay_redis(&args, settings).await?;
+        if args.select.projections.is_empty() {
+            return Ok(());
+        }
+    }
     let kinds = selected(&args.select)?;
     let store = up::open_store(settings).await?;
     let total = log_size(&store).await?;
@@ -91,6 +102,35 @@ pub async fn replay(args: ReplayArgs, settings: &Settings) -> anyhow::Result<()>
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Empties what the Redis projection keeps and rebuilds it from the log:
+/// here if no projector holds its lease, else by that projector.
+async fn replay_redis(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+    let store = up::open_store(settings).await?;
+    let config = up::redis_config(settings);
+    let deleted = rebuild::reset_redis(&store, &config).await?;
+    let total = log_size(&store).await?;
+    let bar = progress_bar(total, "redis");
+    let progress = |n: u64| bar.set_position(n);
+    let sink = projector::Sink::Redis(config);
+    let instance = format!("replay-{}", std::process::id());
+    let applied =
+        projector::catch_up_sink(&store, &sink, &instance, args.select.batch_size, &progress)
+            .await?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    match applied {
+        Some(events) => writeln!(
+            out,
+            "redis: {deleted} keys deleted, rebuilt from {events} events"
+        )?,
+        None => writeln!(
+            out,
+            "redis: {deleted} keys deleted; the running projector holds the lease and is rebuilding it"
+        )?,
     }
     Ok(())
 }

@@ -72,6 +72,13 @@ impl Drop for MetricsServer {
     }
 }
 
+pub fn redis_config(settings: &Settings) -> projector::redis_model::RedisConfig {
+    projector::redis_model::RedisConfig {
+        url: settings.redis.url.expose_secret().to_string(),
+        prefix: settings.redis.prefix.clone(),
+    }
+}
+
 pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
     let p = &settings.projector;
     projector::ProjectorConfig {
@@ -82,6 +89,7 @@ pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
             nats_url: settings.nats.url.clone(),
             prefix: settings.nats.prefix.clone(),
         }),
+        redis: p.redis.then(|| redis_config(settings)),
         ..projector::ProjectorConfig::default()
     }
 }

@@ -31,6 +31,7 @@ fn start(url: &str) -> Child {
         .env("COPILOT_PROJECTOR_LEASE_RETRY_MS", "100")
         .env("COPILOT_METRICS_ADDR", "off")
         .env("COPILOT_PROJECTOR_RELAY", "false")
+        .env("COPILOT_PROJECTOR_REDIS", "false")
         .env("COPILOT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -112,6 +112,9 @@ pub struct ProjectorSettings {
     pub lease_retry: Duration,
     /// Publish every event to JetStream (`<prefix>.evt.>`), the event relay.
     pub relay: bool,
+    /// Keep the Redis patterns (sessions, cache invalidation, metrics
+    /// streams, pub/sub, task queue) from the log.
+    pub redis: bool,
 }
 
 impl Default for ProjectorSettings {
@@ -121,6 +124,7 @@ impl Default for ProjectorSettings {
             skip_poison: false,
             lease_retry: Duration::from_secs(1),
             relay: true,
+            redis: true,
         }
     }
 }
@@ -314,6 +318,9 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_PROJECTOR_SKIP_POISON") {
             self.projector.skip_poison = parse("COPILOT_PROJECTOR_SKIP_POISON", &v)?;
+        }
+        if let Some(v) = get("COPILOT_PROJECTOR_REDIS") {
+            self.projector.redis = parse("COPILOT_PROJECTOR_REDIS", &v)?;
         }
         if let Some(v) = get("COPILOT_PROJECTOR_RELAY") {
             self.projector.relay = parse("COPILOT_PROJECTOR_RELAY", &v)?;

@@ -186,6 +186,13 @@ impl History {
         }
     }
 
+    /// The same history with its simulated clock starting at `at` (the
+    /// default is thirty days ago).
+    pub fn starting_at(mut self, at: DateTime<Utc>) -> Self {
+        self.now = at;
+        self
+    }
+
     fn text(&mut self, min_words: usize, max_words: usize) -> String {
         let n = min_words + self.rng.below(max_words - min_words + 1);
         let mut text = String::with_capacity(n * 8);

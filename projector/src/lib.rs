@@ -29,6 +29,7 @@ pub mod history;
 mod metrics;
 mod projection;
 pub mod rebuild;
+pub mod redis_model;
 pub mod relational;
 pub mod relay;
 mod runner;
@@ -37,7 +38,7 @@ pub mod tables;
 
 pub use batch::PoisonPolicy;
 pub use projection::{Kind, Projection};
-pub use runner::{maintain_audit, run, ProjectorConfig};
+pub use runner::{catch_up_sink, maintain_audit, run, ProjectorConfig, Sink, SinkError};
 
 use crate::changes::FlushError;
 use crate::copy::EncodeError;

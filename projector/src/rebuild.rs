@@ -15,6 +15,8 @@ use crate::ProjectionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
     #[error("database: {0}")]
@@ -501,4 +503,59 @@ pub async fn verify(
             .await?;
     }
     Ok(comparisons)
+}
+
+/// Key patterns the Redis projection owns (the rate limiter's keys, also
+/// under the prefix, are not among them).
+pub const REDIS_OWNED: [&str; 5] = [
+    "session:*",
+    "user_sessions:*",
+    "cache:*",
+    "metrics:*",
+    "queue:*",
+];
+
+/// Empties what the Redis projection keeps and moves its checkpoint to the
+/// start, so it is rebuilt from the log (by the running projector, or by
+/// [`crate::runner::catch_up_sink`]). The checkpoint row stays locked while
+/// the keys are deleted: a batch in progress finishes first, and the next
+/// one sees the moved checkpoint and starts over. Returns the keys deleted.
+pub async fn reset_redis(
+    store: &EventStore,
+    config: &crate::redis_model::RedisConfig,
+) -> Result<u64, RebuildError> {
+    let client = redis::Client::open(config.url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let mut conn = connect(store).await?;
+    let mut tx = conn.begin().await?;
+    live_checkpoint_for_update(&mut tx, "redis").await?;
+    let mut deleted = 0u64;
+    for pattern in REDIS_OWNED {
+        let pattern = format!("{}{pattern}", config.prefix);
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                deleted += keys.len() as u64;
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut redis)
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    checkpoint::save(&mut *tx, "redis", Position::START).await?;
+    tx.commit().await?;
+    Ok(deleted)
 }

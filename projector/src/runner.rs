@@ -13,6 +13,7 @@ use crate::audit::retention_start;
 use crate::batch::{self, Outcome, PoisonPolicy, Target};
 use crate::metrics::metrics;
 use crate::projection::{Kind, Projection};
+use crate::redis_model::{RedisConfig, RedisModel};
 use crate::relay::{Relay, RelayConfig, RelayError};
 use crate::ProjectionError;
 
@@ -30,6 +31,9 @@ pub struct ProjectorConfig {
     pub maintenance_interval: Duration,
     /// Publish every event to JetStream (the event relay), if set.
     pub relay: Option<RelayConfig>,
+    /// Keep the Redis patterns (sessions, cache invalidation, metrics
+    /// streams, pub/sub, task queue), if set.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for ProjectorConfig {
@@ -42,6 +46,7 @@ impl Default for ProjectorConfig {
             lease_retry: Duration::from_secs(1),
             maintenance_interval: Duration::from_secs(3_600),
             relay: None,
+            redis: None,
         }
     }
 }
@@ -70,9 +75,13 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
-    if let Some(relay) = config.relay.clone() {
-        tasks.push(tokio::spawn(run_relay(
-            relay,
+    let sinks = [
+        config.relay.clone().map(Sink::Relay),
+        config.redis.clone().map(Sink::Redis),
+    ];
+    for sink in sinks.into_iter().flatten() {
+        tasks.push(tokio::spawn(run_sink(
+            sink,
             store.clone(),
             config.clone(),
             stop_rx.clone(),
@@ -292,28 +301,72 @@ async fn take_lease(
     Ok(Some(conn))
 }
 
-/// The relay's checkpoint and lease name.
-pub const RELAY: &str = "relay";
+/// How often an idle sink looks whether its checkpoint was reset.
+const RESET_CHECK: Duration = Duration::from_secs(1);
 
-async fn run_relay(
-    relay: RelayConfig,
+/// A projection outside PostgreSQL: at least once, idempotent writes.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Relay(RelayConfig),
+    Redis(RedisConfig),
+}
+
+impl Sink {
+    /// Its checkpoint and lease name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Relay(_) => "relay",
+            Sink::Redis(_) => "redis",
+        }
+    }
+}
+
+enum OpenSink {
+    Relay(Box<Relay>),
+    Redis(Box<RedisModel>),
+}
+
+impl OpenSink {
+    async fn open(sink: &Sink) -> Result<Self, SinkError> {
+        Ok(match sink {
+            Sink::Relay(config) => OpenSink::Relay(Box::new(Relay::connect(config).await?)),
+            Sink::Redis(config) => OpenSink::Redis(Box::new(RedisModel::connect(config).await?)),
+        })
+    }
+
+    async fn apply(&mut self, events: &[eventstore::RecordedEvent]) -> Result<(), SinkError> {
+        match self {
+            OpenSink::Relay(relay) => relay.publish(events).await?,
+            OpenSink::Redis(model) => model.apply(events).await?,
+        }
+        Ok(())
+    }
+}
+
+async fn run_sink(
+    sink: Sink,
     store: EventStore,
     config: ProjectorConfig,
     mut stop: watch::Receiver<bool>,
 ) {
+    let name = sink.name();
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
         }
-        let result = relay_while_leading(&relay, &store, &config, &mut stop).await;
-        metrics().leader.with_label_values(&[RELAY]).set(0);
+        let result = sink_while_leading(&sink, &store, &config, &mut stop).await;
+        metrics().leader.with_label_values(&[name]).set(0);
         let wait = match result {
             Ok(Exit::Shutdown | Exit::Stopped) => return,
             Ok(Exit::LeaseBusy) => config.lease_retry,
+            Err(SinkError::Projection(ProjectionError::Moved(detail))) => {
+                tracing::info!(projection = name, %detail, "checkpoint moved; restarting from it");
+                Duration::ZERO
+            }
             Err(error) => {
-                metrics().errors.with_label_values(&[RELAY, "relay"]).inc();
-                tracing::warn!(%error, retry_in = ?backoff, "event relay failed; retrying");
+                metrics().errors.with_label_values(&[name, "sink"]).inc();
+                tracing::warn!(projection = name, %error, retry_in = ?backoff, "projection failed; retrying");
                 let wait = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 wait
@@ -326,51 +379,109 @@ async fn run_relay(
 }
 
 #[derive(Debug, thiserror::Error)]
-enum RelayRunError {
+pub enum SinkError {
     #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Store(#[from] eventstore::StoreError),
     #[error(transparent)]
     Relay(#[from] RelayError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
-/// Publishes the log from the relay's checkpoint on, saving the checkpoint
-/// after each batch is acknowledged.
-async fn relay_while_leading(
-    config: &RelayConfig,
+/// Applies the log from the sink's checkpoint on. Each batch runs while
+/// the checkpoint row is locked and compared (so a reset by `replay`
+/// waits for it and the next batch notices), and the checkpoint moves only
+/// after the sink took the whole batch.
+async fn sink_while_leading(
+    sink: &Sink,
     store: &EventStore,
     projector: &ProjectorConfig,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Exit, RelayRunError> {
-    let Some(mut conn) = take_lease(store, RELAY, &projector.instance).await? else {
+) -> Result<Exit, SinkError> {
+    let name = sink.name();
+    let Some(mut conn) = take_lease(store, name, &projector.instance).await? else {
         return Ok(Exit::LeaseBusy);
     };
-    let relay = Relay::connect(config).await?;
-    let position = checkpoint::load(&mut conn, RELAY)
+    let mut open = OpenSink::open(sink).await?;
+    let mut position = checkpoint::load(&mut conn, name)
         .await?
         .unwrap_or(Position::START);
     let mut subscription = store
         .subscribe(position)
         .await
         .with_batch_size(projector.batch_size);
+    // A reset (`replay --projection redis`) moves the checkpoint while this
+    // writer may be idle: look now and then, not only when events come.
+    let mut check = tokio::time::interval(RESET_CHECK);
     loop {
         let events = tokio::select! {
             batch = subscription.next_batch() => batch?,
             _ = stop.changed() => return Ok(Exit::Shutdown),
+            _ = check.tick() => {
+                let at = checkpoint::load(&mut conn, name).await?.unwrap_or(Position::START);
+                if at != position {
+                    return Err(ProjectionError::Moved(format!("{name} (at {at}, this writer at {position})")).into());
+                }
+                continue;
+            }
         };
+        let Some(last) = events.last() else { continue };
         let started = Instant::now();
-        relay.publish(&events).await?;
-        if let Some(last) = events.last() {
-            checkpoint::save(&mut conn, RELAY, last.position).await?;
-        }
+        let mut tx = sqlx::Connection::begin(&mut conn).await?;
+        crate::batch::lock_checkpoint(&mut tx, name, position).await?;
+        open.apply(&events).await?;
+        checkpoint::save(&mut *tx, name, last.position).await?;
+        tx.commit().await?;
+        position = last.position;
         let m = metrics();
         m.events
-            .with_label_values(&[RELAY])
+            .with_label_values(&[name])
             .inc_by(events.len() as u64);
         m.batch_seconds
-            .with_label_values(&[RELAY])
+            .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Applies the log to `sink` from its checkpoint until caught up, in this
+/// process (for `replay`): `None` if a running projector holds its lease
+/// (that projector then does the work).
+pub async fn catch_up_sink(
+    store: &EventStore,
+    sink: &Sink,
+    instance: &str,
+    batch_size: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<u64>, SinkError> {
+    let name = sink.name();
+    let Some(mut conn) = take_lease(store, name, instance).await? else {
+        return Ok(None);
+    };
+    let mut open = OpenSink::open(sink).await?;
+    let mut position = checkpoint::load(&mut conn, name)
+        .await?
+        .unwrap_or(Position::START);
+    let mut applied = 0u64;
+    loop {
+        let batch = store.read_all_after(position, batch_size).await?;
+        let Some(last) = batch.events.last() else {
+            return Ok(Some(applied));
+        };
+        let mut tx = sqlx::Connection::begin(&mut conn).await?;
+        crate::batch::lock_checkpoint(&mut tx, name, position).await?;
+        open.apply(&batch.events).await?;
+        checkpoint::save(&mut *tx, name, last.position).await?;
+        tx.commit().await?;
+        position = last.position;
+        applied += batch.events.len() as u64;
+        progress(applied);
+        if batch.caught_up {
+            return Ok(Some(applied));
+        }
     }
 }
 
