@@ -44,6 +44,10 @@ chmod 644 "$WORK/events.dump"
 as_postgres "$PGBIN/initdb" -D "$WORK/cluster" -U postgres --auth=trust >/dev/null
 as_postgres "$PGBIN/pg_ctl" -D "$WORK/cluster" -l "$WORK/cluster.log" -w \
     -o "-p $PORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+# Roles are cluster objects that pg_dump leaves out: restore them first,
+# as an operator would (the read model grants to copilot_* roles).
+"$PGBIN/pg_dumpall" -h 127.0.0.1 -U postgres --roles-only \
+    | psql -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres >/dev/null 2>&1
 psql -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE restored"
 "$PGBIN/pg_restore" -h 127.0.0.1 -p "$PORT" -U postgres -d restored --no-owner "$WORK/events.dump"
 
