@@ -89,8 +89,11 @@ pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<b
         .await
     {
         Ok(_) => Ok(true),
-        // Another process created it between our check and our CREATE.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        // Another process created it between our check and our CREATE
+        // (42P04 once it is committed, 23505 while both race in the catalog).
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
+            Ok(false)
+        }
         Err(source) => Err(DbSetupError::Create { name, source }),
     }
 }
@@ -112,4 +115,42 @@ fn describe(options: &PgConnectOptions) -> String {
         options.get_port(),
         options.get_database().unwrap_or("postgres")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `copilot-data up` prepares the database from every role at once.
+    #[tokio::test]
+    async fn concurrent_preparers_of_a_new_database_all_succeed() {
+        let name = format!("prepare_race_{}", uuid::Uuid::new_v4().simple());
+        let settings = DatabaseSettings {
+            url: secrecy::SecretString::from(format!("postgres://postgres@127.0.0.1:5432/{name}")),
+            max_connections: 2,
+            min_connections: 0,
+            ..DatabaseSettings::default()
+        };
+        let preparers: Vec<_> = (0..4)
+            .map(|_| {
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    let pool = prepare(&settings).await?;
+                    pool.close().await;
+                    Ok::<(), DbSetupError>(())
+                })
+            })
+            .collect();
+        for preparer in preparers {
+            preparer.await.expect("task").expect("prepared");
+        }
+        let admin = connect_options(&settings)
+            .expect("options")
+            .database("postgres");
+        let mut conn = PgConnection::connect_with(&admin).await.expect("connect");
+        sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .expect("clean up");
+    }
 }
