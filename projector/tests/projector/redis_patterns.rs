@@ -2,10 +2,9 @@
 //! produces after Redis lost it, and holds what the events say.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use eventstore::{checkpoint, EventStore, Position};
+use eventstore::{checkpoint, Position};
 use projector::history::History;
 use projector::rebuild::{reset_redis, REDIS_OWNED};
 use projector::redis_model::{RedisConfig, METRIC_STREAMS};
@@ -15,24 +14,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::support::{self, count};
-
-async fn projected_up_to(store: &EventStore, head: Position) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let at = checkpoint::load(store.pool(), "redis")
-            .await
-            .expect("checkpoint")
-            .unwrap_or(Position::START);
-        if at == head {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redis projection stuck at {at}, head {head}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Every key the projection owns, with its type and whole content (not
 /// its time to live).
@@ -141,7 +122,7 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
     let mut history = History::new(41).starting_at(Utc::now() - chrono::Duration::minutes(20));
     support::append(&store, &mut history, 1200).await;
     let head = support::last_position(&store).await;
-    projected_up_to(&store, head).await;
+    support::checkpoint_reaches(&store, "redis", head).await;
 
     let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
     let mut redis = client
@@ -199,7 +180,7 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
     let deleted = reset_redis(&store, &redis_config).await.expect("reset");
     assert_eq!(deleted as usize, live.len());
     assert!(dump(&mut redis, &prefix).await.is_empty());
-    projected_up_to(&store, head).await;
+    support::checkpoint_reaches(&store, "redis", head).await;
     let rebuilt = dump(&mut redis, &prefix).await;
     running.stop().await;
     assert_eq!(rebuilt, live, "a rebuild equals what was kept live");
@@ -214,7 +195,7 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
         ..support::config()
     };
     let running = support::spawn(&store, config);
-    projected_up_to(&store, head).await;
+    support::checkpoint_reaches(&store, "redis", head).await;
     running.stop().await;
     assert_eq!(
         dump(&mut redis, &prefix).await,

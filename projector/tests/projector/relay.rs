@@ -2,7 +2,7 @@
 //! in log order, and a relay that starts over publishes no copies.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use eventstore::{checkpoint, Position};
@@ -14,24 +14,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::support::{self, count};
-
-async fn relayed_up_to(store: &eventstore::EventStore, head: Position) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let at = checkpoint::load(store.pool(), "relay")
-            .await
-            .expect("checkpoint")
-            .unwrap_or(Position::START);
-        if at == head {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "relay stuck at {at}, head {head}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool) {
@@ -57,7 +39,7 @@ async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool)
         writer.await.expect("writer");
     }
     let head = support::last_position(&store).await;
-    relayed_up_to(&store, head).await;
+    support::checkpoint_reaches(&store, "relay", head).await;
     running.stop().await;
 
     // A relay that lost its checkpoint publishes everything again: the
@@ -66,7 +48,7 @@ async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool)
         .await
         .expect("reset");
     let running = support::spawn(&store, config);
-    relayed_up_to(&store, head).await;
+    support::checkpoint_reaches(&store, "relay", head).await;
     running.stop().await;
 
     let events = count(&pool, "SELECT count(*) FROM events").await;

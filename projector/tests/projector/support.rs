@@ -135,3 +135,22 @@ pub async fn assert_verified(store: &EventStore) {
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }
+
+/// Waits until checkpoint `name` (a sink such as `relay` or `redis`) is `head`.
+pub async fn checkpoint_reaches(store: &EventStore, name: &str, head: Position) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = checkpoint::load(store.pool(), name)
+            .await
+            .expect("checkpoint")
+            .unwrap_or(Position::START);
+        if at == head {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stuck at {at}, head {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
