@@ -23,7 +23,13 @@ async fn database_url(pool: &PgPool) -> String {
 }
 
 fn start(url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_copilot-data"))
+    start_with(url, None)
+}
+
+/// With `redis_prefix`, the Redis projection runs too (under that prefix).
+fn start_with(url: &str, redis_prefix: Option<&str>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
+    command
         .arg("projector")
         .env("COPILOT_DATABASE_URL", url)
         .env("COPILOT_DATABASE_MAX_CONNECTIONS", "6")
@@ -35,9 +41,13 @@ fn start(url: &str) -> Child {
         .env("COPILOT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start copilot-data projector")
+        .kill_on_drop(true);
+    if let Some(prefix) = redis_prefix {
+        command
+            .env("COPILOT_PROJECTOR_REDIS", "true")
+            .env("COPILOT_REDIS_PREFIX", prefix);
+    }
+    command.spawn().expect("start copilot-data projector")
 }
 
 /// Appends a generated history until told to stop.
@@ -139,8 +149,10 @@ async fn sigkill_mid_batch_many_times_loses_and_doubles_nothing(pool: PgPool) {
         writer(store.clone(), seed + 1, stop.clone()),
     ];
 
+    // The Redis projection is killed mid-batch as well.
+    let prefix = format!("k{}:", uuid::Uuid::new_v4().simple());
     for _ in 0..10 {
-        let mut projector = start(&url);
+        let mut projector = start_with(&url, Some(&prefix));
         tokio::time::sleep(jitter.millis(300, 1200)).await;
         projector.start_kill().expect("SIGKILL");
         projector.wait().await.expect("reaped");
@@ -156,11 +168,57 @@ async fn sigkill_mid_batch_many_times_loses_and_doubles_nothing(pool: PgPool) {
         .expect("cp");
     assert!(applied.is_some(), "the killed projectors made progress");
 
-    let mut projector = start(&url);
+    let mut projector = start_with(&url, Some(&prefix));
     caught_up(&store).await;
+    let head = last_position(&store).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint::load(store.pool(), "redis").await.expect("cp") != Some(head) {
+        assert!(
+            Instant::now() < deadline,
+            "the Redis projection did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     projector.start_kill().expect("SIGKILL");
     projector.wait().await.expect("reaped");
     assert_verified(&store).await;
+
+    // Redeliveries after each kill queued no task twice and lost none.
+    let tasks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type IN ('execution_started', 'step_retried')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("tasks");
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let queued: i64 = redis::cmd("LLEN")
+        .arg(format!("{prefix}queue:workflow_tasks"))
+        .query_async(&mut redis)
+        .await
+        .expect("llen");
+    let by_priority: i64 = redis::cmd("ZCARD")
+        .arg(format!("{prefix}queue:workflow_tasks:priority"))
+        .query_async(&mut redis)
+        .await
+        .expect("zcard");
+    assert!(tasks > 0);
+    assert_eq!((queued, by_priority), (tasks, tasks), "one task per event");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut redis)
+            .await
+            .expect("clean up");
+    }
 }
 
 async fn holder(pool: &PgPool, kind: Kind) -> Option<String> {
