@@ -30,6 +30,10 @@ pub struct Envelope {
     pub expected_version: Option<u64>,
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
+    /// Where the request came from, from the optional `Client-Ip` and
+    /// `User-Agent` headers (kept in the events' metadata for the audit log).
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// Why a message could not be read: the field and what is wrong with it.
@@ -170,6 +174,8 @@ impl<P> Raw<P> {
             expected_version: self.expected_version,
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
+            client_ip: None,
+            user_agent: None,
         }
     }
 }

@@ -160,6 +160,8 @@ async fn answer_rpc(client: &Client, handler: &Handler, prefix: &str, message: M
             payload: &message.payload,
             content_type: header(headers, "Content-Type"),
             authorization: header(headers, "Authorization"),
+            client_ip: header(headers, "Client-Ip"),
+            user_agent: header(headers, "User-Agent"),
         })
         .await;
     let Some(reply) = message.reply else { return };
@@ -249,6 +251,8 @@ async fn process(
             payload: &message.payload,
             content_type: header(headers, "Content-Type"),
             authorization: header(headers, "Authorization"),
+            client_ip: header(headers, "Client-Ip"),
+            user_agent: header(headers, "User-Agent"),
         })
         .await;
     if result.command_id.is_nil() {

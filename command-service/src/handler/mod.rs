@@ -38,6 +38,29 @@ pub struct Incoming<'a> {
     pub payload: &'a [u8],
     pub content_type: Option<&'a str>,
     pub authorization: Option<&'a str>,
+    /// The optional `Client-Ip` header: kept only if it is an IP address.
+    pub client_ip: Option<&'a str>,
+    /// The optional `User-Agent` header, cut to 256 characters.
+    pub user_agent: Option<&'a str>,
+}
+
+/// The client's address and program as recorded in event metadata.
+fn client_info(incoming: &Incoming<'_>) -> (Option<String>, Option<String>) {
+    let ip = incoming
+        .client_ip
+        .map(str::trim)
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_string());
+    let agent = incoming
+        .user_agent
+        .map(|ua| {
+            ua.chars()
+                .filter(|c| !c.is_control())
+                .take(256)
+                .collect::<String>()
+        })
+        .filter(|ua| !ua.is_empty());
+    (ip, agent)
 }
 
 pub struct HandlerSettings {
@@ -133,7 +156,7 @@ impl Handler {
                 Some(json!({"field": "message", "limit": self.settings.max_message_bytes})),
             );
         }
-        let (envelope, command) =
+        let (mut envelope, command) =
             match envelope::decode(encoding, incoming.command_type, incoming.payload) {
                 Ok(decoded) => decoded,
                 Err(invalid) => {
@@ -159,6 +182,7 @@ impl Handler {
                     );
                 }
             };
+        (envelope.client_ip, envelope.user_agent) = client_info(&incoming);
         let span = tracing::info_span!("command", command_id = %envelope.command_id, command_type = incoming.command_type,
             correlation_id = ?envelope.correlation_id, aggregate_id = %envelope.aggregate_id);
         // The span follows the future across awaits (entering it here would
@@ -440,8 +464,8 @@ impl Handler {
                     correlation_id: envelope.correlation_id,
                     causation_id: envelope.causation_id,
                     actor: Some(ctx.actor.label()),
-                    ip: None,
-                    user_agent: None,
+                    ip: envelope.client_ip.clone(),
+                    user_agent: envelope.user_agent.clone(),
                 },
             };
             match self.append::<A>(&request, &events).await {

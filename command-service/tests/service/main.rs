@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod catalogue;
+mod client_info;
 mod concurrency;
 mod idempotency;
 mod multi_instance;
