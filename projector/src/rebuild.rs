@@ -298,7 +298,7 @@ pub async fn replay_and_swap(
     drop_schema(&mut conn, &retired).await?;
     let mut tx = conn.begin().await?;
     // Locks the live checkpoint row: the live writer's next batch waits.
-    let live_position = live_checkpoint_for_update(&mut tx, kind.name()).await?;
+    let live_position = batch::locked_checkpoint(&mut tx, kind.name()).await?;
     let position = catch_up_in(
         &mut tx,
         store,
@@ -348,25 +348,6 @@ async fn count_between(
     .fetch_one(store.pool())
     .await?;
     Ok(n.unsigned_abs())
-}
-
-async fn live_checkpoint_for_update(
-    conn: &mut PgConnection,
-    name: &str,
-) -> Result<Position, sqlx::Error> {
-    let (generation, tx_id, seq): (i32, i64, i64) = sqlx::query_as(
-        "INSERT INTO projection_checkpoints (name, generation, tx_id, seq) VALUES ($1, 0, 0, 0)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING generation, tx_id, seq",
-    )
-    .bind(name)
-    .fetch_one(conn)
-    .await?;
-    Ok(Position {
-        generation,
-        tx_id,
-        seq,
-    })
 }
 
 /// Builds `kind` as of `until` into `<live>_asof` and leaves it there for
@@ -528,7 +509,7 @@ pub async fn reset_redis(
     let mut redis = client.get_multiplexed_async_connection().await?;
     let mut conn = connect(store).await?;
     let mut tx = conn.begin().await?;
-    live_checkpoint_for_update(&mut tx, "redis").await?;
+    batch::locked_checkpoint(&mut tx, "redis").await?;
     let mut deleted = 0u64;
     for pattern in REDIS_OWNED {
         let pattern = format!("{}{pattern}", config.prefix);

@@ -109,37 +109,68 @@ async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> 
     }
 }
 
-async fn run_projection(
-    kind: Kind,
-    store: EventStore,
-    config: ProjectorConfig,
+/// How one attempt at leading a projection ended.
+enum Ended {
+    Exit(Exit),
+    /// Its checkpoint was moved by another writer; start over from it.
+    Moved(String),
+    /// Failed, with the `kind` label the error counts under.
+    Failed(&'static str, String),
+}
+
+impl From<Result<Exit, ProjectionError>> for Ended {
+    fn from(result: Result<Exit, ProjectionError>) -> Self {
+        match result {
+            Ok(exit) => Ended::Exit(exit),
+            Err(ProjectionError::Moved(detail)) => Ended::Moved(detail),
+            Err(error) => Ended::Failed("database", error.to_string()),
+        }
+    }
+}
+
+impl From<Result<Exit, SinkError>> for Ended {
+    fn from(result: Result<Exit, SinkError>) -> Self {
+        match result {
+            Ok(exit) => Ended::Exit(exit),
+            Err(SinkError::Projection(ProjectionError::Moved(detail))) => Ended::Moved(detail),
+            Err(error) => Ended::Failed("sink", error.to_string()),
+        }
+    }
+}
+
+/// Runs `attempt` (take the lease, then project) again and again until
+/// shutdown: right away after a moved checkpoint, after `lease_retry` while
+/// another process leads, with growing backoff after failures.
+async fn supervise<F, Fut>(
+    name: &'static str,
+    lease_retry: Duration,
     mut stop: watch::Receiver<bool>,
-) {
-    let name = kind.name();
+    mut attempt: F,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Ended>,
+{
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
         }
-        let result = lead(kind, &store, &config, &mut stop).await;
+        let ended = attempt(stop.clone()).await;
         metrics().leader.with_label_values(&[name]).set(0);
-        let wait = match result {
-            Ok(Exit::Shutdown) => return,
-            Ok(Exit::Stopped) => {
+        let wait = match ended {
+            Ended::Exit(Exit::Shutdown) => return,
+            Ended::Exit(Exit::Stopped) => {
                 let _ = stop.wait_for(|stopped| *stopped).await;
                 return;
             }
-            Ok(Exit::LeaseBusy) => config.lease_retry,
-            Err(ProjectionError::Moved(detail)) => {
+            Ended::Exit(Exit::LeaseBusy) => lease_retry,
+            Ended::Moved(detail) => {
                 metrics().errors.with_label_values(&[name, "moved"]).inc();
                 tracing::info!(projection = name, %detail, "checkpoint moved; restarting from it");
                 Duration::ZERO
             }
-            Err(error) => {
-                metrics()
-                    .errors
-                    .with_label_values(&[name, "database"])
-                    .inc();
+            Ended::Failed(kind, error) => {
+                metrics().errors.with_label_values(&[name, kind]).inc();
                 tracing::warn!(projection = name, %error, retry_in = ?backoff, "projection failed; retrying");
                 let wait = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -150,6 +181,22 @@ async fn run_projection(
             return;
         }
     }
+}
+
+async fn run_projection(
+    kind: Kind,
+    store: EventStore,
+    config: ProjectorConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let (store, config) = (&store, &config);
+    supervise(
+        kind.name(),
+        config.lease_retry,
+        stop,
+        |mut stop| async move { Ended::from(lead(kind, store, config, &mut stop).await) },
+    )
+    .await;
 }
 
 /// Takes the lease of `kind` and projects until shutdown, a poison stop or
@@ -347,35 +394,13 @@ async fn run_sink(
     sink: Sink,
     store: EventStore,
     config: ProjectorConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let name = sink.name();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let result = sink_while_leading(&sink, &store, &config, &mut stop).await;
-        metrics().leader.with_label_values(&[name]).set(0);
-        let wait = match result {
-            Ok(Exit::Shutdown | Exit::Stopped) => return,
-            Ok(Exit::LeaseBusy) => config.lease_retry,
-            Err(SinkError::Projection(ProjectionError::Moved(detail))) => {
-                tracing::info!(projection = name, %detail, "checkpoint moved; restarting from it");
-                Duration::ZERO
-            }
-            Err(error) => {
-                metrics().errors.with_label_values(&[name, "sink"]).inc();
-                tracing::warn!(projection = name, %error, retry_in = ?backoff, "projection failed; retrying");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                wait
-            }
-        };
-        if sleep_or_stop(wait, &mut stop).await {
-            return;
-        }
-    }
+    let (sink, store, config) = (&sink, &store, &config);
+    supervise(sink.name(), config.lease_retry, stop, |mut stop| async move {
+        Ended::from(sink_while_leading(sink, store, config, &mut stop).await)
+    })
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]
