@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COPILOT_INSTALL_SERVICES=${COPILOT_INSTALL_SERVICES:-1} deploy/services.sh
+# The local embedding model, unless one is configured elsewhere.
+COPILOT_MODEL_DIR=${COPILOT_MODEL_DIR:-$(deploy/model.sh)}
+export COPILOT_MODEL_DIR
 cargo build --release --locked
 bin=${CARGO_TARGET_DIR:-target}/release/copilot-data
 "$bin" migrate

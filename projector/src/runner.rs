@@ -15,6 +15,7 @@ use crate::metrics::metrics;
 use crate::projection::{Kind, Projection};
 use crate::redis_model::{RedisConfig, RedisModel};
 use crate::relay::{Relay, RelayConfig, RelayError};
+use crate::vector_model::{VectorConfig, VectorModel, VectorSinkError};
 use crate::ProjectionError;
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct ProjectorConfig {
     /// Keep the Redis patterns (sessions, cache invalidation, metrics
     /// streams, pub/sub, task queue), if set.
     pub redis: Option<RedisConfig>,
+    /// Keep the vector collections (embedder + vector store), if set.
+    pub vectors: Option<VectorConfig>,
 }
 
 impl Default for ProjectorConfig {
@@ -47,6 +50,7 @@ impl Default for ProjectorConfig {
             maintenance_interval: Duration::from_secs(3_600),
             relay: None,
             redis: None,
+            vectors: None,
         }
     }
 }
@@ -78,6 +82,7 @@ pub async fn run(
     let sinks = [
         config.relay.clone().map(Sink::Relay),
         config.redis.clone().map(Sink::Redis),
+        config.vectors.clone().map(Sink::Vectors),
     ];
     for sink in sinks.into_iter().flatten() {
         tasks.push(tokio::spawn(run_sink(
@@ -356,6 +361,7 @@ const RESET_CHECK: Duration = Duration::from_secs(1);
 pub enum Sink {
     Relay(RelayConfig),
     Redis(RedisConfig),
+    Vectors(VectorConfig),
 }
 
 impl Sink {
@@ -364,6 +370,7 @@ impl Sink {
         match self {
             Sink::Relay(_) => "relay",
             Sink::Redis(_) => "redis",
+            Sink::Vectors(_) => "vectors",
         }
     }
 }
@@ -371,13 +378,17 @@ impl Sink {
 enum OpenSink {
     Relay(Box<Relay>),
     Redis(Box<RedisModel>),
+    Vectors(Box<VectorModel>),
 }
 
 impl OpenSink {
-    async fn open(sink: &Sink) -> Result<Self, SinkError> {
+    async fn open(sink: &Sink, store: &EventStore) -> Result<Self, SinkError> {
         Ok(match sink {
             Sink::Relay(config) => OpenSink::Relay(Box::new(Relay::connect(config).await?)),
             Sink::Redis(config) => OpenSink::Redis(Box::new(RedisModel::connect(config).await?)),
+            Sink::Vectors(config) => {
+                OpenSink::Vectors(Box::new(VectorModel::open(config, store).await?))
+            }
         })
     }
 
@@ -385,6 +396,7 @@ impl OpenSink {
         match self {
             OpenSink::Relay(relay) => relay.publish(events).await?,
             OpenSink::Redis(model) => model.apply(events).await?,
+            OpenSink::Vectors(model) => model.apply(events).await?,
         }
         Ok(())
     }
@@ -415,6 +427,8 @@ pub enum SinkError {
     Relay(#[from] RelayError),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Vectors(#[from] VectorSinkError),
 }
 
 /// Applies the log from the sink's checkpoint on. Each batch runs while
@@ -431,7 +445,7 @@ async fn sink_while_leading(
     let Some(mut conn) = take_lease(store, name, &projector.instance).await? else {
         return Ok(Exit::LeaseBusy);
     };
-    let mut open = OpenSink::open(sink).await?;
+    let mut open = OpenSink::open(sink, store).await?;
     let mut position = checkpoint::load(&mut conn, name)
         .await?
         .unwrap_or(Position::START);
@@ -486,7 +500,7 @@ pub async fn catch_up_sink(
     let Some(mut conn) = take_lease(store, name, instance).await? else {
         return Ok(None);
     };
-    let mut open = OpenSink::open(sink).await?;
+    let mut open = OpenSink::open(sink, store).await?;
     let mut position = checkpoint::load(&mut conn, name)
         .await?
         .unwrap_or(Position::START);

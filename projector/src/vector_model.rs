@@ -1,0 +1,626 @@
+//! The vector projection: the texts the copilot searches by meaning,
+//! embedded and kept in the vector store's four collections.
+//!
+//! * conversations: every message, with its conversation, owner and role
+//!   (the message text itself stays in PostgreSQL, behind row-level
+//!   security); removed when the conversation is deleted or its owner
+//!   deleted or forgotten;
+//! * incident_knowledge: each resolved incident (title, description, root
+//!   cause, remediation), removed again if it is reopened;
+//! * documentation: runbooks (while not archived) and indexed documents;
+//! * code: indexed code units.
+//!
+//! Point ids are the source's id (message, incident, runbook, knowledge
+//! item), so applying an event again overwrites the same point: the
+//! projection is at least once and idempotent. Every point carries its
+//! lineage: embedder model and version, source event id and position.
+//! Within a batch, operations on one point are coalesced to the last, and
+//! filter deletions (erasure of a user) are applied in log order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{conversation, incident, knowledge, runbook, user};
+use eventstore::{EventStore, RecordedEvent};
+use infra::circuit::{CircuitBreaker, CircuitState};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use vectors::{Collection, EmbedError, Embedder, Filter, Point, VectorError, VectorStore};
+
+use crate::events::{decode, DomainEvent};
+
+/// Text stored in a point's payload for display (messages excepted).
+const SNIPPET_CHARS: usize = 1_000;
+/// Conversation owners remembered between batches.
+const OWNER_CACHE: usize = 200_000;
+
+#[derive(Clone)]
+pub struct VectorConfig {
+    pub store: Arc<dyn VectorStore>,
+    pub embedder: Arc<dyn Embedder>,
+    /// Shared circuit breakers for the embedder and the store, if set.
+    pub breakers: Option<BreakerConfig>,
+}
+
+impl fmt::Debug for VectorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VectorConfig")
+            .field("store", &self.store.kind())
+            .field("embedder", &self.embedder.info().name)
+            .field("breakers", &self.breakers)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    pub redis_url: String,
+    pub prefix: String,
+    pub threshold: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VectorSinkError {
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Store(#[from] VectorError),
+    #[error("circuit breaker of the {0} is open")]
+    CircuitOpen(&'static str),
+    #[error("event store: {0}")]
+    EventStore(#[from] eventstore::StoreError),
+    #[error("Redis (circuit breakers): {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What one event does to the collections.
+enum Op {
+    Upsert(Pending),
+    Delete(Collection, Uuid),
+    /// Deletes every point the filter matches, at this place in the log.
+    DeleteMatching(Collection, Filter),
+}
+
+struct Pending {
+    collection: Collection,
+    id: Uuid,
+    /// The client's own embedding, when it has the store's dimension.
+    vector: Option<Vec<f32>>,
+    text: String,
+    payload: Map<String, Value>,
+}
+
+enum Last {
+    Upsert(Pending),
+    Delete,
+}
+
+/// A runbook's searchable text, folded from its events.
+#[derive(Default, Clone)]
+struct RunbookText {
+    name: String,
+    description: String,
+    steps: Vec<String>,
+    tags: Vec<String>,
+}
+
+pub struct VectorModel {
+    config: VectorConfig,
+    events: EventStore,
+    owners: HashMap<Uuid, Uuid>,
+    runbooks: HashMap<Uuid, RunbookText>,
+    forgotten: HashSet<Uuid>,
+    breakers: Option<Breakers>,
+}
+
+struct Breakers {
+    embedder: CircuitBreaker,
+    store: CircuitBreaker,
+}
+
+impl VectorModel {
+    pub async fn open(config: &VectorConfig, events: &EventStore) -> Result<Self, VectorSinkError> {
+        let breakers = match &config.breakers {
+            Some(b) => {
+                let client = redis::Client::open(b.redis_url.as_str())?;
+                let conn = redis::aio::ConnectionManager::new(client).await?;
+                let make = |service| {
+                    CircuitBreaker::new(conn.clone(), &b.prefix, service, b.threshold, b.timeout)
+                };
+                Some(Breakers {
+                    embedder: make("embedder"),
+                    store: make("vector_store"),
+                })
+            }
+            None => None,
+        };
+        let model = VectorModel {
+            config: config.clone(),
+            events: events.clone(),
+            owners: HashMap::new(),
+            runbooks: HashMap::new(),
+            forgotten: forgotten_users(events).await?,
+            breakers,
+        };
+        model
+            .guarded(Service::Store, || model.config.store.ensure_collections())
+            .await?;
+        Ok(model)
+    }
+
+    pub async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), VectorSinkError> {
+        let mut pending: BTreeMap<(Collection, Uuid), Last> = BTreeMap::new();
+        for event in events {
+            // Events this build cannot decode are reported by the SQL
+            // projections as poison; here they have nothing to embed.
+            let Ok(typed) = decode(event) else { continue };
+            for op in self.ops(event, &typed).await? {
+                match op {
+                    Op::Upsert(p) => {
+                        pending.insert((p.collection, p.id), Last::Upsert(p));
+                    }
+                    Op::Delete(collection, id) => {
+                        pending.insert((collection, id), Last::Delete);
+                    }
+                    Op::DeleteMatching(collection, filter) => {
+                        self.flush(std::mem::take(&mut pending)).await?;
+                        self.guarded(Service::Store, || {
+                            self.config
+                                .store
+                                .delete_matching(collection, filter.clone())
+                        })
+                        .await?;
+                    }
+                }
+            }
+        }
+        self.flush(pending).await
+    }
+
+    async fn ops(
+        &mut self,
+        event: &RecordedEvent,
+        typed: &DomainEvent,
+    ) -> Result<Vec<Op>, VectorSinkError> {
+        let id = event.stream_id;
+        Ok(match typed {
+            DomainEvent::Conversation(e) => match e {
+                conversation::Event::Started(s) => {
+                    self.remember_owner(id, s.owner_id.into());
+                    Vec::new()
+                }
+                conversation::Event::MessageAppended(m) => {
+                    let owner = self.owner_of(id).await?;
+                    let Some(text) = m.content.as_ref() else {
+                        return Ok(Vec::new());
+                    };
+                    if owner.is_some_and(|o| self.forgotten.contains(&o)) {
+                        return Ok(Vec::new());
+                    }
+                    let mut payload = Map::new();
+                    payload.insert("conversation_id".into(), json!(id));
+                    payload.insert("message_id".into(), json!(Uuid::from(m.message_id)));
+                    payload.insert("owner_user_id".into(), json!(owner));
+                    payload.insert(
+                        "role".into(),
+                        serde_json::to_value(m.role).unwrap_or(Value::Null),
+                    );
+                    payload.insert("sequence".into(), json!(m.sequence));
+                    payload.insert("created_at".into(), json!(m.appended_at));
+                    vec![Op::Upsert(self.pending(
+                        Collection::Conversations,
+                        m.message_id.into(),
+                        text.clone(),
+                        m.embedding.as_ref(),
+                        payload,
+                    ))]
+                }
+                conversation::Event::Deleted(_) => vec![Op::DeleteMatching(
+                    Collection::Conversations,
+                    Filter::equals("conversation_id", id.to_string()),
+                )],
+                _ => Vec::new(),
+            },
+            DomainEvent::User(user::Event::Forgotten(_) | user::Event::Deleted(_)) => {
+                if matches!(typed, DomainEvent::User(user::Event::Forgotten(_))) {
+                    self.forgotten.insert(id);
+                }
+                vec![Op::DeleteMatching(
+                    Collection::Conversations,
+                    Filter::equals("owner_user_id", id.to_string()),
+                )]
+            }
+            DomainEvent::Incident(incident::Event::Resolved(r)) => {
+                let text = format!(
+                    "{}\n{}\nRoot cause: {}\nRemediation: {}",
+                    r.title,
+                    r.description,
+                    r.root_cause,
+                    r.remediation_steps.join("; ")
+                );
+                let mut payload = Map::new();
+                payload.insert("incident_id".into(), json!(id));
+                payload.insert("title".into(), json!(r.title));
+                payload.insert(
+                    "severity".into(),
+                    serde_json::to_value(r.severity).unwrap_or(Value::Null),
+                );
+                payload.insert("services".into(), json!(r.affected_services));
+                payload.insert("resolved_at".into(), json!(r.at));
+                payload.insert("text".into(), json!(snippet(&text)));
+                vec![Op::Upsert(self.pending(
+                    Collection::IncidentKnowledge,
+                    id,
+                    text,
+                    None,
+                    payload,
+                ))]
+            }
+            DomainEvent::Incident(incident::Event::Reopened(_)) => {
+                vec![Op::Delete(Collection::IncidentKnowledge, id)]
+            }
+            DomainEvent::Runbook(e) => match e {
+                runbook::Event::Created(c) => {
+                    let doc = RunbookText {
+                        name: c.name.clone(),
+                        description: c.description.clone(),
+                        steps: c.steps.clone(),
+                        tags: c.tags.clone(),
+                    };
+                    self.runbooks.insert(id, doc.clone());
+                    vec![Op::Upsert(self.runbook_point(id, &doc, c.version))]
+                }
+                runbook::Event::Updated(u) => {
+                    let mut doc = self.runbook_before(id, event.version).await?;
+                    if let Some(v) = &u.name {
+                        doc.name.clone_from(v);
+                    }
+                    if let Some(v) = &u.description {
+                        doc.description.clone_from(v);
+                    }
+                    if let Some(v) = &u.steps {
+                        doc.steps.clone_from(v);
+                    }
+                    if let Some(v) = &u.tags {
+                        doc.tags.clone_from(v);
+                    }
+                    self.runbooks.insert(id, doc.clone());
+                    vec![Op::Upsert(self.runbook_point(id, &doc, u.version))]
+                }
+                runbook::Event::Archived(_) => {
+                    self.runbooks.remove(&id);
+                    vec![Op::Delete(Collection::Documentation, id)]
+                }
+                _ => Vec::new(),
+            },
+            DomainEvent::Knowledge(e) => match e {
+                knowledge::Event::CodeIndexed(c) => {
+                    let text = match &c.function_name {
+                        Some(f) => format!("{} {f}\n{}", c.file_path, c.content),
+                        None => format!("{}\n{}", c.file_path, c.content),
+                    };
+                    let mut payload = Map::new();
+                    payload.insert("kind".into(), json!("code"));
+                    payload.insert("project_id".into(), json!(Uuid::from(c.project_id)));
+                    payload.insert("file_path".into(), json!(c.file_path));
+                    payload.insert("function_name".into(), json!(c.function_name));
+                    payload.insert("language".into(), json!(c.language));
+                    payload.insert("revision".into(), json!(c.revision));
+                    payload.insert("text".into(), json!(snippet(&c.content)));
+                    vec![Op::Upsert(self.pending(
+                        Collection::Code,
+                        id,
+                        text,
+                        c.embedding.as_ref(),
+                        payload,
+                    ))]
+                }
+                knowledge::Event::DocumentIndexed(d) => {
+                    let heading = match &d.section {
+                        Some(s) => format!("{} — {s}", d.title),
+                        None => d.title.clone(),
+                    };
+                    let text = format!("{heading}\n{}", d.content);
+                    let mut payload = Map::new();
+                    payload.insert("kind".into(), json!("document"));
+                    payload.insert("source_id".into(), json!(id));
+                    payload.insert("title".into(), json!(d.title));
+                    payload.insert("section".into(), json!(d.section));
+                    payload.insert("url".into(), json!(d.url));
+                    payload.insert("revision".into(), json!(d.revision));
+                    payload.insert("text".into(), json!(snippet(&d.content)));
+                    vec![Op::Upsert(self.pending(
+                        Collection::Documentation,
+                        id,
+                        text,
+                        d.embedding.as_ref(),
+                        payload,
+                    ))]
+                }
+                knowledge::Event::Removed(r) => {
+                    let collection = if r.kind == "code" {
+                        Collection::Code
+                    } else {
+                        Collection::Documentation
+                    };
+                    vec![Op::Delete(collection, id)]
+                }
+            },
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .map(|op| with_lineage(op, event))
+        .collect())
+    }
+
+    fn pending(
+        &self,
+        collection: Collection,
+        id: Uuid,
+        text: String,
+        client_vector: Option<&Vec<f32>>,
+        payload: Map<String, Value>,
+    ) -> Pending {
+        let vector = client_vector
+            .filter(|v| v.len() == self.config.store.dimension())
+            .cloned();
+        Pending {
+            collection,
+            id,
+            vector,
+            text,
+            payload,
+        }
+    }
+
+    fn runbook_point(&self, id: Uuid, doc: &RunbookText, version: u32) -> Pending {
+        let text = format!(
+            "{}\n{}\nSteps: {}",
+            doc.name,
+            doc.description,
+            doc.steps.join("; ")
+        );
+        let mut payload = Map::new();
+        payload.insert("kind".into(), json!("runbook"));
+        payload.insert("source_id".into(), json!(id));
+        payload.insert("title".into(), json!(doc.name));
+        payload.insert("tags".into(), json!(doc.tags));
+        payload.insert("revision".into(), json!(version));
+        payload.insert("text".into(), json!(snippet(&text)));
+        self.pending(Collection::Documentation, id, text, None, payload)
+    }
+
+    fn remember_owner(&mut self, conversation: Uuid, owner: Uuid) {
+        if self.owners.len() >= OWNER_CACHE {
+            self.owners.clear();
+        }
+        self.owners.insert(conversation, owner);
+    }
+
+    /// The owner of a conversation: from its `conversation_started` event.
+    async fn owner_of(&mut self, conversation_id: Uuid) -> Result<Option<Uuid>, VectorSinkError> {
+        if let Some(owner) = self.owners.get(&conversation_id) {
+            return Ok(Some(*owner));
+        }
+        let first = self.events.read_stream_from(conversation_id, 1, 1).await?;
+        let owner = first.first().and_then(|e| match decode(e) {
+            Ok(DomainEvent::Conversation(conversation::Event::Started(s))) => {
+                Some(s.owner_id.into())
+            }
+            _ => None,
+        });
+        if let Some(owner) = owner {
+            self.remember_owner(conversation_id, owner);
+        }
+        Ok(owner)
+    }
+
+    /// A runbook's text before the event at `version`: remembered, or
+    /// folded from the stream.
+    async fn runbook_before(
+        &mut self,
+        id: Uuid,
+        version: u64,
+    ) -> Result<RunbookText, VectorSinkError> {
+        if let Some(doc) = self.runbooks.get(&id) {
+            return Ok(doc.clone());
+        }
+        let mut doc = RunbookText::default();
+        let limit = usize::try_from(version.saturating_sub(1)).unwrap_or(usize::MAX);
+        for e in self.events.read_stream_from(id, 1, limit).await? {
+            match decode(&e) {
+                Ok(DomainEvent::Runbook(runbook::Event::Created(c))) => {
+                    doc = RunbookText {
+                        name: c.name,
+                        description: c.description,
+                        steps: c.steps,
+                        tags: c.tags,
+                    };
+                }
+                Ok(DomainEvent::Runbook(runbook::Event::Updated(u))) => {
+                    if let Some(v) = u.name {
+                        doc.name = v;
+                    }
+                    if let Some(v) = u.description {
+                        doc.description = v;
+                    }
+                    if let Some(v) = u.steps {
+                        doc.steps = v;
+                    }
+                    if let Some(v) = u.tags {
+                        doc.tags = v;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(doc)
+    }
+
+    /// Embeds what needs it, then writes the batch's last operation of
+    /// every point, grouped by collection.
+    async fn flush(
+        &self,
+        pending: BTreeMap<(Collection, Uuid), Last>,
+    ) -> Result<(), VectorSinkError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut upserts: Vec<Pending> = Vec::new();
+        let mut deletes: BTreeMap<Collection, Vec<Uuid>> = BTreeMap::new();
+        for ((collection, id), last) in pending {
+            match last {
+                Last::Upsert(p) => upserts.push(p),
+                Last::Delete => deletes.entry(collection).or_default().push(id),
+            }
+        }
+        let texts: Vec<String> = upserts
+            .iter()
+            .filter(|p| p.vector.is_none())
+            .map(|p| p.text.clone())
+            .collect();
+        let mut embedded = if texts.is_empty() {
+            Vec::new()
+        } else {
+            self.guarded_embed(texts).await?
+        }
+        .into_iter();
+        let info = self.config.embedder.info();
+        let mut points: BTreeMap<Collection, Vec<Point>> = BTreeMap::new();
+        for mut p in upserts {
+            let (vector, model, version) = match p.vector.take() {
+                Some(v) => (v, "client".to_owned(), String::new()),
+                None => {
+                    let Some(v) = embedded.next() else {
+                        return Err(EmbedError::BadAnswer("fewer vectors than texts".into()).into());
+                    };
+                    (v, info.name.clone(), info.version.clone())
+                }
+            };
+            p.payload.insert("embedder_model".into(), json!(model));
+            p.payload.insert("embedder_version".into(), json!(version));
+            points.entry(p.collection).or_default().push(Point {
+                id: p.id,
+                vector,
+                payload: p.payload,
+            });
+        }
+        for (collection, batch) in points {
+            self.guarded(Service::Store, || {
+                self.config.store.upsert(collection, batch.clone())
+            })
+            .await?;
+        }
+        for (collection, ids) in deletes {
+            self.guarded(Service::Store, || {
+                self.config.store.delete(collection, ids.clone())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn guarded_embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, VectorSinkError> {
+        let vectors = self
+            .guarded(Service::Embedder, || {
+                self.config.embedder.embed(texts.clone())
+            })
+            .await?;
+        if vectors.len() != texts.len() {
+            return Err(EmbedError::BadAnswer(format!(
+                "{} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            ))
+            .into());
+        }
+        Ok(vectors)
+    }
+
+    /// Runs `call` through the service's breaker: refused while it is open,
+    /// and every outcome recorded. Without Redis the call simply runs.
+    async fn guarded<T, E, F, Fut>(&self, service: Service, call: F) -> Result<T, VectorSinkError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: Into<VectorSinkError>,
+    {
+        let Some(breakers) = &self.breakers else {
+            return call().await.map_err(Into::into);
+        };
+        let breaker = match service {
+            Service::Embedder => &breakers.embedder,
+            Service::Store => &breakers.store,
+        };
+        match breaker.allow().await {
+            Ok((true, _)) => {}
+            Ok((false, _)) => return Err(VectorSinkError::CircuitOpen(service.name())),
+            // The breaker's own store is down: fail open, the call decides.
+            Err(e) => {
+                tracing::warn!(service = service.name(), error = %e, "circuit breaker unavailable")
+            }
+        }
+        let result = call().await.map_err(Into::into);
+        let recorded = match &result {
+            Ok(_) => breaker.record_success().await,
+            Err(_) => breaker.record_failure().await,
+        };
+        match recorded {
+            Ok(CircuitState::Open) => {
+                tracing::warn!(service = service.name(), "circuit breaker open");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(service = service.name(), error = %e, "circuit breaker unavailable")
+            }
+        }
+        result
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Service {
+    Embedder,
+    Store,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Embedder => "embedder",
+            Service::Store => "vector_store",
+        }
+    }
+}
+
+fn with_lineage(op: Op, event: &RecordedEvent) -> Op {
+    match op {
+        Op::Upsert(mut p) => {
+            p.payload
+                .insert("source_event_id".into(), json!(event.event_id));
+            p.payload
+                .insert("source_position".into(), json!(event.position.to_string()));
+            Op::Upsert(p)
+        }
+        other => other,
+    }
+}
+
+fn snippet(text: &str) -> String {
+    text.chars().take(SNIPPET_CHARS).collect()
+}
+
+/// Users forgotten anywhere in the log: their messages get no points, even
+/// when a rebuild meets the messages before the forget.
+async fn forgotten_users(events: &EventStore) -> Result<HashSet<Uuid>, VectorSinkError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT stream_id FROM events WHERE stream_type = 'user' AND event_type = 'user_forgotten'",
+    )
+    .fetch_all(events.pool())
+    .await
+    .map_err(eventstore::StoreError::from)?;
+    Ok(ids.into_iter().collect())
+}
