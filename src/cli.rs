@@ -60,7 +60,7 @@ pub enum AuditOperation {
 
 #[derive(Debug, Args)]
 pub struct ProjectionArgs {
-    /// A projection to include (relational, audit; for replay also redis);
+    /// A projection to include (relational, audit; for replay also redis, vectors);
     /// default: all SQL ones.
     #[arg(long = "projection", value_name = "NAME")]
     pub projections: Vec<String>,

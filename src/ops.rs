@@ -48,6 +48,17 @@ pub async fn log_size(store: &EventStore) -> anyhow::Result<u64> {
 }
 
 pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+    let vectors = args.select.projections.iter().any(|p| p == "vectors");
+    args.select.projections.retain(|p| p != "vectors");
+    if vectors {
+        if args.until_position.is_some() || args.until_time.is_some() {
+            bail!("the vector projection is rebuilt to the head of the log only");
+        }
+        replay_vectors(&args, settings).await?;
+        if args.select.projections.is_empty() {
+            return Ok(());
+        }
+    }
     let redis = args.select.projections.iter().any(|p| p == "redis");
     args.select.projections.retain(|p| p != "redis");
     if redis {
@@ -102,6 +113,37 @@ pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Rebuilds the vector collections from the log: here if no projector holds
+/// the projection's lease, else by that projector.
+async fn replay_vectors(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+    let Some(config) = up::vector_config(settings).await? else {
+        bail!("the vector projection is disabled (vectors.enabled = false)");
+    };
+    let store = up::open_store(settings).await?;
+    rebuild::reset_vectors(&store).await?;
+    let total = log_size(&store).await?;
+    let bar = progress_bar(total, "vectors");
+    let progress = |n: u64| bar.set_position(n);
+    let sink = projector::Sink::Vectors(config);
+    let instance = format!("replay-{}", std::process::id());
+    let applied =
+        projector::catch_up_sink(&store, &sink, &instance, args.select.batch_size, &progress)
+            .await?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    match applied {
+        Some(events) => writeln!(
+            out,
+            "vectors: collections emptied and rebuilt from {events} events"
+        )?,
+        None => writeln!(
+            out,
+            "vectors: the running projector holds the lease and is rebuilding the collections"
+        )?,
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use anyhow::Context;
 use eventstore::{EventStore, StoreOptions};
 use infra::Settings;
 use secrecy::ExposeSecret;
@@ -79,9 +80,51 @@ pub fn redis_config(settings: &Settings) -> projector::redis_model::RedisConfig 
     }
 }
 
-pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
+/// The vector projection's store and embedder, if it is enabled.
+pub async fn vector_config(settings: &Settings) -> anyhow::Result<Option<projector::VectorConfig>> {
+    let v = &settings.vectors;
+    if !v.enabled {
+        return Ok(None);
+    }
+    let embedder = open_embedder(settings)?;
+    let dimension = embedder.info().dimension;
+    if v.qdrant_url.is_some() {
+        anyhow::bail!("COPILOT_QDRANT_URL: the Qdrant server adapter is not built yet; unset it to use the embedded store");
+    }
+    tracing::info!(dir = %v.dir.display(), model = %embedder.info().name, dimension, "vector projection configured");
+    Ok(Some(projector::VectorConfig {
+        store: projector::vector_model::edge_opener(v.dir.clone(), dimension),
+        embedder,
+        breakers: Some(projector::BreakerConfig {
+            redis_url: settings.redis.url.expose_secret().to_string(),
+            prefix: settings.redis.prefix.clone(),
+            threshold: v.breaker_threshold,
+            timeout: v.breaker_timeout,
+        }),
+    }))
+}
+
+pub fn open_embedder(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn vectors::Embedder>> {
+    let v = &settings.vectors;
+    match v.embedder {
+        infra::config::EmbedderKind::Local => {
+            let dir = v
+                .model_dir
+                .clone()
+                .unwrap_or_else(vectors::embed::MiniLm::default_dir);
+            let model = vectors::embed::MiniLm::load(&dir)
+                .context("the local embedding model is missing: run deploy/model.sh (or set COPILOT_MODEL_DIR)")?;
+            Ok(std::sync::Arc::new(model))
+        }
+        infra::config::EmbedderKind::Http => {
+            anyhow::bail!("COPILOT_EMBEDDER=http: the HTTP embedder is not built yet")
+        }
+    }
+}
+
+pub async fn projector_config(settings: &Settings) -> anyhow::Result<projector::ProjectorConfig> {
     let p = &settings.projector;
-    projector::ProjectorConfig {
+    Ok(projector::ProjectorConfig {
         batch_size: p.batch_size,
         skip_poison: p.skip_poison,
         lease_retry: p.lease_retry,
@@ -90,8 +133,9 @@ pub fn projector_config(settings: &Settings) -> projector::ProjectorConfig {
             prefix: settings.nats.prefix.clone(),
         }),
         redis: p.redis.then(|| redis_config(settings)),
+        vectors: vector_config(settings).await?,
         ..projector::ProjectorConfig::default()
-    }
+    })
 }
 
 /// Every role in one process: the command service and the projector.
@@ -124,7 +168,7 @@ pub async fn projector(
 ) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     tracing::info!("projector running");
-    projector::run(projector_config(&settings), store.clone(), shutdown).await?;
+    projector::run(projector_config(&settings).await?, store.clone(), shutdown).await?;
     store.pool().close().await;
     Ok(())
 }

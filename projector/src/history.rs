@@ -163,7 +163,7 @@ pub struct History {
     executions: Vec<Exec>,
     incidents: Vec<Inc>,
     runbooks: Vec<(Uuid, u64, u64, u64)>,
-    knowledge: Vec<(Uuid, u64, u32, bool)>,
+    knowledge: Vec<(Uuid, u64, bool, bool)>,
     /// How often (in percent) a user's activity is being forgotten
     /// (erasure of personal data); 0 never.
     pub forget_percent: u64,
@@ -849,8 +849,9 @@ impl History {
         let content = self.text(50, 200);
         if self.knowledge.is_empty() || self.rng.chance(60) {
             let id = self.rng.uuid();
-            self.knowledge.push((id, 1, 1, false));
-            let event = if self.rng.chance(50) {
+            let code = self.rng.chance(50);
+            self.knowledge.push((id, 1, code, false));
+            let event = if code {
                 knowledge::Event::CodeIndexed(knowledge::CodeIndexed {
                     project_id: ProjectId(Uuid::nil()),
                     file_path: format!("src/{}.rs", self.rng.below(100)),
@@ -875,7 +876,7 @@ impl History {
             return Some(Self::request::<knowledge::Knowledge>(id, 0, None, &[event]));
         }
         let i = self.rng.below(self.knowledge.len());
-        let (id, version, _, removed) = self.knowledge[i];
+        let (id, version, code, removed) = self.knowledge[i];
         if removed {
             return None;
         }
@@ -886,7 +887,7 @@ impl History {
             version,
             None,
             &[knowledge::Event::Removed(knowledge::Removed {
-                kind: "document".into(),
+                kind: if code { "code" } else { "document" }.into(),
                 at,
             })],
         ))

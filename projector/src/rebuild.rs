@@ -496,6 +496,19 @@ pub const REDIS_OWNED: [&str; 5] = [
     "queue:*",
 ];
 
+/// Moves the vector projection's checkpoint to the start of the log. The
+/// projector that holds its lease (or [`crate::runner::catch_up_sink`])
+/// sees it, empties the collections and rebuilds them: only the lease
+/// holder writes the store, which matters for the embedded one.
+pub async fn reset_vectors(store: &EventStore) -> Result<(), RebuildError> {
+    let mut conn = connect(store).await?;
+    let mut tx = conn.begin().await?;
+    batch::locked_checkpoint(&mut tx, "vectors").await?;
+    checkpoint::save(&mut *tx, "vectors", Position::START).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Empties what the Redis projection keeps and moves its checkpoint to the
 /// start, so it is rebuilt from the log (by the running projector, or by
 /// [`crate::runner::catch_up_sink`]). The checkpoint row stays locked while

@@ -382,12 +382,12 @@ enum OpenSink {
 }
 
 impl OpenSink {
-    async fn open(sink: &Sink, store: &EventStore) -> Result<Self, SinkError> {
+    async fn open(sink: &Sink, store: &EventStore, from: Position) -> Result<Self, SinkError> {
         Ok(match sink {
             Sink::Relay(config) => OpenSink::Relay(Box::new(Relay::connect(config).await?)),
             Sink::Redis(config) => OpenSink::Redis(Box::new(RedisModel::connect(config).await?)),
             Sink::Vectors(config) => {
-                OpenSink::Vectors(Box::new(VectorModel::open(config, store).await?))
+                OpenSink::Vectors(Box::new(VectorModel::open(config, store, from).await?))
             }
         })
     }
@@ -445,10 +445,10 @@ async fn sink_while_leading(
     let Some(mut conn) = take_lease(store, name, &projector.instance).await? else {
         return Ok(Exit::LeaseBusy);
     };
-    let mut open = OpenSink::open(sink, store).await?;
     let mut position = checkpoint::load(&mut conn, name)
         .await?
         .unwrap_or(Position::START);
+    let mut open = OpenSink::open(sink, store, position).await?;
     let mut subscription = store
         .subscribe(position)
         .await
@@ -500,10 +500,10 @@ pub async fn catch_up_sink(
     let Some(mut conn) = take_lease(store, name, instance).await? else {
         return Ok(None);
     };
-    let mut open = OpenSink::open(sink, store).await?;
     let mut position = checkpoint::load(&mut conn, name)
         .await?
         .unwrap_or(Position::START);
+    let mut open = OpenSink::open(sink, store, position).await?;
     let mut applied = 0u64;
     loop {
         let batch = store.read_all_after(position, batch_size).await?;

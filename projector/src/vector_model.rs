@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{conversation, incident, knowledge, runbook, user};
-use eventstore::{EventStore, RecordedEvent};
+use eventstore::{EventStore, Position, RecordedEvent};
+use futures_util::future::BoxFuture;
 use infra::circuit::{CircuitBreaker, CircuitState};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -36,9 +37,41 @@ const SNIPPET_CHARS: usize = 1_000;
 /// Conversation owners remembered between batches.
 const OWNER_CACHE: usize = 200_000;
 
+/// Opens the vector store. Called by whoever holds the projection's lease,
+/// so an embedded store is written by one process only; an opener may hand
+/// out one shared instance (as `up` does, for the query service to read).
+pub type StoreOpener =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn VectorStore>, VectorError>> + Send + Sync>;
+
+/// Opens the embedded store under `dir` on first use and hands the same
+/// instance to every later caller in this process.
+pub fn edge_opener(dir: std::path::PathBuf, dimension: usize) -> StoreOpener {
+    let cell: Arc<tokio::sync::OnceCell<Arc<dyn VectorStore>>> = Arc::default();
+    Arc::new(move || {
+        let (cell, dir) = (cell.clone(), dir.clone());
+        Box::pin(async move {
+            cell.get_or_try_init(|| async {
+                let store = vectors::edge::EdgeStore::open(&dir, dimension).await?;
+                tracing::info!(dir = %dir.display(), "embedded vector store open");
+                Ok::<_, VectorError>(Arc::new(store) as Arc<dyn VectorStore>)
+            })
+            .await
+            .cloned()
+        })
+    })
+}
+
+/// Hands out `store` (a store opened elsewhere, or a Qdrant server client).
+pub fn opener_of(store: Arc<dyn VectorStore>) -> StoreOpener {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { Ok(store) })
+    })
+}
+
 #[derive(Clone)]
 pub struct VectorConfig {
-    pub store: Arc<dyn VectorStore>,
+    pub store: StoreOpener,
     pub embedder: Arc<dyn Embedder>,
     /// Shared circuit breakers for the embedder and the store, if set.
     pub breakers: Option<BreakerConfig>,
@@ -47,7 +80,6 @@ pub struct VectorConfig {
 impl fmt::Debug for VectorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VectorConfig")
-            .field("store", &self.store.kind())
             .field("embedder", &self.embedder.info().name)
             .field("breakers", &self.breakers)
             .finish()
@@ -109,6 +141,7 @@ struct RunbookText {
 
 pub struct VectorModel {
     config: VectorConfig,
+    store: Arc<dyn VectorStore>,
     events: EventStore,
     owners: HashMap<Uuid, Uuid>,
     runbooks: HashMap<Uuid, RunbookText>,
@@ -122,7 +155,14 @@ struct Breakers {
 }
 
 impl VectorModel {
-    pub async fn open(config: &VectorConfig, events: &EventStore) -> Result<Self, VectorSinkError> {
+    /// Opens the store; from the start of the log (a first run, or a reset
+    /// by `replay --projection vectors`) the collections are emptied first,
+    /// so a rebuild leaves nothing the log does not account for.
+    pub async fn open(
+        config: &VectorConfig,
+        events: &EventStore,
+        from: Position,
+    ) -> Result<Self, VectorSinkError> {
         let breakers = match &config.breakers {
             Some(b) => {
                 let client = redis::Client::open(b.redis_url.as_str())?;
@@ -137,8 +177,10 @@ impl VectorModel {
             }
             None => None,
         };
+        let store = (config.store)().await?;
         let model = VectorModel {
             config: config.clone(),
+            store,
             events: events.clone(),
             owners: HashMap::new(),
             runbooks: HashMap::new(),
@@ -146,8 +188,16 @@ impl VectorModel {
             breakers,
         };
         model
-            .guarded(Service::Store, || model.config.store.ensure_collections())
+            .guarded(Service::Store, || model.store.ensure_collections())
             .await?;
+        if from == Position::START {
+            for collection in Collection::ALL {
+                model
+                    .guarded(Service::Store, || model.store.clear(collection))
+                    .await?;
+            }
+            tracing::info!("vector collections emptied: projecting from the start of the log");
+        }
         Ok(model)
     }
 
@@ -168,9 +218,7 @@ impl VectorModel {
                     Op::DeleteMatching(collection, filter) => {
                         self.flush(std::mem::take(&mut pending)).await?;
                         self.guarded(Service::Store, || {
-                            self.config
-                                .store
-                                .delete_matching(collection, filter.clone())
+                            self.store.delete_matching(collection, filter.clone())
                         })
                         .await?;
                     }
@@ -365,7 +413,7 @@ impl VectorModel {
         payload: Map<String, Value>,
     ) -> Pending {
         let vector = client_vector
-            .filter(|v| v.len() == self.config.store.dimension())
+            .filter(|v| v.len() == self.store.dimension())
             .cloned();
         Pending {
             collection,
@@ -510,13 +558,13 @@ impl VectorModel {
         }
         for (collection, batch) in points {
             self.guarded(Service::Store, || {
-                self.config.store.upsert(collection, batch.clone())
+                self.store.upsert(collection, batch.clone())
             })
             .await?;
         }
         for (collection, ids) in deletes {
             self.guarded(Service::Store, || {
-                self.config.store.delete(collection, ids.clone())
+                self.store.delete(collection, ids.clone())
             })
             .await?;
         }
@@ -623,4 +671,55 @@ async fn forgotten_users(events: &EventStore) -> Result<HashSet<Uuid>, VectorSin
     .await
     .map_err(eventstore::StoreError::from)?;
     Ok(ids.into_iter().collect())
+}
+
+/// The point ids each collection should hold, derived independently of
+/// this projection: from the relational read model in `schema` (messages,
+/// incidents, runbooks) and the log (indexed knowledge). Equal to the
+/// store's ids when both projections are at the same position.
+pub async fn source_ids(
+    pool: &sqlx::PgPool,
+    schema: &str,
+) -> Result<BTreeMap<Collection, Vec<Uuid>>, sqlx::Error> {
+    let queries = [
+        (
+            Collection::Conversations,
+            format!(
+                "SELECT m.id FROM {schema}.messages m
+                   JOIN {schema}.conversations c ON c.id = m.conversation_id
+                   JOIN {schema}.users u ON u.id = c.user_id
+                  WHERE c.status <> 'deleted' AND u.deleted_at IS NULL AND u.forgotten_at IS NULL"
+            ),
+        ),
+        (
+            Collection::IncidentKnowledge,
+            format!("SELECT id FROM {schema}.incidents WHERE status IN ('resolved', 'closed')"),
+        ),
+        (
+            Collection::Documentation,
+            format!(
+                "SELECT id FROM {schema}.runbooks WHERE archived_at IS NULL
+                 UNION ALL
+                 SELECT stream_id FROM (
+                   SELECT DISTINCT ON (stream_id) stream_id, event_type FROM events
+                    WHERE stream_type = 'knowledge' ORDER BY stream_id, version DESC) last
+                  WHERE event_type = 'document_indexed'"
+            ),
+        ),
+        (
+            Collection::Code,
+            "SELECT stream_id FROM (
+               SELECT DISTINCT ON (stream_id) stream_id, event_type FROM events
+                WHERE stream_type = 'knowledge' ORDER BY stream_id, version DESC) last
+              WHERE event_type = 'code_indexed'"
+                .to_owned(),
+        ),
+    ];
+    let mut out = BTreeMap::new();
+    for (collection, sql) in queries {
+        let mut ids: Vec<Uuid> = sqlx::query_scalar(&sql).fetch_all(pool).await?;
+        ids.sort_unstable();
+        out.insert(collection, ids);
+    }
+    Ok(out)
 }

@@ -8,3 +8,4 @@ mod relay;
 mod replay;
 mod security;
 mod support;
+mod vectors;
