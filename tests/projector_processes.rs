@@ -38,6 +38,7 @@ fn start_with(url: &str, redis_prefix: Option<&str>) -> Child {
         .env("COPILOT_METRICS_ADDR", "off")
         .env("COPILOT_PROJECTOR_RELAY", "false")
         .env("COPILOT_PROJECTOR_REDIS", "false")
+        .env("COPILOT_PROJECTOR_VECTORS", "false")
         .env("COPILOT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -47,6 +48,30 @@ fn start_with(url: &str, redis_prefix: Option<&str>) -> Child {
             .env("COPILOT_PROJECTOR_REDIS", "true")
             .env("COPILOT_REDIS_PREFIX", prefix);
     }
+    command.spawn().expect("start copilot-data projector")
+}
+
+/// A projector running the SQL projections and the vector projection into
+/// the embedded store under `dir` (breakers under `prefix`).
+fn start_vectors(url: &str, dir: &std::path::Path, prefix: &str) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
+    command
+        .arg("projector")
+        .env("COPILOT_DATABASE_URL", url)
+        .env("COPILOT_DATABASE_MAX_CONNECTIONS", "6")
+        // Small batches: a batch of long messages takes seconds to embed.
+        .env("COPILOT_PROJECTOR_BATCH_SIZE", "12")
+        .env("COPILOT_PROJECTOR_LEASE_RETRY_MS", "100")
+        .env("COPILOT_METRICS_ADDR", "off")
+        .env("COPILOT_PROJECTOR_RELAY", "false")
+        .env("COPILOT_PROJECTOR_REDIS", "false")
+        .env("COPILOT_PROJECTOR_VECTORS", "true")
+        .env("COPILOT_VECTOR_DIR", dir)
+        .env("COPILOT_REDIS_PREFIX", prefix)
+        .env("COPILOT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     command.spawn().expect("start copilot-data projector")
 }
 
@@ -308,4 +333,70 @@ async fn two_projectors_one_applies_each_projection_and_the_other_takes_over(poo
     assert_verified(&store).await;
     let _ = first.start_kill();
     let _ = second.start_kill();
+}
+
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn sigkill_during_vector_projection_leaves_every_point_once(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let store = EventStore::connect(pool.clone(), StoreOptions::default())
+        .await
+        .expect("store");
+    let mut history = History::new(23);
+    history.forget_percent = 100;
+    for _ in 0..220 {
+        let request = history.next_append().expect("encode");
+        store.append(&request).await.expect("append");
+    }
+    let head = last_position(&store).await;
+    let dir = std::env::temp_dir().join(format!("copilot-kill-vectors-{}", uuid::Uuid::new_v4()));
+    let prefix = format!("k{}:", uuid::Uuid::new_v4().simple());
+    let mut jitter = Jitter(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1,
+    );
+    // Killed while embedding and writing points (the model loads in well
+    // under a second; each run gets a few batches in).
+    for _ in 0..6 {
+        let mut projector = start_vectors(&url, &dir, &prefix);
+        tokio::time::sleep(jitter.millis(2000, 5000)).await;
+        projector.start_kill().expect("SIGKILL");
+        projector.wait().await.expect("reaped");
+    }
+    let moved = checkpoint::load(store.pool(), "vectors").await.expect("cp");
+    assert!(moved.is_some(), "the killed projectors made progress");
+
+    let mut projector = start_vectors(&url, &dir, &prefix);
+    caught_up(&store).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while checkpoint::load(store.pool(), "vectors").await.expect("cp") != Some(head) {
+        assert!(
+            Instant::now() < deadline,
+            "the vector projection did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Killed once more: what it acknowledged must survive in the store.
+    projector.start_kill().expect("SIGKILL");
+    projector.wait().await.expect("reaped");
+
+    let points = vectors::edge::EdgeStore::open(&dir, 384)
+        .await
+        .expect("open the store");
+    let expected = projector::vector_model::source_ids(&pool, "read_model")
+        .await
+        .expect("source ids");
+    for (collection, ids) in expected {
+        let got = vectors::VectorStore::ids(&points, collection)
+            .await
+            .expect("ids");
+        let count = vectors::VectorStore::count(&points, collection)
+            .await
+            .expect("count");
+        assert_eq!(got, ids, "{collection}: point ids equal the source rows");
+        assert_eq!(count, ids.len(), "{collection}: no point twice");
+    }
+    drop(points);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -225,7 +225,8 @@ impl VectorModel {
                 }
             }
         }
-        self.flush(pending).await
+        self.flush(pending).await?;
+        self.guarded(Service::Store, || self.store.flush()).await
     }
 
     async fn ops(

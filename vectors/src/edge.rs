@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -49,6 +49,8 @@ struct Shard {
     collection: Collection,
     engine: EdgeShard,
     new_points: AtomicUsize,
+    /// Written to since the last flush.
+    new_since_flush: AtomicBool,
 }
 
 impl EdgeStore {
@@ -125,6 +127,7 @@ fn open_shard(path: &Path, collection: Collection, dimension: usize) -> Result<S
         collection,
         engine,
         new_points: AtomicUsize::new(0),
+        new_since_flush: AtomicBool::new(false),
     })
 }
 
@@ -172,6 +175,7 @@ where
 
 impl Shard {
     fn update(&self, operation: UpdateOperation) -> Result<(), VectorError> {
+        self.new_since_flush.store(true, Ordering::Release);
         self.engine
             .update(operation)
             .map_err(|e| engine(self.collection, e))
@@ -373,6 +377,25 @@ impl VectorStore for EdgeStore {
                 shard.update(UpdateOperation::PointOperation(
                     PointOperations::DeletePointsByFilter(filter),
                 ))
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), VectorError>> {
+        let shards: Vec<Arc<Shard>> = self.shards.values().cloned().collect();
+        async move {
+            blocking(move || {
+                // Qdrant Edge does not replay its WAL into the segments when
+                // it loads: writes become durable when the segments are
+                // flushed (which also happens when a shard is dropped).
+                for shard in shards {
+                    if shard.new_since_flush.swap(false, Ordering::AcqRel) {
+                        shard.engine.flush();
+                    }
+                }
+                Ok(())
             })
             .await
         }

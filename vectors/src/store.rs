@@ -115,6 +115,10 @@ pub trait VectorStore: Send + Sync + 'static {
         filter: Filter,
     ) -> BoxFuture<'_, Result<(), VectorError>>;
 
+    /// Makes every write that returned so far survive a crash of this
+    /// process. The projection calls it before it moves its checkpoint.
+    fn flush(&self) -> BoxFuture<'_, Result<(), VectorError>>;
+
     /// Removes every point of the collection (before a rebuild).
     fn clear(&self, collection: Collection) -> BoxFuture<'_, Result<(), VectorError>>;
 

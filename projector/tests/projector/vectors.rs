@@ -281,6 +281,13 @@ impl VectorStore for Switchable {
         }
         .boxed()
     }
+    fn flush(&self) -> BoxFuture<'_, Result<(), VectorError>> {
+        async move {
+            self.check()?;
+            self.inner.flush().await
+        }
+        .boxed()
+    }
     fn clear(&self, c: Collection) -> BoxFuture<'_, Result<(), VectorError>> {
         async move {
             self.check()?;

