@@ -110,6 +110,12 @@ pub struct BenchArgs {
     /// Events generated for `replay`.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Points stored for `vectors`.
+    #[arg(long, default_value_t = 100_000)]
+    pub points: usize,
+    /// Texts really embedded for `vectors` (the other points are mixes of them).
+    #[arg(long, default_value_t = 2_000)]
+    pub real: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -123,4 +129,8 @@ pub enum Workload {
     /// Rebuild every SQL projection (audit log included) from a generated
     /// log (--events), beside a bare binary COPY of the same final rows.
     Replay,
+    /// The local embedder (batched, beside one at a time) and the embedded
+    /// vector store on --points points: upsert rate, HNSW search p50/p99
+    /// and recall@10, beside exact search.
+    Vectors,
 }

@@ -19,6 +19,11 @@
 //! [`rebuild`] replays projections from the start of the log into a shadow
 //! schema and swaps it in (blue/green), builds point-in-time copies, and
 //! verifies that a fresh rebuild equals what is live.
+//!
+//! Three sinks outside PostgreSQL follow the same log with their own
+//! checkpoints and leases, at least once and idempotently: the event relay
+//! ([`relay`], JetStream), the Redis patterns ([`redis_model`]) and the
+//! vector collections ([`vector_model`]).
 
 pub mod audit;
 mod batch;

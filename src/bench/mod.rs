@@ -7,6 +7,7 @@ mod commands;
 mod replay;
 mod report;
 mod scratch;
+mod vectors;
 
 use infra::Settings;
 
@@ -17,6 +18,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         Workload::Append => append::run(&args, settings).await?,
         Workload::Commands => commands::run(&args, settings).await?,
         Workload::Replay => replay::run(&args, settings).await?,
+        Workload::Vectors => vectors::run(&args, settings).await?,
     };
     if args.json {
         report::print_json(&figures)

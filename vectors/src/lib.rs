@@ -1,7 +1,7 @@
-//! Semantic search for the copilot: the vector-store port with its two
-//! adapters (the embedded Qdrant Edge engine, a Qdrant server), and the
-//! embedder port with its adapters (the local all-MiniLM-L6-v2 model, an
-//! OpenAI-compatible HTTP service).
+//! Semantic search for the copilot: the vector-store port with its embedded
+//! adapter (the Qdrant Edge engine in-process), and the embedder port with
+//! the local all-MiniLM-L6-v2 model. A Qdrant-server adapter and an
+//! OpenAI-compatible HTTP embedder fit the same ports (not built yet).
 //!
 //! Both ports are object-safe (`Arc<dyn VectorStore>`, `Arc<dyn Embedder>`)
 //! so the projector and the query service choose an adapter from
