@@ -117,7 +117,19 @@ pub fn open_embedder(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn v
             Ok(std::sync::Arc::new(model))
         }
         infra::config::EmbedderKind::Http => {
-            anyhow::bail!("COPILOT_EMBEDDER=http: the HTTP embedder is not built yet")
+            let url = v
+                .http_url
+                .as_deref()
+                .context("COPILOT_EMBEDDER=http needs COPILOT_EMBEDDER_URL")?;
+            let embedder = vectors::embed::HttpEmbedder::new(
+                url,
+                &v.http_model,
+                v.http_dimension,
+                v.http_api_key
+                    .as_ref()
+                    .map(|k| k.expose_secret().to_string()),
+            )?;
+            Ok(std::sync::Arc::new(embedder))
         }
     }
 }

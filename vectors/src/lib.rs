@@ -1,7 +1,7 @@
 //! Semantic search for the copilot: the vector-store port with its embedded
 //! adapter (the Qdrant Edge engine in-process), and the embedder port with
-//! the local all-MiniLM-L6-v2 model. A Qdrant-server adapter and an
-//! OpenAI-compatible HTTP embedder fit the same ports (not built yet).
+//! the local all-MiniLM-L6-v2 model and an OpenAI-compatible HTTP service.
+//! A Qdrant-server adapter fits the same port (not built yet).
 //!
 //! Both ports are object-safe (`Arc<dyn VectorStore>`, `Arc<dyn Embedder>`)
 //! so the projector and the query service choose an adapter from

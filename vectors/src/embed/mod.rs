@@ -1,10 +1,12 @@
 //! The embedder port: text in, unit vectors out, with the model's identity
 //! so every point records which model made it (its lineage).
 
+mod http;
 mod minilm;
 
 use futures_util::future::BoxFuture;
 
+pub use http::HttpEmbedder;
 pub use minilm::MiniLm;
 
 /// Which model made a vector.
