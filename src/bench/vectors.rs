@@ -241,9 +241,8 @@ async fn measure_store(
     }
     let loaded = started.elapsed();
     progress.finish_and_clear();
-    let index_started = Instant::now();
+    // Whatever the last upserts left unindexed is indexed before searching.
     store.optimize(c).await?;
-    let indexed = index_started.elapsed();
     store.flush().await?;
     figures.push(Figure {
         name: format!("upsert {total} points (index builds included)"),
@@ -253,15 +252,6 @@ async fn measure_store(
         baseline_value: None,
         ratio: None,
     });
-    figures.push(Figure {
-        name: "final index build".into(),
-        value: (indexed.as_secs_f64() * 1000.0).round() / 1000.0,
-        unit: "s",
-        baseline_name: None,
-        baseline_value: None,
-        ratio: None,
-    });
-
     // Search: HNSW beside exact search of the same engine, same queries.
     let mut hnsw = Latencies::default();
     let mut exact = Latencies::default();
