@@ -117,6 +117,24 @@ pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result
     Ok(())
 }
 
+/// Applies the log to a sink whose checkpoint was just reset, with a
+/// progress bar: `None` if a running projector holds its lease (and does it).
+async fn catch_up(
+    store: &EventStore,
+    sink: projector::Sink,
+    args: &ReplayArgs,
+) -> anyhow::Result<Option<u64>> {
+    let total = log_size(store).await?;
+    let bar = progress_bar(total, sink.name());
+    let progress = |n: u64| bar.set_position(n);
+    let instance = format!("replay-{}", std::process::id());
+    let applied =
+        projector::catch_up_sink(store, &sink, &instance, args.select.batch_size, &progress)
+            .await?;
+    bar.finish_and_clear();
+    Ok(applied)
+}
+
 /// Rebuilds the vector collections from the log: here if no projector holds
 /// the projection's lease, else by that projector.
 async fn replay_vectors(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -125,15 +143,7 @@ async fn replay_vectors(args: &ReplayArgs, settings: &Settings) -> anyhow::Resul
     };
     let store = up::open_store(settings).await?;
     rebuild::reset_vectors(&store).await?;
-    let total = log_size(&store).await?;
-    let bar = progress_bar(total, "vectors");
-    let progress = |n: u64| bar.set_position(n);
-    let sink = projector::Sink::Vectors(config);
-    let instance = format!("replay-{}", std::process::id());
-    let applied =
-        projector::catch_up_sink(&store, &sink, &instance, args.select.batch_size, &progress)
-            .await?;
-    bar.finish_and_clear();
+    let applied = catch_up(&store, projector::Sink::Vectors(config), args).await?;
     let mut out = std::io::stdout().lock();
     match applied {
         Some(events) => writeln!(
@@ -154,15 +164,7 @@ async fn replay_redis(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<
     let store = up::open_store(settings).await?;
     let config = up::redis_config(settings);
     let deleted = rebuild::reset_redis(&store, &config).await?;
-    let total = log_size(&store).await?;
-    let bar = progress_bar(total, "redis");
-    let progress = |n: u64| bar.set_position(n);
-    let sink = projector::Sink::Redis(config);
-    let instance = format!("replay-{}", std::process::id());
-    let applied =
-        projector::catch_up_sink(&store, &sink, &instance, args.select.batch_size, &progress)
-            .await?;
-    bar.finish_and_clear();
+    let applied = catch_up(&store, projector::Sink::Redis(config), args).await?;
     let mut out = std::io::stdout().lock();
     match applied {
         Some(events) => writeln!(

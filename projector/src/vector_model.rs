@@ -389,14 +389,12 @@ impl VectorModel {
                         payload,
                     ))]
                 }
-                knowledge::Event::Removed(r) => {
-                    let collection = if r.kind == "code" {
-                        Collection::Code
-                    } else {
-                        Collection::Documentation
-                    };
-                    vec![Op::Delete(collection, id)]
-                }
+                // The id is the item's in either collection: removing it from
+                // both does not depend on the event naming the right kind.
+                knowledge::Event::Removed(_) => vec![
+                    Op::Delete(Collection::Code, id),
+                    Op::Delete(Collection::Documentation, id),
+                ],
             },
             _ => Vec::new(),
         }
