@@ -88,12 +88,15 @@ pub async fn vector_config(settings: &Settings) -> anyhow::Result<Option<project
     }
     let embedder = open_embedder(settings)?;
     let dimension = embedder.info().dimension;
-    if v.qdrant_url.is_some() {
-        anyhow::bail!("COPILOT_QDRANT_URL: the Qdrant server adapter is not built yet; unset it to use the embedded store");
-    }
     tracing::info!(dir = %v.dir.display(), model = %embedder.info().name, dimension, "vector projection configured");
     Ok(Some(projector::VectorConfig {
-        store: projector::vector_model::edge_opener(v.dir.clone(), dimension),
+        store: match &v.qdrant_url {
+            Some(url) => {
+                let store = vectors::qdrant::QdrantStore::connect(url, dimension, "")?;
+                projector::vector_model::opener_of(std::sync::Arc::new(store))
+            }
+            None => projector::vector_model::edge_opener(v.dir.clone(), dimension),
+        },
         embedder,
         breakers: Some(projector::BreakerConfig {
             redis_url: settings.redis.url.expose_secret().to_string(),

@@ -1,7 +1,7 @@
-//! Semantic search for the copilot: the vector-store port with its embedded
-//! adapter (the Qdrant Edge engine in-process), and the embedder port with
-//! the local all-MiniLM-L6-v2 model and an OpenAI-compatible HTTP service.
-//! A Qdrant-server adapter fits the same port (not built yet).
+//! Semantic search for the copilot: the vector-store port with its two
+//! adapters (the Qdrant Edge engine in-process, a Qdrant server over gRPC),
+//! and the embedder port with the local all-MiniLM-L6-v2 model and an
+//! OpenAI-compatible HTTP service.
 //!
 //! Both ports are object-safe (`Arc<dyn VectorStore>`, `Arc<dyn Embedder>`)
 //! so the projector and the query service choose an adapter from
@@ -11,6 +11,7 @@ mod collection;
 pub mod edge;
 pub mod embed;
 mod error;
+pub mod qdrant;
 mod store;
 
 pub use collection::Collection;

@@ -1,5 +1,6 @@
 //! One suite for every adapter of the port: the embedded engine always,
-//! a Qdrant server when `COPILOT_QDRANT_URL` names one.
+//! a Qdrant server when `COPILOT_QDRANT_URL` names one (reported as skipped
+//! otherwise).
 
 use std::collections::BTreeSet;
 
@@ -170,4 +171,17 @@ async fn the_embedded_store_persists_and_indexes() -> anyhow::Result<()> {
         "opened with another dimension"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn a_qdrant_server_keeps_the_contract() -> anyhow::Result<()> {
+    let Ok(url) = std::env::var("COPILOT_QDRANT_URL") else {
+        eprintln!("skipped: COPILOT_QDRANT_URL is not set (no Qdrant server to test against)");
+        return Ok(());
+    };
+    let prefix = format!("t{}_", &Uuid::new_v4().simple().to_string()[..12]);
+    let store = vectors::qdrant::QdrantStore::connect(&url, DIM, &prefix)?;
+    let result = contract(&store).await;
+    store.drop_collections().await?;
+    result
 }
