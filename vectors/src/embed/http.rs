@@ -47,14 +47,15 @@ impl HttpEmbedder {
         dimension: usize,
         api_key: Option<String>,
     ) -> Result<HttpEmbedder, EmbedError> {
-        if !base_url.starts_with("http://") {
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(EmbedError::Model {
                 path: base_url.to_owned(),
-                message: "only plain http:// endpoints are supported (put a TLS-terminating proxy in front of an https one)".into(),
+                message: "the embedder URL must start with http:// or https://".into(),
             });
         }
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
+            .https_only(base_url.starts_with("https://"))
             .build()
             .map_err(|e| EmbedError::Unavailable(e.to_string()))?;
         Ok(HttpEmbedder {

@@ -35,6 +35,10 @@ async fn serve(answer: Answer) -> (String, Arc<Mutex<Vec<(Option<String>, Value)
                         return;
                     }
                     buf.extend_from_slice(&chunk[..n]);
+                    // A TLS handshake (record type 22) is not HTTP: hang up.
+                    if buf.first() == Some(&0x16) {
+                        return;
+                    }
                     if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                         let length = head
@@ -174,8 +178,21 @@ async fn a_failing_or_absent_service_is_unavailable() -> anyhow::Result<()> {
     ));
 
     assert!(
-        HttpEmbedder::new("https://api.openai.com/v1", "m", 8, None).is_err(),
-        "https is refused, not silently downgraded"
+        HttpEmbedder::new("ftp://example.com/v1", "m", 8, None).is_err(),
+        "not an HTTP URL"
+    );
+    // An https endpoint gets TLS: a plain-HTTP server behind an https URL
+    // is a failed handshake, not a silent downgrade.
+    let (url, seen) = serve(embeddings(8)).await;
+    let https = url.replacen("http://", "https://", 1);
+    let embedder = HttpEmbedder::new(&https, "m", 8, None)?;
+    assert!(matches!(
+        embedder.embed(vec!["a".into()]).await,
+        Err(EmbedError::Unavailable(_))
+    ));
+    assert!(
+        seen.lock().expect("seen").is_empty(),
+        "no request was sent in clear text"
     );
     Ok(())
 }
