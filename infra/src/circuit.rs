@@ -112,18 +112,17 @@ impl CircuitBreaker {
 
     /// Reports a failed call; returns the state after it.
     pub async fn record_failure(&self) -> Result<CircuitState, redis::RedisError> {
-        let state: String = Script::new(FAILURE)
-            .key(&self.key)
-            .arg(self.threshold)
-            .arg(self.timeout_ms())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(CircuitState::parse(&state))
+        self.transition(FAILURE).await
     }
 
     /// Reports a successful call: the breaker closes.
     pub async fn record_success(&self) -> Result<CircuitState, redis::RedisError> {
-        let state: String = Script::new(SUCCESS)
+        self.transition(SUCCESS).await
+    }
+
+    /// Runs one of the transition scripts with this breaker's settings.
+    async fn transition(&self, script: &str) -> Result<CircuitState, redis::RedisError> {
+        let state: String = Script::new(script)
             .key(&self.key)
             .arg(self.threshold)
             .arg(self.timeout_ms())

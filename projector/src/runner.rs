@@ -214,29 +214,9 @@ async fn lead(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Exit, ProjectionError> {
     let name = kind.name();
-    let mut conn = crate::rebuild::connect(store).await?;
-    let leased: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_lock(hashtextextended('copilot_projection:' || $1, 0))",
-    )
-    .bind(name)
-    .fetch_one(&mut conn)
-    .await?;
-    if !leased {
+    let Some(mut conn) = take_lease(store, name, &config.instance).await? else {
         return Ok(Exit::LeaseBusy);
-    }
-    sqlx::query(
-        "INSERT INTO projection_status (name, holder, acquired_at, stopped, updated_at)
-         VALUES ($1, $2, now(), NULL, now())
-         ON CONFLICT (name) DO UPDATE
-            SET holder = EXCLUDED.holder, acquired_at = now(), stopped = NULL, updated_at = now()",
-    )
-    .bind(name)
-    .bind(&config.instance)
-    .execute(&mut conn)
-    .await?;
-    metrics().leader.with_label_values(&[name]).set(1);
-    metrics().stopped.with_label_values(&[name]).set(0);
-    tracing::info!(projection = name, instance = %config.instance, "lease taken");
+    };
 
     let policy = if config.skip_poison {
         PoisonPolicy::Skip
