@@ -217,8 +217,9 @@ impl VectorModel {
                     }
                     Op::DeleteMatching(collection, filter) => {
                         self.flush(std::mem::take(&mut pending)).await?;
-                        self.guarded(Service::Store, || {
-                            self.store.delete_matching(collection, filter.clone())
+                        let store = &self.store;
+                        self.guarded(Service::Store, move || {
+                            store.delete_matching(collection, filter)
                         })
                         .await?;
                     }
@@ -556,31 +557,25 @@ impl VectorModel {
             });
         }
         for (collection, batch) in points {
-            self.guarded(Service::Store, || {
-                self.store.upsert(collection, batch.clone())
-            })
-            .await?;
+            self.guarded(Service::Store, move || self.store.upsert(collection, batch))
+                .await?;
         }
         for (collection, ids) in deletes {
-            self.guarded(Service::Store, || {
-                self.store.delete(collection, ids.clone())
-            })
-            .await?;
+            self.guarded(Service::Store, move || self.store.delete(collection, ids))
+                .await?;
         }
         Ok(())
     }
 
     async fn guarded_embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, VectorSinkError> {
+        let count = texts.len();
         let vectors = self
-            .guarded(Service::Embedder, || {
-                self.config.embedder.embed(texts.clone())
-            })
+            .guarded(Service::Embedder, move || self.config.embedder.embed(texts))
             .await?;
-        if vectors.len() != texts.len() {
+        if vectors.len() != count {
             return Err(EmbedError::BadAnswer(format!(
-                "{} vectors for {} texts",
-                vectors.len(),
-                texts.len()
+                "{} vectors for {count} texts",
+                vectors.len()
             ))
             .into());
         }
