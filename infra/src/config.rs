@@ -569,6 +569,39 @@ mod tests {
     }
 
     #[test]
+    fn embedder_settings_are_checked() {
+        let load =
+            |pairs: &[(&str, &str)]| Settings::load_from(Some(Path::new("/dev/null")), &env(pairs));
+        let err = load(&[("COPILOT_EMBEDDER", "magic")]).expect_err("unknown embedder");
+        assert!(err.to_string().contains("COPILOT_EMBEDDER"), "{err}");
+        let err = load(&[("COPILOT_EMBEDDER", "http")]).expect_err("no URL");
+        assert!(err.to_string().contains("vectors.http_url"), "{err}");
+        // The http embedder's dimension becomes the commands' one.
+        let s = load(&[
+            ("COPILOT_EMBEDDER", "http"),
+            ("COPILOT_EMBEDDER_URL", "http://127.0.0.1:8000/v1"),
+        ])
+        .expect("http embedder");
+        assert_eq!(s.commands.embedding_dimension, 1536);
+        let err = load(&[("COPILOT_EMBEDDER_DIMENSION", "x")]).expect_err("bad number");
+        assert!(
+            err.to_string().contains("COPILOT_EMBEDDER_DIMENSION"),
+            "{err}"
+        );
+        let mismatch = std::env::temp_dir().join(format!(
+            "copilot-dimension-mismatch-{}.toml",
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::write(&mismatch, "[commands]\nembedding_dimension = 1536\n").expect("write");
+        let err = Settings::load_from(Some(&mismatch), &env(&[])).expect_err("local model is 384");
+        let _ = std::fs::remove_file(&mismatch);
+        assert!(
+            err.to_string().contains("commands.embedding_dimension"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/copilot.example.toml");
         let s = Settings::load_from(Some(&example), &env(&[])).expect("example parses");
