@@ -31,6 +31,19 @@ impl Position {
     };
 }
 
+impl Position {
+    /// A text form that sorts (as bytes) in the order of positions, for
+    /// stores that compare strings (a Lua script in Redis).
+    pub fn sort_key(&self) -> String {
+        format!(
+            "{:010}.{:020}.{:020}",
+            self.generation.max(0),
+            self.tx_id.max(0),
+            self.seq.max(0)
+        )
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.generation, self.tx_id, self.seq)

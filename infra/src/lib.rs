@@ -11,3 +11,10 @@ pub mod ratelimit;
 pub mod telemetry;
 
 pub use config::{ConfigError, Settings};
+
+/// The Redis key (after the deployment's prefix) where the Redis projection
+/// says how far its cache invalidation has got: the sort key
+/// (`eventstore::Position::sort_key`) of the last position of the batch
+/// it is applying, set before that batch's invalidations run. The query
+/// service stores a response only if it was read at or after that position.
+pub const REDIS_INVALIDATED_KEY: &str = "projection:redis:invalidated";

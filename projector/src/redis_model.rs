@@ -7,7 +7,10 @@
 //!   session ends or its user is locked, deleted or forgotten;
 //! * response-cache invalidation: the keys listed in `cache:tag:{type}:{id}`
 //!   and `cache:tag:{type}:all` are deleted when an event touches that
-//!   resource or collection (the query service fills the tag sets);
+//!   resource or collection (the query service fills the tag sets); before
+//!   invalidating a batch, `projection:redis:invalidated` is set to the
+//!   batch's last position (as a sort key), so the query service can tell
+//!   whether an answer it read is already older than an invalidation;
 //! * metrics streams `metrics:events`, `metrics:tokens`,
 //!   `metrics:incidents_opened`, `metrics:step_durations` (`MAXLEN ~ 10000`,
 //!   entry ids from the event's position, so a repeated write is refused,
@@ -23,6 +26,7 @@
 use chrono::{Duration, Utc};
 use domain::{execution, incident, session, user};
 use eventstore::RecordedEvent;
+use infra::REDIS_INVALIDATED_KEY as INVALIDATED_KEY;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use uuid::Uuid;
@@ -120,6 +124,10 @@ impl RedisModel {
     pub async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), redis::RedisError> {
         let mut pipe = redis::pipe();
         let now = Utc::now();
+        if let Some(last) = events.last() {
+            pipe.set(self.key(INVALIDATED_KEY), last.position.sort_key())
+                .ignore();
+        }
         for event in events {
             // Events this build cannot decode still invalidate caches and
             // count; the SQL projections report them as poison.

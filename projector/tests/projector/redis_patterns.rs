@@ -156,11 +156,13 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
         .await
         .expect("xlen");
     assert_eq!(entries, events.min(10_000), "one metrics entry per event");
-    let open_sessions = count(&pool, &format!(
+    let open_sessions = count(
+        &pool,
         "SELECT count(*) FROM events s
           WHERE s.event_type = 'session_started'
-            AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.event_type = 'session_ended')"
-    )).await;
+            AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.event_type = 'session_ended')",
+    )
+    .await;
     let hashes = live
         .keys()
         .filter(|k| k.starts_with(&format!("{prefix}session:")))

@@ -1,0 +1,188 @@
+//! Cache-aside for responses, the seed's pattern: a key per endpoint,
+//! caller's visibility and parameters; a TTL; tag sets
+//! (`cache:tag:{type}:{id}`, `cache:tag:{type}:all`) that the Redis
+//! projection empties when an event touches the resource.
+//!
+//! Never older than the projection it came from: each entry carries the
+//! projection position it was read at, and is stored only if the Redis
+//! projection has not yet invalidated anything past that position (it
+//! publishes how far it has invalidated in `projection:redis:invalidated`
+//! before invalidating). Otherwise an event between the read and the write
+//! could have been invalidated already, leaving a stale entry behind. A
+//! request with `X-Min-Position` ignores entries read before that position.
+//!
+//! Redis is an optimisation: when it is down every lookup is a miss and
+//! the answer comes from PostgreSQL.
+
+use std::time::Duration;
+
+use eventstore::Position;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use crate::metrics::metrics;
+
+/// How long a Redis call may take before the cache is skipped.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Stores an entry and registers it in its tag sets, unless the Redis
+/// projection has invalidated past the entry's position (or is not running).
+const PUT: &str = r"
+local seen = redis.call('GET', KEYS[2])
+if not seen or seen > ARGV[3] then return 0 end
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1";
+
+use infra::REDIS_INVALIDATED_KEY as INVALIDATED_KEY;
+
+#[derive(Clone)]
+pub struct Cache {
+    conn: Option<ConnectionManager>,
+    prefix: String,
+    ttl: Duration,
+    put: Script,
+}
+
+/// A cached response body and the position it was read at.
+pub struct Entry {
+    pub position: Position,
+    pub body: Vec<u8>,
+}
+
+impl Cache {
+    /// Connects lazily: a Redis that is down at start-up is retried on use.
+    pub fn new(url: &str, prefix: &str, ttl: Duration) -> Cache {
+        let conn = redis::Client::open(url).and_then(|client| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(500)))
+                .set_response_timeout(Some(Duration::from_millis(500)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            ConnectionManager::new_lazy_with_config(client, config)
+        });
+        let conn = match conn {
+            Ok(conn) => Some(conn),
+            Err(error) => {
+                tracing::warn!(%error, "the response cache is off: bad Redis URL");
+                None
+            }
+        };
+        Cache {
+            conn,
+            prefix: prefix.to_string(),
+            ttl,
+            put: Script::new(PUT),
+        }
+    }
+
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// The entry under `key`, if there is one read at or after `min`.
+    pub async fn get(&self, key: &str, min: Option<Position>) -> Option<Entry> {
+        let mut conn = self.conn.clone()?;
+        let full = self.key(key);
+        let got = tokio::time::timeout(CALL_TIMEOUT, async {
+            redis::cmd("GET")
+                .arg(&full)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await;
+        let outcome = match got {
+            Ok(Ok(Some(raw))) => match decode(&raw) {
+                Some(entry) if min.is_none_or(|min| entry.position >= min) => {
+                    metrics().cache.with_label_values(&["hit"]).inc();
+                    return Some(entry);
+                }
+                Some(_) => "stale",
+                None => "error",
+            },
+            Ok(Ok(None)) => "miss",
+            Ok(Err(_)) | Err(_) => "error",
+        };
+        metrics().cache.with_label_values(&[outcome]).inc();
+        None
+    }
+
+    /// Stores `body` read at `position` under `key`, listed in `tags`
+    /// (`{type}:{id}` or `{type}:all`).
+    pub async fn put(&self, key: &str, tags: &[String], position: Position, body: &[u8]) {
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        let mut value = format!("{position}\n").into_bytes();
+        value.extend_from_slice(body);
+        let mut invocation = self.put.prepare_invoke();
+        invocation.key(self.key(key)).key(self.key(INVALIDATED_KEY));
+        for tag in tags {
+            invocation.key(self.key(&format!("cache:tag:{tag}")));
+        }
+        invocation
+            .arg(value)
+            .arg(self.ttl.as_secs().max(1))
+            .arg(position.sort_key());
+        let stored =
+            tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+        if let Ok(Err(error)) = stored {
+            tracing::debug!(%error, "cannot store a cached response");
+        }
+    }
+}
+
+fn decode(raw: &[u8]) -> Option<Entry> {
+    let split = raw.iter().position(|b| *b == b'\n')?;
+    let position = std::str::from_utf8(&raw[..split]).ok()?.parse().ok()?;
+    Some(Entry {
+        position,
+        body: raw[split + 1..].to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_keys_sort_like_positions() {
+        let a = Position {
+            generation: 0,
+            tx_id: 999,
+            seq: 5,
+        };
+        let b = Position {
+            generation: 0,
+            tx_id: 1000,
+            seq: 1,
+        };
+        let c = Position {
+            generation: 1,
+            tx_id: 1,
+            seq: 1,
+        };
+        assert!(a.sort_key() < b.sort_key());
+        assert!(b.sort_key() < c.sort_key());
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let raw = b"0.12.3\n{\"items\":[]}";
+        let entry = decode(raw).expect("decodes");
+        assert_eq!(entry.position.to_string(), "0.12.3");
+        assert_eq!(entry.body, b"{\"items\":[]}");
+        assert!(decode(b"no newline").is_none());
+    }
+}

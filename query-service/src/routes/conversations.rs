@@ -1,0 +1,227 @@
+//! `GET /v1/conversations`, `/v1/conversations/{id}`,
+//! `/v1/conversations/{id}/messages`: the caller's own (row-level
+//! security), every user's for admins.
+
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::Source;
+use crate::problem::{ApiError, ApiResult};
+use crate::request::{page, path_id, Caller, Params, ReadConsistency, Seq, TimeId};
+use crate::state::{Answer, AppState, CacheSpec};
+
+/// A conversation with its message count and token and cost totals.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    /// `active`, `archived` or `deleted`.
+    pub status: String,
+    pub tags: Vec<String>,
+    pub context: Option<serde_json::Value>,
+    pub message_count: i32,
+    pub total_tokens: i64,
+    pub total_cost_usd: f64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationPage {
+    pub items: Vec<Conversation>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub sequence: i32,
+    /// `user`, `assistant`, `system` or `tool`.
+    pub role: String,
+    pub content: Option<String>,
+    pub tool_calls: Option<serde_json::Value>,
+    pub tool_results: Option<serde_json::Value>,
+    pub tokens_in: i32,
+    pub tokens_out: i32,
+    pub cost_usd: f64,
+    pub rating: Option<i16>,
+    pub feedback: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub rated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub items: Vec<Message>,
+    pub next_cursor: Option<String>,
+}
+
+const COLUMNS: &str =
+    "id, user_id, title, model, status::text AS status, tags, context, message_count,
+    total_tokens, total_cost_usd::float8 AS total_cost_usd, last_message_at, created_at, updated_at,
+    archived_at, deleted_at";
+
+/// Conversations, newest first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
+    params(("status" = Option<String>, Query, description = "active | archived | deleted"),
+           ("tag" = Option<String>, Query, description = "only conversations carrying this tag"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
+           ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ConversationPage)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ReadConsistency(consistency): ReadConsistency,
+    params: Params,
+) -> ApiResult<Answer> {
+    params.only(&["status", "tag", "limit", "cursor"])?;
+    let status = params.one_of("status", &["active", "archived", "deleted"])?;
+    let tag = params.text("tag")?;
+    let limit = params.limit()?;
+    let after: Option<TimeId> = params.cursor()?;
+    let spec = CacheSpec::new(
+        "conversations",
+        &caller,
+        &[&params.canonical()],
+        vec!["conversation:all".into()],
+    );
+    if let Some(hit) = state.cached(&spec, consistency).await {
+        return Ok(hit);
+    }
+    let mut read = state
+        .db
+        .read(Some(&caller), Source::Relational, consistency)
+        .await?;
+    let rows: Vec<Conversation> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_model.conversations
+          WHERE ($1 OR user_id = $2)
+            AND ($3::text IS NULL OR status::text = $3)
+            AND ($4::text IS NULL OR tags @> ARRAY[$4])
+            AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $7"
+    ))
+    .bind(caller.admin)
+    .bind(caller.user_id)
+    .bind(status)
+    .bind(tag)
+    .bind(after.map(|k| k.0))
+    .bind(after.map(|k| k.1))
+    .bind(limit + 1)
+    .fetch_all(&mut *read.tx)
+    .await?;
+    read.tx.commit().await?;
+    let (items, next_cursor) = page(rows, limit, |c| TimeId(c.created_at, c.id));
+    state
+        .answer(
+            Some(&spec),
+            read.position,
+            &ConversationPage { items, next_cursor },
+        )
+        .await
+}
+
+async fn visible(tx: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<Conversation> {
+    let found: Option<Conversation> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_model.conversations WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    found.ok_or(ApiError::NotFound("conversation"))
+}
+
+/// One conversation.
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations",
+    params(("id" = Uuid, Path, description = "conversation id")),
+    responses((status = 200, body = Conversation)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ReadConsistency(consistency): ReadConsistency,
+    Path(id): Path<String>,
+) -> ApiResult<Answer> {
+    let id = path_id(&id, "id")?;
+    let spec = CacheSpec::new(
+        "conversation",
+        &caller,
+        &[&id.to_string()],
+        vec![format!("conversation:{id}")],
+    );
+    if let Some(hit) = state.cached(&spec, consistency).await {
+        return Ok(hit);
+    }
+    let mut read = state
+        .db
+        .read(Some(&caller), Source::Relational, consistency)
+        .await?;
+    let conversation = visible(&mut read.tx, id).await?;
+    read.tx.commit().await?;
+    state
+        .answer(Some(&spec), read.position, &conversation)
+        .await
+}
+
+/// A conversation's messages, in order.
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "conversations",
+    params(("id" = Uuid, Path, description = "conversation id"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
+           ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = MessagePage)))]
+pub async fn messages(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ReadConsistency(consistency): ReadConsistency,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult<Answer> {
+    let id = path_id(&id, "id")?;
+    params.only(&["limit", "cursor"])?;
+    let limit = params.limit()?;
+    let after: Option<Seq> = params.cursor()?;
+    let spec = CacheSpec::new(
+        "messages",
+        &caller,
+        &[&id.to_string(), &params.canonical()],
+        vec![format!("conversation:{id}")],
+    );
+    if let Some(hit) = state.cached(&spec, consistency).await {
+        return Ok(hit);
+    }
+    let mut read = state
+        .db
+        .read(Some(&caller), Source::Relational, consistency)
+        .await?;
+    visible(&mut read.tx, id).await?;
+    let rows: Vec<Message> = sqlx::query_as(
+        "SELECT id, conversation_id, sequence, role::text AS role, content, tool_calls, tool_results,
+                tokens_in, tokens_out, cost_usd::float8 AS cost_usd, rating, feedback, created_at, rated_at
+           FROM read_model.messages
+          WHERE conversation_id = $1 AND sequence > $2
+          ORDER BY sequence
+          LIMIT $3",
+    )
+    .bind(id)
+    .bind(after.map_or(0, |s| s.0))
+    .bind(limit + 1)
+    .fetch_all(&mut *read.tx)
+    .await?;
+    read.tx.commit().await?;
+    let (items, next_cursor) = page(rows, limit, |m| Seq(i64::from(m.sequence)));
+    state
+        .answer(
+            Some(&spec),
+            read.position,
+            &MessagePage { items, next_cursor },
+        )
+        .await
+}

@@ -1,0 +1,190 @@
+//! The router: every endpoint of the contract, and the layers every
+//! request passes (size limits, timeout, metrics, the position header).
+
+pub mod audit;
+pub mod conversations;
+pub mod dashboard;
+pub mod incidents;
+pub mod live;
+pub mod streams;
+pub mod users;
+pub mod workflows;
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::metrics::metrics;
+use crate::problem::ApiError;
+use crate::state::{AppState, POSITION_HEADER};
+
+/// Largest request body accepted (a search with a 4,096-dimension vector fits).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest total of request header names and values.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard_page))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(crate::openapi::document))
+        .route("/v1/me", get(users::me))
+        .route("/v1/users", get(users::list_users))
+        .route("/v1/users/{id}", get(users::get_user))
+        .route("/v1/sessions", get(users::list_sessions))
+        .route("/v1/conversations", get(conversations::list))
+        .route("/v1/conversations/{id}", get(conversations::get))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(conversations::messages),
+        )
+        .route("/v1/workflows", get(workflows::list))
+        .route("/v1/workflows/{id}", get(workflows::get))
+        .route("/v1/executions", get(workflows::list_executions))
+        .route("/v1/executions/{id}", get(workflows::get_execution))
+        .route("/v1/incidents", get(incidents::list))
+        .route("/v1/incidents/{id}", get(incidents::get))
+        .route("/v1/runbooks", get(incidents::list_runbooks))
+        .route("/v1/runbooks/{id}", get(incidents::get_runbook))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/search", post(crate::search::search))
+        .route("/v1/dashboard/summary", get(dashboard::summary))
+        .route("/v1/commands/{command_id}", get(streams::command))
+        .route("/v1/streams/{id}/events", get(streams::events))
+        .route("/v1/live", get(live::live))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+struct MethodNotAllowed;
+
+impl IntoResponse for MethodNotAllowed {
+    fn into_response(self) -> Response {
+        let problem = crate::problem::Problem {
+            kind: "/problems/method-not-allowed".into(),
+            title: "Method Not Allowed".into(),
+            status: 405,
+            detail: "this route does not take that method".into(),
+            parameter: None,
+        };
+        crate::problem::problem_response(&problem)
+    }
+}
+
+/// Size limits, the request timeout, metrics and `X-Projection-Position`.
+async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let method = request.method().to_string();
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let mut response = if header_bytes > MAX_HEADER_BYTES {
+        ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response()
+    } else {
+        let timeout = state.request_timeout;
+        match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+                .into_response(),
+        }
+    };
+    if !response.headers().contains_key(POSITION_HEADER) {
+        let position = state.db.progress.current("relational");
+        if let Ok(value) = HeaderValue::from_str(&position.to_string()) {
+            response.headers_mut().insert(POSITION_HEADER, value);
+        }
+    }
+    let m = metrics();
+    m.requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    m.latency
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let m = metrics();
+    let pools = std::iter::once(("primary", &state.db.primary))
+        .chain(state.db.replica.iter().map(|r| ("replica", r)));
+    for (name, pool) in pools {
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        let size = i64::from(pool.size());
+        m.pool.with_label_values(&[name, "idle"]).set(idle);
+        m.pool.with_label_values(&[name, "in_use"]).set(size - idle);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        infra::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn dashboard_page() -> Html<&'static str> {
+    Html(include_str!("../../static/index.html"))
+}
+
+/// A JSON request body: `Content-Type: application/json`, at most
+/// [`MAX_BODY_BYTES`], unknown fields refused, a wrong field named.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::bad(
+                "Content-Type",
+                "the body must be application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge(MAX_BODY_BYTES)
+                } else {
+                    ApiError::bad("body", format!("cannot read the body: {rejection}"))
+                }
+            })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let detail = format!("malformed JSON body at `{path}`: {}", e.inner());
+            ApiError::bad("body", detail)
+        })?;
+        deserializer
+            .end()
+            .map_err(|e| ApiError::bad("body", format!("malformed JSON body: {e}")))?;
+        Ok(JsonBody(value))
+    }
+}

@@ -1,0 +1,125 @@
+//! What the handlers share, and the path every cached read takes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use eventstore::Position;
+use infra::ratelimit::SlidingWindow;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Authenticator, Principal};
+use crate::cache::Cache;
+use crate::db::{Consistency, Db};
+use crate::problem::ApiError;
+use crate::search::Search;
+
+pub const POSITION_HEADER: HeaderName = HeaderName::from_static("x-projection-position");
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-cache");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Arc<Db>,
+    pub auth: Arc<Authenticator>,
+    pub cache: Cache,
+    pub rate_limit: Option<SlidingWindow>,
+    pub search: Option<Arc<Search>>,
+    pub health: Arc<crate::health::Health>,
+    /// For `/v1/live`: each stream has its own pub/sub connection.
+    pub pubsub: Option<redis::Client>,
+    pub request_timeout: Duration,
+}
+
+/// A response body and the projection position it reflects.
+pub struct Answer {
+    pub position: Position,
+    pub body: Vec<u8>,
+    /// `hit`, `miss` (stored or not) or `none` (not cacheable).
+    pub cache: &'static str,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&self.position.to_string()) {
+            headers.insert(POSITION_HEADER, value);
+        }
+        headers.insert(CACHE_HEADER, HeaderValue::from_static(self.cache));
+        response
+    }
+}
+
+/// Where a cacheable answer lives and which resources it depends on.
+pub struct CacheSpec {
+    pub key: String,
+    /// `{stream type}:{id}` or `{stream type}:all`.
+    pub tags: Vec<String>,
+}
+
+impl CacheSpec {
+    /// The key of `route` with `parts` (path ids, canonical parameters) as
+    /// the caller sees it.
+    pub fn new(route: &str, caller: &Principal, parts: &[&str], tags: Vec<String>) -> CacheSpec {
+        let mut hash = Sha256::new();
+        for part in parts {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let digest: String = hash.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        CacheSpec {
+            key: format!("cache:resp:{route}:{}:{digest}", caller.visibility()),
+            tags,
+        }
+    }
+}
+
+impl AppState {
+    /// A cached answer good for `consistency`, if Redis has one.
+    pub async fn cached(&self, spec: &CacheSpec, consistency: Consistency) -> Option<Answer> {
+        self.cache
+            .get(&spec.key, consistency.min)
+            .await
+            .map(|entry| Answer {
+                position: entry.position,
+                body: entry.body,
+                cache: "hit",
+            })
+    }
+
+    /// Serialises `value` read at `position`, storing it under `spec`.
+    pub async fn answer<T: Serialize>(
+        &self,
+        spec: Option<&CacheSpec>,
+        position: Position,
+        value: &T,
+    ) -> Result<Answer, ApiError> {
+        let body =
+            serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("encode: {e}")))?;
+        let cache = match spec {
+            Some(spec) => {
+                self.cache.put(&spec.key, &spec.tags, position, &body).await;
+                "miss"
+            }
+            None => "none",
+        };
+        Ok(Answer {
+            position,
+            body,
+            cache,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! The response cache: a repeated request is served from Redis (and the
+//! metrics say so); an event that changes the resource makes the next
+//! answer fresh; with Redis unreachable every endpoint answers the same.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Options, Stack};
+
+#[sqlx::test(migrations = "../migrations")]
+async fn repeated_reads_hit_and_events_invalidate(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let (_, alice) = stack.user("operator").await;
+    let incident = Uuid::now_v7();
+    let opened = stack
+        .ok(
+            "incident.open",
+            incident,
+            json!({"title": "first", "description": "d", "severity": "low", "affected_services": ["x"]}),
+            &alice,
+        )
+        .await;
+    // Wait for the Redis projection too, so the entry can be stored.
+    let path = format!("/v1/incidents/{incident}");
+    let first = stack.get_at(&path, &alice, &opened).await;
+    assert_eq!(first.status, 200);
+    let mut hit = None;
+    for _ in 0..100 {
+        let hits_before = stack
+            .metric("copilot_http_cache_total{outcome=\"hit\"}")
+            .await;
+        let again = stack.get(&path, &alice).await;
+        if again.header("x-cache") == Some("hit") {
+            assert_eq!(again.body, first.body, "the cached answer is the answer");
+            let hits_after = stack
+                .metric("copilot_http_cache_total{outcome=\"hit\"}")
+                .await;
+            assert!(hits_after > hits_before, "the hit is counted");
+            hit = Some(again);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(hit.is_some(), "a repeated request is served from Redis");
+
+    // An event on the incident: the next answer is fresh, once the
+    // projections (relational and Redis) have it, without X-Min-Position.
+    stack
+        .ok(
+            "incident.change_severity",
+            incident,
+            json!({"severity": "critical"}),
+            &alice,
+        )
+        .await;
+    let mut fresh = false;
+    for _ in 0..200 {
+        let reply = stack.get(&path, &alice).await;
+        if reply.body["severity"] == "critical" {
+            fresh = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(fresh, "the change reached the cached resource");
+    stack.finish().await;
+}
+
+/// Every GET endpoint of the contract, with parameters.
+fn paths(conversation: Uuid, incident: Uuid, user: Uuid) -> Vec<String> {
+    vec![
+        "/v1/me".into(),
+        "/v1/users".into(),
+        format!("/v1/users/{user}"),
+        "/v1/conversations".into(),
+        format!("/v1/conversations/{conversation}"),
+        format!("/v1/conversations/{conversation}/messages"),
+        "/v1/workflows".into(),
+        "/v1/executions".into(),
+        "/v1/incidents?severity=high".into(),
+        format!("/v1/incidents/{incident}"),
+        "/v1/runbooks".into(),
+        "/v1/audit?resource_type=incident".into(),
+        format!("/v1/streams/{incident}/events"),
+    ]
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn without_redis_every_endpoint_still_answers_the_same(pool: PgPool) {
+    let stack = Stack::start(pool.clone()).await;
+    let (admin_id, admin) = stack.user("admin").await;
+    let conversation = Uuid::now_v7();
+    stack
+        .ok(
+            "conversation.start",
+            conversation,
+            json!({"title": "c"}),
+            &admin,
+        )
+        .await;
+    stack
+        .ok(
+            "conversation.append_message",
+            conversation,
+            json!({"message_id": Uuid::now_v7(), "role": "user", "content": "hello"}),
+            &admin,
+        )
+        .await;
+    let incident = Uuid::now_v7();
+    let last = stack
+        .ok(
+            "incident.open",
+            incident,
+            json!({"title": "t", "description": "d", "severity": "high", "affected_services": ["x"]}),
+            &admin,
+        )
+        .await;
+    stack.get_at("/v1/audit", &admin, &last).await;
+
+    // A second query service on the same database whose Redis is a port
+    // where nothing listens.
+    let dark = Stack::start_with(
+        pool,
+        Options {
+            redis_url: "redis://127.0.0.1:1".into(),
+            writers: false,
+            rate_limit_per_minute: Some(10),
+            ..Options::default()
+        },
+    )
+    .await;
+    for path in paths(conversation, incident, admin_id) {
+        let normal = stack.get_at(&path, &admin, &last).await;
+        let without = dark.get_at(&path, &admin, &last).await;
+        assert_eq!(normal.status, 200, "{path}: {:?}", normal.body);
+        assert_eq!(
+            without.status, 200,
+            "{path} without Redis: {:?}",
+            without.body
+        );
+        assert_eq!(strip(normal.body), strip(without.body), "{path}");
+    }
+    let summary = dark.get("/v1/dashboard/summary", &admin).await;
+    assert_eq!(summary.status, 200);
+    // The rate limit fails open without Redis (more than its 10 a minute passed).
+    assert!(
+        dark.metric("copilot_http_rate_limited_total{kind=\"unchecked\"}")
+            .await
+            >= 10.0
+    );
+    let ready = dark.get_with("/readyz", None, &[]).await;
+    assert_eq!(ready.status, 503, "readiness names the missing dependency");
+    assert!(ready.body.to_string().contains("redis"));
+    dark.finish().await;
+    stack.finish().await;
+}
+
+/// Fields that depend on the clock, not on the data.
+fn strip(mut body: Value) -> Value {
+    if let Some(items) = body.get_mut("items").and_then(Value::as_array_mut) {
+        for item in items {
+            if let Some(o) = item.as_object_mut() {
+                o.remove("last_seen_at");
+            }
+        }
+    }
+    body
+}

@@ -1,0 +1,419 @@
+//! The query service through HTTP, against data made by commands: the
+//! command service on its own NATS prefix, the projector (relational,
+//! audit, Redis) and the query service on a free port, each test on its
+//! own database and Redis key prefix.
+
+mod bad_requests;
+mod bola;
+mod cache;
+mod consistency;
+mod endpoints;
+mod live;
+mod replica;
+mod search;
+
+use std::time::Duration;
+
+use command_service::{CommandResult, ServiceConfig, Status};
+use eventstore::{EventStore, StoreOptions};
+use query_service::{QueryConfig, Search};
+use reqwest::header::HeaderMap;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub const NATS: &str = "nats://127.0.0.1:4222";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+
+pub struct Stack {
+    pub pool: PgPool,
+    pub nats_prefix: String,
+    pub redis_prefix: String,
+    pub client: async_nats::Client,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub bootstrap: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Options {
+    pub redis_url: String,
+    pub replica: Option<PgPool>,
+    pub rate_limit_per_minute: Option<u32>,
+    pub search: Option<std::sync::Arc<Search>>,
+    pub vectors: Option<projector::VectorConfig>,
+    /// Run the command service and projector (false: a second query
+    /// service beside another stack's).
+    pub writers: bool,
+    pub redis_prefix: Option<String>,
+    pub nats_prefix: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            redis_url: REDIS.into(),
+            replica: None,
+            rate_limit_per_minute: None,
+            search: None,
+            vectors: None,
+            writers: true,
+            redis_prefix: None,
+            nats_prefix: None,
+        }
+    }
+}
+
+async fn until(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+impl Stack {
+    pub async fn start(pool: PgPool) -> Stack {
+        Stack::start_with(pool, Options::default()).await
+    }
+
+    pub async fn start_with(pool: PgPool, options: Options) -> Stack {
+        let id = &Uuid::new_v4().simple().to_string()[..12];
+        let nats_prefix = options
+            .nats_prefix
+            .clone()
+            .unwrap_or_else(|| format!("q{id}"));
+        let redis_prefix = options
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| format!("test:{id}:"));
+        let bootstrap = format!("boot-{}", Uuid::new_v4());
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        if options.writers {
+            let config = ServiceConfig {
+                nats_url: NATS.into(),
+                prefix: nats_prefix.clone(),
+                max_message_bytes: 64 * 1024,
+                embedding_dimension: 384,
+                bootstrap_token: Some(SecretString::from(bootstrap.clone())),
+                rate_limit: None,
+                max_in_flight: 64,
+            };
+            let s = store.clone();
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                command_service::run(config, s, until(rx))
+                    .await
+                    .expect("command service");
+            }));
+            let projector_config = projector::ProjectorConfig {
+                batch_size: 500,
+                lease_retry: Duration::from_millis(100),
+                redis: Some(projector::redis_model::RedisConfig {
+                    url: REDIS.into(),
+                    prefix: redis_prefix.clone(),
+                }),
+                vectors: options.vectors.clone(),
+                ..projector::ProjectorConfig::default()
+            };
+            let s = store.clone();
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                projector::run(projector_config, s, until(rx))
+                    .await
+                    .expect("projector");
+            }));
+        }
+        let mut config = QueryConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            &options.redis_url,
+            &redis_prefix,
+        );
+        config.nats_url = Some(NATS.into());
+        config.replica = options.replica.clone();
+        config.rate_limit_per_minute = options.rate_limit_per_minute;
+        config.search = options.search.clone();
+        // Its own pool, as in a deployment (the test pool has 5 connections).
+        let query_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .expect("query pool");
+        let bound = query_service::bind(config, query_pool.clone())
+            .await
+            .expect("query service binds");
+        let addr = bound.local_addr().expect("address");
+        let rx = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            bound.serve(until(rx)).await.expect("query service");
+            query_pool.close().await;
+        }));
+        let client = async_nats::connect(NATS)
+            .await
+            .expect("NATS on 127.0.0.1:4222");
+        let stack = Stack {
+            pool,
+            nats_prefix,
+            redis_prefix,
+            client,
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            bootstrap,
+            stop,
+            tasks,
+        };
+        if options.writers {
+            stack.wait_for_command_service().await;
+        }
+        stack
+    }
+
+    async fn wait_for_command_service(&self) {
+        for _ in 0..100 {
+            let probe = self.client.request(
+                format!("{}.rpc.session.touch", self.nats_prefix),
+                "{}".into(),
+            );
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("command service did not start");
+    }
+
+    /// Stops every task, removes the streams and the Redis keys.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+        let js = async_nats::jetstream::new(self.client.clone());
+        let (commands, results) = command_service::stream_names(&self.nats_prefix);
+        let _ = js.delete_stream(commands).await;
+        let _ = js.delete_stream(results).await;
+        clear_redis(&self.redis_prefix).await;
+    }
+
+    pub async fn command(
+        &self,
+        command_type: &str,
+        aggregate: Uuid,
+        payload: Value,
+        token: &str,
+    ) -> CommandResult {
+        let envelope =
+            json!({"command_id": Uuid::now_v7(), "aggregate_id": aggregate, "payload": payload});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        headers.insert("Authorization", format!("Bearer {token}").as_str());
+        let reply = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.request_with_headers(
+                format!("{}.rpc.{command_type}", self.nats_prefix),
+                headers,
+                serde_json::to_vec(&envelope).expect("json").into(),
+            ),
+        )
+        .await
+        .expect("answered in time")
+        .expect("reply");
+        serde_json::from_slice(&reply.payload).expect("JSON result")
+    }
+
+    /// A command that must be accepted; returns its position.
+    pub async fn ok(
+        &self,
+        command_type: &str,
+        aggregate: Uuid,
+        payload: Value,
+        token: &str,
+    ) -> String {
+        let result = self.command(command_type, aggregate, payload, token).await;
+        assert_eq!(
+            result.status,
+            Status::Accepted,
+            "{command_type}: {result:?}"
+        );
+        result.position.expect("accepted commands have a position")
+    }
+
+    /// Registers a user (with the bootstrap token) and signs them in:
+    /// (user id, session token).
+    pub async fn user(&self, role: &str) -> (Uuid, String) {
+        let user_id = Uuid::now_v7();
+        let email = format!("{}@example.com", Uuid::new_v4().simple());
+        let bootstrap = self.bootstrap.clone();
+        self.ok(
+            "user.register",
+            user_id,
+            json!({"email": email, "display_name": "Test User", "password": "correct horse", "role": role}),
+            &bootstrap,
+        )
+        .await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let envelope = json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(),
+            "payload": {"email": email, "password": "correct horse", "device_fingerprint": "test"}});
+        let reply = self
+            .client
+            .request_with_headers(
+                format!("{}.rpc.session.start", self.nats_prefix),
+                headers,
+                serde_json::to_vec(&envelope).expect("json").into(),
+            )
+            .await
+            .expect("reply");
+        let started: CommandResult = serde_json::from_slice(&reply.payload).expect("result");
+        assert_eq!(started.status, Status::Accepted, "{started:?}");
+        let token = started
+            .data
+            .as_ref()
+            .and_then(|d| d["token"].as_str())
+            .expect("token")
+            .to_string();
+        (user_id, token)
+    }
+
+    pub async fn get_with(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::from(request.send().await.expect("HTTP request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.get_with(path, Some(token), &[]).await
+    }
+
+    /// GET after the projections passed `position` (read-your-writes).
+    pub async fn get_at(&self, path: &str, token: &str, position: &str) -> Reply {
+        self.get_with(path, Some(token), &[("X-Min-Position", position)])
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body);
+        Reply::from(request.send().await.expect("HTTP request")).await
+    }
+
+    /// Every item of a list, following `next_cursor` pages of `limit`.
+    pub async fn walk(&self, path: &str, token: &str, limit: usize) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        let join = if path.contains('?') { '&' } else { '?' };
+        for _ in 0..10_000 {
+            let mut url = format!("{path}{join}limit={limit}");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let reply = self.get(&url, token).await;
+            assert_eq!(reply.status, 200, "{url}: {:?}", reply.body);
+            let page = reply.body["items"].as_array().expect("items").clone();
+            assert!(page.len() <= limit, "a page longer than its limit");
+            items.extend(page);
+            match reply.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return items,
+            }
+        }
+        panic!("pagination never ended");
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json answer with `status`.
+    pub fn problem(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{:?}",
+            self.body
+        );
+        assert_eq!(self.body["status"].as_u64(), Some(u64::from(status)));
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        &self.body
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["id"].as_str().expect("id").to_string())
+            .collect()
+    }
+}
+
+pub async fn clear_redis(prefix: &str) {
+    let Ok(client) = redis::Client::open(REDIS) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
