@@ -32,6 +32,8 @@ pub enum Operation {
     CommandService,
     /// Run the projector (read models and audit log) until SIGTERM or Ctrl-C.
     Projector,
+    /// Run the query API (HTTP, COPILOT_HTTP_ADDR) until SIGTERM or Ctrl-C.
+    QueryService,
     /// Rebuild SQL projections from the start of the log. Without a limit
     /// it builds blue/green into a shadow schema and swaps it in; with
     /// --until-position or --until-time it builds `<schema>_asof` for

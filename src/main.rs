@@ -41,7 +41,12 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         }
         Operation::Projector => {
             let _metrics = up::serve_metrics(&settings).await?;
-            up::projector(settings, shutdown::signal()).await
+            let vectors = up::vector_config(&settings).await?;
+            up::projector(settings, shutdown::signal(), vectors).await
+        }
+        Operation::QueryService => {
+            let search = up::standalone_search(&settings)?;
+            up::query_service(settings, shutdown::signal(), search).await
         }
         Operation::Replay(args) => ops::replay(args, &settings).await,
         Operation::Verify(args) => ops::verify(args, &settings).await,

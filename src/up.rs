@@ -137,9 +137,12 @@ pub fn open_embedder(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn v
     }
 }
 
-pub async fn projector_config(settings: &Settings) -> anyhow::Result<projector::ProjectorConfig> {
+pub fn projector_config(
+    settings: &Settings,
+    vectors: Option<projector::VectorConfig>,
+) -> projector::ProjectorConfig {
     let p = &settings.projector;
-    Ok(projector::ProjectorConfig {
+    projector::ProjectorConfig {
         batch_size: p.batch_size,
         skip_poison: p.skip_poison,
         lease_retry: p.lease_retry,
@@ -148,17 +151,26 @@ pub async fn projector_config(settings: &Settings) -> anyhow::Result<projector::
             prefix: settings.nats.prefix.clone(),
         }),
         redis: p.redis.then(|| redis_config(settings)),
-        vectors: vector_config(settings).await?,
+        vectors,
         ..projector::ProjectorConfig::default()
-    })
+    }
 }
 
-/// Every role in one process: the command service and the projector.
+/// Every role in one process: the command service, the projector and the
+/// query service, which searches the projector's own vector store (the
+/// embedded store is locked to one process).
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let _metrics = serve_metrics(&settings).await?;
+    let vectors = vector_config(&settings).await?;
+    let search = vectors.as_ref().map(|v| {
+        std::sync::Arc::new(query_service::Search {
+            store: v.store.clone(),
+            embedder: v.embedder.clone(),
+        })
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -171,7 +183,8 @@ pub async fn run(
     tokio::try_join!(
         signal,
         command_service(settings.clone(), until_stopped(stopped.clone())),
-        projector(settings.clone(), until_stopped(stopped.clone())),
+        projector(settings.clone(), until_stopped(stopped.clone()), vectors),
+        query_service(settings.clone(), until_stopped(stopped.clone()), search),
     )?;
     tracing::info!("stopped");
     Ok(())
@@ -180,10 +193,16 @@ pub async fn run(
 pub async fn projector(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
+    vectors: Option<projector::VectorConfig>,
 ) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     tracing::info!("projector running");
-    projector::run(projector_config(&settings).await?, store.clone(), shutdown).await?;
+    projector::run(
+        projector_config(&settings, vectors),
+        store.clone(),
+        shutdown,
+    )
+    .await?;
     store.pool().close().await;
     Ok(())
 }
@@ -195,5 +214,66 @@ pub async fn command_service(
     let store = open_store(&settings).await?;
     command_service::run(command_service_config(&settings), store.clone(), shutdown).await?;
     store.pool().close().await;
+    Ok(())
+}
+
+/// Semantic search for a query service in a process of its own: only a
+/// Qdrant server can be shared with the projector's process.
+pub fn standalone_search(
+    settings: &Settings,
+) -> anyhow::Result<Option<std::sync::Arc<query_service::Search>>> {
+    let v = &settings.vectors;
+    if !v.enabled {
+        return Ok(None);
+    }
+    let Some(url) = &v.qdrant_url else {
+        tracing::warn!(
+            "semantic search is off in a separate query-service process with the embedded vector store \
+             (it belongs to the projector's process): use `copilot-data up` or set COPILOT_QDRANT_URL"
+        );
+        return Ok(None);
+    };
+    let embedder = open_embedder(settings)?;
+    let dimension = embedder.info().dimension;
+    let store = vectors::qdrant::QdrantStore::connect(url, dimension, "")?;
+    Ok(Some(std::sync::Arc::new(query_service::Search {
+        store: projector::vector_model::opener_of(std::sync::Arc::new(store)),
+        embedder,
+    })))
+}
+
+pub fn query_config(
+    settings: &Settings,
+    search: Option<std::sync::Arc<query_service::Search>>,
+) -> anyhow::Result<query_service::QueryConfig> {
+    let http = &settings.http;
+    let mut config = query_service::QueryConfig::new(
+        http.addr,
+        settings.redis.url.expose_secret(),
+        &settings.redis.prefix,
+    );
+    config.nats_url = Some(settings.nats.url.clone());
+    config.replica = http
+        .replica_url
+        .as_ref()
+        .map(|url| infra::postgres::replica_pool(url.expose_secret(), &settings.database))
+        .transpose()?;
+    config.cache_ttl = http.cache_ttl;
+    config.rate_limit_per_minute =
+        (http.rate_limit_per_minute > 0).then_some(http.rate_limit_per_minute);
+    config.request_timeout = http.request_timeout;
+    config.search = search;
+    Ok(config)
+}
+
+pub async fn query_service(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    search: Option<std::sync::Arc<query_service::Search>>,
+) -> anyhow::Result<()> {
+    let pool = infra::postgres::prepare(&settings.database).await?;
+    let config = query_config(&settings, search)?;
+    query_service::run(config, pool.clone(), shutdown).await?;
+    pool.close().await;
     Ok(())
 }

@@ -76,6 +76,16 @@ pub struct NatsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: SocketAddr,
+    /// A read replica of the database: the query API reads there first.
+    pub replica_url: Option<SecretString>,
+    /// How long a cached response may live (invalidation usually ends it sooner).
+    #[serde(with = "seconds")]
+    pub cache_ttl: Duration,
+    /// Requests per minute per principal; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+    /// A request taking longer is answered 504.
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +237,11 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            replica_url: None,
+            cache_ttl: Duration::from_secs(300),
+            rate_limit_per_minute: 6000,
+            // Above the longest X-Wait-Ms (30 s) a client may ask for.
+            request_timeout: Duration::from_secs(35),
         }
     }
 }
@@ -326,6 +341,15 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_HTTP_ADDR") {
             self.http.addr = parse("COPILOT_HTTP_ADDR", &v)?;
+        }
+        if let Some(v) = get("COPILOT_REPLICA_DATABASE_URL") {
+            self.http.replica_url = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("COPILOT_HTTP_CACHE_TTL_SECS") {
+            self.http.cache_ttl = Duration::from_secs(parse("COPILOT_HTTP_CACHE_TTL_SECS", &v)?);
+        }
+        if let Some(v) = get("COPILOT_HTTP_RATE_LIMIT_PER_MINUTE") {
+            self.http.rate_limit_per_minute = parse("COPILOT_HTTP_RATE_LIMIT_PER_MINUTE", &v)?;
         }
         if let Some(v) = get("COPILOT_BOOTSTRAP_TOKEN") {
             self.bootstrap_token = Some(SecretString::from(v));

@@ -98,6 +98,22 @@ pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<b
     }
 }
 
+/// A pool on a read replica at `url`, with the primary's pool settings,
+/// connecting lazily: a replica that is down at start-up is not an error
+/// (readers fall back to the primary).
+pub fn replica_pool(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbSetupError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(DbSetupError::Url)?
+        .application_name("copilot-data-replica")
+        .log_statements(tracing::log::LevelFilter::Debug);
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(1))
+        .idle_timeout(settings.idle_timeout)
+        .max_lifetime(settings.max_lifetime)
+        .connect_lazy_with(options))
+}
+
 /// Creates the database if needed, connects and applies every migration.
 pub async fn prepare(settings: &DatabaseSettings) -> Result<PgPool, DbSetupError> {
     if create_database_if_missing(settings).await? {
