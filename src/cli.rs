@@ -135,4 +135,7 @@ pub enum Workload {
     /// vector store on --points points: upsert rate, HNSW search p50/p99
     /// and recall@10, beside exact search.
     Vectors,
+    /// 32 clients reading three query API endpoints, cached and uncached,
+    /// beside a bare Redis GET and the endpoint's bare SQL.
+    Query,
 }

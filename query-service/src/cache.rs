@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use eventstore::Position;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -50,7 +51,7 @@ pub struct Cache {
 /// A cached response body and the position it was read at.
 pub struct Entry {
     pub position: Position,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 impl Cache {
@@ -103,7 +104,7 @@ impl Cache {
         })
         .await;
         let outcome = match got {
-            Ok(Ok(Some(raw))) => match decode(&raw) {
+            Ok(Ok(Some(raw))) => match decode(raw) {
                 Some(entry) if min.is_none_or(|min| entry.position >= min) => {
                     metrics().cache.with_label_values(&["hit"]).inc();
                     return Some(entry);
@@ -143,12 +144,13 @@ impl Cache {
     }
 }
 
-fn decode(raw: &[u8]) -> Option<Entry> {
+/// Splits `position\nbody` without copying the body.
+fn decode(raw: Vec<u8>) -> Option<Entry> {
     let split = raw.iter().position(|b| *b == b'\n')?;
     let position = std::str::from_utf8(&raw[..split]).ok()?.parse().ok()?;
     Some(Entry {
         position,
-        body: raw[split + 1..].to_vec(),
+        body: Bytes::from(raw).slice(split + 1..),
     })
 }
 
@@ -180,9 +182,9 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let raw = b"0.12.3\n{\"items\":[]}";
-        let entry = decode(raw).expect("decodes");
+        let entry = decode(raw.to_vec()).expect("decodes");
         assert_eq!(entry.position.to_string(), "0.12.3");
         assert_eq!(entry.body, b"{\"items\":[]}");
-        assert!(decode(b"no newline").is_none());
+        assert!(decode(b"no newline".to_vec()).is_none());
     }
 }

@@ -42,6 +42,9 @@ impl Source {
 pub struct Consistency {
     pub min: Option<Position>,
     pub wait: Duration,
+    /// `Cache-Control: no-cache`: answer from the database (the answer is
+    /// still stored for others).
+    pub fresh: bool,
 }
 
 pub struct Db {
@@ -96,6 +99,18 @@ impl Db {
         let Some(min) = consistency.min else {
             return Ok(());
         };
+        if self.progress.current(source.name()) >= min {
+            return Ok(());
+        }
+        // A position no event has yet cannot have come from a command: it
+        // is the client's mistake, not something to wait for.
+        let head = head(&self.primary).await?;
+        if min > head {
+            return Err(ApiError::bad(
+                "X-Min-Position",
+                format!("{min} is ahead of the log (its newest event is at {head})"),
+            ));
+        }
         self.progress
             .wait_for(source.name(), min, consistency.wait)
             .await
@@ -107,6 +122,23 @@ impl Db {
                 waited_ms: u64::try_from(consistency.wait.as_millis()).unwrap_or(u64::MAX),
             })
     }
+}
+
+/// The position of the newest committed event.
+async fn head(pool: &PgPool) -> Result<Position, sqlx::Error> {
+    let row: Option<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT generation, tx_id, seq FROM events
+          ORDER BY generation DESC, tx_id DESC, seq DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map_or(Position::START, |(generation, tx_id, seq)| Position {
+            generation,
+            tx_id,
+            seq,
+        }),
+    )
 }
 
 async fn open(

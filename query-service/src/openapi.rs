@@ -4,8 +4,10 @@
 
 use axum::Json;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::Required;
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
@@ -116,10 +118,52 @@ impl Modify for Shared {
                         "bearer",
                         Vec::<String>::new(),
                     )]);
+                    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                    parameters.extend(consistency_headers());
                 }
             }
         }
     }
+}
+
+/// `X-Min-Position`, `X-Wait-Ms` and `Cache-Control`, taken by every `/v1` route.
+fn consistency_headers() -> Vec<Parameter> {
+    let string = |pattern: Option<&str>| {
+        let mut schema = ObjectBuilder::new().schema_type(Type::String);
+        if let Some(p) = pattern {
+            schema = schema.pattern(Some(p));
+        }
+        schema.build()
+    };
+    vec![
+        ParameterBuilder::new()
+            .name("X-Min-Position")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some("wait until the projections read have passed this position (a command's `position`)"))
+            .schema(Some(string(Some(r"^[0-9]+\.[0-9]+\.[0-9]+$"))))
+            .build(),
+        ParameterBuilder::new()
+            .name("X-Wait-Ms")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some("how long to wait for X-Min-Position (default 5000, at most 30000), else 503"))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(30_000))
+                    .build(),
+            ))
+            .build(),
+        ParameterBuilder::new()
+            .name("Cache-Control")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some("`no-cache`: answer from the database, not from the response cache"))
+            .schema(Some(string(None)))
+            .build(),
+    ]
 }
 
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {

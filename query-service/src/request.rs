@@ -61,7 +61,7 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// `X-Min-Position` and `X-Wait-Ms`.
+/// `X-Min-Position`, `X-Wait-Ms` and `Cache-Control`.
 pub struct ReadConsistency(pub Consistency);
 
 impl<S: Sync> FromRequestParts<S> for ReadConsistency {
@@ -103,7 +103,19 @@ impl<S: Sync> FromRequestParts<S> for ReadConsistency {
                 wait
             }
         };
-        Ok(ReadConsistency(Consistency { min, wait }))
+        let fresh = parts
+            .headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                matches!(
+                    d.trim().to_ascii_lowercase().as_str(),
+                    "no-cache" | "no-store" | "max-age=0"
+                )
+            });
+        Ok(ReadConsistency(Consistency { min, wait, fresh }))
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use eventstore::Position;
 use infra::ratelimit::SlidingWindow;
 use serde::Serialize;
@@ -35,7 +36,7 @@ pub struct AppState {
 /// A response body and the projection position it reflects.
 pub struct Answer {
     pub position: Position,
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// `hit`, `miss` (stored or not) or `none` (not cacheable).
     pub cache: &'static str,
 }
@@ -90,6 +91,13 @@ impl CacheSpec {
 impl AppState {
     /// A cached answer good for `consistency`, if Redis has one.
     pub async fn cached(&self, spec: &CacheSpec, consistency: Consistency) -> Option<Answer> {
+        if consistency.fresh {
+            crate::metrics::metrics()
+                .cache
+                .with_label_values(&["bypass"])
+                .inc();
+            return None;
+        }
         self.cache
             .get(&spec.key, consistency.min)
             .await
@@ -118,7 +126,7 @@ impl AppState {
         };
         Ok(Answer {
             position,
-            body,
+            body: Bytes::from(body),
             cache,
         })
     }

@@ -4,6 +4,7 @@
 
 mod append;
 mod commands;
+mod query;
 mod replay;
 mod report;
 mod scratch;
@@ -19,6 +20,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         Workload::Commands => commands::run(&args, settings).await?,
         Workload::Replay => replay::run(&args, settings).await?,
         Workload::Vectors => vectors::run(&args, settings).await?,
+        Workload::Query => query::run(&args, settings).await?,
     };
     if args.json {
         report::print_json(&figures)

@@ -21,9 +21,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
+use tracing::Instrument;
+
 use crate::metrics::metrics;
 use crate::problem::ApiError;
 use crate::state::{AppState, POSITION_HEADER};
+
+pub const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// Largest request body accepted (a search with a 4,096-dimension vector fits).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -92,6 +96,14 @@ async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Re
         .map_or("unmatched", MatchedPath::as_str)
         .to_string();
     let method = request.method().to_string();
+    // The caller's request id, or a new one; echoed back and in every log line.
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
     let header_bytes: usize = request
         .headers()
         .iter()
@@ -101,12 +113,25 @@ async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Re
         ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response()
     } else {
         let timeout = state.request_timeout;
-        match tokio::time::timeout(timeout, next.run(request)).await {
+        let run = tokio::time::timeout(timeout, next.run(request)).instrument(span.clone());
+        match run.await {
             Ok(response) => response,
             Err(_) => ApiError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
                 .into_response(),
         }
     };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), ms, "request");
+        }
+    });
     if !response.headers().contains_key(POSITION_HEADER) {
         let position = state.db.progress.current("relational");
         if let Ok(value) = HeaderValue::from_str(&position.to_string()) {

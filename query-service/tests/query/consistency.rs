@@ -78,19 +78,44 @@ async fn a_commands_position_gives_its_effect(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_position_not_reached_in_time_is_503(pool: PgPool) {
-    let stack = Stack::start(pool).await;
+    let stack = Stack::start(pool.clone()).await;
     let (_, alice) = stack.user("operator").await;
+    // A position ahead of the log is the client's mistake.
+    let ahead = stack
+        .get_with(
+            "/v1/incidents",
+            Some(&alice),
+            &[("X-Min-Position", "999.0.0")],
+        )
+        .await;
+    assert_eq!(ahead.problem(400)["parameter"], "X-Min-Position");
+    // A real position the projection has not reached: the relational
+    // projection is held at its checkpoint (its row locked, as a swap
+    // does) while an event is appended.
+    let mut hold = pool.begin().await.expect("tx");
+    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = 'relational' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .expect("hold the relational projection");
+    let position = stack
+        .ok(
+            "incident.open",
+            uuid::Uuid::now_v7(),
+            json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["x"]}),
+            &alice,
+        )
+        .await;
     let started = std::time::Instant::now();
     let reply = stack
         .get_with(
             "/v1/incidents",
             Some(&alice),
-            &[("X-Min-Position", "999.0.0"), ("X-Wait-Ms", "300")],
+            &[("X-Min-Position", &position), ("X-Wait-Ms", "300")],
         )
         .await;
     let body = reply.problem(503);
     assert!(
-        body["detail"].as_str().unwrap_or("").contains("999.0.0"),
+        body["detail"].as_str().unwrap_or("").contains(&position),
         "{body:?}"
     );
     assert!(
@@ -98,5 +123,9 @@ async fn a_position_not_reached_in_time_is_503(pool: PgPool) {
         "it waited"
     );
     assert!(reply.header("x-projection-position").is_some());
+    // Released, the projection passes the position and the same request answers.
+    hold.rollback().await.expect("release");
+    let reply = stack.get_at("/v1/incidents", &alice, &position).await;
+    assert_eq!(reply.ids().len(), 1);
     stack.finish().await;
 }
