@@ -184,7 +184,7 @@ mod tests {
         let raw = b"0.12.3\n{\"items\":[]}";
         let entry = decode(raw.to_vec()).expect("decodes");
         assert_eq!(entry.position.to_string(), "0.12.3");
-        assert_eq!(entry.body, b"{\"items\":[]}");
+        assert_eq!(&entry.body[..], b"{\"items\":[]}");
         assert!(decode(b"no newline".to_vec()).is_none());
     }
 }

@@ -89,6 +89,41 @@ impl CacheSpec {
 }
 
 impl AppState {
+    /// One row by id (`sql` selects it with `$1`), as `kind` (the stream
+    /// type: the cache tag and the 404's noun), through the cache.
+    pub async fn one<T>(
+        &self,
+        caller: &Principal,
+        consistency: Consistency,
+        kind: &'static str,
+        id: uuid::Uuid,
+        sql: &str,
+    ) -> Result<Answer, ApiError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin,
+    {
+        let spec = CacheSpec::new(
+            kind,
+            caller,
+            &[&id.to_string()],
+            vec![format!("{kind}:{id}")],
+        );
+        if let Some(hit) = self.cached(&spec, consistency).await {
+            return Ok(hit);
+        }
+        let mut read = self
+            .db
+            .read(Some(caller), crate::db::Source::Relational, consistency)
+            .await?;
+        let found: Option<T> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&mut *read.tx)
+            .await?;
+        read.tx.commit().await?;
+        let row = found.ok_or(ApiError::NotFound(kind))?;
+        self.answer(Some(&spec), read.position, &row).await
+    }
+
     /// A cached answer good for `consistency`, if Redis has one.
     pub async fn cached(&self, spec: &CacheSpec, consistency: Consistency) -> Option<Answer> {
         if consistency.fresh {

@@ -2,8 +2,10 @@
 //! (`GET /v1/conversations/{id}/messages`, `GET /v1/incidents`,
 //! `GET /v1/dashboard/summary`) from an in-process query service, cached
 //! (served from Redis) and uncached (`Cache-Control: no-cache`), beside a
-//! bare Redis GET of a value of the same size and the bare SQL the
-//! endpoint runs, at the same concurrency, in the same run.
+//! bare Redis GET of a value of the same size (32 clients on 32
+//! connections, as `redis-benchmark -c 32`; and on one multiplexed
+//! connection, which pipelines them) and the bare SQL the endpoint runs,
+//! at the same concurrency, in the same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,7 +208,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             .arg(body.as_ref())
             .query_async(&mut redis.clone())
             .await?;
-        let mut bare_redis = redis_gets(&redis, &key, duration).await?;
+        let mut bare_redis = redis_gets(&redis_url, &key, duration).await?;
+        let multiplexed = redis_gets_multiplexed(&redis, &key, duration).await?;
         progress.set_message(format!("{}: bare SQL", endpoint.name));
         let mut bare_sql = sql(&pool, &endpoint.sql, duration).await?;
         let n = endpoint.name;
@@ -216,6 +219,13 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             "req/s",
             format!("redis_get.c32.{}B.per_s", body.len()),
             bare_redis.events_per_s(),
+        ));
+        figures.push(Figure::compared(
+            format!("query.{n}.cached.c32.per_s"),
+            cached.events_per_s(),
+            "req/s",
+            format!("redis_get.c32.multiplexed.{}B.per_s", body.len()),
+            multiplexed.events_per_s(),
         ));
         figures.push(Figure::compared(
             format!("query.{n}.uncached.c32.per_s"),
@@ -306,7 +316,38 @@ async fn load(
     .await
 }
 
-async fn redis_gets(
+/// 32 clients, each with its own connection (as `redis-benchmark -c 32`).
+async fn redis_gets(url: &str, key: &str, duration: Duration) -> anyhow::Result<RunResult> {
+    let client = redis::Client::open(url)?;
+    let mut connections = Vec::new();
+    for _ in 0..CLIENTS {
+        connections.push(client.get_multiplexed_async_connection().await?);
+    }
+    let (connections, key) = (Arc::new(connections), Arc::new(key.to_string()));
+    drive(CLIENTS, duration, |i| {
+        let (mut conn, key) = (connections[i].clone(), key.clone());
+        async move {
+            let deadline = Instant::now() + duration;
+            let mut latencies = Latencies::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let _: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(key.as_str())
+                    .query_async(&mut conn)
+                    .await?;
+                latencies.push(started.elapsed());
+                n += 1;
+            }
+            Ok((n, latencies))
+        }
+    })
+    .await
+}
+
+/// 32 clients sharing one multiplexed connection (what the query service
+/// itself uses): their GETs are pipelined on it.
+async fn redis_gets_multiplexed(
     redis: &redis::aio::ConnectionManager,
     key: &str,
     duration: Duration,

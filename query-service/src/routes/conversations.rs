@@ -151,23 +151,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
     let id = path_id(&id, "id")?;
-    let spec = CacheSpec::new(
-        "conversation",
-        &caller,
-        &[&id.to_string()],
-        vec![format!("conversation:{id}")],
-    );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
-    let conversation = visible(&mut read.tx, id).await?;
-    read.tx.commit().await?;
+    let sql = format!("SELECT {COLUMNS} FROM read_model.conversations WHERE id = $1");
     state
-        .answer(Some(&spec), read.position, &conversation)
+        .one::<Conversation>(&caller, consistency, "conversation", id, &sql)
         .await
 }
 

@@ -296,26 +296,8 @@ pub async fn get_runbook(
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
     let id = path_id(&id, "id")?;
-    let spec = CacheSpec::new(
-        "runbook",
-        &caller,
-        &[&id.to_string()],
-        vec![format!("runbook:{id}")],
-    );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
-    let found: Option<Runbook> = sqlx::query_as(&format!(
-        "SELECT {RUNBOOK_COLUMNS} FROM read_model.runbooks WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *read.tx)
-    .await?;
-    read.tx.commit().await?;
-    let runbook = found.ok_or(ApiError::NotFound("runbook"))?;
-    state.answer(Some(&spec), read.position, &runbook).await
+    let sql = format!("SELECT {RUNBOOK_COLUMNS} FROM read_model.runbooks WHERE id = $1");
+    state
+        .one::<Runbook>(&caller, consistency, "runbook", id, &sql)
+        .await
 }

@@ -77,28 +77,10 @@ async fn one_user(
     id: Uuid,
     consistency: crate::db::Consistency,
 ) -> ApiResult<Answer> {
-    let spec = CacheSpec::new(
-        "user",
-        caller,
-        &[&id.to_string()],
-        vec![format!("user:{id}")],
-    );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(caller), Source::Relational, consistency)
-        .await?;
-    let user: Option<User> = sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM read_model.users WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *read.tx)
-    .await?;
-    read.tx.commit().await?;
-    let user = user.ok_or(ApiError::NotFound("user"))?;
-    state.answer(Some(&spec), read.position, &user).await
+    let sql = format!("SELECT {USER_COLUMNS} FROM read_model.users WHERE id = $1");
+    state
+        .one::<User>(caller, consistency, "user", id, &sql)
+        .await
 }
 
 /// Users, newest first: every user for admins, only yourself otherwise.

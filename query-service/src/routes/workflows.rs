@@ -108,28 +108,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
     let id = path_id(&id, "id")?;
-    let spec = CacheSpec::new(
-        "workflow",
-        &caller,
-        &[&id.to_string()],
-        vec![format!("workflow:{id}")],
-    );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
-    let found: Option<Workflow> = sqlx::query_as(&format!(
-        "SELECT {WORKFLOW_COLUMNS} FROM read_model.workflows WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *read.tx)
-    .await?;
-    read.tx.commit().await?;
-    let workflow = found.ok_or(ApiError::NotFound("workflow"))?;
-    state.answer(Some(&spec), read.position, &workflow).await
+    let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM read_model.workflows WHERE id = $1");
+    state
+        .one::<Workflow>(&caller, consistency, "workflow", id, &sql)
+        .await
 }
 
 /// A workflow run with its steps.

@@ -240,6 +240,29 @@ async fn bad_requests_get_problems(pool: PgPool) {
         .expect("uuid");
     stack.ok("session.end", bob_session, json!({}), &bob).await;
     stack.get("/v1/me", &bob).await.problem(401);
+    // An expired session, and one idle too long (the clock moved on: the
+    // auth index is edited as time would have edited it).
+    let (_, carol) = stack.user("viewer").await;
+    let (_, dave) = stack.user("viewer").await;
+    assert_eq!(stack.get("/v1/me", &carol).await.status, 200);
+    for (token, column, detail) in [
+        (&carol, "expires_at", "expired"),
+        (&dave, "last_seen", "idle"),
+    ] {
+        sqlx::query(&format!(
+            "UPDATE auth_sessions SET {column} = now() - interval '31 minutes' WHERE token_hash = $1"
+        ))
+        .bind(infra::auth::token_hash(token))
+        .execute(&stack.pool)
+        .await
+        .expect("age the session");
+        let reply = stack.get("/v1/me", token).await;
+        let body = reply.problem(401);
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains(detail),
+            "{body:?}"
+        );
+    }
     let _ = alice;
     stack.finish().await;
 }
