@@ -48,6 +48,10 @@ pub fn command_service_config(settings: &Settings) -> command_service::ServiceCo
             }
         }),
         max_in_flight: commands.max_in_flight,
+        auth_epochs: Some((
+            settings.redis.url.expose_secret().to_string(),
+            settings.redis.prefix.clone(),
+        )),
     }
 }
 

@@ -32,6 +32,12 @@ pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// The user whose credentials `events` end or narrow (their cached
+    /// copies must be outdated; see `infra::auth_epoch`).
+    fn auth_subject(_id: Uuid, _events: &[Self::Event]) -> Option<Uuid> {
+        None
+    }
 }
 
 impl Handled for user::User {
@@ -48,6 +54,23 @@ impl Handled for user::User {
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(crate::inline::apply_user(conn, id, events))
     }
+
+    fn auth_subject(id: Uuid, events: &[user::Event]) -> Option<Uuid> {
+        events
+            .iter()
+            .any(|e| {
+                matches!(
+                    e,
+                    user::Event::RoleChanged(_)
+                        | user::Event::PasswordChanged(_)
+                        | user::Event::Locked(_)
+                        | user::Event::Deleted(_)
+                        | user::Event::Forgotten(_)
+                        | user::Event::ApiKeyRevoked(_)
+                )
+            })
+            .then_some(id)
+    }
 }
 
 impl Handled for session::Session {
@@ -63,6 +86,13 @@ impl Handled for session::Session {
         events: &'c [session::Event],
     ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(crate::inline::apply_session(conn, id, events))
+    }
+
+    fn auth_subject(_id: Uuid, events: &[session::Event]) -> Option<Uuid> {
+        events.iter().find_map(|e| match e {
+            session::Event::Ended(ended) => Some(ended.user_id.0),
+            _ => None,
+        })
     }
 }
 

@@ -37,6 +37,10 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// How many commands are handled at once per transport.
     pub max_in_flight: usize,
+    /// Redis URL and key prefix of the auth epochs the query service's
+    /// credential cache checks (see `infra::auth_epoch`); `None`: no such
+    /// cache is in use.
+    pub auth_epochs: Option<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -49,6 +53,8 @@ pub struct RateLimitConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    #[error("invalid Redis settings for the auth epochs: {0}")]
+    Redis(String),
     #[error("cannot connect to NATS at {url}: {message}")]
     Connect { url: String, message: String },
     #[error("JetStream set-up failed: {0}")]
@@ -85,6 +91,13 @@ pub async fn run(
     if let Some(rl) = config.rate_limit.clone() {
         tokio::spawn(connect_limiter(rl, limiter.clone()));
     }
+    let epochs = match &config.auth_epochs {
+        Some((url, prefix)) => Some(
+            infra::auth_epoch::AuthEpochs::new(url, prefix)
+                .map_err(|e| ServiceError::Redis(e.to_string()))?,
+        ),
+        None => None,
+    };
     let handler = Arc::new(Handler::new(
         store.clone(),
         authn::Authenticator::new(store.pool().clone(), config.bootstrap_token.clone()),
@@ -93,6 +106,7 @@ pub async fn run(
             max_message_bytes: config.max_message_bytes,
             embedding_dimension: config.embedding_dimension,
         },
+        epochs,
     ));
     transport::serve(client, config, handler, shutdown).await
 }

@@ -2,6 +2,7 @@
 //! store: typed configuration, telemetry, and connection set-up.
 
 pub mod auth;
+pub mod auth_epoch;
 pub mod circuit;
 pub mod config;
 pub mod metrics;

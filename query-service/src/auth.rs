@@ -1,7 +1,12 @@
 //! Who is asking: a session token or an API key from the `Authorization`
-//! header, checked against the auth index (written in the same transaction
-//! as the events that start, end or revoke a credential), so an ended,
-//! expired or revoked credential is refused at once whatever any cache says.
+//! header. PostgreSQL's auth index (written in the same transaction as the
+//! events that start, end or revoke a credential) decides; what it said is
+//! kept in Redis (`auth:token:{hash}`) stamped with the user's auth epoch,
+//! and trusted only while that epoch is unchanged, the session unexpired
+//! and not idle. The command service bumps the epoch around every command
+//! that ends or narrows credentials (`infra::auth_epoch`), so an ended,
+//! expired or revoked credential is refused at once even with the entry
+//! still in Redis. Without Redis every request asks PostgreSQL.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +43,7 @@ impl Principal {
 
 pub struct Authenticator {
     pool: PgPool,
+    cache: Option<CredentialCache>,
     /// API keys whose argon2id hash was verified: token digest → key id.
     /// Revocation, expiry and the account state are still read every time.
     verified_keys: Mutex<HashMap<String, Uuid>>,
@@ -67,9 +73,10 @@ struct KeyRow {
 }
 
 impl Authenticator {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, cache: Option<CredentialCache>) -> Self {
         Authenticator {
             pool,
+            cache,
             verified_keys: Mutex::new(HashMap::new()),
         }
     }
@@ -87,16 +94,41 @@ impl Authenticator {
                 "malformed Authorization header: expected `Bearer <token>`",
             ))?;
         let now = Utc::now();
-        match parse_bearer(token) {
-            None => Err(ApiError::Unauthorized("invalid token")),
-            Some(Bearer::Session(session)) => self.session(session, now).await,
-            Some(Bearer::ApiKey { key_id, secret }) => {
-                self.api_key(token, key_id, secret, now).await
+        let bearer = parse_bearer(token).ok_or(ApiError::Unauthorized("invalid token"))?;
+        let digest = token_hash(token);
+        if let Some(cache) = &self.cache {
+            if let Some(principal) = cache.lookup(&digest, now).await {
+                return Ok(principal);
             }
+        }
+        let verified = self.verify(&bearer, &digest, now).await?;
+        if let Some(cache) = &self.cache {
+            // The epoch is read after PostgreSQL named the user and before
+            // PostgreSQL is asked again: a revocation committed in between
+            // bumps it past what is stored.
+            if let Some(epoch) = cache.epoch(verified.principal.user_id).await {
+                let again = self.verify(&bearer, &digest, now).await?;
+                if again.principal == verified.principal {
+                    cache.store(&digest, &again, &epoch).await;
+                }
+            }
+        }
+        Ok(verified.principal)
+    }
+
+    async fn verify(
+        &self,
+        bearer: &Bearer<'_>,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Verified, ApiError> {
+        match bearer {
+            Bearer::Session(session) => self.session(session, now).await,
+            Bearer::ApiKey { key_id, secret } => self.api_key(digest, *key_id, secret, now).await,
         }
     }
 
-    async fn session(&self, token: &str, now: DateTime<Utc>) -> Result<Principal, ApiError> {
+    async fn session(&self, token: &str, now: DateTime<Utc>) -> Result<Verified, ApiError> {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT s.user_id, u.role, s.expires_at, s.last_seen, s.ended, u.locked, u.deleted
                FROM auth_sessions s JOIN auth_users u ON u.user_id = s.user_id
@@ -119,20 +151,24 @@ impl Authenticator {
             return Err(ApiError::Unauthorized("the account is disabled"));
         }
         let role = parse_role(&row.role)?;
-        Ok(Principal {
-            user_id: row.user_id,
-            role,
-            admin: role == Role::Admin,
+        Ok(Verified {
+            principal: Principal {
+                user_id: row.user_id,
+                role,
+                admin: role == Role::Admin,
+            },
+            expires_at: Some(row.expires_at),
+            last_seen: Some(row.last_seen),
         })
     }
 
     async fn api_key(
         &self,
-        token: &str,
+        digest: &str,
         key_id: Uuid,
         secret: &str,
         now: DateTime<Utc>,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Verified, ApiError> {
         let row: Option<KeyRow> = sqlx::query_as(
             "SELECT k.user_id, k.key_hash, k.scopes, k.expires_at, k.revoked, u.role, u.locked, u.deleted
                FROM auth_api_keys k JOIN auth_users u ON u.user_id = k.user_id
@@ -142,11 +178,10 @@ impl Authenticator {
         .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or(ApiError::Unauthorized("invalid token"))?;
-        let digest = token_hash(token);
         let verified = self
             .verified_keys
             .lock()
-            .map(|m| m.get(&digest) == Some(&key_id))
+            .map(|m| m.get(digest) == Some(&key_id))
             .unwrap_or(false);
         if !verified {
             let secret = secret.to_string();
@@ -163,7 +198,7 @@ impl Authenticator {
                 if map.len() > 10_000 {
                     map.clear();
                 }
-                map.insert(digest, key_id);
+                map.insert(digest.to_string(), key_id);
             }
         }
         if row.revoked {
@@ -182,10 +217,14 @@ impl Authenticator {
             ));
         }
         let role = parse_role(&row.role)?;
-        Ok(Principal {
-            user_id: row.user_id,
-            role,
-            admin: role == Role::Admin && scopes.contains(&Scope::Admin),
+        Ok(Verified {
+            principal: Principal {
+                user_id: row.user_id,
+                role,
+                admin: role == Role::Admin && scopes.contains(&Scope::Admin),
+            },
+            expires_at: row.expires_at,
+            last_seen: None,
         })
     }
 }
@@ -193,4 +232,207 @@ impl Authenticator {
 fn parse_role(role: &str) -> Result<Role, ApiError> {
     role.parse()
         .map_err(|_| ApiError::Internal(format!("unknown role {role:?} in the auth index")))
+}
+
+/// What PostgreSQL said about a credential.
+pub struct Verified {
+    pub principal: Principal,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Sessions only: the idle timeout runs from here.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// How long a Redis copy of a credential's principal lives at most (it
+/// also bounds how stale its `last_seen` can be).
+const CACHED_FOR_SECONDS: u64 = 60;
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One round trip: the entry and the current epoch of its user.
+const LOOKUP: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local user = string.match(v, '^([^|]*)')
+return {v, redis.call('GET', ARGV[1] .. user) or '0'}";
+
+/// Principals PostgreSQL vouched for, in Redis, by token hash.
+#[derive(Clone)]
+pub struct CredentialCache {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    lookup: redis::Script,
+}
+
+impl CredentialCache {
+    pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> CredentialCache {
+        CredentialCache {
+            conn,
+            prefix: prefix.to_string(),
+            lookup: redis::Script::new(LOOKUP),
+        }
+    }
+
+    fn key(&self, digest: &str) -> String {
+        format!("{}auth:token:{digest}", self.prefix)
+    }
+
+    async fn lookup(&self, digest: &str, now: DateTime<Utc>) -> Option<Principal> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.lookup.prepare_invoke();
+        invocation
+            .key(self.key(digest))
+            .arg(format!("{}auth:epoch:", self.prefix));
+        let found = tokio::time::timeout(
+            CALL_TIMEOUT,
+            invocation.invoke_async::<Option<(String, String)>>(&mut conn),
+        )
+        .await
+        .ok()?
+        .ok()??;
+        let entry = Entry::parse(&found.0)?;
+        entry.valid(&found.1, now).then_some(entry.principal)
+    }
+
+    /// The user's current epoch (`None` if Redis cannot say).
+    async fn epoch(&self, user: Uuid) -> Option<String> {
+        let mut conn = self.conn.clone();
+        let key = infra::auth_epoch::epoch_key(&self.prefix, user);
+        let got = tokio::time::timeout(
+            CALL_TIMEOUT,
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(got.unwrap_or_else(|| "0".to_string()))
+    }
+
+    async fn store(&self, digest: &str, verified: &Verified, epoch: &str) {
+        let mut conn = self.conn.clone();
+        let value = Entry {
+            principal: verified.principal.clone(),
+            expires_ms: verified
+                .expires_at
+                .map_or(i64::MAX, |t| t.timestamp_millis()),
+            last_seen_ms: verified.last_seen.map(|t| t.timestamp_millis()),
+            epoch: epoch.to_string(),
+        }
+        .render();
+        let _ = tokio::time::timeout(
+            CALL_TIMEOUT,
+            redis::cmd("SET")
+                .arg(self.key(digest))
+                .arg(value)
+                .arg("EX")
+                .arg(CACHED_FOR_SECONDS)
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    }
+}
+
+/// `user|role|admin|expires_ms|last_seen_ms|epoch` (`last_seen_ms` empty
+/// for API keys).
+#[derive(Debug, PartialEq)]
+struct Entry {
+    principal: Principal,
+    expires_ms: i64,
+    last_seen_ms: Option<i64>,
+    epoch: String,
+}
+
+impl Entry {
+    fn render(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}",
+            self.principal.user_id,
+            self.principal.role.as_str(),
+            u8::from(self.principal.admin),
+            self.expires_ms,
+            self.last_seen_ms.map(|t| t.to_string()).unwrap_or_default(),
+            self.epoch
+        )
+    }
+
+    fn parse(text: &str) -> Option<Entry> {
+        let mut parts = text.split('|');
+        let user_id = Uuid::try_parse(parts.next()?).ok()?;
+        let role: Role = parts.next()?.parse().ok()?;
+        let admin = parts.next()? == "1";
+        let expires_ms = parts.next()?.parse().ok()?;
+        let last_seen_ms = match parts.next()? {
+            "" => None,
+            t => Some(t.parse().ok()?),
+        };
+        let epoch = parts.next()?.to_string();
+        Some(Entry {
+            principal: Principal {
+                user_id,
+                role,
+                admin,
+            },
+            expires_ms,
+            last_seen_ms,
+            epoch,
+        })
+    }
+
+    /// Trusted only with the user's current epoch, before expiry, and (for
+    /// sessions) not idle as far as this copy knows; otherwise PostgreSQL
+    /// is asked (a session touched since may still be good).
+    fn valid(&self, current_epoch: &str, now: DateTime<Utc>) -> bool {
+        let now_ms = now.timestamp_millis();
+        let idle_ms = IDLE_TIMEOUT.num_milliseconds();
+        self.epoch == current_epoch
+            && now_ms < self.expires_ms
+            && self
+                .last_seen_ms
+                .is_none_or(|seen| now_ms - seen <= idle_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(epoch: &str, expires_ms: i64, last_seen_ms: Option<i64>) -> Entry {
+        Entry {
+            principal: Principal {
+                user_id: Uuid::now_v7(),
+                role: Role::Operator,
+                admin: false,
+            },
+            expires_ms,
+            last_seen_ms,
+            epoch: epoch.into(),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        for e in [entry("3", 1_000, Some(500)), entry("0", i64::MAX, None)] {
+            assert_eq!(Entry::parse(&e.render()), Some(e));
+        }
+        assert!(Entry::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn an_entry_is_trusted_only_with_its_epoch_before_expiry_and_idleness() {
+        let now = Utc::now();
+        let ms = now.timestamp_millis();
+        let fresh = entry("4", ms + 60_000, Some(ms - 1_000));
+        assert!(fresh.valid("4", now));
+        assert!(!fresh.valid("5", now), "a bumped epoch outdates it");
+        assert!(!entry("4", ms - 1, Some(ms)).valid("4", now), "expired");
+        let idle = IDLE_TIMEOUT.num_milliseconds() + 1;
+        assert!(
+            !entry("4", ms + 60_000, Some(ms - idle)).valid("4", now),
+            "idle"
+        );
+        assert!(
+            entry("4", i64::MAX, None).valid("4", now),
+            "an API key without expiry"
+        );
+    }
 }

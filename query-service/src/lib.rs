@@ -138,7 +138,12 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
             replica: config.replica.clone(),
             progress,
         }),
-        auth: Arc::new(auth::Authenticator::new(pool)),
+        auth: Arc::new(auth::Authenticator::new(
+            pool,
+            cache
+                .connection()
+                .map(|conn| auth::CredentialCache::new(conn, &config.redis_prefix)),
+        )),
         cache,
         rate_limit,
         search: config.search.clone(),

@@ -38,6 +38,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         bootstrap_token: Some(SecretString::from(bootstrap.clone())),
         rate_limit: None,
         max_in_flight: 256,
+        auth_epochs: None,
     };
     let service = tokio::spawn(command_service::run(config, store, async move {
         let _ = stopped.await;

@@ -58,6 +58,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         bootstrap_token: Some(SecretString::from(bootstrap.clone())),
         rate_limit: None,
         max_in_flight: 256,
+        auth_epochs: Some((redis_url.clone(), redis_prefix.clone())),
     };
     tasks.push(
         tokio::spawn(command_service::run(

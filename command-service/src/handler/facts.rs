@@ -160,6 +160,11 @@ impl Handler {
                     ..Metadata::default()
                 },
             };
+            // An automatic lock outdates cached credentials like a lock
+            // command does; best effort here (a password guesser holds no
+            // token, and the lock matters more than the cache).
+            let locks = <user::User as Handled>::auth_subject(user_id, &events);
+            self.bump_epoch(locks).await;
             let Ok(mut tx) = self.store.begin().await else {
                 return;
             };
@@ -168,8 +173,9 @@ impl Handler {
                     if user::User::project(tx.conn(), user_id, &events)
                         .await
                         .is_ok()
+                        && tx.commit().await.is_ok()
                     {
-                        let _ = tx.commit().await;
+                        self.bump_epoch(locks).await;
                     }
                     return;
                 }

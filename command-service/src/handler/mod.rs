@@ -94,6 +94,8 @@ pub struct Handler {
     authn: Authenticator,
     limiter: Limiter,
     settings: HandlerSettings,
+    /// Bumped around commands that end or narrow a user's credentials.
+    epochs: Option<infra::auth_epoch::AuthEpochs>,
 }
 
 impl Handler {
@@ -102,6 +104,7 @@ impl Handler {
         authn: Authenticator,
         limiter: Limiter,
         settings: HandlerSettings,
+        epochs: Option<infra::auth_epoch::AuthEpochs>,
     ) -> Self {
         Handler {
             locks: AggregateLocks::default(),
@@ -110,11 +113,21 @@ impl Handler {
             authn,
             limiter,
             settings,
+            epochs,
         }
     }
 
     fn pool(&self) -> &PgPool {
         self.store.pool()
+    }
+
+    /// Best effort: outdates `user`'s cached credentials, if any.
+    async fn bump_epoch(&self, user: Option<Uuid>) {
+        if let (Some(user), Some(epochs)) = (user, &self.epochs) {
+            if let Err(error) = epochs.bump(user).await {
+                tracing::warn!(%error, %user, "cannot outdate cached credentials");
+            }
+        }
     }
 
     /// Handles one command; the result is what the client gets (in the
@@ -439,6 +452,19 @@ impl Handler {
                     return Ok(result);
                 }
             };
+            // A command that ends or narrows credentials is acknowledged
+            // only after cached copies of them are outdated (before the
+            // append, so a failure appends nothing; again after, see
+            // `infra::auth_epoch`).
+            let auth_subject = A::auth_subject(envelope.aggregate_id, &events);
+            if let (Some(user), Some(epochs)) = (auth_subject, &self.epochs) {
+                if let Err(error) = epochs.bump(user).await {
+                    return Ok(unavailable(
+                        envelope,
+                        &format!("cannot outdate cached credentials in Redis: {error}"),
+                    ));
+                }
+            }
             let mut encoded = Vec::with_capacity(events.len());
             for event in &events {
                 let payload = event
@@ -478,6 +504,7 @@ impl Handler {
                     };
                 }
                 Ok(outcome) => {
+                    self.bump_epoch(auth_subject).await;
                     let next = events.iter().fold(state, |s, e| A::evolve(s, e));
                     self.maybe_snapshot::<A>(
                         envelope.aggregate_id,

@@ -240,3 +240,88 @@ async fn expired_sessions_and_keys_are_refused(pool: PgPool) {
     );
     app.finish().await;
 }
+
+/// A command that ends credentials is acknowledged only once the auth
+/// epoch (what the query service's credential cache checks) has moved: with
+/// that Redis unreachable it is `unavailable` and appends nothing, while
+/// other commands run.
+#[sqlx::test(migrations = "../migrations")]
+async fn ending_credentials_needs_the_auth_epoch(pool: PgPool) {
+    let prefix = crate::fresh_prefix();
+    let mut config = crate::config(&prefix, &format!("boot-{}", Uuid::new_v4()));
+    config.auth_epochs = Some(("redis://127.0.0.1:1".into(), format!("test:{prefix}:")));
+    let app = App::spawn_with(pool, config).await;
+    let (user_id, token) = app.user("operator").await;
+    let conversation = app.conversation(&token).await;
+    assert_ne!(conversation, Uuid::nil(), "ordinary commands run");
+    let before = app.event_count().await;
+    let session: Uuid =
+        sqlx::query_scalar("SELECT session_id FROM auth_sessions WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("session");
+    let ended = app
+        .rpc("session.end", &envelope(session, json!({})), Some(&token))
+        .await;
+    assert_eq!(ended.status, Status::Unavailable, "{ended:?}");
+    assert_eq!(app.event_count().await, before, "nothing appended");
+    let touched = app
+        .rpc("session.touch", &envelope(session, json!({})), Some(&token))
+        .await;
+    assert_eq!(
+        touched.status,
+        Status::Accepted,
+        "the session still works: {touched:?}"
+    );
+
+    app.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn ending_credentials_moves_the_auth_epoch(pool: PgPool) {
+    let prefix = crate::fresh_prefix();
+    let redis_prefix = format!("test:{prefix}:");
+    let mut config = crate::config(&prefix, &format!("boot-{}", Uuid::new_v4()));
+    config.auth_epochs = Some(("redis://127.0.0.1:6379".into(), redis_prefix.clone()));
+    let app = App::spawn_with(pool, config).await;
+    let (user_id, token) = app.user("operator").await;
+    let key = infra::auth_epoch::epoch_key(&redis_prefix, user_id);
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379");
+    let epoch = |v: Option<i64>| v.unwrap_or(0);
+    let before: Option<i64> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("GET");
+    let session: Uuid =
+        sqlx::query_scalar("SELECT session_id FROM auth_sessions WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("session");
+    let ended = app
+        .rpc("session.end", &envelope(session, json!({})), Some(&token))
+        .await;
+    assert_eq!(ended.status, Status::Accepted, "{ended:?}");
+    let after: Option<i64> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("GET");
+    assert_eq!(
+        epoch(after),
+        epoch(before) + 2,
+        "moved before the append and after the commit"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    app.finish().await;
+}

@@ -43,6 +43,7 @@ pub fn config(prefix: &str, bootstrap: &str) -> ServiceConfig {
         bootstrap_token: Some(SecretString::from(bootstrap.to_string())),
         rate_limit: None,
         max_in_flight: 64,
+        auth_epochs: None,
     }
 }
 

@@ -221,6 +221,12 @@ async fn bad_requests_get_problems(pool: PgPool) {
     let key_id = data["key_id"].as_str().expect("key id").to_string();
     assert_eq!(stack.get("/v1/me", &api_key).await.status, 200);
     assert_eq!(stack.get("/v1/me", &api_key).await.status, 200);
+    assert!(
+        stack
+            .redis_exists(&format!("auth:token:{}", infra::auth::token_hash(&api_key)))
+            .await,
+        "the key's principal is cached in Redis"
+    );
     stack
         .ok(
             "user.revoke_api_key",
@@ -256,6 +262,11 @@ async fn bad_requests_get_problems(pool: PgPool) {
         .execute(&stack.pool)
         .await
         .expect("age the session");
+        // The Redis copy made at sign-in still holds the real times; it
+        // would have expired (60 s) long before these.
+        stack
+            .redis_del(&format!("auth:token:{}", infra::auth::token_hash(token)))
+            .await;
         let reply = stack.get("/v1/me", token).await;
         let body = reply.problem(401);
         assert!(

@@ -131,6 +131,7 @@ impl Stack {
                 bootstrap_token: Some(SecretString::from(bootstrap.clone())),
                 rate_limit: None,
                 max_in_flight: 64,
+                auth_epochs: Some((REDIS.into(), redis_prefix.clone())),
             };
             let s = store.clone();
             let rx = stopped.clone();
@@ -369,6 +370,31 @@ impl Stack {
             }
         }
         panic!("pagination never ended");
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(REDIS)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379")
+    }
+
+    /// Whether `key` (under this stack's prefix) exists in Redis.
+    pub async fn redis_exists(&self, key: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(format!("{}{key}", self.redis_prefix))
+            .query_async::<bool>(&mut self.redis().await)
+            .await
+            .expect("EXISTS")
+    }
+
+    pub async fn redis_del(&self, key: &str) {
+        redis::cmd("DEL")
+            .arg(format!("{}{key}", self.redis_prefix))
+            .query_async::<()>(&mut self.redis().await)
+            .await
+            .expect("DEL");
     }
 
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
