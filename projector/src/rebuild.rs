@@ -295,7 +295,7 @@ pub async fn replay_and_swap(
     .await?;
 
     let retired = format!("{live}_retired");
-    drop_schema(&mut conn, &retired).await?;
+    drop_schema_retrying(&mut conn, &retired).await?;
     let mut tx = conn.begin().await?;
     // Locks the live checkpoint row: the live writer's next batch waits.
     let live_position = batch::locked_checkpoint(&mut tx, kind.name()).await?;
@@ -326,8 +326,30 @@ pub async fn replay_and_swap(
     .await?;
     tx.commit().await?;
     tracing::info!(projection = kind.name(), from = %live_position, to = %position, "swapped in the rebuilt projection");
-    drop_schema(&mut conn, &retired).await?;
+    // The swap has happened; dropping the old tables is clean-up. Its
+    // locks can meet a projector's (a deadlock PostgreSQL resolves by
+    // failing one side), so it is retried, and if it still fails the next
+    // replay drops the leftover first.
+    if let Err(error) = drop_schema_retrying(&mut conn, &retired).await {
+        tracing::warn!(%error, schema = %retired, "the retired tables were not dropped; the next replay drops them");
+    }
     Ok(report)
+}
+
+/// [`drop_schema`], again after a deadlock or a lock timeout.
+async fn drop_schema_retrying(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 0u64;
+    loop {
+        match drop_schema(conn, schema).await {
+            Err(sqlx::Error::Database(e))
+                if attempt < 5 && matches!(e.code().as_deref(), Some("40P01" | "55P03")) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 async fn count_between(
