@@ -61,6 +61,14 @@ impl IntoResponse for Answer {
     }
 }
 
+/// A page of a list: `limit` items and the cursor of the next page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
 /// Where a cacheable answer lives and which resources it depends on.
 pub struct CacheSpec {
     pub key: String,
@@ -122,6 +130,26 @@ impl AppState {
         read.tx.commit().await?;
         let row = found.ok_or(ApiError::NotFound(kind))?;
         self.answer(Some(&spec), read.position, &row).await
+    }
+
+    /// Commits `read`, pages `rows` (`limit` + 1 fetched) by `key`, and
+    /// answers (storing it under `spec`).
+    pub async fn page<T, K>(
+        &self,
+        read: crate::db::ReadTx,
+        rows: Vec<T>,
+        limit: i64,
+        key: impl Fn(&T) -> K,
+        spec: Option<&CacheSpec>,
+    ) -> Result<Answer, ApiError>
+    where
+        T: Serialize,
+        K: crate::request::CursorKey,
+    {
+        read.tx.commit().await?;
+        let (items, next_cursor) = crate::request::page(rows, limit, key);
+        self.answer(spec, read.position, &Page { items, next_cursor })
+            .await
     }
 
     /// A cached answer good for `consistency`, if Redis has one.

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
-use crate::request::{page, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState};
+use crate::request::{Caller, Params, ReadConsistency, TimeId};
+use crate::state::{Answer, AppState, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct AuditRow {
@@ -33,12 +33,6 @@ pub struct AuditRow {
     pub command_id: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPage {
-    pub items: Vec<AuditRow>,
-    pub next_cursor: Option<String>,
-}
-
 /// Audit rows, newest first (admin).
 #[utoipa::path(get, path = "/v1/audit", tag = "log",
     params(("actor_id" = Option<Uuid>, Query, description = "the acting user"),
@@ -49,7 +43,7 @@ pub struct AuditPage {
            ("to" = Option<DateTime<Utc>>, Query, description = "occurred before (RFC 3339)"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = AuditPage)))]
+    responses((status = 200, body = Page<AuditRow>)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -123,9 +117,7 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |r| TimeId(r.occurred_at, r.id));
     state
-        .answer(None, read.position, &AuditPage { items, next_cursor })
+        .page(read, rows, limit, |r| TimeId(r.occurred_at, r.id), None)
         .await
 }

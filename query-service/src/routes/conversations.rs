@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
-use crate::request::{page, path_id, Caller, Params, ReadConsistency, Seq, TimeId};
-use crate::state::{Answer, AppState, CacheSpec};
+use crate::request::{path_id, Caller, Params, ReadConsistency, Seq, TimeId};
+use crate::state::{Answer, AppState, CacheSpec, Page};
 
 /// A conversation with its message count and token and cost totals.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -34,12 +34,6 @@ pub struct Conversation {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConversationPage {
-    pub items: Vec<Conversation>,
-    pub next_cursor: Option<String>,
-}
-
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Message {
     pub id: Uuid,
@@ -59,12 +53,6 @@ pub struct Message {
     pub rated_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessagePage {
-    pub items: Vec<Message>,
-    pub next_cursor: Option<String>,
-}
-
 const COLUMNS: &str =
     "id, user_id, title, model, status::text AS status, tags, context, message_count,
     total_tokens, total_cost_usd::float8 AS total_cost_usd, last_message_at, created_at, updated_at,
@@ -76,7 +64,7 @@ const COLUMNS: &str =
            ("tag" = Option<String>, Query, description = "only conversations carrying this tag"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = ConversationPage)))]
+    responses((status = 200, body = Page<Conversation>)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -119,13 +107,13 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |c| TimeId(c.created_at, c.id));
     state
-        .answer(
+        .page(
+            read,
+            rows,
+            limit,
+            |c| TimeId(c.created_at, c.id),
             Some(&spec),
-            read.position,
-            &ConversationPage { items, next_cursor },
         )
         .await
 }
@@ -162,7 +150,7 @@ pub async fn get(
     params(("id" = Uuid, Path, description = "conversation id"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = MessagePage)))]
+    responses((status = 200, body = Page<Message>)))]
 pub async fn messages(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -201,13 +189,13 @@ pub async fn messages(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |m| Seq(i64::from(m.sequence)));
     state
-        .answer(
+        .page(
+            read,
+            rows,
+            limit,
+            |m| Seq(i64::from(m.sequence)),
             Some(&spec),
-            read.position,
-            &MessagePage { items, next_cursor },
         )
         .await
 }

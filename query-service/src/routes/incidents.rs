@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
-use crate::request::{page, path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec};
+use crate::request::{path_id, Caller, Params, ReadConsistency, TimeId};
+use crate::state::{Answer, AppState, CacheSpec, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Incident {
@@ -57,12 +57,6 @@ pub struct TimelineEntry {
     pub details: serde_json::Value,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IncidentPage {
-    pub items: Vec<Incident>,
-    pub next_cursor: Option<String>,
-}
-
 const INCIDENT_COLUMNS: &str = "id, title, description, severity::text AS severity, status::text AS status,
     affected_services, blast_radius, opened_by, assignee_id, note_count, mitigation_summary, root_cause,
     remediation_steps, reopen_count, opened_at, mitigated_at, resolved_at, closed_at,
@@ -75,7 +69,7 @@ const INCIDENT_COLUMNS: &str = "id, title, description, severity::text AS severi
            ("service" = Option<String>, Query, description = "only incidents affecting this service"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = IncidentPage)))]
+    responses((status = 200, body = Page<Incident>)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -121,13 +115,13 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |i| TimeId(i.opened_at, i.id));
     state
-        .answer(
+        .page(
+            read,
+            rows,
+            limit,
+            |i| TimeId(i.opened_at, i.id),
             Some(&spec),
-            read.position,
-            &IncidentPage { items, next_cursor },
         )
         .await
 }
@@ -221,12 +215,6 @@ pub struct Runbook {
     pub archived_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunbookPage {
-    pub items: Vec<Runbook>,
-    pub next_cursor: Option<String>,
-}
-
 const RUNBOOK_COLUMNS: &str = "id, name, description, trigger_conditions, steps, tags, version,
     execution_count, success_count, success_rate::float8 AS success_rate,
     CASE WHEN execution_count = 0 THEN NULL
@@ -238,7 +226,7 @@ const RUNBOOK_COLUMNS: &str = "id, name, description, trigger_conditions, steps,
     params(("tag" = Option<String>, Query),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = RunbookPage)))]
+    responses((status = 200, body = Page<Runbook>)))]
 pub async fn list_runbooks(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -275,13 +263,13 @@ pub async fn list_runbooks(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |r| TimeId(r.created_at, r.id));
     state
-        .answer(
+        .page(
+            read,
+            rows,
+            limit,
+            |r| TimeId(r.created_at, r.id),
             Some(&spec),
-            read.position,
-            &RunbookPage { items, next_cursor },
         )
         .await
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{page, path_id, Caller, Params, ReadConsistency, Seq};
-use crate::state::{Answer, AppState};
+use crate::state::{Answer, AppState, Page};
 
 /// A stored event, its MessagePack payload decoded to JSON.
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,12 +27,6 @@ pub struct StoredEvent {
     pub payload: serde_json::Value,
     /// Command, correlation and causation ids, the actor, the client.
     pub metadata: serde_json::Value,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventPage {
-    pub items: Vec<StoredEvent>,
-    pub next_cursor: Option<String>,
 }
 
 /// A MessagePack payload as JSON (`null` if it does not decode).
@@ -60,7 +54,7 @@ type EventRow = (
     params(("id" = Uuid, Path, description = "aggregate (stream) id"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = EventPage)))]
+    responses((status = 200, body = Page<StoredEvent>)))]
 pub async fn events(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -130,7 +124,7 @@ pub async fn events(
         )
         .collect();
     state
-        .answer(None, read.position, &EventPage { items, next_cursor })
+        .answer(None, read.position, &Page { items, next_cursor })
         .await
 }
 

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
-use crate::request::{page, path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec};
+use crate::request::{path_id, Caller, Params, ReadConsistency, TimeId};
+use crate::state::{Answer, AppState, CacheSpec, Page};
 
 /// A user as the caller may see them: no password or key hashes, no
 /// addresses; personal fields are null once the user is forgotten.
@@ -31,12 +31,6 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
     pub forgotten_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserPage {
-    pub items: Vec<User>,
-    pub next_cursor: Option<String>,
 }
 
 const USER_COLUMNS: &str =
@@ -88,7 +82,7 @@ async fn one_user(
     params(("role" = Option<String>, Query, description = "admin | operator | viewer"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = UserPage)))]
+    responses((status = 200, body = Page<User>)))]
 pub async fn list_users(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -128,10 +122,14 @@ pub async fn list_users(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |u| TimeId(u.created_at, u.id));
     state
-        .answer(Some(&spec), read.position, &UserPage { items, next_cursor })
+        .page(
+            read,
+            rows,
+            limit,
+            |u| TimeId(u.created_at, u.id),
+            Some(&spec),
+        )
         .await
 }
 
@@ -146,16 +144,10 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionPage {
-    pub items: Vec<Session>,
-    pub next_cursor: Option<String>,
-}
-
 /// The caller's own active sessions, newest first.
 #[utoipa::path(get, path = "/v1/sessions", tag = "users",
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = SessionPage)))]
+    responses((status = 200, body = Page<Session>)))]
 pub async fn list_sessions(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -184,9 +176,7 @@ pub async fn list_sessions(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |s| TimeId(s.started_at, s.id));
     state
-        .answer(None, read.position, &SessionPage { items, next_cursor })
+        .page(read, rows, limit, |s| TimeId(s.started_at, s.id), None)
         .await
 }

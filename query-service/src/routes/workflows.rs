@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{page, path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec};
+use crate::state::{Answer, AppState, CacheSpec, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Workflow {
@@ -31,12 +31,6 @@ pub struct Workflow {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowPage {
-    pub items: Vec<Workflow>,
-    pub next_cursor: Option<String>,
-}
-
 const WORKFLOW_COLUMNS: &str =
     "id, name, description, definition, triggers, parameters, tags, version,
     max_retries, status::text AS status, created_by, created_at, updated_at, deleted_at";
@@ -47,7 +41,7 @@ const WORKFLOW_COLUMNS: &str =
            ("tag" = Option<String>, Query),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = WorkflowPage)))]
+    responses((status = 200, body = Page<Workflow>)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -87,13 +81,13 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&mut *read.tx)
     .await?;
-    read.tx.commit().await?;
-    let (items, next_cursor) = page(rows, limit, |w| TimeId(w.created_at, w.id));
     state
-        .answer(
+        .page(
+            read,
+            rows,
+            limit,
+            |w| TimeId(w.created_at, w.id),
             Some(&spec),
-            read.position,
-            &WorkflowPage { items, next_cursor },
         )
         .await
 }
@@ -159,12 +153,6 @@ pub struct Step {
     pub duration_ms: Option<i64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExecutionPage {
-    pub items: Vec<Execution>,
-    pub next_cursor: Option<String>,
-}
-
 const EXECUTION_COLUMNS: &str = "id, workflow_id, workflow_version, status::text AS status, trigger_source,
     inputs, outputs, error, priority, max_retries, started_by, steps_total, steps_succeeded, steps_failed,
     CASE WHEN steps_total = 0 THEN 0::float8
@@ -197,7 +185,7 @@ async fn with_steps(tx: &mut sqlx::PgConnection, executions: &mut [Execution]) -
            ("status" = Option<String>, Query, description = "pending | running | succeeded | failed | cancelled"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),
            ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = ExecutionPage)))]
+    responses((status = 200, body = Page<Execution>)))]
 pub async fn list_executions(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -244,11 +232,7 @@ pub async fn list_executions(
     with_steps(&mut read.tx, &mut items).await?;
     read.tx.commit().await?;
     state
-        .answer(
-            Some(&spec),
-            read.position,
-            &ExecutionPage { items, next_cursor },
-        )
+        .answer(Some(&spec), read.position, &Page { items, next_cursor })
         .await
 }
 
