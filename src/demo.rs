@@ -96,6 +96,13 @@ pub async fn run(
         .send("workflow.activate", workflow, json!({}), &admin)
         .await?;
     tracing::info!(rate, agents = args.agents, "demo running");
+    // The admin's session token, for the dashboard's sign-in (on standard
+    // output, not in the logs).
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "dashboard token (admin, 24 h): {admin}")?;
+    }
 
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..args.agents.max(1) {
