@@ -14,9 +14,7 @@
 //! stored between the two increments carries the first one's value and is
 //! outdated by the second.)
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 /// The epoch of `user`, under the deployment's key prefix.
@@ -37,13 +35,8 @@ pub struct AuthEpochs {
 impl AuthEpochs {
     /// Connects lazily (the first bump connects, and fails if Redis is down).
     pub fn new(redis_url: &str, prefix: &str) -> Result<AuthEpochs, redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1);
         Ok(AuthEpochs {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: crate::redis_conn::lazy(redis_url)?,
             prefix: prefix.to_string(),
         })
     }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod ratelimit;
+pub mod redis_conn;
 pub mod telemetry;
 
 pub use config::{ConfigError, Settings};

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use domain::{conversation, incident, knowledge, runbook, user};
 use eventstore::{EventStore, Position, RecordedEvent};
-use futures_util::future::BoxFuture;
 use infra::circuit::{CircuitBreaker, CircuitState};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -37,11 +36,7 @@ const SNIPPET_CHARS: usize = 1_000;
 /// Conversation owners remembered between batches.
 const OWNER_CACHE: usize = 200_000;
 
-/// Opens the vector store. Called by whoever holds the projection's lease,
-/// so an embedded store is written by one process only; an opener may hand
-/// out one shared instance (as `up` does, for the query service to read).
-pub type StoreOpener =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn VectorStore>, VectorError>> + Send + Sync>;
+pub use vectors::StoreOpener;
 
 /// Opens the embedded store under `dir` on first use and hands the same
 /// instance to every later caller in this process.

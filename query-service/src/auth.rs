@@ -18,6 +18,7 @@ use infra::auth::{parse_bearer, token_hash, verify_secret, Bearer};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::cache::CALL_TIMEOUT;
 use crate::problem::ApiError;
 
 /// The signed-in caller.
@@ -245,7 +246,6 @@ pub struct Verified {
 /// How long a Redis copy of a credential's principal lives at most (it
 /// also bounds how stale its `last_seen` can be).
 const CACHED_FOR_SECONDS: u64 = 60;
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One round trip: the entry and the current epoch of its user.
 const LOOKUP: &str = r"

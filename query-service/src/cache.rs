@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eventstore::Position;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::metrics::metrics;
 
 /// How long a Redis call may take before the cache is skipped.
-const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Stores an entry and registers it in its tag sets, unless the Redis
 /// projection has invalidated past the entry's position (or is not running).
@@ -57,15 +57,7 @@ pub struct Entry {
 impl Cache {
     /// Connects lazily: a Redis that is down at start-up is retried on use.
     pub fn new(url: &str, prefix: &str, ttl: Duration) -> Cache {
-        let conn = redis::Client::open(url).and_then(|client| {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_millis(500)))
-                .set_response_timeout(Some(Duration::from_millis(500)))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500));
-            ConnectionManager::new_lazy_with_config(client, config)
-        });
-        let conn = match conn {
+        let conn = match infra::redis_conn::lazy(url) {
             Ok(conn) => Some(conn),
             Err(error) => {
                 tracing::warn!(%error, "the response cache is off: bad Redis URL");

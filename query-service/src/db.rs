@@ -19,6 +19,15 @@ use crate::metrics::metrics;
 use crate::problem::ApiError;
 use crate::progress::Progress;
 
+/// SQL: milliseconds since the oldest event after the checkpoint row `c`
+/// was recorded (a missing row counts as the start), 0 when caught up.
+pub const LAG_MS_SQL: &str =
+    "coalesce((SELECT (extract(epoch FROM now() - e.recorded_at) * 1000)::int8
+      FROM events e
+     WHERE (e.generation, e.tx_id, e.seq)
+         > (coalesce(c.generation, 0), coalesce(c.tx_id, 0), coalesce(c.seq, 0))
+     ORDER BY e.generation, e.tx_id, e.seq LIMIT 1), 0)";
+
 /// The projections endpoints read, by checkpoint name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

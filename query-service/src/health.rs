@@ -10,6 +10,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::db::LAG_MS_SQL;
 use crate::state::AppState;
 
 /// A projection further behind than this makes the service not ready.
@@ -166,17 +167,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// The age of the oldest event each SQL projection has not applied yet.
 async fn lag(state: &AppState) -> Result<String, String> {
-    let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
-        "SELECT p.name,
-                coalesce((SELECT (extract(epoch FROM now() - e.recorded_at) * 1000)::int8 FROM events e
-                   WHERE (e.generation, e.tx_id, e.seq)
-                       > (coalesce(c.generation, 0), coalesce(c.tx_id, 0), coalesce(c.seq, 0))
-                   ORDER BY e.generation, e.tx_id, e.seq LIMIT 1), 0),
-                s.stopped
+    let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(&format!(
+        "SELECT p.name, {LAG_MS_SQL}, s.stopped
            FROM (VALUES ('relational'), ('audit')) AS p (name)
            LEFT JOIN projection_checkpoints c ON c.name = p.name
-           LEFT JOIN projection_status s ON s.name = p.name",
-    )
+           LEFT JOIN projection_status s ON s.name = p.name"
+    ))
     .fetch_all(&state.db.primary)
     .await
     .map_err(|e| e.to_string())?;

@@ -35,7 +35,7 @@ use sqlx::PgPool;
 pub use auth::Principal;
 pub use openapi::ApiDoc;
 pub use problem::{ApiError, Problem};
-pub use search::{Search, StoreOpener};
+pub use search::Search;
 
 /// What the service needs besides its database pool.
 #[derive(Clone)]

@@ -7,20 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
-use vectors::{Collection, Embedder, Filter, SearchRequest, VectorError, VectorStore};
+use vectors::{Collection, Embedder, Filter, SearchRequest, StoreOpener};
 
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{Caller, ReadConsistency};
 use crate::state::{Answer, AppState};
-
-/// Opens (or hands out the already open) vector store.
-pub type StoreOpener =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn VectorStore>, VectorError>> + Send + Sync>;
 
 pub struct Search {
     pub store: StoreOpener,

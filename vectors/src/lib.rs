@@ -17,4 +17,4 @@ mod store;
 pub use collection::Collection;
 pub use embed::{EmbedError, Embedder, ModelInfo};
 pub use error::VectorError;
-pub use store::{Condition, Filter, Hit, Point, SearchRequest, VectorStore};
+pub use store::{Condition, Filter, Hit, Point, SearchRequest, StoreOpener, VectorStore};

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -151,3 +153,10 @@ pub(crate) fn check_dimension(expected: usize, vector: &[f32]) -> Result<(), Vec
         })
     }
 }
+
+/// Opens the vector store, or hands out the one already open: the vector
+/// projection opens it when it takes its lease (an embedded store is
+/// written by one process only), and a query service in the same process
+/// searches the same instance.
+pub type StoreOpener =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn VectorStore>, VectorError>> + Send + Sync>;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::Source;
+use crate::db::{Source, LAG_MS_SQL};
 use crate::problem::ApiResult;
 use crate::request::{Caller, ReadConsistency};
 use crate::state::{Answer, AppState, CacheSpec};
@@ -106,17 +106,15 @@ pub async fn summary(
     let last_7_days: Usage = sqlx::query_as(&usage("now() - interval '7 days'"))
         .fetch_one(&mut *tx)
         .await?;
-    let projections: Vec<ProjectionLag> = sqlx::query_as(
+    let projections: Vec<ProjectionLag> = sqlx::query_as(&format!(
         "SELECT c.name, c.generation || '.' || c.tx_id || '.' || c.seq AS position,
                 (SELECT count(*) FROM (SELECT 1 FROM events e
                    WHERE (e.generation, e.tx_id, e.seq) > (c.generation, c.tx_id, c.seq)
                    LIMIT 10000) AS behind) AS events_behind,
-                coalesce((SELECT (extract(epoch FROM now() - e.recorded_at) * 1000)::int8 FROM events e
-                   WHERE (e.generation, e.tx_id, e.seq) > (c.generation, c.tx_id, c.seq)
-                   ORDER BY e.generation, e.tx_id, e.seq LIMIT 1), 0) AS lag_ms
+                {LAG_MS_SQL} AS lag_ms
            FROM projection_checkpoints c
-          ORDER BY c.name",
-    )
+          ORDER BY c.name"
+    ))
     .fetch_all(&mut *tx)
     .await?;
     read.tx.commit().await?;
