@@ -590,6 +590,30 @@ mod tests {
         )
         .expect_err("bad prefix");
         assert!(err.to_string().contains("nats.prefix"), "{err}");
+        for (name, value) in [
+            ("COPILOT_HTTP_CACHE_TTL_SECS", "five"),
+            ("COPILOT_HTTP_CACHE_TTL_SECS", "-1"),
+            ("COPILOT_HTTP_RATE_LIMIT_PER_MINUTE", "lots"),
+        ] {
+            let err = Settings::load_from(Some(Path::new("/dev/null")), &env(&[(name, value)]))
+                .expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let s = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[
+                ("COPILOT_HTTP_CACHE_TTL_SECS", "30"),
+                ("COPILOT_HTTP_RATE_LIMIT_PER_MINUTE", "0"),
+                (
+                    "COPILOT_REPLICA_DATABASE_URL",
+                    "postgres://replica:5432/copilot",
+                ),
+            ]),
+        )
+        .expect("query API settings");
+        assert_eq!(s.http.cache_ttl, Duration::from_secs(30));
+        assert_eq!(s.http.rate_limit_per_minute, 0);
+        assert!(s.http.replica_url.is_some());
     }
 
     #[test]

@@ -137,6 +137,17 @@ fn describe(options: &PgConnectOptions) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_replica_url_is_checked_but_not_dialled() {
+        let settings = DatabaseSettings::default();
+        let err = replica_pool("not a url", &settings).expect_err("bad URL");
+        assert!(matches!(err, DbSetupError::Url(_)), "{err}");
+        // Nothing listens there: the pool is still made (reads fall back).
+        let pool = replica_pool("postgres://postgres@127.0.0.1:1/copilot", &settings)
+            .expect("a lazy pool");
+        assert_eq!(pool.size(), 0);
+    }
+
     /// `copilot-data up` prepares the database from every role at once.
     #[tokio::test]
     async fn concurrent_preparers_of_a_new_database_all_succeed() {

@@ -133,6 +133,27 @@ async fn bad_requests_get_problems(pool: PgPool) {
             json!({"collection": "code", "query": "x", "filter": {"language": 5}}),
             "filter",
         ),
+        (
+            json!({"collection": "code", "query": "x", "filter": {"language": []}}),
+            "filter",
+        ),
+        (
+            json!({"collection": "code", "query": "x", "filter": {"language": [1]}}),
+            "filter",
+        ),
+        (
+            json!({"collection": "code", "query": "x", "filter": {"language": vec!["rust"; 101]}}),
+            "filter",
+        ),
+        (json!({"collection": "code", "query": "   "}), "query"),
+        (
+            json!({"collection": "code", "query": "x".repeat(4097)}),
+            "query",
+        ),
+        (
+            json!({"collection": "code", "query": "x", "limit": 101}),
+            "limit",
+        ),
     ] {
         let reply = stack.post("/v1/search", &admin, &body).await;
         assert_eq!(reply.problem(400)["parameter"], parameter, "{body}");
