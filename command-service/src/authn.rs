@@ -3,13 +3,14 @@
 //! exactly as current as the log).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use domain::context::Actor;
 use domain::ids::UserId;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
+use eventstore::coalesce::{Coalescer, Pending};
 use infra::auth::{constant_time_eq, parse_bearer, token_hash, verify_secret, Bearer};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -26,6 +27,8 @@ pub enum Refusal {
 
 pub struct Authenticator {
     pool: PgPool,
+    /// Preflights that arrive together share one query.
+    lookups: Coalescer<Lookup, Result<SessionRow, LookupError>>,
     bootstrap: Option<SecretString>,
     /// API keys whose argon2 hash was verified: token digest → key id.
     /// Revocation and expiry are still read from PostgreSQL every time.
@@ -33,8 +36,16 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Starts the task that serves preflight lookups (needs a runtime).
     pub fn new(pool: PgPool, bootstrap: Option<SecretString>) -> Self {
+        let lookup_pool = pool.clone();
         Authenticator {
+            lookups: Coalescer::spawn(
+                LOOKUP_SLOTS,
+                MAX_LOOKUPS,
+                |_: &Lookup| 1,
+                move |batch| look_up(lookup_pool.clone(), batch),
+            ),
             pool,
             bootstrap,
             verified_keys: Mutex::new(HashMap::new()),
@@ -44,7 +55,8 @@ impl Authenticator {
     /// Before deciding: the stored outcome of `command_id`, if it was
     /// decided before, and the actor behind `authorization` (the header's
     /// value); `session.start` needs no credential. For a session token,
-    /// the common case, both come from one query.
+    /// the common case, both come from one query, which also serves the
+    /// preflights that arrive at the same time.
     pub async fn preflight(
         &self,
         command_id: Uuid,
@@ -52,34 +64,36 @@ impl Authenticator {
         command_type: &str,
         admin_command: bool,
         now: DateTime<Utc>,
-    ) -> Result<Preflight, sqlx::Error> {
+    ) -> Result<Preflight, LookupError> {
         let token = match authorization {
             _ if command_type == "session.start" => None,
             None => None,
             Some(header) => header.strip_prefix("Bearer ").map(str::trim),
         };
-        if let Some(Bearer::Session(session_token)) = token.and_then(parse_bearer) {
-            let row: SessionRow = sqlx::query_as(&format!(
-                "SELECT ({}) AS outcome, s.user_id, u.role, s.expires_at, s.last_seen, s.ended, u.locked, u.deleted
-                   FROM (SELECT 1) AS one
-                   LEFT JOIN auth_sessions s ON s.token_hash = $2
-                   LEFT JOIN auth_users u ON u.user_id = s.user_id",
-                crate::outcomes::STORED_OUTCOME
-            ))
-            .bind(command_id)
-            .bind(token_hash(session_token))
-            .fetch_one(&self.pool)
-            .await?;
-            let outcome = row.outcome.clone().map(|o| o.0);
-            return Ok(Preflight {
-                outcome,
-                actor: session_actor(row, now),
-            });
-        }
-        let outcome = crate::outcomes::stored(&self.pool, command_id).await?;
-        let actor = self
-            .authenticate(authorization, token, command_type, admin_command, now)
-            .await?;
+        let session_hash = match token.and_then(parse_bearer) {
+            Some(Bearer::Session(session_token)) => Some(token_hash(session_token)),
+            _ => None,
+        };
+        let is_session = session_hash.is_some();
+        let row = self
+            .lookups
+            .call(Lookup {
+                command_id,
+                session_hash,
+            })
+            .await
+            .map_err(|_| LookupError::Stopped)??;
+        let outcome = if row.decided {
+            crate::outcomes::stored(&self.pool, command_id).await?
+        } else {
+            None
+        };
+        let actor = if is_session {
+            session_actor(row, now)
+        } else {
+            self.authenticate(authorization, token, command_type, admin_command, now)
+                .await?
+        };
         Ok(Preflight { outcome, actor })
     }
 
@@ -111,6 +125,74 @@ impl Authenticator {
             Some(Bearer::ApiKey { key_id, secret }) => {
                 self.api_key(token, key_id, secret, admin_command, now)
                     .await
+            }
+        }
+    }
+}
+
+/// Preflight queries in flight at once, and the most one of them answers.
+const LOOKUP_SLOTS: usize = 2;
+const MAX_LOOKUPS: usize = 512;
+
+/// The auth index could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("auth index: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("auth index: the lookup task has stopped")]
+    Stopped,
+}
+
+impl From<sqlx::Error> for LookupError {
+    fn from(e: sqlx::Error) -> Self {
+        LookupError::Database(Arc::new(e))
+    }
+}
+
+/// One preflight: a command's stored outcome and, for a session token, the
+/// session and its user.
+struct Lookup {
+    command_id: Uuid,
+    session_hash: Option<String>,
+}
+
+/// Answers a batch of preflights with one statement.
+async fn look_up(pool: PgPool, batch: Vec<Pending<Lookup, Result<SessionRow, LookupError>>>) {
+    crate::metrics::metrics()
+        .preflight_batch_size
+        .observe(batch.len() as f64);
+    let (command_ids, hashes): (Vec<Uuid>, Vec<Option<&str>>) = batch
+        .iter()
+        .map(|p| (p.request.command_id, p.request.session_hash.as_deref()))
+        .unzip();
+    let rows: Result<Vec<SessionRow>, sqlx::Error> = sqlx::query_as(
+        "SELECT decided, user_id, role, expires_at, last_seen, ended, locked, deleted
+           FROM command_preflight($1, $2) ORDER BY idx",
+    )
+    .bind(&command_ids)
+    .bind(&hashes)
+    .fetch_all(&pool)
+    .await;
+    match rows {
+        Ok(rows) if rows.len() == batch.len() => {
+            for (pending, row) in batch.into_iter().zip(rows) {
+                let _ = pending.reply.send(Ok(row));
+            }
+        }
+        Ok(rows) => {
+            let error = LookupError::from(sqlx::Error::Protocol(format!(
+                "{} preflights answered {} rows",
+                batch.len(),
+                rows.len()
+            )));
+            for pending in batch {
+                let _ = pending.reply.send(Err(error.clone()));
+            }
+        }
+        Err(e) => {
+            let error = LookupError::from(e);
+            for pending in batch {
+                let _ = pending.reply.send(Err(error.clone()));
             }
         }
     }
@@ -226,11 +308,12 @@ impl Authenticator {
     }
 }
 
-/// A session and its user, beside a stored outcome; every column may be
-/// NULL (no such session, or the user row is gone).
+/// A session and its user, beside whether the command has an outcome;
+/// every column but that may be NULL (no such session, or the user row is
+/// gone).
 #[derive(sqlx::FromRow)]
 struct SessionRow {
-    outcome: Option<sqlx::types::Json<crate::result::CommandResult>>,
+    decided: bool,
     user_id: Option<Uuid>,
     role: Option<String>,
     expires_at: Option<DateTime<Utc>>,

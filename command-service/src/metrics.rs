@@ -2,7 +2,9 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
 
 pub struct Metrics {
     /// Commands by type and status.
@@ -15,6 +17,8 @@ pub struct Metrics {
     pub rate_limit_fail_open: IntCounter,
     /// Conflicts retried by reloading the aggregate.
     pub conflict_retries: IntCounter,
+    /// Preflights (stored outcome and session) answered by one query.
+    pub preflight_batch_size: Histogram,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -58,6 +62,10 @@ pub fn metrics() -> &'static Metrics {
                 "Commands retried after losing a version race",
             )
             .expect("valid metric"),
+            preflight_batch_size: eventstore::metrics::batch_histogram(
+                "copilot_command_preflight_batch_size",
+                "Preflights (stored outcome and session) answered by one query",
+            ),
         };
         let registry = infra::metrics::registry();
         for collector in [
@@ -66,7 +74,11 @@ pub fn metrics() -> &'static Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.rate_limit_fail_open.clone()),
             Box::new(m.conflict_retries.clone()),
-        ] {
+            Box::new(m.preflight_batch_size.clone()),
+        ]
+        .into_iter()
+        .chain(eventstore::metrics::collectors())
+        {
             // Registered once per process; a second registration is harmless.
             let _ = registry.register(collector);
         }

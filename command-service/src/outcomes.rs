@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::result::CommandResult;
 
-/// The outcome of command `$1`, as a subquery.
+/// The outcome of command `$1`.
 pub const STORED_OUTCOME: &str =
     "SELECT result FROM command_outcomes WHERE command_id = $1 LIMIT 1";
 

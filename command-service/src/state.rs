@@ -61,15 +61,16 @@ pub(crate) struct StateCache {
 const CACHE_CAPACITY: usize = 50_000;
 
 impl StateCache {
-    pub(crate) fn get<A: Aggregate>(&self, id: Uuid) -> Option<(A::State, u64)>
+    /// Takes the cached state out (no copy of a long state per command):
+    /// the caller holds the aggregate's turn and puts the next state back.
+    /// A state not put back is read from the store next time.
+    pub(crate) fn take<A: Aggregate>(&self, id: Uuid) -> Option<(A::State, u64)>
     where
         A::State: Send + Sync + 'static,
     {
-        let entries = self.entries.lock().ok()?;
-        let (state, version) = entries.get(&id)?;
-        state
-            .downcast_ref::<A::State>()
-            .map(|s| (s.clone(), *version))
+        let mut entries = self.entries.lock().ok()?;
+        let (state, version) = entries.remove(&id)?;
+        state.downcast::<A::State>().ok().map(|s| (*s, version))
     }
 
     pub(crate) fn put<A: Aggregate>(&self, id: Uuid, state: A::State, version: u64)

@@ -70,9 +70,11 @@
 
 mod append;
 pub mod checkpoint;
+pub mod coalesce;
 mod error;
 mod generation;
 mod group_commit;
+pub mod metrics;
 mod model;
 mod notify;
 mod position;

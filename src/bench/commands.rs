@@ -74,6 +74,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         "{AGENTS} agents sending conversation.append_message"
     ));
     let agent = Arc::new(agent);
+    let batches_before = BatchSizes::now();
     let mut commands = drive(AGENTS, duration, |i| {
         let agent = Arc::clone(&agent);
         let token = token.clone();
@@ -96,6 +97,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         }
     })
     .await?;
+    let batches = BatchSizes::now().since(&batches_before);
 
     progress.set_message("bare NATS echo");
     let echo_subject = format!("{prefix}.echo");
@@ -167,5 +169,48 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             echoes.latencies.quantile_ms(q),
         ));
     }
+    figures.push(Figure::alone(
+        "commands.append_message.w32.appends_per_commit",
+        batches.appends,
+        "appends",
+    ));
+    figures.push(Figure::alone(
+        "commands.append_message.w32.preflights_per_query",
+        batches.preflights,
+        "preflights",
+    ));
     Ok(figures)
+}
+
+/// Mean batch sizes of the group commit and of the preflight query, from
+/// their histograms (sum and count so far, or over an interval).
+struct BatchSizes {
+    appends: f64,
+    preflights: f64,
+    counts: (u64, u64),
+}
+
+impl BatchSizes {
+    fn now() -> Self {
+        let appends = eventstore::metrics::append_batch_size();
+        let preflights = &command_service::metrics::metrics().preflight_batch_size;
+        BatchSizes {
+            appends: appends.get_sample_sum(),
+            preflights: preflights.get_sample_sum(),
+            counts: (appends.get_sample_count(), preflights.get_sample_count()),
+        }
+    }
+
+    fn since(&self, before: &BatchSizes) -> Self {
+        let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
+        let counts = (
+            self.counts.0.saturating_sub(before.counts.0),
+            self.counts.1.saturating_sub(before.counts.1),
+        );
+        BatchSizes {
+            appends: mean(self.appends - before.appends, counts.0),
+            preflights: mean(self.preflights - before.preflights, counts.1),
+            counts,
+        }
+    }
 }

@@ -34,6 +34,18 @@ impl Figure {
             ratio: (baseline_value > 0.0).then(|| round(value / baseline_value)),
         }
     }
+
+    /// A figure that explains others and has no baseline of its own.
+    pub fn alone(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
+        Figure {
+            name: name.into(),
+            value: round(value),
+            unit,
+            baseline_name: None,
+            baseline_value: None,
+            ratio: None,
+        }
+    }
 }
 
 fn round(x: f64) -> f64 {

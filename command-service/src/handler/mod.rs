@@ -325,7 +325,7 @@ impl Handler {
         };
         match outcome {
             Ok(result) => {
-                tracing::info!(status = result.status.as_str(), version = ?result.version, "command handled");
+                tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
                 result
             }
             Err(error) => unavailable(&envelope, &error),
@@ -343,7 +343,7 @@ impl Handler {
     where
         A::State: Send + Sync + 'static,
     {
-        let (mut state, mut version) = match self.cache.get::<A>(stream_id) {
+        let (mut state, mut version) = match self.cache.take::<A>(stream_id) {
             Some(cached) => cached,
             None => self.snapshot_or_empty::<A>(stream_id).await,
         };
@@ -396,7 +396,7 @@ impl Handler {
         let mut trust_cache = true;
         loop {
             let cached = if trust_cache {
-                self.cache.get::<A>(envelope.aggregate_id)
+                self.cache.take::<A>(envelope.aggregate_id)
             } else {
                 None
             };
@@ -442,6 +442,7 @@ impl Handler {
                     continue;
                 }
                 Err(error) => {
+                    self.cache.put::<A>(envelope.aggregate_id, state, version);
                     let result = domain_refusal(envelope, &error);
                     if let Some(login) = &facts.failed_login_of {
                         self.record_login(*login, false, envelope).await;

@@ -360,3 +360,88 @@ async fn many_concurrent_creators_of_one_stream_one_wins(pool: PgPool) {
     assert_eq!(won, 1);
     assert_eq!(event_count(&pool).await, 2);
 }
+
+/// A batch naming each stream and command once is decided as a set (see
+/// migration 0006): every outcome must be what one-by-one appends give.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_of_distinct_streams_gets_each_outcome_and_keeps_the_order(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let [s1, s2, s4, s5, s6] = [(); 5].map(|()| Uuid::now_v7());
+    let [a, b, y] = [(); 3].map(|()| Uuid::now_v7());
+    let older = store
+        .append(&with_command(request(s2, ExpectedVersion::NoStream, 1), y))
+        .await
+        .expect("older command");
+    store
+        .append(&request(s4, ExpectedVersion::NoStream, 2))
+        .await
+        .expect("s4");
+
+    let outcomes = store
+        .append_batch(&[
+            with_command(request(s1, ExpectedVersion::NoStream, 3), a),
+            request(s2, ExpectedVersion::Exact(9), 1),
+            with_command(request(s4, ExpectedVersion::Exact(2), 1), b),
+            with_command(request(s5, ExpectedVersion::NoStream, 1), y),
+            request(s6, ExpectedVersion::Any, 2),
+        ])
+        .await
+        .expect("batch");
+
+    let new = outcomes[0].as_ref().expect("new stream");
+    assert_eq!(
+        (new.stream_id, new.first_version, new.version, new.replayed),
+        (s1, 1, 3, false)
+    );
+    assert!(
+        matches!(
+            outcomes[1],
+            Err(AppendError::Conflict {
+                actual: Some(1),
+                ..
+            })
+        ),
+        "{:?}",
+        outcomes[1]
+    );
+    let next = outcomes[2].as_ref().expect("existing stream");
+    assert_eq!((next.first_version, next.version), (3, 3));
+    let repeat = outcomes[3].as_ref().expect("repeat of an older command");
+    assert!(repeat.replayed);
+    assert_eq!(
+        (
+            repeat.stream_id,
+            repeat.first_version,
+            repeat.version,
+            repeat.position
+        ),
+        (s2, 1, 1, older.position)
+    );
+    let any = outcomes[4].as_ref().expect("any version");
+    assert_eq!((any.first_version, any.version), (1, 2));
+    assert!(new.position < next.position && next.position < any.position);
+    assert_eq!(store.stream_version(s5).await.expect("version"), None);
+
+    // The global order is the batch's order, each stream's versions in turn,
+    // and each append's metadata is its own.
+    let events = crate::read_all_when_visible(&store, older.position, 8).await;
+    let order: Vec<(Uuid, u64)> = events.iter().map(|e| (e.stream_id, e.version)).collect();
+    assert_eq!(
+        order,
+        vec![
+            (s4, 1),
+            (s4, 2),
+            (s1, 1),
+            (s1, 2),
+            (s1, 3),
+            (s4, 3),
+            (s6, 1),
+            (s6, 2)
+        ]
+    );
+    assert_eq!(events.last().map(|e| e.position), Some(any.position));
+    assert_eq!(events[2].metadata.command_id, Some(a));
+    assert_eq!(events[5].metadata.command_id, Some(b));
+    assert_eq!(events[6].metadata.command_id, None);
+    assert_eq!(event_count(&pool).await, 1 + 2 + 3 + 1 + 2);
+}
