@@ -173,7 +173,8 @@ async fn append_on(
     decode_outcome(&row, request)
 }
 
-/// Appends every request in one statement (`eventstore_append_batch`), so
+/// Appends every request in one statement (`eventstore_append_set` or
+/// `eventstore_append_batch`), so
 /// in one transaction, retrying transient failures, and wakes subscribers
 /// if anything new was written. The outer error means nothing was written.
 pub(crate) async fn append_many(
@@ -213,24 +214,31 @@ pub(crate) async fn append_many(
             payloads.push(event.payload.as_slice());
         }
     }
+    // Requests that share a stream or a command id depend on each other and
+    // go through the per-request loop; otherwise the set-based function
+    // decides them all with one statement (migration 0006).
+    let statement = if independent(requests) {
+        "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
+           FROM eventstore_append_set($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    } else {
+        "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
+           FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    };
     let mut attempt = 0;
     let rows = loop {
-        let result = sqlx::query(
-            "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-               FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&stream_ids)
-        .bind(&stream_types)
-        .bind(&expected)
-        .bind(&command_ids)
-        .bind(&counts)
-        .bind(&metadata)
-        .bind(&event_ids)
-        .bind(&event_types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .fetch_all(pool)
-        .await;
+        let result = sqlx::query(statement)
+            .bind(&stream_ids)
+            .bind(&stream_types)
+            .bind(&expected)
+            .bind(&command_ids)
+            .bind(&counts)
+            .bind(&metadata)
+            .bind(&event_ids)
+            .bind(&event_types)
+            .bind(&schema_versions)
+            .bind(&payloads)
+            .fetch_all(pool)
+            .await;
         match result {
             Ok(rows) => break rows,
             Err(e) if crate::error::is_transient(&e) && attempt < TRANSIENT_RETRIES => {
@@ -256,6 +264,15 @@ pub(crate) async fn append_many(
         notifier.wake();
     }
     Ok(outcomes)
+}
+
+/// Whether no two requests name the same stream or the same command.
+fn independent(requests: &[&AppendRequest]) -> bool {
+    let mut streams = std::collections::HashSet::with_capacity(requests.len());
+    let mut commands = std::collections::HashSet::with_capacity(requests.len());
+    requests.iter().all(|r| {
+        streams.insert(r.stream_id) && r.metadata.command_id.is_none_or(|c| commands.insert(c))
+    })
 }
 
 fn expected_to_sql(expected: ExpectedVersion) -> i64 {

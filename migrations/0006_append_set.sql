@@ -2,13 +2,12 @@
 -- eventstore_append once per request: five statements each, whose executor
 -- start-up and per-statement overhead were most of an append's cost. When
 -- a batch names every stream and every command id at most once (what group
--- commit sees almost always), no request depends on another, so all of them
--- are decided by a few statements over the whole batch and their events
--- inserted by one. Otherwise the per-request loop of 0001 runs, unchanged.
--- Outcomes are the same either way (see eventstore_append for what each
--- status means); the streams' locks are still taken first, in one global
--- order.
-CREATE OR REPLACE FUNCTION eventstore_append_batch(
+-- commit sees almost always, and what the caller checks before choosing
+-- this function), no request depends on another, so all of them are
+-- decided and their events inserted by one statement, after one that takes
+-- the streams' locks in the global order. Arguments and outcomes are those
+-- of eventstore_append_batch (see eventstore_append for each status).
+CREATE FUNCTION eventstore_append_set(
     p_stream_ids      uuid[],
     p_stream_types    text[],
     p_expected        bigint[],
@@ -34,41 +33,19 @@ CREATE OR REPLACE FUNCTION eventstore_append_batch(
 SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
-DECLARE
-    n      integer := coalesce(cardinality(p_stream_ids), 0);
-    i      integer;
-    o      integer := 1;
-    c      integer;
-    v_generation integer;
-    v_tx         bigint;
 BEGIN
     PERFORM count(pg_advisory_xact_lock(k))
-       FROM (SELECT DISTINCT hashtextextended(s::text, 0) AS k
+       FROM (SELECT hashtextextended(s::text, 0) AS k
                FROM unnest(p_stream_ids) AS s ORDER BY k) AS keys;
 
-    IF n > 1 AND ((SELECT count(DISTINCT s) FROM unnest(p_stream_ids) AS s) < n
-              OR (SELECT count(DISTINCT c) < count(c) FROM unnest(p_command_ids) AS c)) THEN
-        FOR i IN 1 .. n LOOP
-            c := p_counts[i];
-            idx := i;
-            SELECT a.status, a.out_stream_id, a.first_version, a.last_version, a.generation, a.tx_id, a.seq
-              INTO status, out_stream_id, first_version, last_version, generation, tx_id, seq
-              FROM eventstore_append(p_stream_ids[i], p_stream_types[i], p_expected[i], p_command_ids[i],
-                                     p_event_ids[o : o + c - 1], p_event_types[o : o + c - 1],
-                                     p_schema_versions[o : o + c - 1], p_payloads[o : o + c - 1],
-                                     p_metadata[i]::jsonb, true) AS a;
-            o := o + c;
-            RETURN NEXT;
-        END LOOP;
-        RETURN;
-    END IF;
-
-    -- After the locks, as in eventstore_append.
-    v_generation := (SELECT max(g.generation) FROM store_generations g);
-    v_tx := pg_current_xact_id()::text::bigint;
-
     RETURN QUERY
-    WITH req AS (
+    WITH ctx AS MATERIALIZED (
+        -- After the locks (this statement's snapshot is taken after them),
+        -- as in eventstore_append.
+        SELECT (SELECT max(g.generation) FROM store_generations g) AS generation,
+               pg_current_xact_id()::text::bigint AS tx_id
+    ),
+    req AS (
         SELECT r.idx::integer AS idx, r.stream_id, r.stream_type, r.expected, r.command_id,
                r.cnt, r.metadata,
                (sum(r.cnt) OVER (ORDER BY r.idx) - r.cnt)::integer AS offs
@@ -76,17 +53,18 @@ BEGIN
                WITH ORDINALITY AS r(stream_id, stream_type, expected, command_id, cnt, metadata, idx)
     ),
     decided AS (
-        SELECT req.*, h.version AS head_version,
+        SELECT req.*, h.version AS head_version, ctx.generation AS v_generation, ctx.tx_id AS v_tx,
                d.stream_id AS dup_stream, d.first_version AS dup_first, d.last_version AS dup_last,
                d.generation AS dup_generation, d.tx_id AS dup_tx, d.seq AS dup_seq,
                CASE
                    WHEN d.stream_id IS NOT NULL THEN 'duplicate'
                    WHEN req.expected >= 0 AND coalesce(h.version, 0) <> req.expected THEN 'conflict'
                    WHEN h.version IS NOT NULL
-                        AND (h.generation, h.tx_id) > (v_generation, v_tx) THEN 'stale'
+                        AND (h.generation, h.tx_id) > (ctx.generation, ctx.tx_id) THEN 'stale'
                    ELSE 'ok'
                END AS status
           FROM req
+          CROSS JOIN ctx
           LEFT JOIN LATERAL (
                 SELECT f.stream_id, f.version AS first_version, l.version AS last_version,
                        l.generation, l.tx_id, l.seq
@@ -106,7 +84,7 @@ BEGIN
         INSERT INTO events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
                                  event_type, schema_version, payload, metadata,
                                  command_id, command_events)
-        SELECT d.stream_id, coalesce(d.head_version, 0) + ev.ord, v_generation, v_tx,
+        SELECT d.stream_id, coalesce(d.head_version, 0) + ev.ord, d.v_generation, d.v_tx,
                p_event_ids[d.offs + ev.ord], d.stream_type, p_event_types[d.offs + ev.ord],
                p_schema_versions[d.offs + ev.ord], p_payloads[d.offs + ev.ord], d.metadata::jsonb,
                CASE WHEN ev.ord = 1 THEN d.command_id END,
@@ -125,8 +103,8 @@ BEGIN
            CASE d.status WHEN 'ok' THEN coalesce(d.head_version, 0) + d.cnt
                          WHEN 'duplicate' THEN d.dup_last
                          ELSE d.head_version END,
-           CASE d.status WHEN 'ok' THEN v_generation WHEN 'duplicate' THEN d.dup_generation END,
-           CASE d.status WHEN 'ok' THEN v_tx WHEN 'duplicate' THEN d.dup_tx END,
+           CASE d.status WHEN 'ok' THEN d.v_generation WHEN 'duplicate' THEN d.dup_generation END,
+           CASE d.status WHEN 'ok' THEN d.v_tx WHEN 'duplicate' THEN d.dup_tx END,
            CASE d.status WHEN 'ok' THEN i.seq WHEN 'duplicate' THEN d.dup_seq END
       FROM decided d
       LEFT JOIN inserted i ON d.status = 'ok'
