@@ -81,8 +81,7 @@ impl Authenticator {
                 command_id,
                 session_hash,
             })
-            .await
-            .map_err(|_| LookupError::Stopped)??;
+            .await??;
         let outcome = if row.decided {
             crate::outcomes::stored(&self.pool, command_id).await?
         } else {
@@ -143,6 +142,12 @@ pub enum LookupError {
     Stopped,
 }
 
+impl From<eventstore::coalesce::Stopped> for LookupError {
+    fn from(_: eventstore::coalesce::Stopped) -> Self {
+        LookupError::Stopped
+    }
+}
+
 impl From<sqlx::Error> for LookupError {
     fn from(e: sqlx::Error) -> Self {
         LookupError::Database(Arc::new(e))
@@ -165,32 +170,33 @@ async fn look_up(pool: PgPool, batch: Vec<Pending<Lookup, Result<SessionRow, Loo
         .iter()
         .map(|p| (p.request.command_id, p.request.session_hash.as_deref()))
         .unzip();
-    let rows: Result<Vec<SessionRow>, sqlx::Error> = sqlx::query_as(
+    let rows = sqlx::query_as::<_, SessionRow>(
         "SELECT decided, user_id, role, expires_at, last_seen, ended, locked, deleted
            FROM command_preflight($1, $2) ORDER BY idx",
     )
     .bind(&command_ids)
     .bind(&hashes)
     .fetch_all(&pool)
-    .await;
+    .await
+    .map_err(LookupError::from)
+    .and_then(|rows| {
+        if rows.len() == batch.len() {
+            Ok(rows)
+        } else {
+            Err(LookupError::from(sqlx::Error::Protocol(format!(
+                "{} preflights answered {} rows",
+                batch.len(),
+                rows.len()
+            ))))
+        }
+    });
     match rows {
-        Ok(rows) if rows.len() == batch.len() => {
+        Ok(rows) => {
             for (pending, row) in batch.into_iter().zip(rows) {
                 let _ = pending.reply.send(Ok(row));
             }
         }
-        Ok(rows) => {
-            let error = LookupError::from(sqlx::Error::Protocol(format!(
-                "{} preflights answered {} rows",
-                batch.len(),
-                rows.len()
-            )));
-            for pending in batch {
-                let _ = pending.reply.send(Err(error.clone()));
-            }
-        }
-        Err(e) => {
-            let error = LookupError::from(e);
+        Err(error) => {
             for pending in batch {
                 let _ = pending.reply.send(Err(error.clone()));
             }

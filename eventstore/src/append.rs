@@ -217,16 +217,18 @@ pub(crate) async fn append_many(
     // Requests that share a stream or a command id depend on each other and
     // go through the per-request loop; otherwise the set-based function
     // decides them all with one statement (migration 0006).
-    let statement = if independent(requests) {
-        "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-           FROM eventstore_append_set($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    let function = if independent(requests) {
+        "eventstore_append_set"
     } else {
-        "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-           FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        "eventstore_append_batch"
     };
+    let statement = format!(
+        "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
+           FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    );
     let mut attempt = 0;
     let rows = loop {
-        let result = sqlx::query(statement)
+        let result = sqlx::query(&statement)
             .bind(&stream_ids)
             .bind(&stream_types)
             .bind(&expected)
