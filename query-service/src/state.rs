@@ -33,6 +33,13 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+/// What [`AppState::cached_or_read`] found: the cached answer, or a read
+/// transaction to make it with.
+pub enum Cached {
+    Hit(Answer),
+    Miss(crate::db::ReadTx),
+}
+
 /// A response body and the projection position it reflects.
 pub struct Answer {
     pub position: Position,
@@ -116,13 +123,10 @@ impl AppState {
             &[&id.to_string()],
             vec![format!("{kind}:{id}")],
         );
-        if let Some(hit) = self.cached(&spec, consistency).await {
-            return Ok(hit);
-        }
-        let mut read = self
-            .db
-            .read(Some(caller), crate::db::Source::Relational, consistency)
-            .await?;
+        let mut read = match self.cached_or_read(&spec, caller, consistency).await? {
+            Cached::Miss(read) => read,
+            Cached::Hit(hit) => return Ok(hit),
+        };
         let found: Option<T> = sqlx::query_as(sql)
             .bind(id)
             .fetch_optional(&mut *read.tx)
@@ -150,6 +154,24 @@ impl AppState {
         let (items, next_cursor) = crate::request::page(rows, limit, key);
         self.answer(spec, read.position, &Page { items, next_cursor })
             .await
+    }
+
+    /// The cached answer for `spec`, or else a read of the relational
+    /// model acting as `caller`, to make the answer with.
+    pub async fn cached_or_read(
+        &self,
+        spec: &CacheSpec,
+        caller: &Principal,
+        consistency: Consistency,
+    ) -> Result<Cached, ApiError> {
+        if let Some(hit) = self.cached(spec, consistency).await {
+            return Ok(Cached::Hit(hit));
+        }
+        let read = self
+            .db
+            .read(Some(caller), crate::db::Source::Relational, consistency)
+            .await?;
+        Ok(Cached::Miss(read))
     }
 
     /// A cached answer good for `consistency`, if Redis has one.

@@ -8,10 +8,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{path_id, Caller, Params, ReadConsistency, Seq, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Page};
+use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
 
 /// A conversation with its message count and token and cost totals.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -82,13 +81,10 @@ pub async fn list(
         &[&params.canonical()],
         vec!["conversation:all".into()],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let rows: Vec<Conversation> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM read_model.conversations
           WHERE ($1 OR user_id = $2)
@@ -168,13 +164,10 @@ pub async fn messages(
         &[&id.to_string(), &params.canonical()],
         vec![format!("conversation:{id}")],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     visible(&mut read.tx, id).await?;
     let rows: Vec<Message> = sqlx::query_as(
         "SELECT id, conversation_id, sequence, role::text AS role, content, tool_calls, tool_results,

@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::{Source, LAG_MS_SQL};
+use crate::db::LAG_MS_SQL;
 use crate::problem::ApiResult;
 use crate::request::{Caller, ReadConsistency};
-use crate::state::{Answer, AppState, CacheSpec};
+use crate::state::{Answer, AppState, CacheSpec, Cached};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Summary {
@@ -66,13 +66,10 @@ pub async fn summary(
             .map(|t| format!("{t}:all"))
             .collect(),
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let tx = &mut *read.tx;
     let active_sessions: i64 =
         sqlx::query_scalar("SELECT count(*) FROM read_model.active_sessions")

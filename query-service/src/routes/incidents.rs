@@ -8,10 +8,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Page};
+use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Incident {
@@ -91,13 +90,10 @@ pub async fn list(
         &[&params.canonical()],
         vec!["incident:all".into()],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let rows: Vec<Incident> = sqlx::query_as(&format!(
         "SELECT {INCIDENT_COLUMNS} FROM read_model.incidents
           WHERE ($1::text IS NULL OR status::text = $1)
@@ -142,13 +138,10 @@ pub async fn get(
         &[&id.to_string()],
         vec![format!("incident:{id}")],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let found: Option<Incident> = sqlx::query_as(&format!(
         "SELECT {INCIDENT_COLUMNS} FROM read_model.incidents WHERE id = $1"
     ))
@@ -243,13 +236,10 @@ pub async fn list_runbooks(
         &[&params.canonical()],
         vec!["runbook:all".into()],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let rows: Vec<Runbook> = sqlx::query_as(&format!(
         "SELECT {RUNBOOK_COLUMNS} FROM read_model.runbooks
           WHERE ($1::text IS NULL OR tags @> ARRAY[$1])

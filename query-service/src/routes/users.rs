@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Page};
+use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
 
 /// A user as the caller may see them: no password or key hashes, no
 /// addresses; personal fields are null once the user is forgotten.
@@ -99,13 +99,10 @@ pub async fn list_users(
         &[&params.canonical()],
         vec!["user:all".into()],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let rows: Vec<User> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM read_model.users
           WHERE ($1 OR id = $2)

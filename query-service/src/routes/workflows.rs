@@ -7,10 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{page, path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Page};
+use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Workflow {
@@ -59,13 +58,10 @@ pub async fn list(
         &[&params.canonical()],
         vec!["workflow:all".into()],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let rows: Vec<Workflow> = sqlx::query_as(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM read_model.workflows
           WHERE ($1::text IS NULL OR status::text = $1)
@@ -206,13 +202,10 @@ pub async fn list_executions(
         &[&params.canonical()],
         vec!["execution:all".into()],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let rows: Vec<Execution> = sqlx::query_as(&format!(
         "SELECT {EXECUTION_COLUMNS} FROM read_model.workflow_executions
           WHERE ($1::uuid IS NULL OR workflow_id = $1)
@@ -252,13 +245,10 @@ pub async fn get_execution(
         &[&id.to_string()],
         vec![format!("execution:{id}")],
     );
-    if let Some(hit) = state.cached(&spec, consistency).await {
-        return Ok(hit);
-    }
-    let mut read = state
-        .db
-        .read(Some(&caller), Source::Relational, consistency)
-        .await?;
+    let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
+        Cached::Miss(read) => read,
+        Cached::Hit(hit) => return Ok(hit),
+    };
     let found: Option<Execution> = sqlx::query_as(&format!(
         "SELECT {EXECUTION_COLUMNS} FROM read_model.workflow_executions WHERE id = $1"
     ))
