@@ -11,6 +11,8 @@ use domain::ids::UserId;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
 use eventstore::coalesce::{Coalescer, Pending};
+
+use crate::guarded::Guard;
 use infra::auth::{constant_time_eq, parse_bearer, token_hash, verify_secret, Bearer};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -33,7 +35,25 @@ pub struct Authenticator {
     /// API keys whose argon2 hash was verified: token digest → key id.
     /// Revocation and expiry are still read from PostgreSQL every time.
     verified_keys: Mutex<HashMap<String, Uuid>>,
+    /// Sessions this instance verified: token hash → what it found. A copy
+    /// is never the last word: a command decided under it is appended only
+    /// if the append's own statement finds the session still so (see
+    /// `guarded`), and anything else is handled again the slow way.
+    verified_sessions: Mutex<HashMap<String, VerifiedSession>>,
 }
+
+/// A session as the auth index showed it when it was last verified.
+#[derive(Debug, Clone)]
+struct VerifiedSession {
+    user_id: Uuid,
+    role: String,
+    expires_at: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+}
+
+/// Beyond this many verified copies, the oldest are not worth keeping
+/// apart: the map is emptied (a copy costs one lookup to make again).
+const MAX_VERIFIED: usize = 10_000;
 
 impl Authenticator {
     /// Starts the task that serves preflight lookups (needs a runtime).
@@ -49,6 +69,63 @@ impl Authenticator {
             pool,
             bootstrap,
             verified_keys: Mutex::new(HashMap::new()),
+            verified_sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The actor behind a session token this instance verified before, if
+    /// its copy still looks valid at `now`, and the guard under which a
+    /// command decided as that actor must be appended. `None` means: go
+    /// the slow way ([`Authenticator::preflight`]).
+    pub fn verified(
+        &self,
+        authorization: Option<&str>,
+        command_type: &str,
+        now: DateTime<Utc>,
+    ) -> Option<(Actor, Guard)> {
+        if command_type == "session.start" {
+            return None;
+        }
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        let Some(Bearer::Session(session_token)) = parse_bearer(token) else {
+            return None;
+        };
+        let token_hash = token_hash(session_token);
+        let copy = self
+            .verified_sessions
+            .lock()
+            .ok()?
+            .get(&token_hash)
+            .cloned()?;
+        // The append's statement checks the index's own values; a copy
+        // that already fails here only needs a fresh look.
+        if now >= copy.expires_at || now - copy.last_seen > IDLE_TIMEOUT {
+            return None;
+        }
+        let actor = user(copy.user_id, &copy.role).ok()?;
+        Some((
+            actor,
+            Guard {
+                token_hash,
+                user_id: copy.user_id,
+                role: copy.role,
+            },
+        ))
+    }
+
+    /// Drops the copy of a session that no longer holds.
+    pub fn forget(&self, guard: &Guard) {
+        if let Ok(mut map) = self.verified_sessions.lock() {
+            map.remove(&guard.token_hash);
+        }
+    }
+
+    fn remember(&self, token_hash: String, copy: VerifiedSession) {
+        if let Ok(mut map) = self.verified_sessions.lock() {
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+            map.insert(token_hash, copy);
         }
     }
 
@@ -74,12 +151,11 @@ impl Authenticator {
             Some(Bearer::Session(session_token)) => Some(token_hash(session_token)),
             _ => None,
         };
-        let is_session = session_hash.is_some();
         let row = self
             .lookups
             .call(Lookup {
                 command_id,
-                session_hash,
+                session_hash: session_hash.clone(),
             })
             .await??;
         let outcome = if row.decided {
@@ -87,8 +163,12 @@ impl Authenticator {
         } else {
             None
         };
-        let actor = if is_session {
-            session_actor(row, now)
+        let actor = if let Some(session_hash) = session_hash {
+            let (actor, copy) = session_actor(row, now);
+            if let Some(copy) = copy {
+                self.remember(session_hash, copy);
+            }
+            actor
         } else {
             self.authenticate(authorization, token, command_type, admin_command, now)
                 .await?
@@ -210,37 +290,48 @@ pub struct Preflight {
     pub actor: Result<Actor, Refusal>,
 }
 
-fn session_actor(row: SessionRow, now: DateTime<Utc>) -> Result<Actor, Refusal> {
-    {
-        let SessionRow {
-            user_id,
-            role,
-            expires_at,
-            last_seen,
-            ended,
-            locked,
-            deleted,
-            ..
-        } = row;
-        let (Some(user_id), Some(role), Some(expires_at), Some(last_seen)) =
-            (user_id, role, expires_at, last_seen)
-        else {
-            return Err(Refusal::Unauthorized("invalid_token"));
-        };
-        if ended.unwrap_or(true) {
-            return Err(Refusal::Unauthorized("session_ended"));
-        }
-        if now >= expires_at {
-            return Err(Refusal::Unauthorized("session_expired"));
-        }
-        if now - last_seen > IDLE_TIMEOUT {
-            return Err(Refusal::Unauthorized("session_idle_timeout"));
-        }
-        if locked.unwrap_or(true) || deleted.unwrap_or(true) {
-            return Err(Refusal::Unauthorized("account_disabled"));
-        }
-        user(user_id, &role)
+/// The actor behind a session's row, and the copy worth remembering when
+/// the session is valid.
+fn session_actor(
+    row: SessionRow,
+    now: DateTime<Utc>,
+) -> (Result<Actor, Refusal>, Option<VerifiedSession>) {
+    let refused = |code| (Err(Refusal::Unauthorized(code)), None);
+    let SessionRow {
+        user_id,
+        role,
+        expires_at,
+        last_seen,
+        ended,
+        locked,
+        deleted,
+        ..
+    } = row;
+    let (Some(user_id), Some(role), Some(expires_at), Some(last_seen)) =
+        (user_id, role, expires_at, last_seen)
+    else {
+        return refused("invalid_token");
+    };
+    if ended.unwrap_or(true) {
+        return refused("session_ended");
     }
+    if now >= expires_at {
+        return refused("session_expired");
+    }
+    if now - last_seen > IDLE_TIMEOUT {
+        return refused("session_idle_timeout");
+    }
+    if locked.unwrap_or(true) || deleted.unwrap_or(true) {
+        return refused("account_disabled");
+    }
+    let actor = user(user_id, &role);
+    let copy = actor.is_ok().then_some(VerifiedSession {
+        user_id,
+        role,
+        expires_at,
+        last_seen,
+    });
+    (actor, copy)
 }
 
 impl Authenticator {

@@ -5,6 +5,7 @@
 mod aggregates;
 mod authn;
 pub mod envelope;
+mod guarded;
 pub mod handler;
 mod inline;
 pub mod metrics;

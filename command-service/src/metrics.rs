@@ -19,6 +19,10 @@ pub struct Metrics {
     pub conflict_retries: IntCounter,
     /// Preflights (stored outcome and session) answered by one query.
     pub preflight_batch_size: Histogram,
+    /// Commands decided under a session verified before, by how that went:
+    /// `accepted` (one guarded append) or `rechecked` (handled again after
+    /// the full check).
+    pub fast_path: IntCounterVec,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -66,6 +70,14 @@ pub fn metrics() -> &'static Metrics {
                 "copilot_command_preflight_batch_size",
                 "Preflights (stored outcome and session) answered by one query",
             ),
+            fast_path: IntCounterVec::new(
+                Opts::new(
+                    "copilot_command_fast_path_total",
+                    "Commands decided under a session verified before, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         };
         let registry = infra::metrics::registry();
         for collector in [
@@ -75,6 +87,7 @@ pub fn metrics() -> &'static Metrics {
             Box::new(m.rate_limit_fail_open.clone()),
             Box::new(m.conflict_retries.clone()),
             Box::new(m.preflight_batch_size.clone()),
+            Box::new(m.fast_path.clone()),
         ]
         .into_iter()
         .chain(eventstore::metrics::collectors())

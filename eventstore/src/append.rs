@@ -67,7 +67,9 @@ impl EventStore {
         })
     }
 
-    pub(crate) fn validate(&self, request: &AppendRequest) -> Result<(), AppendError> {
+    /// Checks a request against the store's limits, as every append does
+    /// first (for appends made through [`AppendArgs`]).
+    pub fn validate(&self, request: &AppendRequest) -> Result<(), AppendError> {
         let options = self.options();
         let stream_id = request.stream_id;
         if request.events.is_empty() {
@@ -170,13 +172,103 @@ async fn append_on(
     .fetch_one(&mut *conn)
     .await?;
 
-    decode_outcome(&row, request)
+    outcome_from_row(&row, request)
+}
+
+/// A batch of appends as the arguments of `eventstore_append_set` and
+/// `eventstore_append_batch` (ten arrays: one entry per request, then one per
+/// event, request i owning `p_counts[i]` consecutive events). SQL functions
+/// that wrap those two (and answer in their row form, see
+/// [`outcome_from_row`]) can take the same arrays.
+pub struct AppendArgs<'a> {
+    stream_ids: Vec<uuid::Uuid>,
+    stream_types: Vec<&'a str>,
+    expected: Vec<i64>,
+    command_ids: Vec<Option<uuid::Uuid>>,
+    counts: Vec<i32>,
+    metadata: Vec<String>,
+    event_ids: Vec<uuid::Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<&'a [u8]>,
+    independent: bool,
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+impl<'a> AppendArgs<'a> {
+    pub fn new(requests: &[&'a AppendRequest]) -> Result<Self, StoreError> {
+        let events: usize = requests.iter().map(|r| r.events.len()).sum();
+        let mut args = AppendArgs {
+            stream_ids: Vec::with_capacity(requests.len()),
+            stream_types: Vec::with_capacity(requests.len()),
+            expected: Vec::with_capacity(requests.len()),
+            command_ids: Vec::with_capacity(requests.len()),
+            counts: Vec::with_capacity(requests.len()),
+            metadata: Vec::with_capacity(requests.len()),
+            event_ids: Vec::with_capacity(events),
+            event_types: Vec::with_capacity(events),
+            schema_versions: Vec::with_capacity(events),
+            payloads: Vec::with_capacity(events),
+            independent: independent(requests),
+        };
+        for request in requests {
+            args.stream_ids.push(request.stream_id);
+            args.stream_types.push(request.stream_type.as_str());
+            args.expected.push(expected_to_sql(request.expected));
+            args.command_ids.push(request.metadata.command_id);
+            args.counts
+                .push(i32::try_from(request.events.len()).unwrap_or(i32::MAX));
+            args.metadata
+                .push(serde_json::to_string(&request.metadata).map_err(|e| {
+                    StoreError::Corrupt(format!("metadata does not encode as JSON: {e}"))
+                })?);
+            for event in &request.events {
+                args.event_ids.push(event.event_id);
+                args.event_types.push(event.event_type.as_str());
+                args.schema_versions.push(event.schema_version);
+                args.payloads.push(event.payload.as_slice());
+            }
+        }
+        Ok(args)
+    }
+
+    /// Whether no two requests name the same stream or the same command:
+    /// then `eventstore_append_set` may decide them as a set; otherwise
+    /// they depend on each other and need `eventstore_append_batch`.
+    pub fn independent(&self) -> bool {
+        self.independent
+    }
+
+    /// The store's function for this batch (see [`AppendArgs::independent`]).
+    pub fn function(&self) -> &'static str {
+        if self.independent {
+            "eventstore_append_set"
+        } else {
+            "eventstore_append_batch"
+        }
+    }
+
+    /// Binds the ten arrays, in order, as the query's next parameters.
+    pub fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.stream_ids)
+            .bind(&self.stream_types)
+            .bind(&self.expected)
+            .bind(&self.command_ids)
+            .bind(&self.counts)
+            .bind(&self.metadata)
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+    }
 }
 
 /// Appends every request in one statement (`eventstore_append_set` or
-/// `eventstore_append_batch`), so
-/// in one transaction, retrying transient failures, and wakes subscribers
-/// if anything new was written. The outer error means nothing was written.
+/// `eventstore_append_batch`), so in one transaction, retrying transient
+/// failures, and wakes subscribers if anything new was written. The outer
+/// error means nothing was written.
 pub(crate) async fn append_many(
     pool: &sqlx::PgPool,
     notifier: &crate::notify::Notifier,
@@ -185,63 +277,15 @@ pub(crate) async fn append_many(
     if requests.is_empty() {
         return Ok(Vec::new());
     }
-    let events: usize = requests.iter().map(|r| r.events.len()).sum();
-    let mut stream_ids = Vec::with_capacity(requests.len());
-    let mut stream_types = Vec::with_capacity(requests.len());
-    let mut expected = Vec::with_capacity(requests.len());
-    let mut command_ids = Vec::with_capacity(requests.len());
-    let mut counts = Vec::with_capacity(requests.len());
-    let mut metadata = Vec::with_capacity(requests.len());
-    let mut event_ids = Vec::with_capacity(events);
-    let mut event_types = Vec::with_capacity(events);
-    let mut schema_versions = Vec::with_capacity(events);
-    let mut payloads = Vec::with_capacity(events);
-    for request in requests {
-        stream_ids.push(request.stream_id);
-        stream_types.push(request.stream_type.as_str());
-        expected.push(expected_to_sql(request.expected));
-        command_ids.push(request.metadata.command_id);
-        counts.push(i32::try_from(request.events.len()).unwrap_or(i32::MAX));
-        metadata.push(
-            serde_json::to_string(&request.metadata).map_err(|e| {
-                StoreError::Corrupt(format!("metadata does not encode as JSON: {e}"))
-            })?,
-        );
-        for event in &request.events {
-            event_ids.push(event.event_id);
-            event_types.push(event.event_type.as_str());
-            schema_versions.push(event.schema_version);
-            payloads.push(event.payload.as_slice());
-        }
-    }
-    // Requests that share a stream or a command id depend on each other and
-    // go through the per-request loop; otherwise the set-based function
-    // decides them all with one statement (migration 0006).
-    let function = if independent(requests) {
-        "eventstore_append_set"
-    } else {
-        "eventstore_append_batch"
-    };
+    let args = AppendArgs::new(requests)?;
     let statement = format!(
         "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-           FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+           FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        args.function()
     );
     let mut attempt = 0;
     let rows = loop {
-        let result = sqlx::query(&statement)
-            .bind(&stream_ids)
-            .bind(&stream_types)
-            .bind(&expected)
-            .bind(&command_ids)
-            .bind(&counts)
-            .bind(&metadata)
-            .bind(&event_ids)
-            .bind(&event_types)
-            .bind(&schema_versions)
-            .bind(&payloads)
-            .fetch_all(pool)
-            .await;
-        match result {
+        match args.bind(sqlx::query(&statement)).fetch_all(pool).await {
             Ok(rows) => break rows,
             Err(e) if crate::error::is_transient(&e) && attempt < TRANSIENT_RETRIES => {
                 attempt += 1;
@@ -260,7 +304,7 @@ pub(crate) async fn append_many(
     let outcomes: Vec<_> = rows
         .iter()
         .zip(requests)
-        .map(|(row, request)| decode_outcome(row, request))
+        .map(|(row, request)| outcome_from_row(row, request))
         .collect();
     if outcomes.iter().any(|o| matches!(o, Ok(o) if !o.replayed)) {
         notifier.wake();
@@ -285,8 +329,11 @@ fn expected_to_sql(expected: ExpectedVersion) -> i64 {
     }
 }
 
-/// One row of `eventstore_append` or `eventstore_append_batch` as an outcome.
-fn decode_outcome(
+/// One row of `eventstore_append`, `eventstore_append_set` or
+/// `eventstore_append_batch` (columns `status`, `out_stream_id`,
+/// `first_version`, `last_version`, `generation`, `tx_id`, `seq`) as the
+/// outcome of `request`.
+pub fn outcome_from_row(
     row: &sqlx::postgres::PgRow,
     request: &AppendRequest,
 ) -> Result<AppendOutcome, AppendError> {

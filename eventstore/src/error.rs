@@ -27,7 +27,9 @@ impl StoreError {
     }
 }
 
-pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+/// Whether a failed statement may succeed if simply run again (a lost
+/// connection, a deadlock, a serialisation failure, a concurrent duplicate).
+pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

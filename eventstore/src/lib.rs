@@ -87,8 +87,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-pub use append::AppendTx;
-pub use error::{AppendError, ReadError, StoreError};
+pub use append::{outcome_from_row, AppendArgs, AppendTx};
+pub use error::{is_transient, AppendError, ReadError, StoreError};
 pub use model::{
     AppendOutcome, AppendRequest, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
 };
@@ -175,6 +175,12 @@ impl EventStore {
 
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
+    }
+
+    /// Tells subscribers that events were committed, for appends made
+    /// outside the store's own methods (see [`AppendArgs`]).
+    pub fn wake_subscribers(&self) {
+        self.inner.notifier.wake();
     }
 
     /// The current generation of the store.

@@ -179,25 +179,38 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         batches.preflights,
         "preflights",
     ));
+    figures.push(Figure::alone(
+        "commands.append_message.w32.fast_path_share",
+        batches.fast_share,
+        "share",
+    ));
     Ok(figures)
 }
 
 /// Mean batch sizes of the group commit and of the preflight query, from
-/// their histograms (sum and count so far, or over an interval).
+/// their histograms (sum and count so far, or over an interval), and the
+/// share of commands that took the fast path (a session verified before,
+/// checked again by the append).
 struct BatchSizes {
     appends: f64,
     preflights: f64,
     counts: (u64, u64),
+    fast: (u64, u64),
+    fast_share: f64,
 }
 
 impl BatchSizes {
     fn now() -> Self {
         let appends = eventstore::metrics::append_batch_size();
-        let preflights = &command_service::metrics::metrics().preflight_batch_size;
+        let metrics = command_service::metrics::metrics();
+        let preflights = &metrics.preflight_batch_size;
+        let fast = |outcome: &str| metrics.fast_path.with_label_values(&[outcome]).get();
         BatchSizes {
             appends: appends.get_sample_sum(),
             preflights: preflights.get_sample_sum(),
             counts: (appends.get_sample_count(), preflights.get_sample_count()),
+            fast: (fast("accepted"), fast("rechecked")),
+            fast_share: 0.0,
         }
     }
 
@@ -207,10 +220,18 @@ impl BatchSizes {
             self.counts.0.saturating_sub(before.counts.0),
             self.counts.1.saturating_sub(before.counts.1),
         );
+        let fast = (
+            self.fast.0.saturating_sub(before.fast.0),
+            self.fast.1.saturating_sub(before.fast.1),
+        );
+        // Commands not accepted on the fast path each had a preflight.
+        let preflighted = self.preflights - before.preflights;
         BatchSizes {
             appends: mean(self.appends - before.appends, counts.0),
             preflights: mean(self.preflights - before.preflights, counts.1),
             counts,
+            fast,
+            fast_share: fast.0 as f64 / (fast.0 as f64 + preflighted).max(1.0),
         }
     }
 }

@@ -21,6 +21,7 @@ mod facts;
 use crate::aggregates::Handled;
 use crate::authn::{Authenticator, Refusal};
 use crate::envelope::{self, Envelope};
+use crate::guarded::{Guard, GuardedCommit, GuardedError};
 use crate::result::{CommandResult, Encoding, Status};
 use crate::state::{AggregateLocks, StateCache};
 
@@ -91,6 +92,8 @@ pub struct Handler {
     locks: AggregateLocks,
     cache: StateCache,
     store: EventStore,
+    /// Appends of commands decided under a session verified before.
+    guarded: GuardedCommit,
     authn: Authenticator,
     limiter: Limiter,
     settings: HandlerSettings,
@@ -109,6 +112,7 @@ impl Handler {
         Handler {
             locks: AggregateLocks::default(),
             cache: StateCache::default(),
+            guarded: GuardedCommit::spawn(store.clone()),
             store,
             authn,
             limiter,
@@ -218,6 +222,41 @@ impl Handler {
         authorization: Option<&str>,
     ) -> CommandResult {
         let now = Utc::now();
+        // The fast way: a session this instance verified before, checked
+        // again by the append itself. Whatever it does not accept (a
+        // refusal, a conflict, a session that changed, a command decided
+        // before) is handled again below, from the auth index and the
+        // stored outcomes; nothing was written or counted twice by then.
+        let mut limit_counted = false;
+        if let Some((actor, guard)) = self.authn.verified(authorization, command_type, now) {
+            if self.rate_limit(&envelope, &actor).await.is_none() {
+                limit_counted = true;
+                let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
+                match self
+                    .dispatch(&envelope, command_type, command.clone(), ctx, Some(&guard))
+                    .await
+                {
+                    Ok(result) if result.status == Status::Accepted => {
+                        crate::metrics::metrics()
+                            .fast_path
+                            .with_label_values(&["accepted"])
+                            .inc();
+                        return result;
+                    }
+                    Ok(_) => {}
+                    Err(HandleError::Recheck { forget }) => {
+                        if forget {
+                            self.authn.forget(&guard);
+                        }
+                    }
+                    Err(error) => return unavailable(&envelope, &error),
+                }
+                crate::metrics::metrics()
+                    .fast_path
+                    .with_label_values(&["rechecked"])
+                    .inc();
+            }
+        }
         let admin_command = Command::admin_only(command_type);
         let preflight = match self
             .authn
@@ -257,78 +296,102 @@ impl Handler {
             }
             Ok(actor) => actor,
         };
-        if let Some(limiter) = self.limiter.get() {
-            let principal = match &actor {
-                Actor::Anonymous => format!("anonymous:{}", envelope.aggregate_id),
-                other => other.label(),
-            };
-            match tokio::time::timeout(LIMIT_TIMEOUT, limiter.check(&principal))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "rate limit check timed out",
-                    )))
-                }) {
-                Ok(decision) if !decision.allowed => {
-                    let retry_ms =
-                        u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);
-                    return refused(
-                        &envelope,
-                        Status::RateLimited,
-                        "rate_limited",
-                        "too many commands; retry later",
-                        Some(json!({"retry_after_ms": retry_ms})),
-                    );
-                }
-                Ok(_) => {}
-                // Fail open: a Redis outage must not stop the agent.
-                Err(error) => {
-                    tracing::warn!(%error, "rate limiter unavailable; allowing the command")
-                }
+        if !limit_counted {
+            if let Some(limited) = self.rate_limit(&envelope, &actor).await {
+                return limited;
             }
         }
         let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
-        let outcome = match command {
-            Command::User(c) => {
-                self.execute::<user::User>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Session(c) => {
-                self.execute::<session::Session>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Conversation(c) => {
-                self.execute::<conversation::Conversation>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Workflow(c) => {
-                self.execute::<workflow::Workflow>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Execution(c) => {
-                self.execute::<execution::Execution>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Incident(c) => {
-                self.execute::<incident::Incident>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Runbook(c) => {
-                self.execute::<runbook::Runbook>(&envelope, command_type, c, ctx)
-                    .await
-            }
-            Command::Knowledge(c) => {
-                self.execute::<knowledge::Knowledge>(&envelope, command_type, c, ctx)
-                    .await
-            }
-        };
-        match outcome {
+        match self
+            .dispatch(&envelope, command_type, command, ctx, None)
+            .await
+        {
             Ok(result) => {
                 tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
                 result
             }
             Err(error) => unavailable(&envelope, &error),
+        }
+    }
+
+    /// The rate limit's refusal, if `actor` is over it (`None` too when
+    /// Redis cannot be asked: the limit fails open).
+    async fn rate_limit(&self, envelope: &Envelope, actor: &Actor) -> Option<CommandResult> {
+        let limiter = self.limiter.get()?;
+        let principal = match actor {
+            Actor::Anonymous => format!("anonymous:{}", envelope.aggregate_id),
+            other => other.label(),
+        };
+        match tokio::time::timeout(LIMIT_TIMEOUT, limiter.check(&principal))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "rate limit check timed out",
+                )))
+            }) {
+            Ok(decision) if !decision.allowed => {
+                let retry_ms = u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);
+                Some(refused(
+                    envelope,
+                    Status::RateLimited,
+                    "rate_limited",
+                    "too many commands; retry later",
+                    Some(json!({"retry_after_ms": retry_ms})),
+                ))
+            }
+            Ok(_) => None,
+            // Fail open: a Redis outage must not stop the agent.
+            Err(error) => {
+                crate::metrics::metrics().rate_limit_fail_open.inc();
+                tracing::warn!(%error, "rate limiter unavailable; allowing the command");
+                None
+            }
+        }
+    }
+
+    /// Decides and appends a command on its aggregate.
+    async fn dispatch(
+        &self,
+        envelope: &Envelope,
+        command_type: &str,
+        command: Command,
+        ctx: Context,
+        guard: Option<&Guard>,
+    ) -> Result<CommandResult, HandleError> {
+        match command {
+            Command::User(c) => {
+                self.execute::<user::User>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Session(c) => {
+                self.execute::<session::Session>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Conversation(c) => {
+                self.execute::<conversation::Conversation>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Workflow(c) => {
+                self.execute::<workflow::Workflow>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Execution(c) => {
+                self.execute::<execution::Execution>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Incident(c) => {
+                self.execute::<incident::Incident>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Runbook(c) => {
+                self.execute::<runbook::Runbook>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
+            Command::Knowledge(c) => {
+                self.execute::<knowledge::Knowledge>(envelope, command_type, c, ctx, guard)
+                    .await
+            }
         }
     }
 
@@ -383,7 +446,13 @@ impl Handler {
         command_type: &str,
         command: A::Command,
         base: Context,
+        guard: Option<&Guard>,
     ) -> Result<CommandResult, HandleError> {
+        // Inline projections write in their own transaction, and only
+        // plain appends can be guarded.
+        if guard.is_some() && A::INLINE {
+            return Err(HandleError::Recheck { forget: false });
+        }
         // Commands for one aggregate take turns in this instance, so they do
         // not race each other into conflicts; other instances still can,
         // and those conflicts are retried below.
@@ -443,6 +512,11 @@ impl Handler {
                 }
                 Err(error) => {
                     self.cache.put::<A>(envelope.aggregate_id, state, version);
+                    if guard.is_some() {
+                        // Refused under a copy of the credential: answered
+                        // (and stored) only after the full check.
+                        return Err(HandleError::Recheck { forget: false });
+                    }
                     let result = domain_refusal(envelope, &error);
                     if let Some(login) = &facts.failed_login_of {
                         self.record_login(*login, false, envelope).await;
@@ -458,6 +532,9 @@ impl Handler {
             // append, so a failure appends nothing; again after, see
             // `infra::auth_epoch`).
             let auth_subject = A::auth_subject(envelope.aggregate_id, &events);
+            if guard.is_some() && auth_subject.is_some() {
+                return Err(HandleError::Recheck { forget: false });
+            }
             if let (Some(user), Some(epochs)) = (auth_subject, &self.epochs) {
                 if let Err(error) = epochs.bump(user).await {
                     return Ok(unavailable(
@@ -495,7 +572,22 @@ impl Handler {
                     user_agent: envelope.user_agent.clone(),
                 },
             };
-            match self.append::<A>(&request, &events).await {
+            let appended = match guard {
+                Some(guard) => match self.guarded.append(request, guard.clone()).await {
+                    Ok(outcome) => Ok(outcome),
+                    Err(GuardedError::Append(e)) => Err(e),
+                    Err(GuardedError::Decided) => {
+                        self.cache.put::<A>(envelope.aggregate_id, state, version);
+                        return Err(HandleError::Recheck { forget: false });
+                    }
+                    Err(GuardedError::Unverified) => {
+                        self.cache.put::<A>(envelope.aggregate_id, state, version);
+                        return Err(HandleError::Recheck { forget: true });
+                    }
+                },
+                None => self.append::<A>(&request, &events).await,
+            };
+            match appended {
                 Ok(outcome) if outcome.replayed => {
                     return match self.stored_result(envelope.command_id).await? {
                         Some(stored) => Ok(stored),
@@ -681,6 +773,10 @@ pub enum HandleError {
     Store(String),
     #[error("stream holds {0} events")]
     WrongStream(String),
+    /// Decided under a copy of the credential and not accepted: to be
+    /// handled again after the full check (`forget`: the copy is wrong).
+    #[error("to be handled again after the full credential check")]
+    Recheck { forget: bool },
 }
 
 impl From<sqlx::Error> for HandleError {

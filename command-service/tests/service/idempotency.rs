@@ -79,3 +79,54 @@ async fn a_command_sent_twice_on_either_transport_and_after_a_restart_is_applied
     assert_eq!(stream_events, 2, "one incident_opened, one note");
     restarted.finish().await;
 }
+
+/// A command refused once keeps that outcome, even when sent again after
+/// the aggregate changed so that it would now pass, and even when its
+/// sender's session is one the service already verified (whose commands
+/// skip the separate lookup of stored outcomes).
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refused_command_sent_again_keeps_its_outcome_after_the_aggregate_changes(pool: PgPool) {
+    let app = App::spawn(pool.clone()).await;
+    let (_, token) = app.user("operator").await;
+    // The session is verified (and its copy kept) by a first command.
+    app.conversation(&token).await;
+
+    let conversation = Uuid::now_v7();
+    let message = envelope(
+        conversation,
+        json!({"message_id": Uuid::now_v7(), "role": "user", "content": "too early"}),
+    );
+    let first = app
+        .rpc("conversation.append_message", &message, Some(&token))
+        .await;
+    assert_eq!(
+        (first.status, first.error.as_ref().map(|e| e.code.as_str())),
+        (Status::Rejected, Some("not_found")),
+        "{first:?}"
+    );
+    let started = app
+        .rpc(
+            "conversation.start",
+            &envelope(conversation, json!({})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(started.status, Status::Accepted, "{started:?}");
+
+    for _ in 0..2 {
+        let again = app
+            .rpc("conversation.append_message", &message, Some(&token))
+            .await;
+        assert_eq!(
+            (again.status, again.replayed, again.error.map(|e| e.code)),
+            (Status::Rejected, true, Some("not_found".to_string())),
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
+        .bind(conversation)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 1, "only conversation_started");
+    app.finish().await;
+}

@@ -81,3 +81,116 @@ async fn an_instance_never_answers_from_a_stale_cache(pool: PgPool) {
     b.finish().await;
     a.finish().await;
 }
+
+/// Events of one stream.
+async fn stream_length(app: &App, stream: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
+        .bind(stream)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+/// A has verified each session (and keeps a copy); B then ends one, locks
+/// another's user and demotes a third. A must refuse each at once, as the
+/// auth index says, and append nothing: its copies are only ever trusted
+/// together with the append's own check.
+#[sqlx::test(migrations = "../migrations")]
+async fn credentials_ended_on_another_instance_stop_working_here_at_once(pool: PgPool) {
+    let a = App::spawn(pool.clone()).await;
+    let b = App::spawn_with(pool.clone(), config(&fresh_prefix(), &a.bootstrap)).await;
+    let message = |conversation| {
+        envelope(
+            conversation,
+            json!({"message_id": Uuid::now_v7(), "role": "user", "content": "hello"}),
+        )
+    };
+
+    let (_, ended) = a.user("operator").await;
+    let (locked_user, locked) = a.user("operator").await;
+    let (demoted_user, demoted) = a.user("operator").await;
+    let mut conversations = Vec::new();
+    for token in [&ended, &locked] {
+        let conversation = a.conversation(token).await;
+        for _ in 0..2 {
+            let sent = a
+                .rpc(
+                    "conversation.append_message",
+                    &message(conversation),
+                    Some(token),
+                )
+                .await;
+            assert_eq!(sent.status, Status::Accepted, "{sent:?}");
+        }
+        conversations.push(conversation);
+    }
+    let incident = Uuid::now_v7();
+    let opened = a.rpc("incident.open", &envelope(incident, json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]})), Some(&demoted)).await;
+    assert_eq!(opened.status, Status::Accepted, "{opened:?}");
+    let noted = a
+        .rpc(
+            "incident.add_note",
+            &envelope(incident, json!({"text": "a"})),
+            Some(&demoted),
+        )
+        .await;
+    assert_eq!(noted.status, Status::Accepted, "{noted:?}");
+
+    let session: Uuid =
+        sqlx::query_scalar("SELECT session_id FROM auth_sessions WHERE token_hash = $1")
+            .bind(infra::auth::token_hash(&ended))
+            .fetch_one(&pool)
+            .await
+            .expect("session");
+    let session_end = b
+        .rpc("session.end", &envelope(session, json!({})), Some(&ended))
+        .await;
+    assert_eq!(session_end.status, Status::Accepted, "{session_end:?}");
+    let lock = b
+        .rpc(
+            "user.lock",
+            &envelope(locked_user, json!({"reason": "x"})),
+            Some(&b.bootstrap),
+        )
+        .await;
+    assert_eq!(lock.status, Status::Accepted, "{lock:?}");
+    let demote = b
+        .rpc(
+            "user.change_role",
+            &envelope(demoted_user, json!({"role": "viewer"})),
+            Some(&b.bootstrap),
+        )
+        .await;
+    assert_eq!(demote.status, Status::Accepted, "{demote:?}");
+
+    let events = a.event_count().await;
+    for (token, conversation, code) in [
+        (&ended, conversations[0], "session_ended"),
+        (&locked, conversations[1], "account_disabled"),
+    ] {
+        let refused = a
+            .rpc(
+                "conversation.append_message",
+                &message(conversation),
+                Some(token),
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.error.map(|e| e.code)),
+            (Status::Unauthorized, Some(code.to_string()))
+        );
+        assert_eq!(stream_length(&a, conversation).await, 3);
+    }
+    let viewer = a
+        .rpc(
+            "incident.add_note",
+            &envelope(incident, json!({"text": "b"})),
+            Some(&demoted),
+        )
+        .await;
+    assert_eq!(viewer.status, Status::Forbidden, "{viewer:?}");
+    assert_eq!(stream_length(&a, incident).await, 2);
+    assert_eq!(a.event_count().await, events);
+    b.finish().await;
+    a.finish().await;
+}
