@@ -9,7 +9,8 @@ use chrono::Utc;
 use domain::session::IDLE_TIMEOUT;
 use eventstore::coalesce::{Coalescer, Pending};
 use eventstore::{
-    outcome_from_row, AppendArgs, AppendError, AppendOutcome, AppendRequest, EventStore, StoreError,
+    outcome_from_row, retry_transient, serve_batch, AppendArgs, AppendError, AppendOutcome,
+    AppendRequest, EventStore, StoreError,
 };
 use uuid::Uuid;
 
@@ -45,9 +46,6 @@ impl From<StoreError> for GuardedError {
 
 type Entry = (AppendRequest, Guard);
 type Guarded = Pending<Entry, Result<AppendOutcome, GuardedError>>;
-
-/// How often a batch is retried after a transient failure.
-const TRANSIENT_RETRIES: usize = 3;
 
 pub struct GuardedCommit {
     store: EventStore,
@@ -86,33 +84,11 @@ impl GuardedCommit {
 
 async fn commit(store: EventStore, batch: Vec<Guarded>) {
     eventstore::metrics::append_batch_size().observe(batch.len() as f64);
-    let entries: Vec<&Entry> = batch.iter().map(|p| &p.request).collect();
-    match write(&store, &entries).await {
-        Ok(outcomes) => {
-            for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = pending.reply.send(outcome);
-            }
-        }
-        Err(error) if batch.len() > 1 => {
-            // One request may be what fails the statement: give each its own
-            // transaction, so only that one gets the error.
-            tracing::warn!(%error, appends = batch.len(), "guarded group commit failed; appending one by one");
-            for pending in batch {
-                let outcome = match write(&store, &[&pending.request]).await {
-                    Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
-                        Err(StoreError::Corrupt("append answered no row".into()).into())
-                    }),
-                    Err(e) => Err(e.into()),
-                };
-                let _ = pending.reply.send(outcome);
-            }
-        }
-        Err(error) => {
-            if let Some(pending) = batch.into_iter().next() {
-                let _ = pending.reply.send(Err(error.into()));
-            }
-        }
-    }
+    serve_batch(batch, |entries| {
+        let store = store.clone();
+        Box::pin(async move { write(&store, entries).await })
+    })
+    .await;
 }
 
 /// One statement, one transaction: every entry's checks and append.
@@ -126,8 +102,7 @@ async fn write(
     let users: Vec<Uuid> = entries.iter().map(|(_, g)| g.user_id).collect();
     let roles: Vec<&str> = entries.iter().map(|(_, g)| g.role.as_str()).collect();
     let now = Utc::now();
-    let mut attempt = 0;
-    let rows = loop {
+    let rows = retry_transient(|| {
         let query = sqlx::query(
             "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
                FROM command_append_set($1, $2, $3, $4, $5, $6,
@@ -140,15 +115,9 @@ async fn write(
         .bind(&users)
         .bind(&roles)
         .bind(args.independent());
-        match args.bind(query).fetch_all(store.pool()).await {
-            Ok(rows) => break rows,
-            Err(e) if eventstore::is_transient(&e) && attempt < TRANSIENT_RETRIES => {
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "retrying guarded append batch");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+        args.bind(query).fetch_all(store.pool())
+    })
+    .await?;
     if rows.len() != entries.len() {
         return Err(StoreError::Corrupt(format!(
             "batch of {} guarded appends answered {} rows",

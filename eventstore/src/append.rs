@@ -6,10 +6,6 @@ use crate::{
     AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Position, StoreError,
 };
 
-/// How often a batch is retried after a lost connection, a deadlock or a
-/// serialisation failure.
-const TRANSIENT_RETRIES: usize = 3;
-
 impl EventStore {
     /// Appends events to one stream atomically (see [`AppendRequest`]).
     ///
@@ -283,17 +279,8 @@ pub(crate) async fn append_many(
            FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         args.function()
     );
-    let mut attempt = 0;
-    let rows = loop {
-        match args.bind(sqlx::query(&statement)).fetch_all(pool).await {
-            Ok(rows) => break rows,
-            Err(e) if crate::error::is_transient(&e) && attempt < TRANSIENT_RETRIES => {
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "retrying append batch");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let rows = crate::error::retry_transient(|| args.bind(sqlx::query(&statement)).fetch_all(pool))
+        .await?;
     if rows.len() != requests.len() {
         return Err(StoreError::Corrupt(format!(
             "batch of {} appends answered {} rows",

@@ -27,6 +27,27 @@ impl StoreError {
     }
 }
 
+/// How often a statement is run again after a transient failure.
+const TRANSIENT_RETRIES: usize = 3;
+
+/// Runs `statement` until it succeeds, fails for good, or has failed
+/// transiently (see [`is_transient`]) more than three times.
+pub async fn retry_transient<T, F>(statement: impl Fn() -> F) -> Result<T, sqlx::Error>
+where
+    F: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match statement().await {
+            Err(e) if is_transient(&e) && attempt < TRANSIENT_RETRIES => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "retrying a statement");
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Whether a failed statement may succeed if simply run again (a lost
 /// connection, a deadlock, a serialisation failure, a concurrent duplicate).
 pub fn is_transient(error: &sqlx::Error) -> bool {

@@ -88,7 +88,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 pub use append::{outcome_from_row, AppendArgs, AppendTx};
-pub use error::{is_transient, AppendError, ReadError, StoreError};
+pub use error::{is_transient, retry_transient, AppendError, ReadError, StoreError};
+pub use group_commit::serve_batch;
 pub use model::{
     AppendOutcome, AppendRequest, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
 };
