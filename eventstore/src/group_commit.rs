@@ -110,17 +110,24 @@ mod tests {
 
     use super::*;
 
+    type Request = Pending<u32, Result<u32, AppendError>>;
+    type Answer = oneshot::Receiver<Result<u32, AppendError>>;
+
+    /// Requests `0..n`, and where each one's answer arrives.
+    fn batch(n: u32) -> (Vec<Request>, Vec<Answer>) {
+        (0..n)
+            .map(|request| {
+                let (reply, answer) = oneshot::channel();
+                (Pending { request, reply }, answer)
+            })
+            .unzip()
+    }
+
     /// A batch whose statement fails because of one request: that request
     /// alone gets the error, each other one its own outcome, in order.
     #[tokio::test]
     async fn a_failed_batch_is_written_one_by_one_and_only_the_culprit_fails() {
-        let mut batch = Vec::new();
-        let mut replies = Vec::new();
-        for request in 0..5u32 {
-            let (reply, answer) = oneshot::channel::<Result<u32, AppendError>>();
-            batch.push(Pending { request, reply });
-            replies.push(answer);
-        }
+        let (batch, replies) = batch(5);
         let writes = AtomicUsize::new(0);
         serve_batch(batch, |requests: &[&u32]| {
             writes.fetch_add(1, Ordering::SeqCst);
@@ -167,13 +174,7 @@ mod tests {
         assert!(answer.await.expect("answered").is_err());
         assert_eq!(writes.load(Ordering::SeqCst), 1);
 
-        let mut batch = Vec::new();
-        let mut replies = Vec::new();
-        for request in 0..4u32 {
-            let (reply, answer) = oneshot::channel::<Result<u32, AppendError>>();
-            batch.push(Pending { request, reply });
-            replies.push(answer);
-        }
+        let (batch, replies) = batch(4);
         let writes = AtomicUsize::new(0);
         serve_batch(batch, |requests: &[&u32]| {
             writes.fetch_add(1, Ordering::SeqCst);
