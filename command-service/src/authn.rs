@@ -11,12 +11,12 @@ use domain::ids::UserId;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
 use eventstore::coalesce::{Coalescer, Pending};
-
-use crate::guarded::Guard;
 use infra::auth::{constant_time_eq, parse_bearer, token_hash, verify_secret, Bearer};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::guarded::Guard;
 
 /// Why a credential was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,14 +83,7 @@ impl Authenticator {
         command_type: &str,
         now: DateTime<Utc>,
     ) -> Option<(Actor, Guard)> {
-        if command_type == "session.start" {
-            return None;
-        }
-        let token = authorization?.strip_prefix("Bearer ")?.trim();
-        let Some(Bearer::Session(session_token)) = parse_bearer(token) else {
-            return None;
-        };
-        let token_hash = token_hash(session_token);
+        let token_hash = session_token_hash(bearer_token(authorization, command_type)?)?;
         let copy = self
             .verified_sessions
             .lock()
@@ -142,15 +135,8 @@ impl Authenticator {
         admin_command: bool,
         now: DateTime<Utc>,
     ) -> Result<Preflight, LookupError> {
-        let token = match authorization {
-            _ if command_type == "session.start" => None,
-            None => None,
-            Some(header) => header.strip_prefix("Bearer ").map(str::trim),
-        };
-        let session_hash = match token.and_then(parse_bearer) {
-            Some(Bearer::Session(session_token)) => Some(token_hash(session_token)),
-            _ => None,
-        };
+        let token = bearer_token(authorization, command_type);
+        let session_hash = token.and_then(session_token_hash);
         let row = self
             .lookups
             .call(Lookup {
@@ -288,6 +274,23 @@ async fn look_up(pool: PgPool, batch: Vec<Pending<Lookup, Result<SessionRow, Loo
 pub struct Preflight {
     pub outcome: Option<crate::result::CommandResult>,
     pub actor: Result<Actor, Refusal>,
+}
+
+/// The token of an `Authorization: Bearer` header; `session.start` takes
+/// none, whatever it carries.
+fn bearer_token<'h>(authorization: Option<&'h str>, command_type: &str) -> Option<&'h str> {
+    if command_type == "session.start" {
+        return None;
+    }
+    authorization?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// The auth index's key of a session token (`None` for any other token).
+fn session_token_hash(token: &str) -> Option<String> {
+    match parse_bearer(token) {
+        Some(Bearer::Session(session_token)) => Some(token_hash(session_token)),
+        _ => None,
+    }
 }
 
 /// The actor behind a session's row, and the copy worth remembering when

@@ -62,8 +62,9 @@
 //!   write transactions short; read-only transactions take no id and do not
 //!   count. Replication slots and prepared transactions count too.
 //! * Wake-ups: appenders send one coalesced `NOTIFY` after their commits
-//!   (at most one per 5 ms) rather than one per append, because `NOTIFY` inside a transaction
-//!   serialises commits on a global lock and would defeat group commit.
+//!   (at most one per 5 ms) rather than one per append, because `NOTIFY`
+//!   inside a transaction serialises commits on a global lock and would
+//!   defeat group commit.
 //!   Subscribers also poll (default every 500 ms), which covers a notification
 //!   lost to a crash or a reconnect, and an `xmin` moved by an unrelated
 //!   transaction.

@@ -576,13 +576,10 @@ impl Handler {
                 Some(guard) => match self.guarded.append(request, guard.clone()).await {
                     Ok(outcome) => Ok(outcome),
                     Err(GuardedError::Append(e)) => Err(e),
-                    Err(GuardedError::Decided) => {
+                    Err(held @ (GuardedError::Decided | GuardedError::Unverified)) => {
                         self.cache.put::<A>(envelope.aggregate_id, state, version);
-                        return Err(HandleError::Recheck { forget: false });
-                    }
-                    Err(GuardedError::Unverified) => {
-                        self.cache.put::<A>(envelope.aggregate_id, state, version);
-                        return Err(HandleError::Recheck { forget: true });
+                        let forget = matches!(held, GuardedError::Unverified);
+                        return Err(HandleError::Recheck { forget });
                     }
                 },
                 None => self.append::<A>(&request, &events).await,
