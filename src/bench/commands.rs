@@ -74,7 +74,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         "{AGENTS} agents sending conversation.append_message"
     ));
     let agent = Arc::new(agent);
-    let batches_before = BatchSizes::now();
+    let batches_before = BatchTotals::now();
     let mut commands = drive(AGENTS, duration, |i| {
         let agent = Arc::clone(&agent);
         let token = token.clone();
@@ -97,7 +97,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         }
     })
     .await?;
-    let batches = BatchSizes::now().since(&batches_before);
+    let batches = BatchTotals::now().since(&batches_before);
 
     progress.set_message("bare NATS echo");
     let echo_subject = format!("{prefix}.echo");
@@ -187,51 +187,53 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     Ok(figures)
 }
 
-/// Mean batch sizes of the group commit and of the preflight query, from
-/// their histograms (sum and count so far, or over an interval), and the
-/// share of commands that took the fast path (a session verified before,
-/// checked again by the append).
-struct BatchSizes {
+/// The counters behind the batch figures, as they stand at one moment.
+struct BatchTotals {
+    /// Sum and count of the group commit's batch-size histogram.
+    appends: (f64, u64),
+    /// Sum (commands preflighted) and count (queries) of the preflight's.
+    preflights: (f64, u64),
+    /// Commands accepted on the fast path.
+    fast: u64,
+}
+
+/// What happened between two [`BatchTotals`]: mean appends per group
+/// commit, mean commands per preflight query, and the share of commands
+/// accepted on the fast path (a session verified before, checked again by
+/// the append); every other command had a preflight.
+struct BatchMeans {
     appends: f64,
     preflights: f64,
-    counts: (u64, u64),
-    fast: (u64, u64),
     fast_share: f64,
 }
 
-impl BatchSizes {
+impl BatchTotals {
     fn now() -> Self {
         let appends = eventstore::metrics::append_batch_size();
         let metrics = command_service::metrics::metrics();
         let preflights = &metrics.preflight_batch_size;
-        let fast = |outcome: &str| metrics.fast_path.with_label_values(&[outcome]).get();
-        BatchSizes {
-            appends: appends.get_sample_sum(),
-            preflights: preflights.get_sample_sum(),
-            counts: (appends.get_sample_count(), preflights.get_sample_count()),
-            fast: (fast("accepted"), fast("rechecked")),
-            fast_share: 0.0,
+        BatchTotals {
+            appends: (appends.get_sample_sum(), appends.get_sample_count()),
+            preflights: (preflights.get_sample_sum(), preflights.get_sample_count()),
+            fast: metrics.fast_path.with_label_values(&["accepted"]).get(),
         }
     }
 
-    fn since(&self, before: &BatchSizes) -> Self {
-        let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
-        let counts = (
-            self.counts.0.saturating_sub(before.counts.0),
-            self.counts.1.saturating_sub(before.counts.1),
-        );
-        let fast = (
-            self.fast.0.saturating_sub(before.fast.0),
-            self.fast.1.saturating_sub(before.fast.1),
-        );
-        // Commands not accepted on the fast path each had a preflight.
-        let preflighted = self.preflights - before.preflights;
-        BatchSizes {
-            appends: mean(self.appends - before.appends, counts.0),
-            preflights: mean(self.preflights - before.preflights, counts.1),
-            counts,
-            fast,
-            fast_share: fast.0 as f64 / (fast.0 as f64 + preflighted).max(1.0),
+    fn since(&self, before: &BatchTotals) -> BatchMeans {
+        let mean = |(sum, count): (f64, u64), (sum0, count0): (f64, u64)| {
+            let count = count.saturating_sub(count0);
+            if count == 0 {
+                0.0
+            } else {
+                (sum - sum0) / count as f64
+            }
+        };
+        let fast = self.fast.saturating_sub(before.fast) as f64;
+        let preflighted = self.preflights.0 - before.preflights.0;
+        BatchMeans {
+            appends: mean(self.appends, before.appends),
+            preflights: mean(self.preflights, before.preflights),
+            fast_share: fast / (fast + preflighted).max(1.0),
         }
     }
 }
