@@ -85,3 +85,93 @@ impl StateCache {
         }
     }
 }
+
+/// Streams are snapshotted every this many events while they are short.
+pub const SNAPSHOT_EVERY: u64 = 100;
+
+/// Events between snapshots of a stream at `version`: [`SNAPSHOT_EVERY`]
+/// up to 16 of those, then doubling each time the stream doubles (between a
+/// sixteenth and an eighth of its length). A state can grow with its stream
+/// (a conversation keeps every message id), and a fixed interval would
+/// write (and compress) a stream of n events n/100 times in full: quadratic.
+/// This keeps the bytes written per event bounded, while a load still reads
+/// at most an eighth of the stream after its snapshot.
+pub fn snapshot_interval(version: u64) -> u64 {
+    let rounds = version / (SNAPSHOT_EVERY * 16);
+    if rounds == 0 {
+        SNAPSHOT_EVERY
+    } else {
+        // 16·E·2^k <= version < 16·E·2^(k+1) gives E·2^(k+1); each
+        // boundary is a multiple of the intervals on both sides of it.
+        SNAPSHOT_EVERY << (u64::BITS - rounds.leading_zeros())
+    }
+}
+
+/// Whether an append that wrote versions `first..=last` is due a snapshot
+/// (it reached a multiple of the interval at `last`).
+pub fn snapshot_due(first: u64, last: u64) -> bool {
+    let every = snapshot_interval(last);
+    first != 0 && first <= last && (first - 1) / every != last / every
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshots_up_to(end: u64, per_append: u64) -> Vec<u64> {
+        let mut taken = Vec::new();
+        let mut first = 1;
+        while first <= end {
+            let last = first + per_append - 1;
+            if snapshot_due(first, last) {
+                taken.push(last);
+            }
+            first = last + 1;
+        }
+        taken
+    }
+
+    #[test]
+    fn short_streams_are_snapshotted_every_hundred_events() {
+        let taken = snapshots_up_to(1_600, 1);
+        assert_eq!(taken.len(), 16);
+        assert_eq!(taken[..3], [100, 200, 300]);
+        assert_eq!(*taken.last().unwrap_or(&0), 1_600);
+        assert!(!snapshot_due(1, 99));
+        assert!(snapshot_due(95, 104));
+        assert!(!snapshot_due(0, 0));
+    }
+
+    #[test]
+    fn long_streams_are_snapshotted_less_often_but_never_far_behind() {
+        let taken = snapshots_up_to(200_000, 1);
+        // Quadratic at a fixed interval: 2,000 snapshots of up to the whole
+        // stream. Here the count grows with the logarithm of the length.
+        assert!(taken.len() < 150, "{} snapshots", taken.len());
+        let mut previous = 0;
+        for &version in &taken {
+            let gap = version - previous;
+            assert!(
+                gap <= SNAPSHOT_EVERY.max(version / 8),
+                "gap {gap} before {version}"
+            );
+            previous = version;
+        }
+        assert_eq!(snapshot_interval(1_599), 100);
+        assert_eq!(snapshot_interval(1_600), 200);
+        assert_eq!(snapshot_interval(3_199), 200);
+        assert_eq!(snapshot_interval(3_200), 400);
+        assert_eq!(snapshot_interval(6_400), 800);
+    }
+
+    #[test]
+    fn appends_of_many_events_still_take_their_snapshot() {
+        for per_append in [3, 7, 50, 250] {
+            let taken = snapshots_up_to(10_000, per_append);
+            assert!(taken.len() >= 20, "{per_append}: {taken:?}");
+            for pair in taken.windows(2) {
+                assert!(pair[1] - pair[0] <= snapshot_interval(pair[1]) + per_append);
+            }
+        }
+    }
+}

@@ -23,10 +23,7 @@ use crate::authn::{Authenticator, Refusal};
 use crate::envelope::{self, Envelope};
 use crate::guarded::{Guard, GuardedCommit, GuardedError};
 use crate::result::{CommandResult, Encoding, Status};
-use crate::state::{AggregateLocks, StateCache};
-
-/// Streams are snapshotted every this many events.
-pub const SNAPSHOT_EVERY: u64 = 100;
+use crate::state::{snapshot_due, AggregateLocks, StateCache};
 
 /// A retry after a concurrent writer took the version, when the client did
 /// not pin `expected_version`.
@@ -681,8 +678,8 @@ impl Handler {
         }
     }
 
-    /// Saves a snapshot each time a stream passes a multiple of
-    /// [`SNAPSHOT_EVERY`] events, off the command's path.
+    /// Saves a snapshot when the append is due one
+    /// ([`crate::state::snapshot_interval`]), off the command's path.
     fn maybe_snapshot<A: Aggregate>(
         &self,
         stream_id: Uuid,
@@ -690,8 +687,7 @@ impl Handler {
         first: u64,
         last: u64,
     ) {
-        // Only when this append crossed a multiple of SNAPSHOT_EVERY.
-        if first == 0 || (first - 1) / SNAPSHOT_EVERY == last / SNAPSHOT_EVERY {
+        if !snapshot_due(first, last) {
             return;
         }
         let Ok(bytes) = domain::codec::encode(state) else {
