@@ -114,6 +114,10 @@ pub struct StoreOptions {
     pub batch_size: usize,
     /// Group commit: how many append transactions may be in flight at once.
     /// Appends arriving while all are busy wait and go together in the next.
+    /// One by default: on a loaded machine each transaction's fixed cost
+    /// (executor start-up, commit) is then shared by about twice as many
+    /// appends; `bench commands` ran about 20 % faster with one than with
+    /// two, with a lower p99, and `bench append` the same or better.
     pub max_concurrent_batches: usize,
     /// Group commit: the most events written in one transaction.
     pub max_batch_events: usize,
@@ -126,7 +130,7 @@ impl Default for StoreOptions {
             max_events_per_append: 1000,
             poll_interval: Duration::from_millis(500),
             batch_size: 1000,
-            max_concurrent_batches: 2,
+            max_concurrent_batches: 1,
             max_batch_events: 2000,
         }
     }
