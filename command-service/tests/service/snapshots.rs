@@ -47,6 +47,16 @@ async fn long_streams_load_from_snapshots_and_bad_snapshots_are_ignored(pool: Pg
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(snapshot, Some(100), "a snapshot at the 100th event");
+    // A state of 100 message ids is large enough to be compressed, and
+    // pglz (the default) was too slow for snapshots rewritten under load.
+    let compression = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT pg_column_compression(state) FROM snapshots WHERE stream_id = $1",
+    )
+    .bind(conversation)
+    .fetch_one(&pool)
+    .await
+    .expect("compression");
+    assert_eq!(compression.as_deref(), Some("lz4"));
 
     // A fresh instance (no cache) starts from the snapshot and continues at the right version.
     app.stop().await;
