@@ -87,7 +87,7 @@ impl StateCache {
 }
 
 /// Streams are snapshotted every this many events while they are short.
-pub const SNAPSHOT_EVERY: u64 = 100;
+pub(crate) const SNAPSHOT_EVERY: u64 = 100;
 
 /// Events between snapshots of a stream at `version`: [`SNAPSHOT_EVERY`]
 /// up to 16 of those, then doubling each time the stream doubles (between a
@@ -96,7 +96,7 @@ pub const SNAPSHOT_EVERY: u64 = 100;
 /// write (and compress) a stream of n events n/100 times in full: quadratic.
 /// This keeps the bytes written per event bounded, while a load still reads
 /// at most an eighth of the stream after its snapshot.
-pub fn snapshot_interval(version: u64) -> u64 {
+pub(crate) fn snapshot_interval(version: u64) -> u64 {
     let rounds = version / (SNAPSHOT_EVERY * 16);
     if rounds == 0 {
         SNAPSHOT_EVERY
@@ -109,7 +109,7 @@ pub fn snapshot_interval(version: u64) -> u64 {
 
 /// Whether an append that wrote versions `first..=last` is due a snapshot
 /// (it reached a multiple of the interval at `last`).
-pub fn snapshot_due(first: u64, last: u64) -> bool {
+pub(crate) fn snapshot_due(first: u64, last: u64) -> bool {
     let every = snapshot_interval(last);
     first != 0 && first <= last && (first - 1) / every != last / every
 }
