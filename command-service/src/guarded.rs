@@ -1,9 +1,13 @@
 //! Group commit for commands decided under a session the service verified a
 //! moment ago: the session (and whether the command was decided before) is
-//! checked again by the append's own statement (`command_append_set`,
-//! migration 0007), so the common command costs one shared statement and
-//! no lookup of its own. What fails the check is written nowhere and goes
-//! back to the handler, which then handles the command the slow way.
+//! checked again by the append's own statement (the store's set append with
+//! the checks of `guarded_checks.sql`, or `command_append_set` of migration
+//! 0007 when requests of the batch depend on each other), so the common
+//! command costs one shared statement and no lookup of its own. What fails
+//! the check is written nowhere and goes back to the handler, which then
+//! handles the command the slow way.
+
+use std::sync::LazyLock;
 
 use chrono::Utc;
 use domain::session::IDLE_TIMEOUT;
@@ -43,6 +47,14 @@ impl From<StoreError> for GuardedError {
         GuardedError::Append(e.into())
     }
 }
+
+/// The set append with the checks: `$11` now, `$12` the oldest last-seen
+/// time of a session that has not gone idle, `$13` to `$15` each request's
+/// token hash, user and role (all NULL for nothing to check). The checks
+/// run before the streams' locks, as `command_append_set`'s do (see there
+/// why either order of a concurrent `session.end` is a valid history).
+static GUARDED_SET_APPEND: LazyLock<String> =
+    LazyLock::new(|| eventstore::set_append::statement(include_str!("guarded_checks.sql")));
 
 type Entry = (AppendRequest, Guard);
 type Guarded = Pending<Entry, Result<AppendOutcome, GuardedError>>;
@@ -102,22 +114,37 @@ async fn write(
     let users: Vec<Uuid> = entries.iter().map(|(_, g)| g.user_id).collect();
     let roles: Vec<&str> = entries.iter().map(|(_, g)| g.role.as_str()).collect();
     let now = Utc::now();
-    let rows = retry_transient(|| {
-        let query = sqlx::query(
-            "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-               FROM command_append_set($1, $2, $3, $4, $5, $6,
-                                       $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-              ORDER BY idx",
-        )
-        .bind(now)
-        .bind(now - IDLE_TIMEOUT)
-        .bind(&tokens)
-        .bind(&users)
-        .bind(&roles)
-        .bind(args.independent());
-        args.bind(query).fetch_all(store.pool())
-    })
-    .await?;
+    let seen_after = now - IDLE_TIMEOUT;
+    let pool = store.committer_pool();
+    let rows = if args.independent() {
+        eventstore::set_append::run(|| {
+            args.bind(sqlx::query(&GUARDED_SET_APPEND))
+                .bind(now)
+                .bind(seen_after)
+                .bind(&tokens)
+                .bind(&users)
+                .bind(&roles)
+                .fetch_all(pool)
+        })
+        .await?
+    } else {
+        retry_transient(|| {
+            let query = sqlx::query(
+                "SELECT idx, status, out_stream_id, first_version, last_version, generation,
+                        tx_id, seq
+                   FROM command_append_set($1, $2, $3, $4, $5, false,
+                                           $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                  ORDER BY idx",
+            )
+            .bind(now)
+            .bind(seen_after)
+            .bind(&tokens)
+            .bind(&users)
+            .bind(&roles);
+            args.bind(query).fetch_all(pool)
+        })
+        .await?
+    };
     if rows.len() != entries.len() {
         return Err(StoreError::Corrupt(format!(
             "batch of {} guarded appends answered {} rows",
@@ -138,4 +165,174 @@ async fn write(
         store.wake_subscribers();
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use eventstore::{ExpectedVersion, Metadata, NewEvent, StoreOptions};
+    use sqlx::PgPool;
+
+    use super::*;
+
+    /// A user with a live and an ended session, and a command id whose
+    /// rejection is stored.
+    async fn fixtures(pool: &PgPool) -> (Uuid, Uuid) {
+        let user = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO auth_users (user_id, email, role, password_hash)
+             VALUES ($1, 'a@example.com', 'operator', 'x')",
+        )
+        .bind(user)
+        .execute(pool)
+        .await
+        .expect("user");
+        for (hash, ended) in [("live", false), ("ended", true)] {
+            sqlx::query(
+                "INSERT INTO auth_sessions (token_hash, session_id, user_id, expires_at, last_seen, ended)
+                 VALUES ($1, $2, $3, now() + interval '1 hour', now(), $4)",
+            )
+            .bind(hash)
+            .bind(Uuid::now_v7())
+            .bind(user)
+            .bind(ended)
+            .execute(pool)
+            .await
+            .expect("session");
+        }
+        let rejected = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO command_results (command_id, command_type, status, result)
+             VALUES ($1, 'conversation.append_message', 'rejected', '{}')",
+        )
+        .bind(rejected)
+        .execute(pool)
+        .await
+        .expect("stored rejection");
+        (user, rejected)
+    }
+
+    fn entry(stream_id: Uuid, command_id: Uuid, events: usize, token: &str, user: Uuid) -> Entry {
+        let request = AppendRequest {
+            stream_id,
+            stream_type: "conversation".into(),
+            expected: ExpectedVersion::Any,
+            events: (0..events)
+                .map(|i| NewEvent::new(format!("e{i}"), 1, vec![0]))
+                .collect(),
+            metadata: Metadata {
+                command_id: Some(command_id),
+                ..Metadata::default()
+            },
+        };
+        let guard = Guard {
+            token_hash: token.into(),
+            user_id: user,
+            role: "operator".into(),
+        };
+        (request, guard)
+    }
+
+    /// What each entry's outcome says: the last version, or why it was held back.
+    fn summary(outcomes: &[Result<AppendOutcome, GuardedError>]) -> Vec<Result<u64, &'static str>> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(o) => Ok(o.version),
+                Err(GuardedError::Decided) => Err("decided"),
+                Err(GuardedError::Unverified) => Err("unverified"),
+                Err(GuardedError::Append(_)) => Err("append error"),
+            })
+            .collect()
+    }
+
+    /// The events stored, oldest first: stream, version, event id, type, command id.
+    async fn stored(pool: &PgPool) -> Vec<(Uuid, i64, Uuid, String, Option<Uuid>)> {
+        sqlx::query_as(
+            "SELECT stream_id, version, event_id, event_type, command_id FROM events ORDER BY seq",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("events")
+    }
+
+    /// The events of `entries[i]` for each kept `i`, as stored if they are
+    /// the first of their streams.
+    fn expected_events(
+        entries: &[Entry],
+        kept: &[usize],
+        first_versions: &[i64],
+    ) -> Vec<(Uuid, i64, Uuid, String, Option<Uuid>)> {
+        kept.iter()
+            .zip(first_versions)
+            .flat_map(|(&i, &first)| {
+                let (request, _) = &entries[i];
+                request.events.iter().enumerate().map(move |(k, e)| {
+                    (
+                        request.stream_id,
+                        first + k as i64,
+                        e.event_id,
+                        e.event_type.clone(),
+                        (k == 0).then_some(request.metadata.command_id).flatten(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A set append (every stream and command once) in which two requests
+    /// fail their check: those write nothing, and the others are appended
+    /// as if alone, each with exactly its own events, answered in order.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn held_back_requests_leave_the_rest_of_a_set_append_intact(pool: PgPool) {
+        let (user, rejected) = fixtures(&pool).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        let streams: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        let entries = vec![
+            entry(streams[0], Uuid::now_v7(), 2, "live", user),
+            entry(streams[1], Uuid::now_v7(), 1, "ended", user),
+            entry(streams[2], Uuid::now_v7(), 1, "live", user),
+            entry(streams[3], rejected, 2, "live", user),
+            entry(streams[4], Uuid::now_v7(), 3, "live", user),
+        ];
+        let batch: Vec<&Entry> = entries.iter().collect();
+        let outcomes = write(&store, &batch).await.expect("write");
+        assert_eq!(
+            summary(&outcomes),
+            vec![Ok(2), Err("unverified"), Ok(1), Err("decided"), Ok(3)]
+        );
+        assert_eq!(
+            stored(&pool).await,
+            expected_events(&entries, &[0, 2, 4], &[1, 1, 1])
+        );
+    }
+
+    /// The same when a stream repeats in the batch (the requests depend on
+    /// each other and go through `command_append_set`): the held-back
+    /// request is skipped and the next one on its stream follows the first.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn held_back_requests_leave_the_rest_of_a_dependent_batch_intact(pool: PgPool) {
+        let (user, rejected) = fixtures(&pool).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        let stream = Uuid::now_v7();
+        let entries = vec![
+            entry(stream, Uuid::now_v7(), 2, "live", user),
+            entry(stream, Uuid::now_v7(), 1, "ended", user),
+            entry(stream, rejected, 1, "live", user),
+            entry(stream, Uuid::now_v7(), 3, "live", user),
+        ];
+        let batch: Vec<&Entry> = entries.iter().collect();
+        let outcomes = write(&store, &batch).await.expect("write");
+        assert_eq!(
+            summary(&outcomes),
+            vec![Ok(2), Err("unverified"), Err("decided"), Ok(5)]
+        );
+        assert_eq!(
+            stored(&pool).await,
+            expected_events(&entries, &[0, 3], &[1, 3])
+        );
+    }
 }

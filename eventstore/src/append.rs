@@ -36,7 +36,7 @@ impl EventStore {
                 Err(e) => outcomes.push(Some(Err(e))),
             }
         }
-        let mut applied = append_many(self.pool(), &self.inner.notifier, &valid)
+        let mut applied = append_many(self.committer_pool(), &self.inner.notifier, &valid)
             .await?
             .into_iter();
         Ok(outcomes
@@ -171,7 +171,8 @@ async fn append_on(
     outcome_from_row(&row, request)
 }
 
-/// A batch of appends as the arguments of `eventstore_append_set` and
+/// A batch of appends as the arguments of the set append
+/// ([`crate::set_append`]), `eventstore_append_set` and
 /// `eventstore_append_batch` (ten arrays: one entry per request, then one per
 /// event, request i owning `p_counts[i]` consecutive events). SQL functions
 /// that wrap those two (and answer in their row form, see
@@ -230,19 +231,11 @@ impl<'a> AppendArgs<'a> {
     }
 
     /// Whether no two requests name the same stream or the same command:
-    /// then `eventstore_append_set` may decide them as a set; otherwise
-    /// they depend on each other and need `eventstore_append_batch`.
+    /// then the set append ([`crate::set_append`]) may decide them as a
+    /// set; otherwise they depend on each other and need
+    /// `eventstore_append_batch`.
     pub fn independent(&self) -> bool {
         self.independent
-    }
-
-    /// The store's function for this batch (see [`AppendArgs::independent`]).
-    pub fn function(&self) -> &'static str {
-        if self.independent {
-            "eventstore_append_set"
-        } else {
-            "eventstore_append_batch"
-        }
     }
 
     /// Binds the ten arrays, in order, as the query's next parameters.
@@ -261,10 +254,11 @@ impl<'a> AppendArgs<'a> {
     }
 }
 
-/// Appends every request in one statement (`eventstore_append_set` or
-/// `eventstore_append_batch`), so in one transaction, retrying transient
-/// failures, and wakes subscribers if anything new was written. The outer
-/// error means nothing was written.
+/// Appends every request in one statement (the set append of
+/// `set_append.sql`, or `eventstore_append_batch` when requests depend on
+/// each other), so in one transaction, retrying transient failures, and
+/// wakes subscribers if anything new was written. `pool` should be the
+/// store's committer pool. The outer error means nothing was written.
 pub(crate) async fn append_many(
     pool: &sqlx::PgPool,
     notifier: &crate::notify::Notifier,
@@ -274,13 +268,23 @@ pub(crate) async fn append_many(
         return Ok(Vec::new());
     }
     let args = AppendArgs::new(requests)?;
-    let statement = format!(
-        "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-           FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        args.function()
-    );
-    let rows = crate::error::retry_transient(|| args.bind(sqlx::query(&statement)).fetch_all(pool))
-        .await?;
+    let rows = if args.independent() {
+        crate::set_append::run(|| {
+            args.bind(sqlx::query(&crate::set_append::PLAIN))
+                .fetch_all(pool)
+        })
+        .await?
+    } else {
+        crate::error::retry_transient(|| {
+            args.bind(sqlx::query(
+                "SELECT idx, status, out_stream_id, first_version, last_version, generation,
+                        tx_id, seq
+                   FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            ))
+            .fetch_all(pool)
+        })
+        .await?
+    };
     if rows.len() != requests.len() {
         return Err(StoreError::Corrupt(format!(
             "batch of {} appends answered {} rows",

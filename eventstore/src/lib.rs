@@ -80,6 +80,7 @@ mod model;
 mod notify;
 mod position;
 mod read;
+pub mod set_append;
 mod snapshot;
 mod subscribe;
 
@@ -144,6 +145,8 @@ pub struct EventStore {
 
 struct Inner {
     pool: PgPool,
+    /// Where group commits write (see [`set_append::committer_pool`]).
+    committer_pool: PgPool,
     options: StoreOptions,
     notifier: notify::Notifier,
     committer: group_commit::GroupCommit,
@@ -164,10 +167,14 @@ impl EventStore {
     pub async fn connect(pool: PgPool, options: StoreOptions) -> Result<Self, StoreError> {
         generation::ensure_current(&pool).await?;
         let notifier = notify::Notifier::spawn(pool.clone());
-        let committer = group_commit::GroupCommit::spawn(pool.clone(), notifier.clone(), &options);
+        // The store's group commit and one more (the command service's).
+        let committer_pool = set_append::committer_pool(&pool, 2 * options.max_concurrent_batches);
+        let committer =
+            group_commit::GroupCommit::spawn(committer_pool.clone(), notifier.clone(), &options);
         Ok(EventStore {
             inner: Arc::new(Inner {
                 pool,
+                committer_pool,
                 options,
                 notifier,
                 committer,
@@ -177,6 +184,12 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// The connections for set appends ([`set_append::statement`]): generic
+    /// plans, as many as two group commits keep busy.
+    pub fn committer_pool(&self) -> &PgPool {
+        &self.inner.committer_pool
     }
 
     pub fn options(&self) -> &StoreOptions {

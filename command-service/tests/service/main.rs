@@ -6,7 +6,6 @@ mod bad_input;
 mod catalogue;
 mod client_info;
 mod concurrency;
-mod guarded_append;
 mod idempotency;
 mod multi_instance;
 mod rate_limit;

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use eventstore::{checkpoint, AppendError, ExpectedVersion, Position};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -444,4 +446,89 @@ async fn a_batch_of_distinct_streams_gets_each_outcome_and_keeps_the_order(pool:
     assert_eq!(events[5].metadata.command_id, Some(b));
     assert_eq!(events[6].metadata.command_id, None);
     assert_eq!(event_count(&pool).await, 1 + 2 + 3 + 1 + 2);
+}
+
+/// The set append is one statement, so its snapshot is older than its
+/// streams' locks: a writer that commits to one of them while it waits for
+/// the lock makes its insert clash on the version. It must then run again
+/// and append after that writer, not fail and not renumber anything.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_set_append_that_loses_the_race_for_a_stream_runs_again(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let (raced, other) = (Uuid::now_v7(), Uuid::now_v7());
+    store
+        .append(&request(raced, ExpectedVersion::NoStream, 1))
+        .await
+        .expect("first event");
+    // A writer that locks the stream first (as eventstore_append does)...
+    let mut writer = store.begin().await.expect("begin");
+    writer
+        .append(&request(raced, ExpectedVersion::Exact(1), 1))
+        .await
+        .expect("writer's append");
+    // ...holds it while a batch for it and another stream starts.
+    let batch = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .append_batch(&[
+                    request(other, ExpectedVersion::NoStream, 1),
+                    request(raced, ExpectedVersion::Any, 2),
+                ])
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+              WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("locks");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.commit().await.expect("writer commits");
+
+    let outcomes = batch.await.expect("task").expect("batch");
+    let created = outcomes[0].as_ref().expect("other stream");
+    assert_eq!((created.first_version, created.version), (1, 1));
+    let after = outcomes[1].as_ref().expect("raced stream");
+    assert_eq!((after.first_version, after.version), (3, 4));
+    let versions: Vec<u64> = store
+        .read_stream(raced, 1, 100)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(event_count(&pool).await, 5);
+}
+
+/// Group commits run on connections with generic plans (the set append is
+/// planned once per connection); the store's other connections keep the
+/// server's default.
+#[sqlx::test(migrations = "../migrations")]
+async fn only_the_committer_connections_force_generic_plans(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let mode = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW plan_cache_mode")
+            .fetch_one(&pool)
+            .await
+            .expect("show")
+    };
+    assert_eq!(
+        mode(store.committer_pool().clone()).await,
+        "force_generic_plan"
+    );
+    assert_eq!(mode(pool).await, "auto");
 }

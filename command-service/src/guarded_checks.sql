@@ -1,0 +1,29 @@
+    -- The fast path's checks (guarded.rs), run in the append's own
+    -- statement: a request is appended only if its command id has no
+    -- stored outcome in command_results (a command rejected before is
+    -- answered with that, not decided again; one accepted before is the
+    -- append's 'duplicate') and the session it was decided under still
+    -- exists for that user, has not ended, expired or gone idle, and the
+    -- user still has that role and is neither locked nor deleted.
+    -- Otherwise it is held back as 'decided' or 'unverified' and the
+    -- caller handles the command the slow way.
+    SELECT req.*,
+           CASE
+               WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id)
+                   THEN 'decided'
+               WHEN g.token_hash IS NULL
+                    OR EXISTS (SELECT 1
+                                 FROM auth_sessions s
+                                 JOIN auth_users u ON u.user_id = s.user_id
+                                WHERE s.token_hash = g.token_hash
+                                  AND s.user_id = g.user_id
+                                  AND u.role = g.role
+                                  AND NOT s.ended AND NOT u.locked AND NOT u.deleted
+                                  AND s.expires_at > $11::timestamptz
+                                  AND s.last_seen >= $12::timestamptz)
+                   THEN NULL
+               ELSE 'unverified'
+           END AS blocked
+      FROM req
+      JOIN unnest($13::text[], $14::uuid[], $15::text[])
+           WITH ORDINALITY AS g(token_hash, user_id, role, idx) ON g.idx = req.idx

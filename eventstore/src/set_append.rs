@@ -1,0 +1,95 @@
+//! The set append as one prepared statement (`set_append.sql`).
+//!
+//! `eventstore_append_set` (migration 0006) does the same work in PL/pgSQL,
+//! and a group commit of a dozen appends spent most of its time there on
+//! the function machinery rather than on the rows: executor start-up of the
+//! function's statements, saving and restoring its `SET` clause, and
+//! materialising the rows it returns. Sent as one prepared statement the
+//! whole batch is planned once per connection (generic plans, see
+//! [`committer_pool`]) and executed once.
+//!
+//! What the function had for free, its locks before its snapshot, a single
+//! statement cannot have: its snapshot is taken before it takes the
+//! streams' locks. A writer of one of the streams that commits in between
+//! makes the insert hit `events_pkey`; nothing is written and the statement
+//! is run again ([`run`]), with a snapshot that sees that commit. Writers
+//! that lock first (`eventstore_append`, `eventstore_append_batch`) never
+//! see a clash: the statement holds the locks before its first insert.
+
+use std::future::Future;
+use std::sync::LazyLock;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::error::retry_transient;
+
+const TEMPLATE: &str = include_str!("set_append.sql");
+
+/// The set append with `checked` as the body of its `checked` step: a
+/// `SELECT` of every column of `req` and a text column `blocked`, NULL for a
+/// request to append and otherwise the status it is answered with (nothing
+/// of it is then locked or written). `checked` may use parameters from `$11`
+/// on; `$1` to `$10` are [`crate::AppendArgs::bind`]'s arrays.
+pub fn statement(checked: &str) -> String {
+    TEMPLATE.replace("{checked}", checked)
+}
+
+/// The set append of the store's own group commit: no request held back.
+pub(crate) static PLAIN: LazyLock<String> =
+    LazyLock::new(|| statement("    SELECT req.*, NULL::text AS blocked FROM req"));
+
+/// How often a set append that lost a race with another writer of one of
+/// its streams is run again. Each loss means another writer committed to
+/// the stream in the moment between our snapshot and our lock, so a handful
+/// is plenty; after that the error goes to the caller (whose batch is then
+/// written one request at a time).
+const RACE_RETRIES: u32 = 5;
+
+/// Runs a set append (`statement` makes and sends it), again after a
+/// transient failure (see [`retry_transient`]) or a lost race (see the
+/// module documentation).
+pub async fn run<T, F>(statement: impl Fn() -> F) -> Result<T, sqlx::Error>
+where
+    F: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut races = 0;
+    loop {
+        match retry_transient(&statement).await {
+            Err(e) if lost_race(&e) && races < RACE_RETRIES => {
+                races += 1;
+                tracing::debug!(attempt = races, "set append raced another writer; again");
+            }
+            done => return done,
+        }
+    }
+}
+
+fn lost_race(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some("events_pkey"))
+}
+
+/// The connections group commits write on: as `pool`'s, but with generic
+/// plans forced, so a set append is planned once per connection whatever
+/// its batch's size. (Left to itself PostgreSQL settles on the generic plan
+/// after five custom ones in a steady run, but compares costs again for
+/// every batch and may plan afresh.) Being their own, they also spare a
+/// group commit, which every appender of the batch waits for, a wait for a
+/// connection behind the readers of the shared pool. Only statements whose
+/// plans suit any batch run here; the rest of the system keeps the default.
+pub(crate) fn committer_pool(pool: &PgPool, writers: usize) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    PgPoolOptions::new()
+        .max_connections(u32::try_from(writers.max(1)).unwrap_or(u32::MAX))
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .idle_timeout(pool.options().get_idle_timeout())
+        .max_lifetime(pool.options().get_max_lifetime())
+        // A broken connection fails its statement, which is retried on
+        // another (retry_transient); a ping before each batch would add a
+        // round trip to every commit.
+        .test_before_acquire(false)
+        .connect_lazy_with(options)
+}
