@@ -320,8 +320,8 @@ fn expected_to_sql(expected: ExpectedVersion) -> i64 {
     }
 }
 
-/// One row of `eventstore_append`, `eventstore_append_set` or
-/// `eventstore_append_batch` (columns `status`, `out_stream_id`,
+/// One row of `eventstore_append`, the set append ([`crate::set_append`]),
+/// `eventstore_append_set` or `eventstore_append_batch` (columns `status`, `out_stream_id`,
 /// `first_version`, `last_version`, `generation`, `tx_id`, `seq`) as the
 /// outcome of `request`.
 pub fn outcome_from_row(

@@ -5,7 +5,7 @@
 //! many writers the log is bound by commits, not by rows. Appends queue in a
 //! [`Coalescer`] (at most `max_concurrent_batches` transactions in flight,
 //! at most `max_batch_events` events each). Each append keeps its own
-//! outcome (see `eventstore_append_set` and `eventstore_append_batch`).
+//! outcome (see [`crate::set_append`] and `eventstore_append_batch`).
 
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;

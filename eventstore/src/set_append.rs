@@ -1,6 +1,7 @@
 //! The set append as one prepared statement (`set_append.sql`).
 //!
-//! `eventstore_append_set` (migration 0006) does the same work in PL/pgSQL,
+//! `eventstore_append_set` (migration 0006) does the same work in PL/pgSQL
+//! (it stays, for instances of the previous release during an upgrade),
 //! and a group commit of a dozen appends spent most of its time there on
 //! the function machinery rather than on the rows: executor start-up of the
 //! function's statements, saving and restoring its `SET` clause, and
