@@ -13,8 +13,8 @@ use chrono::Utc;
 use domain::session::IDLE_TIMEOUT;
 use eventstore::coalesce::{Coalescer, Pending};
 use eventstore::{
-    outcome_from_row, retry_transient, serve_batch, AppendArgs, AppendError, AppendOutcome,
-    AppendRequest, EventStore, StoreError,
+    outcome_from_row, serve_batch, AppendArgs, AppendError, AppendOutcome, AppendRequest,
+    EventStore, StoreError,
 };
 use uuid::Uuid;
 
@@ -115,43 +115,24 @@ async fn write(
     let roles: Vec<&str> = entries.iter().map(|(_, g)| g.role.as_str()).collect();
     let now = Utc::now();
     let seen_after = now - IDLE_TIMEOUT;
-    let pool = store.committer_pool();
-    let rows = if args.independent() {
-        eventstore::set_append::run(|| {
-            args.bind(sqlx::query(&GUARDED_SET_APPEND))
-                .bind(now)
-                .bind(seen_after)
-                .bind(&tokens)
-                .bind(&users)
-                .bind(&roles)
-                .fetch_all(pool)
-        })
-        .await?
-    } else {
-        retry_transient(|| {
-            let query = sqlx::query(
-                "SELECT idx, status, out_stream_id, first_version, last_version, generation,
-                        tx_id, seq
-                   FROM command_append_set($1, $2, $3, $4, $5, false,
-                                           $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                  ORDER BY idx",
-            )
-            .bind(now)
-            .bind(seen_after)
-            .bind(&tokens)
-            .bind(&users)
-            .bind(&roles);
-            args.bind(query).fetch_all(pool)
-        })
-        .await?
-    };
-    if rows.len() != entries.len() {
-        return Err(StoreError::Corrupt(format!(
-            "batch of {} guarded appends answered {} rows",
-            entries.len(),
-            rows.len()
-        )));
-    }
+    let rows = args
+        .fetch_all(
+            store.committer_pool(),
+            &GUARDED_SET_APPEND,
+            "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
+               FROM command_append_set($11, $12, $13, $14, $15, false,
+                                       $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+              ORDER BY idx",
+            |query| {
+                query
+                    .bind(now)
+                    .bind(seen_after)
+                    .bind(&tokens)
+                    .bind(&users)
+                    .bind(&roles)
+            },
+        )
+        .await?;
     let mut outcomes = Vec::with_capacity(rows.len());
     for (row, request) in rows.iter().zip(&requests) {
         let status: String = sqlx::Row::try_get(row, "status").map_err(StoreError::from)?;

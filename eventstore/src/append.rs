@@ -2,6 +2,7 @@
 
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
+use crate::error::retry_transient;
 use crate::{
     AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Position, StoreError,
 };
@@ -238,6 +239,40 @@ impl<'a> AppendArgs<'a> {
         self.independent
     }
 
+    /// Runs the batch as one statement, so in one transaction: `set` (a set
+    /// append, see [`crate::set_append::statement`]) when the requests are
+    /// independent, otherwise `dependent` (a call of
+    /// `eventstore_append_batch` or of a wrapper of it). Both take the ten
+    /// arrays as `$1` to `$10`; `extra` binds the parameters after them.
+    /// Retries what [`crate::set_append::run`] or [`retry_transient`]
+    /// retries; answers one row per request, in order.
+    pub async fn fetch_all<'q, E>(
+        &'q self,
+        pool: &sqlx::PgPool,
+        set: &'q str,
+        dependent: &'q str,
+        extra: E,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError>
+    where
+        E: Fn(PgQuery<'q>) -> PgQuery<'q>,
+    {
+        let statement = if self.independent { set } else { dependent };
+        let send = || extra(self.bind(sqlx::query(statement))).fetch_all(pool);
+        let rows = if self.independent {
+            crate::set_append::run(send).await?
+        } else {
+            retry_transient(send).await?
+        };
+        if rows.len() != self.stream_ids.len() {
+            return Err(StoreError::Corrupt(format!(
+                "batch of {} appends answered {} rows",
+                self.stream_ids.len(),
+                rows.len()
+            )));
+        }
+        Ok(rows)
+    }
+
     /// Binds the ten arrays, in order, as the query's next parameters.
     pub fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
         query
@@ -268,30 +303,15 @@ pub(crate) async fn append_many(
         return Ok(Vec::new());
     }
     let args = AppendArgs::new(requests)?;
-    let rows = if args.independent() {
-        crate::set_append::run(|| {
-            args.bind(sqlx::query(&crate::set_append::PLAIN))
-                .fetch_all(pool)
-        })
-        .await?
-    } else {
-        crate::error::retry_transient(|| {
-            args.bind(sqlx::query(
-                "SELECT idx, status, out_stream_id, first_version, last_version, generation,
-                        tx_id, seq
-                   FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            ))
-            .fetch_all(pool)
-        })
-        .await?
-    };
-    if rows.len() != requests.len() {
-        return Err(StoreError::Corrupt(format!(
-            "batch of {} appends answered {} rows",
-            requests.len(),
-            rows.len()
-        )));
-    }
+    let rows = args
+        .fetch_all(
+            pool,
+            &crate::set_append::PLAIN,
+            "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
+               FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            |query| query,
+        )
+        .await?;
     let outcomes: Vec<_> = rows
         .iter()
         .zip(requests)

@@ -50,7 +50,7 @@ const RACE_RETRIES: u32 = 5;
 /// Runs a set append (`statement` makes and sends it), again after a
 /// transient failure (see [`retry_transient`]) or a lost race (see the
 /// module documentation).
-pub async fn run<T, F>(statement: impl Fn() -> F) -> Result<T, sqlx::Error>
+pub(crate) async fn run<T, F>(statement: impl Fn() -> F) -> Result<T, sqlx::Error>
 where
     F: Future<Output = Result<T, sqlx::Error>>,
 {
