@@ -189,6 +189,10 @@ pub struct AppendArgs<'a> {
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
     payloads: Vec<&'a [u8]>,
+    /// No two requests name the same stream or the same command: then the
+    /// set append ([`crate::set_append`]) may decide them as a set;
+    /// otherwise they depend on each other and need
+    /// `eventstore_append_batch`.
     independent: bool,
 }
 
@@ -229,14 +233,6 @@ impl<'a> AppendArgs<'a> {
             }
         }
         Ok(args)
-    }
-
-    /// Whether no two requests name the same stream or the same command:
-    /// then the set append ([`crate::set_append`]) may decide them as a
-    /// set; otherwise they depend on each other and need
-    /// `eventstore_append_batch`.
-    pub fn independent(&self) -> bool {
-        self.independent
     }
 
     /// Runs the batch as one statement, so in one transaction: `set` (a set
