@@ -189,15 +189,44 @@ fn invalid_envelope<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> 
     }
 }
 
-fn parse_payload<'de, D>(
+/// The path of the first string or key in `value` holding a NUL character.
+///
+/// PostgreSQL can store NUL in neither `text` nor `jsonb`, so a payload
+/// carrying one (in free JSON such as `context` or `tool_calls`, which no
+/// domain type checks) would be appended and then stop every projection
+/// that writes it. It is refused here instead, before anything is stored.
+fn nul_at(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value as J;
+    match value {
+        J::String(s) if s.contains('\0') => Some(String::new()),
+        J::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v).map(|path| format!("[{i}]{path}"))),
+        J::Object(entries) => entries.iter().find_map(|(key, v)| {
+            if key.contains('\0') {
+                Some(format!(".{}", key.replace('\0', "\\0")))
+            } else {
+                nul_at(v).map(|path| format!(".{key}{path}"))
+            }
+        }),
+        _ => None,
+    }
+}
+
+fn parse_payload(
     command_type: &str,
-    payload: D,
+    payload: serde_json::Value,
     envelope: &Envelope,
-) -> Result<Command, Invalid>
-where
-    D: serde::Deserializer<'de>,
-    D::Error: std::fmt::Display,
-{
+) -> Result<Command, Invalid> {
+    if let Some(path) = nul_at(&payload) {
+        return Err(Invalid {
+            field: format!("payload{path}"),
+            message: "must not contain NUL (U+0000) characters".into(),
+            command_id: Some(envelope.command_id),
+            aggregate_id: Some(envelope.aggregate_id),
+        });
+    }
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(payload, &mut track);
     Command::from_payload(command_type, tracked).map_err(|e| {
@@ -294,5 +323,51 @@ mod tests {
                 .command_id,
             None
         );
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_the_payload_is_refused_by_path() {
+        let message = |payload: serde_json::Value| json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": payload});
+        let append = |tool_calls: serde_json::Value| {
+            message(
+                json!({"message_id": Uuid::now_v7(), "role": "assistant", "content": "c", "tool_calls": tool_calls}),
+            )
+        };
+        let cases = [
+            (
+                append(json!([{"name": "grep", "args": {"pattern": "a\u{0}b"}}])),
+                "payload.tool_calls[0].args.pattern",
+            ),
+            (append(json!({"k\u{0}ey": 1})), "payload.tool_calls.k\\0ey"),
+            (
+                message(json!({"message_id": Uuid::now_v7(), "role": "user", "content": "\u{0}"})),
+                "payload.content",
+            ),
+        ];
+        for (bad, field) in cases {
+            for (encoding, bytes) in [
+                (Encoding::Json, serde_json::to_vec(&bad).expect("json")),
+                (
+                    Encoding::MessagePack,
+                    domain::codec::encode(&bad).expect("msgpack"),
+                ),
+            ] {
+                let err = decode(encoding, "conversation.append_message", &bytes)
+                    .expect_err("a NUL is refused");
+                assert_eq!(err.field, field, "{encoding:?}");
+                assert!(err.message.contains("NUL"), "{}", err.message);
+                assert_eq!(
+                    err.command_id,
+                    bad["command_id"].as_str().and_then(|s| s.parse().ok())
+                );
+            }
+        }
+        let fine = append(json!([{"name": "grep", "args": {"pattern": "a\\0b"}}]));
+        assert!(decode(
+            Encoding::Json,
+            "conversation.append_message",
+            &serde_json::to_vec(&fine).expect("json")
+        )
+        .is_ok());
     }
 }

@@ -167,6 +167,13 @@ impl Params {
                 name,
                 format!("{name} must be 1 to 200 characters"),
             )),
+            // Stored text never holds control characters (the domain refuses
+            // them), and PostgreSQL cannot even compare a NUL: say so rather
+            // than let the query fail.
+            Some(v) if v.chars().any(char::is_control) => Err(ApiError::bad(
+                name,
+                format!("{name} must not contain control characters"),
+            )),
             Some(v) => Ok(Some(v.clone())),
         }
     }

@@ -95,6 +95,22 @@ async fn bad_input_gets_a_specific_error_and_changes_nothing(pool: PgPool) {
         (r.status, field(&r).as_deref()),
         (Status::Invalid, Some("payload.embedding"))
     );
+    // PostgreSQL cannot hold a NUL in text or jsonb: refused at the edge,
+    // on both encodings, rather than appended to stop the projections.
+    let nul = envelope(
+        conversation,
+        json!({"message_id": Uuid::now_v7(), "role": "assistant", "content": "c", "tool_calls": {"args": ["ok", "a\u{0}"]}}),
+    );
+    for r in [
+        app.rpc("conversation.append_message", &nul, token).await,
+        app.rpc_msgpack("conversation.append_message", &nul, token)
+            .await,
+    ] {
+        assert_eq!(
+            (r.status, field(&r).as_deref()),
+            (Status::Invalid, Some("payload.tool_calls.args[1]"))
+        );
+    }
     let r = app
         .rpc(
             "conversation.append_message",

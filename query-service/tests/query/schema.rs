@@ -44,10 +44,15 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation(pool: PgPool
             &admin,
         )
         .await;
+    let mut command = tokio::process::Command::new(&st);
+    command.arg("run");
+    // A failure prints its seed; `COPILOT_SCHEMATHESIS_SEED` replays that run.
+    if let Ok(seed) = std::env::var("COPILOT_SCHEMATHESIS_SEED") {
+        command.args(["--seed", &seed]);
+    }
     let output = tokio::time::timeout(
         Duration::from_secs(600),
-        tokio::process::Command::new(&st)
-            .arg("run")
+        command
             .arg(format!("{}/openapi.json", stack.base))
             .args(["--header", &format!("Authorization: Bearer {admin}")])
             .args([
