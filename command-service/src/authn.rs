@@ -10,6 +10,7 @@ use domain::context::Actor;
 use domain::ids::UserId;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
+use domain::Command;
 use eventstore::coalesce::{Coalescer, Pending};
 use infra::auth::{constant_time_eq, parse_bearer, token_hash, verify_secret, Bearer};
 use secrecy::{ExposeSecret, SecretString};
@@ -32,14 +33,29 @@ pub struct Authenticator {
     /// Preflights that arrive together share one query.
     lookups: Coalescer<Lookup, Result<SessionRow, LookupError>>,
     bootstrap: Option<SecretString>,
-    /// API keys whose argon2 hash was verified: token digest → key id.
-    /// Revocation and expiry are still read from PostgreSQL every time.
+    /// API keys whose argon2 hash was verified: token digest → key id, so
+    /// the slow way (a key's first use, or after its copy in `valid_keys`
+    /// failed a check) reads revocation and expiry without hashing again.
     verified_keys: Mutex<HashMap<String, Uuid>>,
     /// Sessions this instance verified: token hash → what it found. A copy
     /// is never the last word: a command decided under it is appended only
     /// if the append's own statement finds the session still so (see
     /// `guarded`), and anything else is handled again the slow way.
     verified_sessions: Mutex<HashMap<String, VerifiedSession>>,
+    /// API keys this instance found valid: token digest → what it found.
+    /// Like a session's copy, never the last word (see `guarded`).
+    valid_keys: Mutex<HashMap<String, ValidKey>>,
+}
+
+/// An API key as the auth index showed it when it was last found valid.
+#[derive(Debug, Clone)]
+struct ValidKey {
+    key_id: Uuid,
+    user_id: Uuid,
+    role: String,
+    /// Fixed when the key is issued.
+    scopes: Vec<Scope>,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// A session as the auth index showed it when it was last verified.
@@ -70,20 +86,25 @@ impl Authenticator {
             bootstrap,
             verified_keys: Mutex::new(HashMap::new()),
             verified_sessions: Mutex::new(HashMap::new()),
+            valid_keys: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The actor behind a session token this instance verified before, if
-    /// its copy still looks valid at `now`, and the guard under which a
-    /// command decided as that actor must be appended. `None` means: go
-    /// the slow way ([`Authenticator::preflight`]).
+    /// The actor behind a session token or API key this instance verified
+    /// before, if its copy still looks valid at `now`, and the guard under
+    /// which a command decided as that actor must be appended. `None`
+    /// means: go the slow way ([`Authenticator::preflight`]).
     pub fn verified(
         &self,
         authorization: Option<&str>,
         command_type: &str,
         now: DateTime<Utc>,
     ) -> Option<(Actor, Guard)> {
-        let token_hash = session_token_hash(bearer_token(authorization, command_type)?)?;
+        let token = bearer_token(authorization, command_type)?;
+        if let Some(Bearer::ApiKey { .. }) = parse_bearer(token) {
+            return self.valid_key(token, command_type, now);
+        }
+        let token_hash = session_token_hash(token)?;
         let copy = self
             .verified_sessions
             .lock()
@@ -100,15 +121,48 @@ impl Authenticator {
             actor,
             Guard {
                 token_hash,
+                key_id: None,
                 user_id: copy.user_id,
                 role: copy.role,
             },
         ))
     }
 
-    /// Drops the copy of a session that no longer holds.
+    /// [`Authenticator::verified`] for an API key: its copy, if the key
+    /// has not expired by `now` and its scopes allow the command (scopes
+    /// never change; the rest is checked again by the append).
+    fn valid_key(
+        &self,
+        token: &str,
+        command_type: &str,
+        now: DateTime<Utc>,
+    ) -> Option<(Actor, Guard)> {
+        let digest = token_hash(token);
+        let copy = self.valid_keys.lock().ok()?.get(&digest).cloned()?;
+        if copy.expires_at.is_some_and(|e| now >= e)
+            || !domain::context::scope_allows(&copy.scopes, Command::admin_only(command_type))
+        {
+            return None;
+        }
+        let actor = user(copy.user_id, &copy.role).ok()?;
+        Some((
+            actor,
+            Guard {
+                token_hash: digest,
+                key_id: Some(copy.key_id),
+                user_id: copy.user_id,
+                role: copy.role,
+            },
+        ))
+    }
+
+    /// Drops the copy of a session or key that no longer holds.
     pub fn forget(&self, guard: &Guard) {
-        if let Ok(mut map) = self.verified_sessions.lock() {
+        if guard.key_id.is_some() {
+            if let Ok(mut map) = self.valid_keys.lock() {
+                map.remove(&guard.token_hash);
+            }
+        } else if let Ok(mut map) = self.verified_sessions.lock() {
             map.remove(&guard.token_hash);
         }
     }
@@ -388,7 +442,7 @@ impl Authenticator {
                 if map.len() > 10_000 {
                     map.clear();
                 }
-                map.insert(digest, key_id);
+                map.insert(digest.clone(), key_id);
             }
         }
         if revoked {
@@ -404,7 +458,25 @@ impl Authenticator {
         if !domain::context::scope_allows(&scopes, admin_command) {
             return Ok(Err(Refusal::Forbidden("missing_scope")));
         }
-        Ok(user(user_id, &role))
+        let actor = user(user_id, &role);
+        if actor.is_ok() {
+            if let Ok(mut map) = self.valid_keys.lock() {
+                if map.len() >= MAX_VERIFIED {
+                    map.clear();
+                }
+                map.insert(
+                    digest,
+                    ValidKey {
+                        key_id,
+                        user_id,
+                        role,
+                        scopes,
+                        expires_at,
+                    },
+                );
+            }
+        }
+        Ok(actor)
     }
 }
 

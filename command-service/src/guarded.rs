@@ -1,11 +1,12 @@
-//! Group commit for commands decided under a session the service verified a
-//! moment ago: the session (and whether the command was decided before) is
-//! checked again by the append's own statement (the store's set append with
-//! the checks of `guarded_checks.sql`, or `command_append_set` of migration
-//! 0007 when requests of the batch depend on each other), so the common
-//! command costs one shared statement and no lookup of its own. What fails
-//! the check is written nowhere and goes back to the handler, which then
-//! handles the command the slow way.
+//! Group commit for commands decided under a session or an API key the
+//! service verified a moment ago: the credential (and whether the command
+//! was decided before) is checked again by the append's own statement (the
+//! store's set append with the checks of `guarded_checks.sql`, or
+//! `command_append_set` of migration 0007 when requests of the batch depend
+//! on each other; that one checks sessions only, so a key's request in such
+//! a batch is held back), so the common command costs one shared statement
+//! and no lookup of its own. What fails the check is written nowhere and
+//! goes back to the handler, which then handles the command the slow way.
 
 use std::sync::LazyLock;
 
@@ -21,8 +22,14 @@ use uuid::Uuid;
 /// The credential a command was decided under, to be checked again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Guard {
-    /// Hash of the session token (as in `auth_sessions`).
+    /// Hash of the bearer token: of a session token, as in `auth_sessions`;
+    /// of a whole API key, which matches no session (so the dependent
+    /// batch's `command_append_set`, which checks sessions only, holds a
+    /// key's request back and it is handled the slow way).
     pub token_hash: String,
+    /// The API key the command was decided under, checked instead of a
+    /// session: still there, not revoked, not expired.
+    pub key_id: Option<Uuid>,
     /// The user and role the command was decided as.
     pub user_id: Uuid,
     pub role: String,
@@ -49,8 +56,8 @@ impl From<StoreError> for GuardedError {
 }
 
 /// The set append with the checks: `$11` now, `$12` the oldest last-seen
-/// time of a session that has not gone idle, `$13` to `$15` each request's
-/// token hash, user and role (all NULL for nothing to check). The checks
+/// time of a session that has not gone idle, `$13` to `$16` each request's
+/// token hash, user, role and API key (all NULL for nothing to check). The checks
 /// run before the streams' locks, as `command_append_set`'s do (see there
 /// why either order of a concurrent `session.end` is a valid history).
 static GUARDED_SET_APPEND: LazyLock<String> =
@@ -113,6 +120,7 @@ async fn write(
     let tokens: Vec<&str> = entries.iter().map(|(_, g)| g.token_hash.as_str()).collect();
     let users: Vec<Uuid> = entries.iter().map(|(_, g)| g.user_id).collect();
     let roles: Vec<&str> = entries.iter().map(|(_, g)| g.role.as_str()).collect();
+    let keys: Vec<Option<Uuid>> = entries.iter().map(|(_, g)| g.key_id).collect();
     let now = Utc::now();
     let seen_after = now - IDLE_TIMEOUT;
     let rows = args
@@ -130,6 +138,7 @@ async fn write(
                     .bind(&tokens)
                     .bind(&users)
                     .bind(&roles)
+                    .bind(&keys)
             },
         )
         .await?;
@@ -207,10 +216,89 @@ mod tests {
         };
         let guard = Guard {
             token_hash: token.into(),
+            key_id: None,
             user_id: user,
             role: "operator".into(),
         };
         (request, guard)
+    }
+
+    /// [`entry`] decided under the API key `key_id` instead of a session.
+    fn key_entry(stream_id: Uuid, key_id: Uuid, user: Uuid) -> Entry {
+        let (request, mut guard) = entry(stream_id, Uuid::now_v7(), 1, "digest-of-the-key", user);
+        guard.key_id = Some(key_id);
+        (request, guard)
+    }
+
+    /// Keys of `user`: live, revoked, expired, and one that never expires.
+    async fn key_fixtures(pool: &PgPool, user: Uuid) -> [Uuid; 4] {
+        let keys = [(); 4].map(|_| Uuid::now_v7());
+        for (key, revoked, expires) in [
+            (keys[0], false, Some("1 hour")),
+            (keys[1], true, Some("1 hour")),
+            (keys[2], false, Some("-1 second")),
+            (keys[3], false, None),
+        ] {
+            sqlx::query(
+                "INSERT INTO auth_api_keys (key_id, user_id, key_hash, scopes, expires_at, revoked)
+                 VALUES ($1, $2, 'x', '{commands:write}', now() + $3::interval, $4)",
+            )
+            .bind(key)
+            .bind(user)
+            .bind(expires)
+            .bind(revoked)
+            .execute(pool)
+            .await
+            .expect("key");
+        }
+        keys
+    }
+
+    /// Requests decided under API keys are appended only while the key is
+    /// still that user's and neither revoked nor expired; in a dependent
+    /// batch (checked by `command_append_set`, which knows sessions only)
+    /// a key's request is always held back, never let through.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn api_key_requests_are_checked_against_the_key(pool: PgPool) {
+        let (user, _) = fixtures(&pool).await;
+        let keys = key_fixtures(&pool, user).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        let streams: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        let entries = vec![
+            key_entry(streams[0], keys[0], user),
+            key_entry(streams[1], keys[1], user),
+            key_entry(streams[2], keys[2], user),
+            key_entry(streams[3], keys[3], user),
+            key_entry(streams[4], keys[0], Uuid::now_v7()),
+        ];
+        let batch: Vec<&Entry> = entries.iter().collect();
+        let outcomes = write(&store, &batch).await.expect("write");
+        assert_eq!(
+            summary(&outcomes),
+            vec![
+                Ok(1),
+                Err("unverified"),
+                Err("unverified"),
+                Ok(1),
+                Err("unverified")
+            ]
+        );
+        assert_eq!(
+            stored(&pool).await,
+            expected_events(&entries, &[0, 3], &[1, 1])
+        );
+
+        let stream = Uuid::now_v7();
+        let dependent = vec![
+            entry(stream, Uuid::now_v7(), 1, "live", user),
+            key_entry(stream, keys[0], user),
+            entry(stream, Uuid::now_v7(), 1, "live", user),
+        ];
+        let batch: Vec<&Entry> = dependent.iter().collect();
+        let outcomes = write(&store, &batch).await.expect("write");
+        assert_eq!(summary(&outcomes), vec![Ok(1), Err("unverified"), Ok(2)]);
     }
 
     /// What each entry's outcome says: the last version, or why it was held back.

@@ -3,14 +3,26 @@
     -- stored outcome in command_results (a command rejected before is
     -- answered with that, not decided again; one accepted before is the
     -- append's 'duplicate') and the session it was decided under still
-    -- exists for that user, has not ended, expired or gone idle, and the
-    -- user still has that role and is neither locked nor deleted.
+    -- exists for that user, has not ended, expired or gone idle (or the
+    -- API key it was decided under is still that user's, not revoked and
+    -- not expired), and the user still has that role and is neither locked
+    -- nor deleted.
     -- Otherwise it is held back as 'decided' or 'unverified' and the
     -- caller handles the command the slow way.
     SELECT req.*,
            CASE
                WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id)
                    THEN 'decided'
+               WHEN g.key_id IS NOT NULL
+                   THEN CASE WHEN EXISTS (SELECT 1
+                                            FROM auth_api_keys k
+                                            JOIN auth_users u ON u.user_id = k.user_id
+                                           WHERE k.key_id = g.key_id
+                                             AND k.user_id = g.user_id
+                                             AND u.role = g.role
+                                             AND NOT k.revoked AND NOT u.locked AND NOT u.deleted
+                                             AND (k.expires_at IS NULL OR k.expires_at > $11::timestamptz))
+                             THEN NULL ELSE 'unverified' END
                WHEN g.token_hash IS NULL
                     OR EXISTS (SELECT 1
                                  FROM auth_sessions s
@@ -25,5 +37,5 @@
                ELSE 'unverified'
            END AS blocked
       FROM req
-      JOIN unnest($13::text[], $14::uuid[], $15::text[])
-           WITH ORDINALITY AS g(token_hash, user_id, role, idx) ON g.idx = req.idx
+      JOIN unnest($13::text[], $14::uuid[], $15::text[], $16::uuid[])
+           WITH ORDINALITY AS g(token_hash, user_id, role, key_id, idx) ON g.idx = req.idx

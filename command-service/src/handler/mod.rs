@@ -219,9 +219,9 @@ impl Handler {
         authorization: Option<&str>,
     ) -> CommandResult {
         let now = Utc::now();
-        // The fast way: a session this instance verified before, checked
-        // again by the append itself. Whatever it does not accept (a
-        // refusal, a conflict, a session that changed, a command decided
+        // The fast way: a session or API key this instance verified before,
+        // checked again by the append itself. Whatever it does not accept (a
+        // refusal, a conflict, a credential that changed, a command decided
         // before) is handled again below, from the auth index and the
         // stored outcomes; nothing was written or counted twice by then.
         let mut limit_counted = false;

@@ -91,10 +91,11 @@ async fn stream_length(app: &App, stream: Uuid) -> i64 {
         .expect("count")
 }
 
-/// A has verified each session (and keeps a copy); B then ends one, locks
-/// another's user and demotes a third. A must refuse each at once, as the
-/// auth index says, and append nothing: its copies are only ever trusted
-/// together with the append's own check.
+/// A has verified each session and an API key (and keeps copies); B then
+/// ends one session, locks another's user, demotes a third and revokes the
+/// key. A must refuse each at once, as the auth index says, and append
+/// nothing: its copies are only ever trusted together with the append's
+/// own check.
 #[sqlx::test(migrations = "../migrations")]
 async fn credentials_ended_on_another_instance_stop_working_here_at_once(pool: PgPool) {
     let a = App::spawn(pool.clone()).await;
@@ -124,6 +125,34 @@ async fn credentials_ended_on_another_instance_stop_working_here_at_once(pool: P
         }
         conversations.push(conversation);
     }
+    // An API key, used on A until A holds a copy of it.
+    let (keyed_user, keyed_session) = a.user("operator").await;
+    let issued = a
+        .rpc(
+            "user.issue_api_key",
+            &envelope(
+                keyed_user,
+                json!({"name": "agent", "scopes": ["commands:write"]}),
+            ),
+            Some(&keyed_session),
+        )
+        .await;
+    assert_eq!(issued.status, Status::Accepted, "{issued:?}");
+    let data = issued.data.expect("the key is shown");
+    let key = data["api_key"].as_str().expect("key").to_string();
+    let key_id = data["key_id"].as_str().expect("key id").to_string();
+    let keyed_conversation = a.conversation(&key).await;
+    for _ in 0..2 {
+        let sent = a
+            .rpc(
+                "conversation.append_message",
+                &message(keyed_conversation),
+                Some(&key),
+            )
+            .await;
+        assert_eq!(sent.status, Status::Accepted, "{sent:?}");
+    }
+    conversations.push(keyed_conversation);
     let incident = Uuid::now_v7();
     let opened = a.rpc("incident.open", &envelope(incident, json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]})), Some(&demoted)).await;
     assert_eq!(opened.status, Status::Accepted, "{opened:?}");
@@ -162,11 +191,20 @@ async fn credentials_ended_on_another_instance_stop_working_here_at_once(pool: P
         )
         .await;
     assert_eq!(demote.status, Status::Accepted, "{demote:?}");
+    let revoke = b
+        .rpc(
+            "user.revoke_api_key",
+            &envelope(keyed_user, json!({"key_id": key_id})),
+            Some(&keyed_session),
+        )
+        .await;
+    assert_eq!(revoke.status, Status::Accepted, "{revoke:?}");
 
     let events = a.event_count().await;
     for (token, conversation, code) in [
         (&ended, conversations[0], "session_ended"),
         (&locked, conversations[1], "account_disabled"),
+        (&key, conversations[2], "api_key_revoked"),
     ] {
         let refused = a
             .rpc(
