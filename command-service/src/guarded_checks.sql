@@ -13,26 +13,26 @@
            CASE
                WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id)
                    THEN 'decided'
-               WHEN g.key_id IS NOT NULL
-                   THEN CASE WHEN EXISTS (SELECT 1
-                                            FROM auth_api_keys k
-                                            JOIN auth_users u ON u.user_id = k.user_id
-                                           WHERE k.key_id = g.key_id
-                                             AND k.user_id = g.user_id
-                                             AND u.role = g.role
-                                             AND NOT k.revoked AND NOT u.locked AND NOT u.deleted
-                                             AND (k.expires_at IS NULL OR k.expires_at > $11::timestamptz))
-                             THEN NULL ELSE 'unverified' END
                WHEN g.token_hash IS NULL
                     OR EXISTS (SELECT 1
-                                 FROM auth_sessions s
-                                 JOIN auth_users u ON u.user_id = s.user_id
-                                WHERE s.token_hash = g.token_hash
-                                  AND s.user_id = g.user_id
+                                 FROM auth_users u
+                                WHERE u.user_id = g.user_id
                                   AND u.role = g.role
-                                  AND NOT s.ended AND NOT u.locked AND NOT u.deleted
-                                  AND s.expires_at > $11::timestamptz
-                                  AND s.last_seen >= $12::timestamptz)
+                                  AND NOT u.locked AND NOT u.deleted
+                                  AND CASE WHEN g.key_id IS NULL
+                                      THEN EXISTS (SELECT 1 FROM auth_sessions s
+                                                    WHERE s.token_hash = g.token_hash
+                                                      AND s.user_id = u.user_id
+                                                      AND NOT s.ended
+                                                      AND s.expires_at > $11::timestamptz
+                                                      AND s.last_seen >= $12::timestamptz)
+                                      ELSE EXISTS (SELECT 1 FROM auth_api_keys k
+                                                    WHERE k.key_id = g.key_id
+                                                      AND k.user_id = u.user_id
+                                                      AND NOT k.revoked
+                                                      AND (k.expires_at IS NULL
+                                                           OR k.expires_at > $11::timestamptz))
+                                      END)
                    THEN NULL
                ELSE 'unverified'
            END AS blocked
