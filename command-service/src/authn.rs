@@ -71,6 +71,17 @@ struct VerifiedSession {
 /// apart: the map is emptied (a copy costs one lookup to make again).
 const MAX_VERIFIED: usize = 10_000;
 
+/// Keeps `copy` under `key` in one of the maps of verified credentials,
+/// emptying it first when it is full.
+fn keep<V>(map: &Mutex<HashMap<String, V>>, key: String, copy: V) {
+    if let Ok(mut map) = map.lock() {
+        if map.len() >= MAX_VERIFIED {
+            map.clear();
+        }
+        map.insert(key, copy);
+    }
+}
+
 impl Authenticator {
     /// Starts the task that serves preflight lookups (needs a runtime).
     pub fn new(pool: PgPool, bootstrap: Option<SecretString>) -> Self {
@@ -101,10 +112,10 @@ impl Authenticator {
         now: DateTime<Utc>,
     ) -> Option<(Actor, Guard)> {
         let token = bearer_token(authorization, command_type)?;
-        if let Some(Bearer::ApiKey { .. }) = parse_bearer(token) {
-            return self.valid_key(token, command_type, now);
-        }
-        let token_hash = session_token_hash(token)?;
+        let token_hash = match parse_bearer(token)? {
+            Bearer::ApiKey { .. } => return self.valid_key(token, command_type, now),
+            Bearer::Session(session_token) => token_hash(session_token),
+        };
         let copy = self
             .verified_sessions
             .lock()
@@ -167,15 +178,6 @@ impl Authenticator {
         }
     }
 
-    fn remember(&self, token_hash: String, copy: VerifiedSession) {
-        if let Ok(mut map) = self.verified_sessions.lock() {
-            if map.len() >= MAX_VERIFIED {
-                map.clear();
-            }
-            map.insert(token_hash, copy);
-        }
-    }
-
     /// Before deciding: the stored outcome of `command_id`, if it was
     /// decided before, and the actor behind `authorization` (the header's
     /// value); `session.start` needs no credential. For a session token,
@@ -206,7 +208,7 @@ impl Authenticator {
         let actor = if let Some(session_hash) = session_hash {
             let (actor, copy) = session_actor(row, now);
             if let Some(copy) = copy {
-                self.remember(session_hash, copy);
+                keep(&self.verified_sessions, session_hash, copy);
             }
             actor
         } else {
@@ -438,12 +440,7 @@ impl Authenticator {
             if !ok {
                 return Ok(Err(Refusal::Unauthorized("invalid_token")));
             }
-            if let Ok(mut map) = self.verified_keys.lock() {
-                if map.len() > 10_000 {
-                    map.clear();
-                }
-                map.insert(digest.clone(), key_id);
-            }
+            keep(&self.verified_keys, digest.clone(), key_id);
         }
         if revoked {
             return Ok(Err(Refusal::Unauthorized("api_key_revoked")));
@@ -460,21 +457,14 @@ impl Authenticator {
         }
         let actor = user(user_id, &role);
         if actor.is_ok() {
-            if let Ok(mut map) = self.valid_keys.lock() {
-                if map.len() >= MAX_VERIFIED {
-                    map.clear();
-                }
-                map.insert(
-                    digest,
-                    ValidKey {
-                        key_id,
-                        user_id,
-                        role,
-                        scopes,
-                        expires_at,
-                    },
-                );
-            }
+            let copy = ValidKey {
+                key_id,
+                user_id,
+                role,
+                scopes,
+                expires_at,
+            };
+            keep(&self.valid_keys, digest, copy);
         }
         Ok(actor)
     }
