@@ -114,10 +114,19 @@ pub fn parse_bearer(token: &str) -> Option<Bearer<'_>> {
 
 /// The stored form of a session token: SHA-256, hex.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    lower_hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// `bytes` as lower-case hex. Every command hashes its bearer token, so
+/// this is on the hot path: one allocation, no formatter per byte.
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    text
 }
 
 /// Compares two secrets without leaking where they differ.
@@ -149,6 +158,18 @@ mod tests {
             verify_secret("x", "not a hash"),
             Err(AuthError::MalformedHash)
         ));
+    }
+
+    /// The stored form must not change: every session in `auth_sessions`
+    /// is found by it.
+    #[test]
+    fn token_hashes_are_sha256_in_lower_hex() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(lower_hex(&[0x00, 0x0f, 0xf0, 0xff]), "000ff0ff");
+        assert_eq!(lower_hex(&[]), "");
     }
 
     #[test]

@@ -92,10 +92,7 @@ impl CacheSpec {
             hash.update(part.as_bytes());
             hash.update([0]);
         }
-        let digest: String = hash.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = infra::auth::lower_hex(&hash.finalize()[..16]);
         CacheSpec {
             key: format!("cache:resp:{route}:{}:{digest}", caller.visibility()),
             tags,
