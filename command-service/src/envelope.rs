@@ -69,31 +69,20 @@ pub fn decode(
 ) -> Result<(Envelope, Command), Invalid> {
     match encoding {
         Encoding::Json => {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            let raw: Raw<serde_json::Value> =
-                serde_path_to_error::deserialize(&mut de).map_err(|e| invalid_envelope(&e))?;
-            de.end().map_err(|e| Invalid {
-                field: "message".into(),
-                message: e.to_string(),
-                command_id: None,
-                aggregate_id: None,
-            })?;
+            let raw = match serde_json::from_slice::<Raw<serde_json::Value>>(bytes) {
+                Ok(raw) => raw,
+                Err(_) => json_envelope_tracked(bytes)?,
+            };
             let envelope = raw.envelope();
             let command = parse_payload(command_type, raw.payload, &envelope)?;
             Ok((envelope, command))
         }
         Encoding::MessagePack => {
             let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
-            let raw: Raw<rmpv::Value> =
-                serde_path_to_error::deserialize(&mut de).map_err(|e| invalid_envelope(&e))?;
-            if !de.get_ref().is_empty() {
-                return Err(Invalid {
-                    field: "message".into(),
-                    message: "trailing bytes after the envelope".into(),
-                    command_id: None,
-                    aggregate_id: None,
-                });
-            }
+            let raw = match Raw::<rmpv::Value>::deserialize(&mut de) {
+                Ok(raw) if de.get_ref().is_empty() => raw,
+                _ => msgpack_envelope_tracked(bytes)?,
+            };
             let envelope = raw.envelope();
             let payload = to_json(raw.payload).map_err(|(field, message)| Invalid {
                 field: format!("payload{field}"),
@@ -105,6 +94,38 @@ pub fn decode(
             Ok((envelope, command))
         }
     }
+}
+
+// The envelope is read first without tracking the path, which costs an
+// allocation per field on every command; only a message that fails is read
+// again with it, to name the field that is wrong.
+
+fn json_envelope_tracked(bytes: &[u8]) -> Result<Raw<serde_json::Value>, Invalid> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw: Raw<serde_json::Value> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| invalid_envelope(&e))?;
+    de.end().map_err(|e| Invalid {
+        field: "message".into(),
+        message: e.to_string(),
+        command_id: None,
+        aggregate_id: None,
+    })?;
+    Ok(raw)
+}
+
+fn msgpack_envelope_tracked(bytes: &[u8]) -> Result<Raw<rmpv::Value>, Invalid> {
+    let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
+    let raw: Raw<rmpv::Value> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| invalid_envelope(&e))?;
+    if !de.get_ref().is_empty() {
+        return Err(Invalid {
+            field: "message".into(),
+            message: "trailing bytes after the envelope".into(),
+            command_id: None,
+            aggregate_id: None,
+        });
+    }
+    Ok(raw)
 }
 
 /// A MessagePack payload as the JSON data model, so both encodings go
@@ -226,6 +247,19 @@ fn parse_payload(
             command_id: Some(envelope.command_id),
             aggregate_id: Some(envelope.aggregate_id),
         });
+    }
+    // As the envelope: untracked first, tracked only to explain a failure.
+    match Command::from_payload(command_type, &payload) {
+        Ok(command) => return Ok(command),
+        Err(ParseError::UnknownType(t)) => {
+            return Err(Invalid {
+                field: "type".to_string(),
+                message: format!("unknown command type {t:?}"),
+                command_id: Some(envelope.command_id),
+                aggregate_id: Some(envelope.aggregate_id),
+            })
+        }
+        Err(ParseError::Payload(_)) => {}
     }
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(payload, &mut track);
