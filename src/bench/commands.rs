@@ -15,6 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::append::{bare_writer, create_bare_table, drive};
+use super::cpu::{CpuPerOp, CpuTimes};
 use super::report::{Figure, Latencies};
 use super::scratch::ScratchDb;
 use crate::agent::AgentClient;
@@ -75,6 +76,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     ));
     let agent = Arc::new(agent);
     let batches_before = BatchTotals::now();
+    let cpu_before = CpuTimes::now();
     let mut commands = drive(AGENTS, duration, |i| {
         let agent = Arc::clone(&agent);
         let token = token.clone();
@@ -98,6 +100,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     })
     .await?;
     let batches = BatchTotals::now().since(&batches_before);
+    let commands_cpu = cpu_per_op(cpu_before, commands.events);
 
     progress.set_message("bare NATS echo");
     let echo_subject = format!("{prefix}.echo");
@@ -132,7 +135,9 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     echo.abort();
 
     progress.set_message("bare single-row INSERTs");
+    let cpu_before = CpuTimes::now();
     let inserts = drive(AGENTS, duration, |_| bare_writer(pool.clone(), 1, duration)).await?;
+    let inserts_cpu = cpu_per_op(cpu_before, inserts.events);
     progress.finish_and_clear();
 
     let _ = stop.send(());
@@ -169,6 +174,22 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             echoes.latencies.quantile_ms(q),
         ));
     }
+    if let (Some(commands), Some(inserts)) = (commands_cpu, inserts_cpu) {
+        figures.push(Figure::compared(
+            "commands.append_message.w32.machine_cpu",
+            commands.machine_us,
+            "us/op",
+            "bare_insert.w32.e1.machine_cpu",
+            inserts.machine_us,
+        ));
+        figures.push(Figure::compared(
+            "commands.append_message.w32.process_cpu",
+            commands.process_us,
+            "us/op",
+            "bare_insert.w32.e1.process_cpu",
+            inserts.process_us,
+        ));
+    }
     figures.push(Figure::alone(
         "commands.append_message.w32.appends_per_commit",
         batches.appends,
@@ -185,6 +206,12 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         "share",
     ));
     Ok(figures)
+}
+
+/// CPU per operation since `before`: of the whole machine (the service,
+/// PostgreSQL, NATS and the agents or writers) and of this process.
+fn cpu_per_op(before: Option<CpuTimes>, ops: u64) -> Option<CpuPerOp> {
+    before?.per_op(&CpuTimes::now()?, ops)
 }
 
 /// The counters behind the batch figures, as they stand at one moment.

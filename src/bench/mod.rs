@@ -4,6 +4,7 @@
 
 mod append;
 mod commands;
+mod cpu;
 mod query;
 mod replay;
 mod report;
