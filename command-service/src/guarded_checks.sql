@@ -9,9 +9,15 @@
     -- nor deleted.
     -- Otherwise it is held back as 'decided' or 'unverified' and the
     -- caller handles the command the slow way.
+    -- Each EXISTS ends in OFFSET 0 so it stays a probe of the primary key
+    -- per request: without it the generic plan may instead hash a whole
+    -- table once per batch (it did for command_results at 2,000 rows,
+    -- every statement scanning them all), as the table grows into the
+    -- range where the estimate of the batch's size favours that.
     SELECT req.*,
            CASE
-               WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id)
+               WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id
+                            OFFSET 0)
                    THEN 'decided'
                WHEN g.token_hash IS NULL
                     OR EXISTS (SELECT 1
@@ -25,14 +31,17 @@
                                                       AND s.user_id = u.user_id
                                                       AND NOT s.ended
                                                       AND s.expires_at > $11::timestamptz
-                                                      AND s.last_seen >= $12::timestamptz)
+                                                      AND s.last_seen >= $12::timestamptz
+                                                   OFFSET 0)
                                       ELSE EXISTS (SELECT 1 FROM auth_api_keys k
                                                     WHERE k.key_id = g.key_id
                                                       AND k.user_id = u.user_id
                                                       AND NOT k.revoked
                                                       AND (k.expires_at IS NULL
-                                                           OR k.expires_at > $11::timestamptz))
-                                      END)
+                                                           OR k.expires_at > $11::timestamptz)
+                                                   OFFSET 0)
+                                      END
+                                OFFSET 0)
                    THEN NULL
                ELSE 'unverified'
            END AS blocked
