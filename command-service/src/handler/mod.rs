@@ -361,56 +361,22 @@ impl Handler {
         ctx: Context,
         guard: Option<&Guard>,
     ) -> Result<CommandResult, HandleError> {
+        // Boxed per arm, see above.
+        macro_rules! execute {
+            ($aggregate:ty, $command:expr) => {
+                Box::pin(self.execute::<$aggregate>(envelope, command_type, $command, ctx, guard))
+                    .await
+            };
+        }
         match command {
-            Command::User(c) => {
-                Box::pin(self.execute::<user::User>(envelope, command_type, c, ctx, guard)).await
-            }
-            Command::Session(c) => {
-                Box::pin(self.execute::<session::Session>(envelope, command_type, c, ctx, guard))
-                    .await
-            }
-            Command::Conversation(c) => {
-                Box::pin(self.execute::<conversation::Conversation>(
-                    envelope,
-                    command_type,
-                    c,
-                    ctx,
-                    guard,
-                ))
-                .await
-            }
-            Command::Workflow(c) => {
-                Box::pin(self.execute::<workflow::Workflow>(envelope, command_type, c, ctx, guard))
-                    .await
-            }
-            Command::Execution(c) => {
-                Box::pin(self.execute::<execution::Execution>(
-                    envelope,
-                    command_type,
-                    c,
-                    ctx,
-                    guard,
-                ))
-                .await
-            }
-            Command::Incident(c) => {
-                Box::pin(self.execute::<incident::Incident>(envelope, command_type, c, ctx, guard))
-                    .await
-            }
-            Command::Runbook(c) => {
-                Box::pin(self.execute::<runbook::Runbook>(envelope, command_type, c, ctx, guard))
-                    .await
-            }
-            Command::Knowledge(c) => {
-                Box::pin(self.execute::<knowledge::Knowledge>(
-                    envelope,
-                    command_type,
-                    c,
-                    ctx,
-                    guard,
-                ))
-                .await
-            }
+            Command::User(c) => execute!(user::User, c),
+            Command::Session(c) => execute!(session::Session, c),
+            Command::Conversation(c) => execute!(conversation::Conversation, c),
+            Command::Workflow(c) => execute!(workflow::Workflow, c),
+            Command::Execution(c) => execute!(execution::Execution, c),
+            Command::Incident(c) => execute!(incident::Incident, c),
+            Command::Runbook(c) => execute!(runbook::Runbook, c),
+            Command::Knowledge(c) => execute!(knowledge::Knowledge, c),
         }
     }
 
