@@ -349,10 +349,10 @@ impl Handler {
 
     /// Decides and appends a command on its aggregate.
     ///
-    /// Each aggregate's future is boxed: inline, the handling future would be
-    /// as large as all eight together (8.5 KB), and every command's task
-    /// copied that into its cell; boxed, it is half that, and a command
-    /// allocates only its own aggregate's.
+    /// Each aggregate's future is boxed: held inline, they made a command's
+    /// task future 8.5 KB, copied whole into every command's task cell;
+    /// boxed, it is half that, and a command allocates only its own
+    /// aggregate's.
     async fn dispatch(
         &self,
         envelope: &Envelope,
