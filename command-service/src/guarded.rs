@@ -301,6 +301,44 @@ mod tests {
         assert_eq!(summary(&outcomes), vec![Ok(1), Err("unverified"), Ok(2)]);
     }
 
+    /// The checks stay key probes under the generic plan the committer
+    /// connections use: with 2,000 stored outcomes, hashing the whole of
+    /// `command_results` once per batch looked cheaper to the planner, and
+    /// every batch scanned them all.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn generic_plan_probes_stored_outcomes_by_key(pool: PgPool) {
+        sqlx::query(
+            "INSERT INTO command_results (command_id, command_type, status, result)
+             SELECT gen_random_uuid(), 'conversation.append_message', 'rejected', '{}'
+               FROM generate_series(1, 2000)",
+        )
+        .execute(&pool)
+        .await
+        .expect("stored outcomes");
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::raw_sql("ANALYZE command_results; SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await
+            .expect("analyze");
+        let types = "uuid[], text[], bigint[], uuid[], integer[], text[], uuid[], text[], \
+                     integer[], bytea[], timestamptz, timestamptz, text[], uuid[], text[], uuid[]";
+        sqlx::raw_sql(&format!(
+            "PREPARE guarded({types}) AS {}",
+            *GUARDED_SET_APPEND
+        ))
+        .execute(&mut *conn)
+        .await
+        .expect("prepare");
+        let nulls = vec!["NULL"; 16].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE guarded({nulls})"))
+            .fetch_all(&mut *conn)
+            .await
+            .expect("plan");
+        let plan = plan.join("\n");
+        assert!(plan.contains("command_results_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan on command_results"), "{plan}");
+    }
+
     /// What each entry's outcome says: the last version, or why it was held back.
     fn summary(outcomes: &[Result<AppendOutcome, GuardedError>]) -> Vec<Result<u64, &'static str>> {
         outcomes
