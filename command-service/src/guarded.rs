@@ -125,7 +125,7 @@ async fn write(
     let seen_after = now - IDLE_TIMEOUT;
     let rows = args
         .fetch_all(
-            store.committer_pool(),
+            store.committers(),
             &GUARDED_SET_APPEND,
             "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
                FROM command_append_set($11, $12, $13, $14, $15, false,

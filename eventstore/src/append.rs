@@ -37,7 +37,7 @@ impl EventStore {
                 Err(e) => outcomes.push(Some(Err(e))),
             }
         }
-        let mut applied = append_many(self.committer_pool(), &self.inner.notifier, &valid)
+        let mut applied = append_many(self.committers(), &self.inner.notifier, &valid)
             .await?
             .into_iter();
         Ok(outcomes
@@ -244,7 +244,7 @@ impl<'a> AppendArgs<'a> {
     /// retries; answers one row per request, in order.
     pub async fn fetch_all<'q, E>(
         &'q self,
-        pool: &sqlx::PgPool,
+        committers: &crate::committers::Committers,
         set: &'q str,
         dependent: &'q str,
         extra: E,
@@ -253,7 +253,7 @@ impl<'a> AppendArgs<'a> {
         E: Fn(PgQuery<'q>) -> PgQuery<'q>,
     {
         let statement = if self.independent { set } else { dependent };
-        let send = || extra(self.bind(sqlx::query(statement))).fetch_all(pool);
+        let send = || committers.fetch_all(extra(self.bind(sqlx::query(statement))));
         let rows = if self.independent {
             crate::set_append::run(send).await?
         } else {
@@ -288,10 +288,10 @@ impl<'a> AppendArgs<'a> {
 /// Appends every request in one statement (the set append of
 /// `set_append.sql`, or `eventstore_append_batch` when requests depend on
 /// each other), so in one transaction, retrying transient failures, and
-/// wakes subscribers if anything new was written. `pool` should be the
-/// store's committer pool. The outer error means nothing was written.
+/// wakes subscribers if anything new was written. The outer error means
+/// nothing was written.
 pub(crate) async fn append_many(
-    pool: &sqlx::PgPool,
+    committers: &crate::committers::Committers,
     notifier: &crate::notify::Notifier,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
@@ -301,7 +301,7 @@ pub(crate) async fn append_many(
     let args = AppendArgs::new(requests)?;
     let rows = args
         .fetch_all(
-            pool,
+            committers,
             &crate::set_append::PLAIN,
             "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
                FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",

@@ -7,11 +7,13 @@
 //! at most `max_batch_events` events each). Each append keeps its own
 //! outcome (see [`crate::set_append`] and `eventstore_append_batch`).
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
-use sqlx::PgPool;
 
 use crate::append::append_many;
 use crate::coalesce::{Coalescer, Pending};
+use crate::committers::Committers;
 use crate::notify::Notifier;
 use crate::{AppendError, AppendOutcome, AppendRequest, StoreError, StoreOptions};
 
@@ -22,12 +24,16 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn spawn(pool: PgPool, notifier: Notifier, options: &StoreOptions) -> Self {
+    pub(crate) fn spawn(
+        committers: Arc<Committers>,
+        notifier: Notifier,
+        options: &StoreOptions,
+    ) -> Self {
         let queue = Coalescer::spawn(
             options.max_concurrent_batches,
             options.max_batch_events,
             |request: &AppendRequest| request.events.len(),
-            move |batch| commit(pool.clone(), batch, notifier.clone()),
+            move |batch| commit(Arc::clone(&committers), batch, notifier.clone()),
         );
         GroupCommit { queue }
     }
@@ -43,12 +49,12 @@ impl GroupCommit {
     }
 }
 
-async fn commit(pool: PgPool, batch: Vec<Appending>, notifier: Notifier) {
+async fn commit(committers: Arc<Committers>, batch: Vec<Appending>, notifier: Notifier) {
     crate::metrics::append_batch_size().observe(batch.len() as f64);
     tracing::trace!(appends = batch.len(), "group commit");
     serve_batch(batch, |requests| {
-        let (pool, notifier) = (pool.clone(), notifier.clone());
-        Box::pin(async move { append_many(&pool, &notifier, requests).await })
+        let (committers, notifier) = (Arc::clone(&committers), notifier.clone());
+        Box::pin(async move { append_many(&committers, &notifier, requests).await })
     })
     .await;
 }

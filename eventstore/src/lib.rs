@@ -72,6 +72,7 @@
 mod append;
 pub mod checkpoint;
 pub mod coalesce;
+pub mod committers;
 mod error;
 mod generation;
 mod group_commit;
@@ -145,8 +146,8 @@ pub struct EventStore {
 
 struct Inner {
     pool: PgPool,
-    /// Where group commits write (see [`set_append::committer_pool`]).
-    committer_pool: PgPool,
+    /// Where group commits write.
+    committers: Arc<committers::Committers>,
     options: StoreOptions,
     notifier: notify::Notifier,
     committer: group_commit::GroupCommit,
@@ -168,13 +169,16 @@ impl EventStore {
         generation::ensure_current(&pool).await?;
         let notifier = notify::Notifier::spawn(pool.clone());
         // The store's group commit and one more (the command service's).
-        let committer_pool = set_append::committer_pool(&pool, 2 * options.max_concurrent_batches);
+        let committers = Arc::new(committers::Committers::new(
+            &pool,
+            2 * options.max_concurrent_batches,
+        ));
         let committer =
-            group_commit::GroupCommit::spawn(committer_pool.clone(), notifier.clone(), &options);
+            group_commit::GroupCommit::spawn(Arc::clone(&committers), notifier.clone(), &options);
         Ok(EventStore {
             inner: Arc::new(Inner {
                 pool,
-                committer_pool,
+                committers,
                 options,
                 notifier,
                 committer,
@@ -188,8 +192,8 @@ impl EventStore {
 
     /// The connections for set appends ([`set_append::statement`]): generic
     /// plans, as many as two group commits keep busy.
-    pub fn committer_pool(&self) -> &PgPool {
-        &self.inner.committer_pool
+    pub fn committers(&self) -> &committers::Committers {
+        &self.inner.committers
     }
 
     pub fn options(&self) -> &StoreOptions {

@@ -7,7 +7,7 @@
 //! function's statements, saving and restoring its `SET` clause, and
 //! materialising the rows it returns. Sent as one prepared statement the
 //! whole batch is planned once per connection (generic plans, see
-//! [`committer_pool`]) and executed once.
+//! [`crate::committers`]) and executed once.
 //!
 //! What the function had for free, its locks before its snapshot, a single
 //! statement cannot have: its snapshot is taken before it takes the
@@ -19,9 +19,6 @@
 
 use std::future::Future;
 use std::sync::LazyLock;
-
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 
 use crate::error::retry_transient;
 
@@ -69,28 +66,4 @@ where
 fn lost_race(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db)
         if db.code().as_deref() == Some("23505") && db.constraint() == Some("events_pkey"))
-}
-
-/// The connections group commits write on: as `pool`'s, but with generic
-/// plans forced, so a set append is planned once per connection whatever
-/// its batch's size. (Left to itself PostgreSQL settles on the generic plan
-/// after five custom ones in a steady run, but compares costs again for
-/// every batch and may plan afresh.) Being their own, they also spare a
-/// group commit, which every appender of the batch waits for, a wait for a
-/// connection behind the readers of the shared pool. Only statements whose
-/// plans suit any batch run here; the rest of the system keeps the default.
-pub(crate) fn committer_pool(pool: &PgPool, writers: usize) -> PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("plan_cache_mode", "force_generic_plan")]);
-    PgPoolOptions::new()
-        .max_connections(u32::try_from(writers.max(1)).unwrap_or(u32::MAX))
-        .acquire_timeout(pool.options().get_acquire_timeout())
-        .idle_timeout(pool.options().get_idle_timeout())
-        .max_lifetime(pool.options().get_max_lifetime())
-        // A broken connection fails its statement, which is retried on
-        // another (retry_transient); a ping before each batch would add a
-        // round trip to every commit.
-        .test_before_acquire(false)
-        .connect_lazy_with(options)
 }

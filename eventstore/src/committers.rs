@@ -1,0 +1,114 @@
+//! The connections group commits write on.
+//!
+//! They are held here rather than in an sqlx pool because the pool tests
+//! every connection it takes back with a round trip of its own (a `Sync`
+//! and the server's `ReadyForQuery`). For a group commit that is one more
+//! wake-up of the backend and of this process per batch, and nothing is
+//! learnt from it: a connection whose statement ran to its end, with rows
+//! or with an error of the statement itself, is ready for the next one
+//! (sqlx reads whatever is left of the last exchange before it sends
+//! another). A connection whose statement failed on the wire or ended the
+//! session, or whose caller gave up waiting, is closed instead, and the
+//! next statement opens a new one.
+//!
+//! They also force generic plans, so a set append is planned once per
+//! connection whatever its batch's size. (Left to itself PostgreSQL settles
+//! on the generic plan after five custom ones in a steady run, but compares
+//! costs again for every batch and may plan afresh.) Being their own, they
+//! also spare a group commit, which every appender of the batch waits for,
+//! a wait for a connection behind the readers of the shared pool. Only
+//! statements whose plans suit any batch run here; the rest of the system
+//! keeps the default.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgRow};
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
+use tokio::sync::Semaphore;
+
+/// How the committer connections show in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "copilot-data-committer";
+
+/// A statement for [`Committers::fetch_all`].
+pub type CommitterQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// At most `writers` connections, opened when first needed and kept open.
+pub struct Committers {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<PgConnection>>,
+    permits: Semaphore,
+    acquire_timeout: Duration,
+}
+
+impl Committers {
+    /// Connections to `pool`'s database, as `pool`'s but with generic plans
+    /// forced and named [`APPLICATION_NAME`]; waiting for one gives up after
+    /// `pool`'s acquire timeout.
+    pub(crate) fn new(pool: &PgPool, writers: usize) -> Self {
+        let options = (*pool.connect_options())
+            .clone()
+            .application_name(APPLICATION_NAME)
+            .options([("plan_cache_mode", "force_generic_plan")]);
+        Committers {
+            options,
+            idle: Mutex::new(Vec::with_capacity(writers)),
+            permits: Semaphore::new(writers.max(1)),
+            acquire_timeout: pool.options().get_acquire_timeout(),
+        }
+    }
+
+    /// Runs `query` on a committer connection and answers its rows.
+    pub async fn fetch_all(&self, query: CommitterQuery<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
+        let _permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let mut connection = match self.take_idle() {
+            Some(connection) => connection,
+            None => tokio::time::timeout(
+                self.acquire_timeout,
+                PgConnection::connect_with(&self.options),
+            )
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??,
+        };
+        // Dropped here if this future is dropped: the statement may be half
+        // sent or half read, so the connection is not put back.
+        let rows = query.fetch_all(&mut connection).await;
+        if still_usable(&rows) {
+            self.put_back(connection);
+        }
+        rows
+    }
+
+    fn take_idle(&self) -> Option<PgConnection> {
+        // A poisoned lock only means a thread panicked between push and
+        // pop; the vector itself is whole.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+    }
+
+    fn put_back(&self, connection: PgConnection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(connection);
+    }
+}
+
+/// Whether a connection can take another statement after this answer: it
+/// can after rows or an error of the statement itself, not after a broken
+/// exchange or an error that ends the session (connection exceptions, and
+/// the server shutting down or terminating the backend).
+fn still_usable<T>(answer: &Result<T, sqlx::Error>) -> bool {
+    match answer {
+        Ok(_) => true,
+        Err(sqlx::Error::Database(error)) => !error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        Err(_) => false,
+    }
+}
