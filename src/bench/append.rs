@@ -252,11 +252,15 @@ async fn store_writer(
     Ok((events, latencies))
 }
 
+/// The baseline writer: the same rows by bare SQL, on a connection it holds
+/// for the whole run (a pool would add a round trip of its own to every
+/// statement, testing the connection as it takes it back).
 pub(super) async fn bare_writer(
     pool: PgPool,
     per: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, Latencies)> {
+    let mut connection = pool.acquire().await?;
     let payload = sample_payload();
     let metadata = serde_json::to_value(sample_metadata())?;
     let deadline = Instant::now() + duration;
@@ -278,7 +282,7 @@ pub(super) async fn bare_writer(
             .bind(Uuid::now_v7())
             .bind(payload.as_slice())
             .bind(&metadata)
-            .execute(&pool)
+            .execute(&mut *connection)
             .await?;
         } else {
             let versions: Vec<i64> = (1..=per as i64).map(|i| version + i).collect();
@@ -296,7 +300,7 @@ pub(super) async fn bare_writer(
             .bind(&ids)
             .bind(&payloads)
             .bind(&metadata)
-            .execute(&pool)
+            .execute(&mut *connection)
             .await?;
         }
         latencies.push(started.elapsed());
