@@ -144,6 +144,21 @@ pub(super) struct RunResult {
 }
 
 impl RunResult {
+    pub(super) fn empty() -> Self {
+        RunResult {
+            events: 0,
+            elapsed: Duration::ZERO,
+            latencies: Latencies::default(),
+        }
+    }
+
+    /// Adds another turn of the same workload.
+    pub(super) fn absorb(&mut self, turn: RunResult) {
+        self.events += turn.events;
+        self.elapsed += turn.elapsed;
+        self.latencies.extend(turn.latencies);
+    }
+
     pub(super) fn events_per_s(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
@@ -161,11 +176,7 @@ where
 {
     let started = Instant::now();
     let handles: Vec<_> = (0..writers).map(|i| tokio::spawn(make(i))).collect();
-    let mut result = RunResult {
-        events: 0,
-        elapsed: Duration::ZERO,
-        latencies: Latencies::default(),
-    };
+    let mut result = RunResult::empty();
     for handle in handles {
         let (events, latencies) = handle.await??;
         result.events += events;

@@ -2,6 +2,7 @@
 //! request/reply to an in-process command service, beside a bare NATS echo
 //! responder and bare single-row INSERTs at the same concurrency.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,14 +15,16 @@ use secrecy::SecretString;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::append::{bare_writer, create_bare_table, drive};
-use super::cpu::{CpuPerOp, CpuTimes};
+use super::append::{bare_writer, create_bare_table, drive, RunResult};
+use super::cpu::{CpuSpent, CpuTimes};
 use super::report::{Figure, Latencies};
 use super::scratch::ScratchDb;
 use crate::agent::AgentClient;
 use crate::cli::BenchArgs;
 
 const AGENTS: usize = 32;
+/// How many turns each workload takes (see `run`).
+const TURNS: u32 = 5;
 
 pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
@@ -71,38 +74,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         conversations.push(id);
     }
 
-    progress.set_message(format!(
-        "{AGENTS} agents sending conversation.append_message"
-    ));
     let agent = Arc::new(agent);
-    let batches_before = BatchTotals::now();
-    let cpu_before = CpuTimes::now();
-    let mut commands = drive(AGENTS, duration, |i| {
-        let agent = Arc::clone(&agent);
-        let token = token.clone();
-        let conversation = conversations[i];
-        async move {
-            let deadline = Instant::now() + duration;
-            let mut latencies = Latencies::default();
-            let mut accepted = 0u64;
-            while Instant::now() < deadline {
-                let body = json!({"command_id": Uuid::now_v7(), "aggregate_id": conversation, "payload": {
-                    "message_id": Uuid::now_v7(), "role": "assistant",
-                    "content": "The deploy failed because a migration locked the orders table; I rolled it back.",
-                    "tokens_in": 812, "tokens_out": 164, "cost_usd": "0.00412"}});
-                let started = Instant::now();
-                let result = agent.send("conversation.append_message", &body, &token).await?;
-                latencies.push(started.elapsed());
-                accepted += u64::from(result.status == Status::Accepted);
-            }
-            Ok((accepted, latencies))
-        }
-    })
-    .await?;
-    let batches = BatchTotals::now().since(&batches_before);
-    let commands_cpu = cpu_per_op(cpu_before, commands.events);
-
-    progress.set_message("bare NATS echo");
     let echo_subject = format!("{prefix}.echo");
     let mut echo_sub = client.subscribe(echo_subject.clone()).await?;
     let echo_client = client.clone();
@@ -114,31 +86,58 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         }
     });
     let payload: bytes::Bytes = domain::codec::encode(&json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"content": "x".repeat(120)}}))?.into();
-    let mut echoes = drive(AGENTS, duration, |_| {
-        let client = client.clone();
-        let subject = echo_subject.clone();
-        let payload = payload.clone();
-        async move {
-            let deadline = Instant::now() + duration;
-            let mut latencies = Latencies::default();
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                client.request(subject.clone(), payload.clone()).await?;
-                latencies.push(started.elapsed());
-                n += 1;
-            }
-            Ok((n, latencies))
-        }
-    })
-    .await?;
-    echo.abort();
 
-    progress.set_message("bare single-row INSERTs");
-    let cpu_before = CpuTimes::now();
-    let inserts = drive(AGENTS, duration, |_| bare_writer(pool.clone(), 1, duration)).await?;
-    let inserts_cpu = cpu_per_op(cpu_before, inserts.events);
+    // The three workloads take turns, so a machine whose speed drifts
+    // during the run (a shared host does) weighs on each of them alike
+    // instead of on whichever one it happened to overlap.
+    let length = duration / TURNS;
+    let mut commands = RunResult::empty();
+    let mut echoes = RunResult::empty();
+    let mut inserts = RunResult::empty();
+    let (mut commands_cpu, mut inserts_cpu) =
+        (Some(CpuSpent::default()), Some(CpuSpent::default()));
+    let mut batches = BatchTotals::default();
+    for turn in 1..=TURNS {
+        progress.set_message(format!(
+            "turn {turn}/{TURNS}: {AGENTS} agents sending conversation.append_message"
+        ));
+        let before = BatchTotals::now();
+        commands.absorb(
+            measured(
+                &mut commands_cpu,
+                send_messages(&agent, &token, &conversations, length),
+            )
+            .await?,
+        );
+        batches.add(&before, &BatchTotals::now());
+
+        progress.set_message(format!("turn {turn}/{TURNS}: bare NATS echo"));
+        echoes.absorb(
+            drive(AGENTS, length, |_| {
+                request_echoes(
+                    client.clone(),
+                    echo_subject.clone(),
+                    payload.clone(),
+                    length,
+                )
+            })
+            .await?,
+        );
+
+        progress.set_message(format!("turn {turn}/{TURNS}: bare single-row INSERTs"));
+        inserts.absorb(
+            measured(
+                &mut inserts_cpu,
+                drive(AGENTS, length, |_| bare_writer(pool.clone(), 1, length)),
+            )
+            .await?,
+        );
+    }
+    echo.abort();
     progress.finish_and_clear();
+    let batches = batches.means();
+    let commands_cpu = commands_cpu.and_then(|spent| spent.per_op(commands.events));
+    let inserts_cpu = inserts_cpu.and_then(|spent| spent.per_op(inserts.events));
 
     let _ = stop.send(());
     let _ = service.await;
@@ -208,13 +207,76 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     Ok(figures)
 }
 
-/// CPU per operation since `before`: of the whole machine (the service,
-/// PostgreSQL, NATS and the agents or writers) and of this process.
-fn cpu_per_op(before: Option<CpuTimes>, ops: u64) -> Option<CpuPerOp> {
-    before?.per_op(&CpuTimes::now()?, ops)
+/// Runs `phase` and adds the CPU it spent to `spent` (which becomes `None`
+/// if `/proc` cannot be read).
+async fn measured(
+    spent: &mut Option<CpuSpent>,
+    phase: impl Future<Output = anyhow::Result<RunResult>>,
+) -> anyhow::Result<RunResult> {
+    let before = CpuTimes::now();
+    let run = phase.await?;
+    match (spent.as_mut(), before, CpuTimes::now()) {
+        (Some(total), Some(before), Some(after)) => total.add(&before, &after),
+        _ => *spent = None,
+    }
+    Ok(run)
 }
 
-/// The counters behind the batch figures, as they stand at one moment.
+/// One turn of the agents: each sends `conversation.append_message` to its
+/// own conversation, one after another, for `turn`.
+async fn send_messages(
+    agent: &Arc<AgentClient>,
+    token: &str,
+    conversations: &[Uuid],
+    turn: Duration,
+) -> anyhow::Result<RunResult> {
+    drive(AGENTS, turn, |i| {
+        let agent = Arc::clone(agent);
+        let token = token.to_owned();
+        let conversation = conversations[i];
+        async move {
+            let deadline = Instant::now() + turn;
+            let mut latencies = Latencies::default();
+            let mut accepted = 0u64;
+            while Instant::now() < deadline {
+                let body = json!({"command_id": Uuid::now_v7(), "aggregate_id": conversation, "payload": {
+                    "message_id": Uuid::now_v7(), "role": "assistant",
+                    "content": "The deploy failed because a migration locked the orders table; I rolled it back.",
+                    "tokens_in": 812, "tokens_out": 164, "cost_usd": "0.00412"}});
+                let started = Instant::now();
+                let result = agent.send("conversation.append_message", &body, &token).await?;
+                latencies.push(started.elapsed());
+                accepted += u64::from(result.status == Status::Accepted);
+            }
+            Ok((accepted, latencies))
+        }
+    })
+    .await
+}
+
+/// One writer of the echo baseline: requests of a command's size to a
+/// responder that sends each one back, for `turn`.
+async fn request_echoes(
+    client: async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+    turn: Duration,
+) -> anyhow::Result<(u64, Latencies)> {
+    let deadline = Instant::now() + turn;
+    let mut latencies = Latencies::default();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        client.request(subject.clone(), payload.clone()).await?;
+        latencies.push(started.elapsed());
+        n += 1;
+    }
+    Ok((n, latencies))
+}
+
+/// The counters behind the batch figures: as they stand at one moment, or
+/// what they gained over the turns of a phase.
+#[derive(Default)]
 struct BatchTotals {
     /// Sum and count of the group commit's batch-size histogram.
     appends: (f64, u64),
@@ -224,10 +286,10 @@ struct BatchTotals {
     fast: u64,
 }
 
-/// What happened between two [`BatchTotals`]: mean appends per group
-/// commit, mean commands per preflight query, and the share of commands
-/// accepted on the fast path (a session verified before, checked again by
-/// the append); every other command had a preflight.
+/// Mean appends per group commit, mean commands per preflight query, and
+/// the share of commands accepted on the fast path (a session verified
+/// before, checked again by the append); every other command had a
+/// preflight.
 struct BatchMeans {
     appends: f64,
     preflights: f64,
@@ -246,21 +308,25 @@ impl BatchTotals {
         }
     }
 
-    fn since(&self, before: &BatchTotals) -> BatchMeans {
-        let mean = |(sum, count): (f64, u64), (sum0, count0): (f64, u64)| {
-            let count = count.saturating_sub(count0);
-            if count == 0 {
-                0.0
-            } else {
-                (sum - sum0) / count as f64
-            }
-        };
-        let fast = self.fast.saturating_sub(before.fast) as f64;
-        let preflighted = self.preflights.0 - before.preflights.0;
+    /// Adds what the counters gained between `before` and `after`.
+    fn add(&mut self, before: &BatchTotals, after: &BatchTotals) {
+        let gain =
+            |total: &mut (f64, u64), (sum0, count0): (f64, u64), (sum, count): (f64, u64)| {
+                total.0 += sum - sum0;
+                total.1 += count.saturating_sub(count0);
+            };
+        gain(&mut self.appends, before.appends, after.appends);
+        gain(&mut self.preflights, before.preflights, after.preflights);
+        self.fast += after.fast.saturating_sub(before.fast);
+    }
+
+    fn means(&self) -> BatchMeans {
+        let mean = |(sum, count): (f64, u64)| if count == 0 { 0.0 } else { sum / count as f64 };
+        let fast = self.fast as f64;
         BatchMeans {
-            appends: mean(self.appends, before.appends),
-            preflights: mean(self.preflights, before.preflights),
-            fast_share: fast / (fast + preflighted).max(1.0),
+            appends: mean(self.appends),
+            preflights: mean(self.preflights),
+            fast_share: fast / (fast + self.preflights.0).max(1.0),
         }
     }
 }

@@ -33,15 +33,31 @@ impl CpuTimes {
             process: process_ticks(&own)?,
         })
     }
+}
 
-    pub fn per_op(&self, later: &CpuTimes, ops: u64) -> Option<CpuPerOp> {
+/// CPU ticks spent over one or more phases: a bench that runs its
+/// workloads in turns adds up each one's turns.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuSpent {
+    machine_busy: u64,
+    process: u64,
+}
+
+impl CpuSpent {
+    /// Adds what was spent between `before` and `after`.
+    pub fn add(&mut self, before: &CpuTimes, after: &CpuTimes) {
+        self.machine_busy += after.machine_busy.saturating_sub(before.machine_busy);
+        self.process += after.process.saturating_sub(before.process);
+    }
+
+    pub fn per_op(&self, ops: u64) -> Option<CpuPerOp> {
         if ops == 0 {
             return None;
         }
         let us = |ticks: u64| ticks as f64 * TICK_US / ops as f64;
         Some(CpuPerOp {
-            machine_us: us(later.machine_busy.saturating_sub(self.machine_busy)),
-            process_us: us(later.process.saturating_sub(self.process)),
+            machine_us: us(self.machine_busy),
+            process_us: us(self.process),
         })
     }
 }
@@ -89,7 +105,7 @@ mod tests {
     }
 
     #[test]
-    fn per_op_is_in_microseconds() {
+    fn spent_per_op_is_in_microseconds_over_every_turn() {
         let before = CpuTimes {
             machine_busy: 1_000,
             process: 400,
@@ -98,9 +114,14 @@ mod tests {
             machine_busy: 1_200,
             process: 450,
         };
-        let per = before.per_op(&after, 10_000).expect("ops");
+        let mut spent = CpuSpent::default();
+        spent.add(&before, &after);
+        let per = spent.per_op(10_000).expect("ops");
         assert_eq!(per.machine_us, 200.0);
         assert_eq!(per.process_us, 50.0);
-        assert_eq!(before.per_op(&after, 0), None);
+        assert_eq!(spent.per_op(0), None);
+        // A second turn of the same size doubles the time, not the ops.
+        spent.add(&before, &after);
+        assert_eq!(spent.per_op(20_000).expect("ops").machine_us, 200.0);
     }
 }
