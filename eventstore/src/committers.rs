@@ -21,7 +21,7 @@
 //! keeps the default.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgRow};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
@@ -36,15 +36,18 @@ pub type CommitterQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// At most `writers` connections, opened when first needed and kept open.
 pub struct Committers {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    /// Connections between statements, with when each was opened.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
     permits: Semaphore,
     acquire_timeout: Duration,
+    max_lifetime: Option<Duration>,
 }
 
 impl Committers {
     /// Connections to `pool`'s database, as `pool`'s but with generic plans
     /// forced and named [`APPLICATION_NAME`]; waiting for one gives up after
-    /// `pool`'s acquire timeout.
+    /// `pool`'s acquire timeout, and one is not used again once older than
+    /// `pool`'s maximum lifetime.
     pub(crate) fn new(pool: &PgPool, writers: usize) -> Self {
         let options = (*pool.connect_options())
             .clone()
@@ -55,6 +58,7 @@ impl Committers {
             idle: Mutex::new(Vec::with_capacity(writers)),
             permits: Semaphore::new(writers.max(1)),
             acquire_timeout: pool.options().get_acquire_timeout(),
+            max_lifetime: pool.options().get_max_lifetime(),
         }
     }
 
@@ -64,38 +68,48 @@ impl Committers {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let mut connection = match self.take_idle() {
-            Some(connection) => connection,
-            None => tokio::time::timeout(
-                self.acquire_timeout,
-                PgConnection::connect_with(&self.options),
-            )
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??,
+        let (mut connection, opened) = match self.take_idle() {
+            Some(idle) => idle,
+            None => {
+                let connection = tokio::time::timeout(
+                    self.acquire_timeout,
+                    PgConnection::connect_with(&self.options),
+                )
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                (connection, Instant::now())
+            }
         };
         // Dropped here if this future is dropped: the statement may be half
         // sent or half read, so the connection is not put back.
         let rows = query.fetch_all(&mut connection).await;
         if still_usable(&rows) {
-            self.put_back(connection);
+            self.put_back(connection, opened);
         }
         rows
     }
 
-    fn take_idle(&self) -> Option<PgConnection> {
+    /// An idle connection young enough to use; older ones are closed.
+    fn take_idle(&self) -> Option<(PgConnection, Instant)> {
         // A poisoned lock only means a thread panicked between push and
         // pop; the vector itself is whole.
-        self.idle
+        let mut idle = self
+            .idle
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some((connection, opened)) = idle.pop() {
+            if self.max_lifetime.is_none_or(|max| opened.elapsed() < max) {
+                return Some((connection, opened));
+            }
+        }
+        None
     }
 
-    fn put_back(&self, connection: PgConnection) {
+    fn put_back(&self, connection: PgConnection, opened: Instant) {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(connection);
+            .push((connection, opened));
     }
 }
 

@@ -608,3 +608,17 @@ async fn a_committer_connection_the_server_ended_is_replaced(pool: PgPool) {
     assert_eq!((outcome.first_version, outcome.version), (2, 2));
     assert_eq!(event_count(&pool).await, 2);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn committer_connections_older_than_the_pools_lifetime_are_replaced(pool: PgPool) {
+    let short_lived = sqlx::postgres::PgPoolOptions::new()
+        .max_lifetime(Duration::from_secs(1))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("pool");
+    let store = store(short_lived).await;
+    let first = committer_pid(&store).await;
+    assert_eq!(committer_pid(&store).await, first);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_ne!(committer_pid(&store).await, first);
+}
