@@ -2,6 +2,7 @@
 
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
+use crate::committers::{CommitterQuery, Committers};
 use crate::error::retry_transient;
 use crate::{
     AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Position, StoreError,
@@ -196,8 +197,6 @@ pub struct AppendArgs<'a> {
     independent: bool,
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
 impl<'a> AppendArgs<'a> {
     pub fn new(requests: &[&'a AppendRequest]) -> Result<Self, StoreError> {
         let events: usize = requests.iter().map(|r| r.events.len()).sum();
@@ -244,13 +243,13 @@ impl<'a> AppendArgs<'a> {
     /// retries; answers one row per request, in order.
     pub async fn fetch_all<'q, E>(
         &'q self,
-        committers: &crate::committers::Committers,
+        committers: &Committers,
         set: &'q str,
         dependent: &'q str,
         extra: E,
     ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError>
     where
-        E: Fn(PgQuery<'q>) -> PgQuery<'q>,
+        E: Fn(CommitterQuery<'q>) -> CommitterQuery<'q>,
     {
         let statement = if self.independent { set } else { dependent };
         let send = || committers.fetch_all(extra(self.bind(sqlx::query(statement))));
@@ -270,7 +269,7 @@ impl<'a> AppendArgs<'a> {
     }
 
     /// Binds the ten arrays, in order, as the query's next parameters.
-    pub fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+    pub fn bind<'q>(&'q self, query: CommitterQuery<'q>) -> CommitterQuery<'q> {
         query
             .bind(&self.stream_ids)
             .bind(&self.stream_types)
@@ -291,7 +290,7 @@ impl<'a> AppendArgs<'a> {
 /// wakes subscribers if anything new was written. The outer error means
 /// nothing was written.
 pub(crate) async fn append_many(
-    committers: &crate::committers::Committers,
+    committers: &Committers,
     notifier: &crate::notify::Notifier,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {

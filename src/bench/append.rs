@@ -137,6 +137,7 @@ async fn run_measurements(
     Ok(figures)
 }
 
+#[derive(Default)]
 pub(super) struct RunResult {
     pub(super) events: u64,
     pub(super) elapsed: Duration,
@@ -144,14 +145,6 @@ pub(super) struct RunResult {
 }
 
 impl RunResult {
-    pub(super) fn empty() -> Self {
-        RunResult {
-            events: 0,
-            elapsed: Duration::ZERO,
-            latencies: Latencies::default(),
-        }
-    }
-
     /// Adds another turn of the same workload.
     pub(super) fn absorb(&mut self, turn: RunResult) {
         self.events += turn.events;
@@ -176,7 +169,7 @@ where
 {
     let started = Instant::now();
     let handles: Vec<_> = (0..writers).map(|i| tokio::spawn(make(i))).collect();
-    let mut result = RunResult::empty();
+    let mut result = RunResult::default();
     for handle in handles {
         let (events, latencies) = handle.await??;
         result.events += events;

@@ -91,9 +91,9 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     // during the run (a shared host does) weighs on each of them alike
     // instead of on whichever one it happened to overlap.
     let length = duration / TURNS;
-    let mut commands = RunResult::empty();
-    let mut echoes = RunResult::empty();
-    let mut inserts = RunResult::empty();
+    let mut commands = RunResult::default();
+    let mut echoes = RunResult::default();
+    let mut inserts = RunResult::default();
     let (mut commands_cpu, mut inserts_cpu) =
         (Some(CpuSpent::default()), Some(CpuSpent::default()));
     let mut batches = BatchTotals::default();
