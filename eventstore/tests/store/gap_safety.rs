@@ -47,7 +47,7 @@ async fn a_slow_transaction_is_never_skipped(pool: PgPool) {
     slow.commit().await.expect("commit slow");
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch())
+        let batch = tokio::time::timeout(Duration::from_secs(60), subscription.next_batch())
             .await
             .expect("delivered after commit")
             .expect("batch");

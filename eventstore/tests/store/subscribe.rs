@@ -13,7 +13,7 @@ use crate::{request, store};
 async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedEvent> {
     let mut seen = Vec::new();
     while seen.len() < count {
-        let batch = tokio::time::timeout(Duration::from_secs(15), subscription.next_batch())
+        let batch = tokio::time::timeout(Duration::from_secs(60), subscription.next_batch())
             .await
             .expect("events arrive")
             .expect("batch");
@@ -99,7 +99,7 @@ async fn a_subscription_is_also_a_stream_and_starts_after_its_position(pool: PgP
         .expect("append");
     let stream = store.subscribe(first.position).await.into_stream();
     futures_util::pin_mut!(stream);
-    let batch = tokio::time::timeout(Duration::from_secs(10), stream.next())
+    let batch = tokio::time::timeout(Duration::from_secs(60), stream.next())
         .await
         .expect("batch arrives")
         .expect("stream open")
