@@ -74,7 +74,7 @@ pub async fn read_all_when_visible(
     after: eventstore::Position,
     expected: usize,
 ) -> Vec<eventstore::RecordedEvent> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let batch = store.read_all_after(after, 10_000).await.expect("read all");
         if batch.events.len() >= expected || std::time::Instant::now() > deadline {

@@ -71,7 +71,7 @@ impl EventStream {
     /// Events until one of `kind` whose data mentions `needle`.
     async fn expect(&mut self, kind: &str, needle: &str) -> Vec<(String, String)> {
         let mut seen = Vec::new();
-        while let Some(event) = self.next(Duration::from_secs(10)).await {
+        while let Some(event) = self.next(Duration::from_secs(60)).await {
             let done = event.0 == kind && event.1.contains(needle);
             seen.push(event);
             if done {
