@@ -94,8 +94,11 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let mut commands = RunResult::default();
     let mut echoes = RunResult::default();
     let mut inserts = RunResult::default();
-    let (mut commands_cpu, mut inserts_cpu) =
-        (Some(CpuSpent::default()), Some(CpuSpent::default()));
+    let (mut commands_cpu, mut echoes_cpu, mut inserts_cpu) = (
+        Some(CpuSpent::default()),
+        Some(CpuSpent::default()),
+        Some(CpuSpent::default()),
+    );
     let mut batches = BatchTotals::default();
     for turn in 1..=TURNS {
         progress.set_message(format!(
@@ -113,14 +116,17 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
 
         progress.set_message(format!("turn {turn}/{TURNS}: bare NATS echo"));
         echoes.absorb(
-            drive(AGENTS, length, |_| {
-                request_echoes(
-                    client.clone(),
-                    echo_subject.clone(),
-                    payload.clone(),
-                    length,
-                )
-            })
+            measured(
+                &mut echoes_cpu,
+                drive(AGENTS, length, |_| {
+                    request_echoes(
+                        client.clone(),
+                        echo_subject.clone(),
+                        payload.clone(),
+                        length,
+                    )
+                }),
+            )
             .await?,
         );
 
@@ -137,6 +143,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     progress.finish_and_clear();
     let batches = batches.means();
     let commands_cpu = commands_cpu.and_then(|spent| spent.per_op(commands.events));
+    let echoes_cpu = echoes_cpu.and_then(|spent| spent.per_op(echoes.events));
     let inserts_cpu = inserts_cpu.and_then(|spent| spent.per_op(inserts.events));
 
     let _ = stop.send(());
@@ -187,6 +194,25 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             "us/op",
             "bare_insert.w32.e1.process_cpu",
             inserts.process_us,
+        ));
+    }
+    // The round trip alone: what every command pays before the service
+    // does anything, and the part of `process_cpu` that is the agents' and
+    // the NATS client's.
+    if let (Some(commands), Some(echoes)) = (commands_cpu, echoes_cpu) {
+        figures.push(Figure::compared(
+            "commands.append_message.w32.machine_cpu",
+            commands.machine_us,
+            "us/op",
+            "nats_echo.w32.machine_cpu",
+            echoes.machine_us,
+        ));
+        figures.push(Figure::compared(
+            "commands.append_message.w32.process_cpu",
+            commands.process_us,
+            "us/op",
+            "nats_echo.w32.process_cpu",
+            echoes.process_us,
         ));
     }
     figures.push(Figure::alone(
