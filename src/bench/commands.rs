@@ -180,40 +180,28 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             echoes.latencies.quantile_ms(q),
         ));
     }
-    if let (Some(commands), Some(inserts)) = (commands_cpu, inserts_cpu) {
-        figures.push(Figure::compared(
-            "commands.append_message.w32.machine_cpu",
-            commands.machine_us,
-            "us/op",
-            "bare_insert.w32.e1.machine_cpu",
-            inserts.machine_us,
-        ));
-        figures.push(Figure::compared(
-            "commands.append_message.w32.process_cpu",
-            commands.process_us,
-            "us/op",
-            "bare_insert.w32.e1.process_cpu",
-            inserts.process_us,
-        ));
-    }
-    // The round trip alone: what every command pays before the service
-    // does anything, and the part of `process_cpu` that is the agents' and
-    // the NATS client's.
-    if let (Some(commands), Some(echoes)) = (commands_cpu, echoes_cpu) {
-        figures.push(Figure::compared(
-            "commands.append_message.w32.machine_cpu",
-            commands.machine_us,
-            "us/op",
-            "nats_echo.w32.machine_cpu",
-            echoes.machine_us,
-        ));
-        figures.push(Figure::compared(
-            "commands.append_message.w32.process_cpu",
-            commands.process_us,
-            "us/op",
-            "nats_echo.w32.process_cpu",
-            echoes.process_us,
-        ));
+    // Against the bare INSERT, and against the round trip alone (the echo):
+    // what every command pays before the service does anything, and the
+    // part of `process_cpu` that is the agents' and the NATS client's.
+    for (baseline, spent) in [
+        ("bare_insert.w32.e1", inserts_cpu),
+        ("nats_echo.w32", echoes_cpu),
+    ] {
+        let (Some(commands), Some(spent)) = (commands_cpu, spent) else {
+            continue;
+        };
+        for (name, ours, theirs) in [
+            ("machine_cpu", commands.machine_us, spent.machine_us),
+            ("process_cpu", commands.process_us, spent.process_us),
+        ] {
+            figures.push(Figure::compared(
+                format!("commands.append_message.w32.{name}"),
+                ours,
+                "us/op",
+                format!("{baseline}.{name}"),
+                theirs,
+            ));
+        }
     }
     figures.push(Figure::alone(
         "commands.append_message.w32.appends_per_commit",
