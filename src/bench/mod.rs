@@ -16,16 +16,26 @@ use infra::Settings;
 use crate::cli::{BenchArgs, Workload};
 
 pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
-    let figures = match args.workload {
-        Workload::Append => append::run(&args, settings).await?,
-        Workload::Commands => commands::run(&args, settings).await?,
-        Workload::Replay => replay::run(&args, settings).await?,
-        Workload::Vectors => vectors::run(&args, settings).await?,
-        Workload::Query => query::run(&args, settings).await?,
+    let measured = tokio::select! {
+        figures = measure(&args, settings) => figures,
+        () = crate::shutdown::signal() => Err(anyhow::anyhow!("the bench was interrupted")),
     };
+    // What a failed or interrupted workload could not drop itself.
+    scratch::drop_leftovers().await;
+    let figures = measured?;
     if args.json {
         report::print_json(&figures)
     } else {
         report::print_table(&figures)
+    }
+}
+
+async fn measure(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<report::Figure>> {
+    match args.workload {
+        Workload::Append => append::run(args, settings).await,
+        Workload::Commands => commands::run(args, settings).await,
+        Workload::Replay => replay::run(args, settings).await,
+        Workload::Vectors => vectors::run(args, settings).await,
+        Workload::Query => query::run(args, settings).await,
     }
 }
