@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio::process::Command;
 
+mod common;
+
 async fn bench_databases(pool: &PgPool) -> HashSet<String> {
     sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'copilot\\_bench\\_%'")
         .fetch_all(pool)
@@ -19,17 +21,11 @@ async fn bench_databases(pool: &PgPool) -> HashSet<String> {
 
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn an_interrupted_bench_drops_its_scratch_database(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("db");
+    let url = common::database_url(&pool).await;
     let before = bench_databases(&pool).await;
     let bench = Command::new(env!("CARGO_BIN_EXE_copilot-data"))
         .args(["bench", "append", "--seconds", "60"])
-        .env(
-            "COPILOT_DATABASE_URL",
-            format!("postgres://postgres@127.0.0.1:5432/{database}"),
-        )
+        .env("COPILOT_DATABASE_URL", url)
         .env("COPILOT_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

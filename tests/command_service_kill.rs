@@ -11,6 +11,8 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+mod common;
+
 const COMMANDS: usize = 300;
 
 fn start(database_url: &str, prefix: &str, bootstrap: &str) -> Child {
@@ -32,11 +34,7 @@ fn start(database_url: &str, prefix: &str, bootstrap: &str) -> Child {
 
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn sigkill_with_commands_in_flight_loses_and_doubles_nothing(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("db");
-    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let url = common::database_url(&pool).await;
     let prefix = format!("k{}", &Uuid::new_v4().simple().to_string()[..12]);
     let bootstrap = format!("boot-{}", Uuid::new_v4());
     let client = async_nats::connect("nats://127.0.0.1:4222")

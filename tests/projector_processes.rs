@@ -14,13 +14,8 @@ use projector::{rebuild, Kind};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-async fn database_url(pool: &PgPool) -> String {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .expect("db");
-    format!("postgres://postgres@127.0.0.1:5432/{database}")
-}
+mod common;
+use common::database_url;
 
 fn start(url: &str) -> Child {
     start_with(url, None)
