@@ -1,10 +1,12 @@
-//! A bench interrupted halfway (Ctrl-C) drops its scratch database and
-//! exits with an error instead of printing figures.
+//! A bench interrupted halfway (Ctrl-C) removes what it made on the
+//! servers (its scratch database, its JetStream streams, its Redis keys)
+//! and exits with an error instead of printing figures.
 
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::process::Command;
 
@@ -19,29 +21,70 @@ async fn bench_databases(pool: &PgPool) -> HashSet<String> {
         .collect()
 }
 
-#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
-async fn an_interrupted_bench_drops_its_scratch_database(pool: PgPool) {
-    let url = common::database_url(&pool).await;
-    let before = bench_databases(&pool).await;
-    let bench = Command::new(env!("CARGO_BIN_EXE_copilot-data"))
-        .args(["bench", "append", "--seconds", "60"])
+/// The tests here take turns: each finds its bench's database as the one
+/// new `copilot_bench_` database, so two benches at once would confuse them.
+static ONE_BENCH_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The JetStream streams of bench prefixes (`bench<hex>`).
+async fn bench_streams(js: &async_nats::jetstream::Context) -> HashSet<String> {
+    js.stream_names()
+        .filter_map(|name| async move { name.ok() })
+        .filter(|name| {
+            let name = name.clone();
+            async move {
+                name.starts_with("COPILOT_COMMANDS_BENCH")
+                    || name.starts_with("COPILOT_RESULTS_BENCH")
+            }
+        })
+        .collect()
+        .await
+}
+
+/// Redis keys under bench prefixes (`bench:<hex>:`).
+async fn bench_keys(redis: &mut redis::aio::MultiplexedConnection) -> HashSet<String> {
+    let mut keys = HashSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("bench:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await
+            .expect("scan Redis");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+fn start_bench(workload: &str, url: String) -> tokio::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_copilot-data"))
+        .args(["bench", workload, "--seconds", "60"])
         .env("COPILOT_DATABASE_URL", url)
         .env("COPILOT_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("start copilot-data bench");
+        .expect("start copilot-data bench")
+}
 
+/// The one database `bench` made since `before`, once it exists.
+async fn scratch_database(pool: &PgPool, before: &HashSet<String>) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let scratch = loop {
-        let created: Vec<String> = bench_databases(&pool)
+    loop {
+        let created: Vec<String> = bench_databases(pool)
             .await
-            .difference(&before)
+            .difference(before)
             .cloned()
             .collect();
         if let [name] = created.as_slice() {
-            break name.clone();
+            return name.clone();
         }
         assert!(
             created.len() < 2,
@@ -49,9 +92,12 @@ async fn an_interrupted_bench_drops_its_scratch_database(pool: PgPool) {
         );
         assert!(Instant::now() < deadline, "the bench made no database");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // Into the appends (the database is migrated in well under a second).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Sends Ctrl-C's signal to `bench` and checks that it then fails without
+/// printing figures.
+async fn interrupt(bench: tokio::process::Child) {
     let pid = bench.id().expect("the bench is running").to_string();
     let signalled = Command::new("kill")
         .args(["-INT", &pid])
@@ -72,8 +118,79 @@ async fn an_interrupted_bench_drops_its_scratch_database(pool: PgPool) {
         exit.stdout.is_empty(),
         "an interrupted bench prints no figures"
     );
+}
+
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn an_interrupted_bench_drops_its_scratch_database(pool: PgPool) {
+    let _turn = ONE_BENCH_AT_A_TIME.lock().await;
+    let url = common::database_url(&pool).await;
+    let before = bench_databases(&pool).await;
+    let bench = start_bench("append", url);
+    let scratch = scratch_database(&pool, &before).await;
+    // Into the appends (the database is migrated in well under a second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    interrupt(bench).await;
     assert!(
         !bench_databases(&pool).await.contains(&scratch),
         "{scratch} was left behind"
     );
+}
+
+/// `bench query` makes all three: a database, the command service's
+/// streams and the Redis projection's keys.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn an_interrupted_bench_removes_its_streams_and_redis_keys(pool: PgPool) {
+    let _turn = ONE_BENCH_AT_A_TIME.lock().await;
+    let url = common::database_url(&pool).await;
+    let nats = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(nats);
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .expect("Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis");
+    let databases = bench_databases(&pool).await;
+    let streams = bench_streams(&js).await;
+    let keys = bench_keys(&mut redis).await;
+
+    let bench = start_bench("query", url);
+    let scratch = scratch_database(&pool, &databases).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (new_streams, new_keys) = loop {
+        let new_streams: HashSet<String> = bench_streams(&js)
+            .await
+            .difference(&streams)
+            .cloned()
+            .collect();
+        let new_keys: HashSet<String> = bench_keys(&mut redis)
+            .await
+            .difference(&keys)
+            .cloned()
+            .collect();
+        if new_streams.len() == 2 && !new_keys.is_empty() {
+            break (new_streams, new_keys);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bench made {new_streams:?} and {} keys",
+            new_keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    interrupt(bench).await;
+
+    assert!(
+        !bench_databases(&pool).await.contains(&scratch),
+        "{scratch} was left behind"
+    );
+    let left_streams: Vec<String> = bench_streams(&js)
+        .await
+        .intersection(&new_streams)
+        .cloned()
+        .collect();
+    assert!(left_streams.is_empty(), "{left_streams:?} were left behind");
+    let left_keys = bench_keys(&mut redis).await.intersection(&new_keys).count();
+    assert_eq!(left_keys, 0, "Redis keys of the bench were left behind");
 }

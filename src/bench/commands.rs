@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use command_service::{ServiceConfig, Status};
-use eventstore::{EventStore, StoreOptions};
+use eventstore::EventStore;
 use futures_util::StreamExt;
 use infra::Settings;
 use secrecy::SecretString;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::append::{bare_writer, create_bare_table, drive, RunResult};
 use super::cpu::{CpuSpent, CpuTimes};
 use super::report::{Figure, Latencies};
-use super::scratch::ScratchDb;
+use super::scratch::{self, ScratchDb, ScratchStreams};
 use crate::agent::AgentClient;
 use crate::cli::BenchArgs;
 
@@ -31,8 +31,9 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let (scratch, pool) = ScratchDb::create(&settings.database, 60, args.keep).await?;
     create_bare_table(&pool).await?;
     let prefix = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let streams = ScratchStreams::register(&settings.nats.url, &prefix);
     let bootstrap = format!("bench-{}", Uuid::new_v4());
-    let store = EventStore::connect(pool.clone(), StoreOptions::default()).await?;
+    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = ServiceConfig {
         nats_url: settings.nats.url.clone(),
@@ -44,7 +45,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         max_in_flight: 256,
         auth_epochs: None,
     };
-    let service = tokio::spawn(command_service::run(config, store, async move {
+    scratch::spawn_service(command_service::run(config, store, async move {
         let _ = stopped.await;
     }));
     let client = async_nats::connect(&settings.nats.url)
@@ -147,11 +148,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let inserts_cpu = inserts_cpu.and_then(|spent| spent.per_op(inserts.events));
 
     let _ = stop.send(());
-    let _ = service.await;
-    let js = async_nats::jetstream::new(client);
-    let (commands_stream, results_stream) = command_service::stream_names(&prefix);
-    let _ = js.delete_stream(commands_stream).await;
-    let _ = js.delete_stream(results_stream).await;
+    scratch::end_services(Duration::from_secs(60)).await;
+    streams.delete(client).await;
     scratch.drop_db(pool).await?;
 
     let rate = commands.events_per_s();

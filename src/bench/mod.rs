@@ -20,8 +20,8 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         figures = measure(&args, settings) => figures,
         () = crate::shutdown::signal() => Err(anyhow::anyhow!("the bench was interrupted")),
     };
-    // What a failed or interrupted workload could not drop itself.
-    scratch::drop_leftovers().await;
+    // What a failed or interrupted workload could not remove itself.
+    scratch::remove_leftovers().await;
     let figures = measured?;
     if args.json {
         report::print_json(&figures)

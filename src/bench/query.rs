@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use command_service::{ServiceConfig, Status};
-use eventstore::{EventStore, StoreOptions};
+use eventstore::EventStore;
 use infra::Settings;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::append::{drive, RunResult};
 use super::report::{Figure, Latencies};
-use super::scratch::ScratchDb;
+use super::scratch::{self, ScratchDb, ScratchRedisKeys, ScratchStreams};
 use crate::agent::AgentClient;
 use crate::cli::BenchArgs;
 
@@ -43,13 +43,14 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let nats_prefix = format!("bench{id}");
     let redis_prefix = format!("bench:{id}:");
     let redis_url = settings.redis.url.expose_secret().to_string();
+    let streams = ScratchStreams::register(&settings.nats.url, &nats_prefix);
+    let redis_keys = ScratchRedisKeys::register(&redis_url, &redis_prefix);
     let bootstrap = format!("bench-{}", Uuid::new_v4());
-    let store = EventStore::connect(pool.clone(), StoreOptions::default()).await?;
+    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut tasks = Vec::new();
     let config = ServiceConfig {
         nats_url: settings.nats.url.clone(),
         prefix: nats_prefix.clone(),
@@ -60,14 +61,11 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         max_in_flight: 256,
         auth_epochs: Some((redis_url.clone(), redis_prefix.clone())),
     };
-    tasks.push(
-        tokio::spawn(command_service::run(
-            config,
-            store.clone(),
-            until(stopped.clone()),
-        ))
-        .abort_handle(),
-    );
+    scratch::spawn_service(command_service::run(
+        config,
+        store.clone(),
+        until(stopped.clone()),
+    ));
     let projector_config = projector::ProjectorConfig {
         redis: Some(projector::redis_model::RedisConfig {
             url: redis_url.clone(),
@@ -75,20 +73,17 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         }),
         ..projector::ProjectorConfig::default()
     };
-    tasks.push(
-        tokio::spawn(projector::run(
-            projector_config,
-            store.clone(),
-            until(stopped.clone()),
-        ))
-        .abort_handle(),
-    );
+    scratch::spawn_service(projector::run(
+        projector_config,
+        store.clone(),
+        until(stopped.clone()),
+    ));
     let mut query_config =
         query_service::QueryConfig::new("127.0.0.1:0".parse()?, &redis_url, &redis_prefix);
     query_config.rate_limit_per_minute = None;
     let bound = query_service::bind(query_config, pool.clone()).await?;
     let base = format!("http://{}", bound.local_addr()?);
-    tasks.push(tokio::spawn(bound.serve(until(stopped.clone()))).abort_handle());
+    scratch::spawn_service(bound.serve(until(stopped.clone())));
 
     let client = async_nats::connect(&settings.nats.url)
         .await
@@ -255,15 +250,9 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     progress.finish_and_clear();
 
     let _ = stop.send(true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for task in tasks {
-        task.abort();
-    }
-    let js = async_nats::jetstream::new(client);
-    let (commands_stream, results_stream) = command_service::stream_names(&nats_prefix);
-    let _ = js.delete_stream(commands_stream).await;
-    let _ = js.delete_stream(results_stream).await;
-    clear_redis(&redis, &redis_prefix).await;
+    scratch::end_services(Duration::from_millis(500)).await;
+    streams.delete(client).await;
+    redis_keys.delete().await?;
     scratch.drop_db(pool).await?;
     Ok(figures)
 }
@@ -400,16 +389,4 @@ async fn sql(
         }
     })
     .await
-}
-
-async fn clear_redis(redis: &redis::aio::ConnectionManager, prefix: &str) {
-    let mut conn = redis.clone();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-    }
 }

@@ -1,22 +1,90 @@
-//! A throw-away database for a bench run, on the configured server.
+//! What a bench run creates on the configured servers and must remove
+//! again: a throw-away database, the JetStream streams of an in-process
+//! command service, the keys under a Redis prefix.
+//!
+//! Each is registered before it is created, so that a bench that fails or
+//! is interrupted halfway still removes it ([`remove_leftovers`]); a run
+//! that ends well removes its own and unregisters them. The services a
+//! bench runs in-process are spawned here too ([`spawn_service`]), so that
+//! none of them writes again after its leftovers are removed.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use infra::config::DatabaseSettings;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, PgConnection, PgPool};
 
-/// Scratch databases of this process not dropped yet (those not kept), so
-/// that a bench that fails or is interrupted halfway still drops them (see
-/// [`drop_leftovers`]).
-static UNDROPPED: Mutex<Vec<(String, DatabaseSettings)>> = Mutex::new(Vec::new());
+/// How long removing one leftover may take: an interrupted bench must end
+/// even when a server has stopped answering.
+const REMOVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn undropped() -> std::sync::MutexGuard<'static, Vec<(String, DatabaseSettings)>> {
+/// Something of this process's bench on a server, not removed yet.
+#[derive(Clone, PartialEq)]
+enum Leftover {
+    /// A scratch database (not one the bench was told to keep).
+    Database { name: String },
+    /// The command and result streams of a command service's prefix.
+    Streams { nats_url: String, prefix: String },
+    /// Every key under a prefix.
+    RedisKeys { url: String, prefix: String },
+}
+
+/// Leftovers with what it takes to remove them (the database's settings).
+static UNREMOVED: Mutex<Vec<(Leftover, Option<DatabaseSettings>)>> = Mutex::new(Vec::new());
+
+fn unremoved() -> std::sync::MutexGuard<'static, Vec<(Leftover, Option<DatabaseSettings>)>> {
     // A poisoned lock only means a thread panicked between push and
     // retain; the list itself is whole.
-    UNDROPPED
+    UNREMOVED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The in-process services of this process's bench.
+static SERVICES: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Runs an in-process service (a command service, a projector, ...) of a
+/// bench; [`end_services`] ends it.
+pub fn spawn_service<F>(service: F)
+where
+    F: std::future::Future + Send + 'static,
+{
+    let handle = tokio::spawn(async move {
+        let _ = service.await;
+    });
+    SERVICES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(handle);
+}
+
+/// Waits up to `grace` for the bench's services to end (after they were
+/// told to stop), then aborts the rest and waits until they are gone.
+pub async fn end_services(grace: Duration) {
+    let services = std::mem::take(
+        &mut *SERVICES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    for mut service in services {
+        if tokio::time::timeout_at(deadline, &mut service)
+            .await
+            .is_err()
+        {
+            service.abort();
+            let _ = service.await;
+        }
+    }
+}
+
+fn register(leftover: Leftover, settings: Option<DatabaseSettings>) {
+    unremoved().push((leftover, settings));
+}
+
+fn unregister(leftover: &Leftover) {
+    unremoved().retain(|(registered, _)| registered != leftover);
 }
 
 pub struct ScratchDb {
@@ -38,10 +106,11 @@ impl ScratchDb {
         settings.url = SecretString::from(url);
         settings.max_connections = max_connections;
         settings.min_connections = 0;
-        // Before it exists: an interruption while it is being created and
-        // migrated must not leave it behind either.
         if !keep {
-            undropped().push((name.clone(), settings.clone()));
+            register(
+                Leftover::Database { name: name.clone() },
+                Some(settings.clone()),
+            );
         }
         let pool = infra::postgres::prepare(&settings).await?;
         Ok((
@@ -65,22 +134,116 @@ impl ScratchDb {
             return Ok(());
         }
         drop_database(&self.settings, &self.name).await?;
-        undropped().retain(|(name, _)| *name != self.name);
+        unregister(&Leftover::Database { name: self.name });
         Ok(())
     }
 }
 
-/// Drops the scratch databases a failed or interrupted bench left behind
-/// (not those it was told to keep). Failures are logged: the bench's own
-/// outcome is what its caller reports.
-pub async fn drop_leftovers() {
-    let leftovers = std::mem::take(&mut *undropped());
-    for (name, settings) in leftovers {
-        match drop_database(&settings, &name).await {
-            Ok(()) => tracing::info!(database = %name, "dropped the bench database"),
-            Err(error) => {
-                tracing::warn!(database = %name, error = %error, "cannot drop the bench database")
+/// The JetStream streams a command service creates under a bench's prefix.
+pub struct ScratchStreams {
+    nats_url: String,
+    prefix: String,
+}
+
+impl ScratchStreams {
+    /// Registers the streams of `prefix` (before the service creates them).
+    pub fn register(nats_url: &str, prefix: &str) -> Self {
+        let streams = ScratchStreams {
+            nats_url: nats_url.to_string(),
+            prefix: prefix.to_string(),
+        };
+        register(streams.leftover(), None);
+        streams
+    }
+
+    fn leftover(&self) -> Leftover {
+        Leftover::Streams {
+            nats_url: self.nats_url.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    pub async fn delete(self, client: async_nats::Client) {
+        delete_streams(client, &self.prefix).await;
+        unregister(&self.leftover());
+    }
+}
+
+/// The keys a bench writes under its own Redis prefix.
+pub struct ScratchRedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl ScratchRedisKeys {
+    /// Registers the keys under `prefix` (before any is written).
+    pub fn register(url: &str, prefix: &str) -> Self {
+        let keys = ScratchRedisKeys {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+        };
+        register(keys.leftover(), None);
+        keys
+    }
+
+    fn leftover(&self) -> Leftover {
+        Leftover::RedisKeys {
+            url: self.url.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    pub async fn delete(self) -> anyhow::Result<()> {
+        delete_redis_keys(&self.url, &self.prefix).await?;
+        unregister(&self.leftover());
+        Ok(())
+    }
+}
+
+/// Removes what a failed or interrupted bench left behind (not the
+/// databases it was told to keep), each within [`REMOVAL_TIMEOUT`].
+/// Failures are logged: the bench's own outcome is what its caller reports.
+pub async fn remove_leftovers() {
+    end_services(Duration::ZERO).await;
+    let leftovers = std::mem::take(&mut *unremoved());
+    for (leftover, settings) in leftovers {
+        let what = leftover.to_string();
+        match tokio::time::timeout(REMOVAL_TIMEOUT, remove(&leftover, settings.as_ref())).await {
+            Ok(Ok(())) => tracing::info!(leftover = %what, "removed what the bench left"),
+            Ok(Err(error)) => {
+                tracing::warn!(leftover = %what, error = %error, "cannot remove what the bench left")
             }
+            Err(_) => tracing::warn!(
+                leftover = %what,
+                timeout_s = REMOVAL_TIMEOUT.as_secs(),
+                "gave up removing what the bench left"
+            ),
+        }
+    }
+}
+
+async fn remove(leftover: &Leftover, settings: Option<&DatabaseSettings>) -> anyhow::Result<()> {
+    match leftover {
+        Leftover::Database { name } => {
+            let settings =
+                settings.ok_or_else(|| anyhow::anyhow!("no settings to connect with"))?;
+            drop_database(settings, name).await
+        }
+        Leftover::Streams { nats_url, prefix } => {
+            let client = async_nats::connect(nats_url.as_str()).await?;
+            delete_streams(client, prefix).await;
+            Ok(())
+        }
+        Leftover::RedisKeys { url, prefix } => delete_redis_keys(url, prefix).await,
+    }
+}
+
+impl std::fmt::Display for Leftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leftover::Database { name } => write!(f, "the database {name}"),
+            Leftover::Streams { prefix, .. } => write!(f, "the JetStream streams of {prefix}"),
+            Leftover::RedisKeys { prefix, .. } => write!(f, "the Redis keys under {prefix}"),
         }
     }
 }
@@ -93,6 +256,54 @@ async fn drop_database(settings: &DatabaseSettings, name: &str) -> anyhow::Resul
         .execute(&mut conn)
         .await?;
     Ok(())
+}
+
+/// Deletes the command service's streams of `prefix`; one already gone (or
+/// never created) is no failure.
+async fn delete_streams(client: async_nats::Client, prefix: &str) {
+    let js = async_nats::jetstream::new(client);
+    let (commands, results) = command_service::stream_names(prefix);
+    let _ = js.delete_stream(commands).await;
+    let _ = js.delete_stream(results).await;
+}
+
+/// Deletes every key under `prefix`, scanning rather than `KEYS`, so a
+/// shared Redis is not blocked while it looks.
+async fn delete_redis_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let pattern = format!("{}*", redis_glob_escape(prefix));
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// `prefix` as a glob that matches only itself.
+fn redis_glob_escape(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn url_with_database(url: &str, database: &str) -> anyhow::Result<String> {
