@@ -16,6 +16,7 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
         max_events_per_append: es.max_events_per_append,
         poll_interval: es.poll_interval,
         batch_size: es.batch_size,
+        max_concurrent_batches: es.group_commits_in_flight,
         ..StoreOptions::default()
     }
 }

@@ -183,6 +183,11 @@ pub struct EventStoreSettings {
     #[serde(with = "millis")]
     pub poll_interval: Duration,
     pub batch_size: usize,
+    /// Group commit: how many append transactions may be in flight at
+    /// once (`COPILOT_GROUP_COMMITS_IN_FLIGHT`). One shares each commit
+    /// among the most appends; more can use a fast CPU that waits on a
+    /// slow disk's flush.
+    pub group_commits_in_flight: usize,
 }
 
 impl Default for Settings {
@@ -272,6 +277,7 @@ impl Default for EventStoreSettings {
             max_events_per_append: 1000,
             poll_interval: Duration::from_millis(500),
             batch_size: 1000,
+            group_commits_in_flight: 1,
         }
     }
 }
@@ -432,6 +438,10 @@ impl Settings {
         if let Some(v) = get("COPILOT_MAX_PAYLOAD_BYTES") {
             self.event_store.max_payload_bytes = parse("COPILOT_MAX_PAYLOAD_BYTES", &v)?;
         }
+        if let Some(v) = get("COPILOT_GROUP_COMMITS_IN_FLIGHT") {
+            self.event_store.group_commits_in_flight =
+                parse("COPILOT_GROUP_COMMITS_IN_FLIGHT", &v)?;
+        }
         Ok(())
     }
 
@@ -490,6 +500,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 name: "event_store",
                 message: "max_payload_bytes and batch_size must be positive".into(),
+            });
+        }
+        if self.event_store.group_commits_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                name: "event_store.group_commits_in_flight",
+                message: "must be at least 1".into(),
             });
         }
         Ok(())
@@ -574,6 +590,25 @@ mod tests {
         assert_eq!(s.database.max_connections, 7);
         assert_eq!(s.http.addr.port(), 9000);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn group_commits_in_flight_is_set_and_checked() {
+        let none = Path::new("/dev/null");
+        let s = Settings::load_from(Some(none), &env(&[])).expect("defaults");
+        assert_eq!(s.event_store.group_commits_in_flight, 1);
+        let s = Settings::load_from(
+            Some(none),
+            &env(&[("COPILOT_GROUP_COMMITS_IN_FLIGHT", "2")]),
+        )
+        .expect("two");
+        assert_eq!(s.event_store.group_commits_in_flight, 2);
+        let err = Settings::load_from(
+            Some(none),
+            &env(&[("COPILOT_GROUP_COMMITS_IN_FLIGHT", "0")]),
+        )
+        .expect_err("none in flight");
+        assert!(err.to_string().contains("group_commits_in_flight"), "{err}");
     }
 
     #[test]
