@@ -15,3 +15,107 @@ pub fn lazy(url: &str) -> Result<ConnectionManager, redis::RedisError> {
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)
 }
+
+/// `literal` as a glob (`SCAN MATCH`, `KEYS`) that matches only itself: a
+/// key prefix may hold `*`, `?`, `[` or `\`, and unescaped they would match
+/// other deployments' keys too.
+pub fn glob_escape(literal: &str) -> String {
+    let mut escaped = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Deletes (`UNLINK`) the keys that start with `prefix` and whose rest
+/// matches the glob `pattern`, scanning rather than `KEYS` so that a
+/// shared Redis is not blocked while it looks. Returns how many it deleted.
+pub async fn delete_matching(
+    conn: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+    pattern: &str,
+) -> Result<u64, redis::RedisError> {
+    let pattern = format!("{}{pattern}", glob_escape(prefix));
+    let mut deleted = 0u64;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += keys.len() as u64;
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("copilot:"), "copilot:");
+        assert_eq!(glob_escape(r"a*b?[c]\"), r"a\*b\?\[c\]\\");
+    }
+
+    /// A prefix with glob characters deletes its own keys only, not those
+    /// of a prefix it would match as a glob.
+    #[tokio::test]
+    async fn delete_matching_keeps_to_its_prefix() {
+        let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379");
+        let base = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        let ours = format!("{base}a*:");
+        let theirs = format!("{base}ab:");
+        for key in [
+            format!("{ours}cache:1"),
+            format!("{ours}cache:2"),
+            format!("{ours}session:1"),
+            format!("{theirs}cache:1"),
+        ] {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("set");
+        }
+        let deleted = delete_matching(&mut conn, &ours, "cache:*")
+            .await
+            .expect("delete");
+        assert_eq!(deleted, 2);
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{base}*"))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        let mut left = left;
+        left.sort();
+        assert_eq!(
+            left,
+            [format!("{ours}session:1"), format!("{theirs}cache:1")]
+        );
+        delete_matching(&mut conn, &base, "*")
+            .await
+            .expect("clean up");
+    }
+}

@@ -547,29 +547,7 @@ pub async fn reset_redis(
     batch::locked_checkpoint(&mut tx, "redis").await?;
     let mut deleted = 0u64;
     for pattern in REDIS_OWNED {
-        let pattern = format!("{}{pattern}", config.prefix);
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await?;
-            if !keys.is_empty() {
-                deleted += keys.len() as u64;
-                redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<()>(&mut redis)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        deleted += infra::redis_conn::delete_matching(&mut redis, &config.prefix, pattern).await?;
     }
     checkpoint::save(&mut *tx, "redis", Position::START).await?;
     tx.commit().await?;

@@ -267,43 +267,13 @@ async fn delete_streams(client: async_nats::Client, prefix: &str) {
     let _ = js.delete_stream(results).await;
 }
 
-/// Deletes every key under `prefix`, scanning rather than `KEYS`, so a
-/// shared Redis is not blocked while it looks.
+/// Deletes every key under `prefix`.
 async fn delete_redis_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;
-    let pattern = format!("{}*", redis_glob_escape(prefix));
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            let () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
-/// `prefix` as a glob that matches only itself.
-fn redis_glob_escape(prefix: &str) -> String {
-    let mut escaped = String::with_capacity(prefix.len());
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
+    infra::redis_conn::delete_matching(&mut conn, prefix, "*").await?;
+    Ok(())
 }
 
 fn url_with_database(url: &str, database: &str) -> anyhow::Result<String> {
