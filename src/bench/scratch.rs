@@ -20,20 +20,36 @@ use sqlx::{Connection, PgConnection, PgPool};
 const REMOVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Something of this process's bench on a server, not removed yet.
-#[derive(Clone, PartialEq)]
 enum Leftover {
     /// A scratch database (not one the bench was told to keep).
-    Database { name: String },
+    Database {
+        name: String,
+        settings: DatabaseSettings,
+    },
     /// The command and result streams of a command service's prefix.
     Streams { nats_url: String, prefix: String },
     /// Every key under a prefix.
     RedisKeys { url: String, prefix: String },
 }
 
-/// Leftovers with what it takes to remove them (the database's settings).
-static UNREMOVED: Mutex<Vec<(Leftover, Option<DatabaseSettings>)>> = Mutex::new(Vec::new());
+impl Leftover {
+    /// Whether `self` and `other` are the same thing on a server (each
+    /// bench names its own with a fresh random id).
+    fn is(&self, other: &Leftover) -> bool {
+        match (self, other) {
+            (Leftover::Database { name: a, .. }, Leftover::Database { name: b, .. }) => a == b,
+            (Leftover::Streams { prefix: a, .. }, Leftover::Streams { prefix: b, .. })
+            | (Leftover::RedisKeys { prefix: a, .. }, Leftover::RedisKeys { prefix: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+}
 
-fn unremoved() -> std::sync::MutexGuard<'static, Vec<(Leftover, Option<DatabaseSettings>)>> {
+static UNREMOVED: Mutex<Vec<Leftover>> = Mutex::new(Vec::new());
+
+fn unremoved() -> std::sync::MutexGuard<'static, Vec<Leftover>> {
     // A poisoned lock only means a thread panicked between push and
     // retain; the list itself is whole.
     UNREMOVED
@@ -79,12 +95,12 @@ pub async fn end_services(grace: Duration) {
     }
 }
 
-fn register(leftover: Leftover, settings: Option<DatabaseSettings>) {
-    unremoved().push((leftover, settings));
+fn register(leftover: Leftover) {
+    unremoved().push(leftover);
 }
 
 fn unregister(leftover: &Leftover) {
-    unremoved().retain(|(registered, _)| registered != leftover);
+    unremoved().retain(|registered| !registered.is(leftover));
 }
 
 pub struct ScratchDb {
@@ -107,10 +123,10 @@ impl ScratchDb {
         settings.max_connections = max_connections;
         settings.min_connections = 0;
         if !keep {
-            register(
-                Leftover::Database { name: name.clone() },
-                Some(settings.clone()),
-            );
+            register(Leftover::Database {
+                name: name.clone(),
+                settings: settings.clone(),
+            });
         }
         let pool = infra::postgres::prepare(&settings).await?;
         Ok((
@@ -134,7 +150,10 @@ impl ScratchDb {
             return Ok(());
         }
         drop_database(&self.settings, &self.name).await?;
-        unregister(&Leftover::Database { name: self.name });
+        unregister(&Leftover::Database {
+            name: self.name,
+            settings: self.settings,
+        });
         Ok(())
     }
 }
@@ -152,7 +171,7 @@ impl ScratchStreams {
             nats_url: nats_url.to_string(),
             prefix: prefix.to_string(),
         };
-        register(streams.leftover(), None);
+        register(streams.leftover());
         streams
     }
 
@@ -182,7 +201,7 @@ impl ScratchRedisKeys {
             url: url.to_string(),
             prefix: prefix.to_string(),
         };
-        register(keys.leftover(), None);
+        register(keys.leftover());
         keys
     }
 
@@ -206,9 +225,9 @@ impl ScratchRedisKeys {
 pub async fn remove_leftovers() {
     end_services(Duration::ZERO).await;
     let leftovers = std::mem::take(&mut *unremoved());
-    for (leftover, settings) in leftovers {
+    for leftover in leftovers {
         let what = leftover.to_string();
-        match tokio::time::timeout(REMOVAL_TIMEOUT, remove(&leftover, settings.as_ref())).await {
+        match tokio::time::timeout(REMOVAL_TIMEOUT, remove(&leftover)).await {
             Ok(Ok(())) => tracing::info!(leftover = %what, "removed what the bench left"),
             Ok(Err(error)) => {
                 tracing::warn!(leftover = %what, error = %error, "cannot remove what the bench left")
@@ -222,13 +241,9 @@ pub async fn remove_leftovers() {
     }
 }
 
-async fn remove(leftover: &Leftover, settings: Option<&DatabaseSettings>) -> anyhow::Result<()> {
+async fn remove(leftover: &Leftover) -> anyhow::Result<()> {
     match leftover {
-        Leftover::Database { name } => {
-            let settings =
-                settings.ok_or_else(|| anyhow::anyhow!("no settings to connect with"))?;
-            drop_database(settings, name).await
-        }
+        Leftover::Database { name, settings } => drop_database(settings, name).await,
         Leftover::Streams { nats_url, prefix } => {
             let client = async_nats::connect(nats_url.as_str()).await?;
             delete_streams(client, prefix).await;
@@ -241,7 +256,7 @@ async fn remove(leftover: &Leftover, settings: Option<&DatabaseSettings>) -> any
 impl std::fmt::Display for Leftover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Leftover::Database { name } => write!(f, "the database {name}"),
+            Leftover::Database { name, .. } => write!(f, "the database {name}"),
             Leftover::Streams { prefix, .. } => write!(f, "the JetStream streams of {prefix}"),
             Leftover::RedisKeys { prefix, .. } => write!(f, "the Redis keys under {prefix}"),
         }
