@@ -17,7 +17,8 @@ use crate::cli::{AuditOperation, Cli, Operation};
 /// The services allocate and free many small, short-lived buffers per
 /// command (decoded envelopes, events, replies, task cells) from several
 /// threads; mimalloc's thread-local free lists make that a fraction of the
-/// system allocator's cost (see the README's performance section).
+/// system allocator's cost (see "Allocator and task size" in
+/// docs/performance-commands.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
