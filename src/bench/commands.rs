@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::append::{bare_writer, create_bare_table, drive, RunResult};
 use super::cpu::{CpuSpent, CpuTimes};
 use super::report::{Figure, Latencies};
-use super::scratch::{self, ScratchDb, ScratchStreams};
+use super::scratch::{self, Scratch, ScratchDb};
 use crate::agent::AgentClient;
 use crate::cli::BenchArgs;
 
@@ -31,7 +31,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let (scratch, pool) = ScratchDb::create(&settings.database, 60, args.keep).await?;
     create_bare_table(&pool).await?;
     let prefix = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let streams = ScratchStreams::register(&settings.nats.url, &prefix);
+    let streams = Scratch::streams(&settings.nats.url, &prefix);
     let bootstrap = format!("bench-{}", Uuid::new_v4());
     let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -149,7 +149,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
 
     let _ = stop.send(());
     scratch::end_services(Duration::from_secs(60)).await;
-    streams.delete(client).await;
+    streams.remove().await?;
     scratch.drop_db(pool).await?;
 
     let rate = commands.events_per_s();

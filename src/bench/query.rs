@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::append::{drive, RunResult};
 use super::report::{Figure, Latencies};
-use super::scratch::{self, ScratchDb, ScratchRedisKeys, ScratchStreams};
+use super::scratch::{self, Scratch, ScratchDb};
 use crate::agent::AgentClient;
 use crate::cli::BenchArgs;
 
@@ -43,8 +43,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let nats_prefix = format!("bench{id}");
     let redis_prefix = format!("bench:{id}:");
     let redis_url = settings.redis.url.expose_secret().to_string();
-    let streams = ScratchStreams::register(&settings.nats.url, &nats_prefix);
-    let redis_keys = ScratchRedisKeys::register(&redis_url, &redis_prefix);
+    let streams = Scratch::streams(&settings.nats.url, &nats_prefix);
+    let redis_keys = Scratch::redis_keys(&redis_url, &redis_prefix);
     let bootstrap = format!("bench-{}", Uuid::new_v4());
     let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -251,8 +251,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
 
     let _ = stop.send(true);
     scratch::end_services(Duration::from_millis(500)).await;
-    streams.delete(client).await;
-    redis_keys.delete().await?;
+    streams.remove().await?;
+    redis_keys.remove().await?;
     scratch.drop_db(pool).await?;
     Ok(figures)
 }

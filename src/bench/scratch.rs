@@ -8,7 +8,7 @@
 //! bench runs in-process are spawned here too ([`spawn_service`]), so that
 //! none of them writes again after its leftovers are removed.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use infra::config::DatabaseSettings;
@@ -20,6 +20,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 const REMOVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Something of this process's bench on a server, not removed yet.
+#[derive(Clone)]
 enum Leftover {
     /// A scratch database (not one the bench was told to keep).
     Database {
@@ -49,10 +50,14 @@ impl Leftover {
 
 static UNREMOVED: Mutex<Vec<Leftover>> = Mutex::new(Vec::new());
 
-fn unremoved() -> std::sync::MutexGuard<'static, Vec<Leftover>> {
-    // A poisoned lock only means a thread panicked between push and
-    // retain; the list itself is whole.
-    UNREMOVED
+fn unremoved() -> MutexGuard<'static, Vec<Leftover>> {
+    locked(&UNREMOVED)
+}
+
+/// A poisoned lock only means a thread panicked between a push and a
+/// take or retain; the list itself is whole.
+fn locked<T>(registry: &Mutex<T>) -> MutexGuard<'_, T> {
+    registry
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -69,20 +74,13 @@ where
     let handle = tokio::spawn(async move {
         let _ = service.await;
     });
-    SERVICES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(handle);
+    locked(&SERVICES).push(handle);
 }
 
 /// Waits up to `grace` for the bench's services to end (after they were
 /// told to stop), then aborts the rest and waits until they are gone.
 pub async fn end_services(grace: Duration) {
-    let services = std::mem::take(
-        &mut *SERVICES
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    );
+    let services = std::mem::take(&mut *locked(&SERVICES));
     let deadline = tokio::time::Instant::now() + grace;
     for mut service in services {
         if tokio::time::timeout_at(deadline, &mut service)
@@ -158,63 +156,38 @@ impl ScratchDb {
     }
 }
 
-/// The JetStream streams a command service creates under a bench's prefix.
-pub struct ScratchStreams {
-    nats_url: String,
-    prefix: String,
-}
+/// Streams or Redis keys a bench registered, to remove when it is done.
+pub struct Scratch(Leftover);
 
-impl ScratchStreams {
-    /// Registers the streams of `prefix` (before the service creates them).
-    pub fn register(nats_url: &str, prefix: &str) -> Self {
-        let streams = ScratchStreams {
+impl Scratch {
+    /// Registers the command service's JetStream streams of `prefix`
+    /// (before the service creates them).
+    pub fn streams(nats_url: &str, prefix: &str) -> Self {
+        Self::register(Leftover::Streams {
             nats_url: nats_url.to_string(),
             prefix: prefix.to_string(),
-        };
-        register(streams.leftover());
-        streams
+        })
     }
 
-    fn leftover(&self) -> Leftover {
-        Leftover::Streams {
-            nats_url: self.nats_url.clone(),
-            prefix: self.prefix.clone(),
-        }
-    }
-
-    pub async fn delete(self, client: async_nats::Client) {
-        delete_streams(client, &self.prefix).await;
-        unregister(&self.leftover());
-    }
-}
-
-/// The keys a bench writes under its own Redis prefix.
-pub struct ScratchRedisKeys {
-    url: String,
-    prefix: String,
-}
-
-impl ScratchRedisKeys {
-    /// Registers the keys under `prefix` (before any is written).
-    pub fn register(url: &str, prefix: &str) -> Self {
-        let keys = ScratchRedisKeys {
+    /// Registers the keys under the Redis `prefix` (before any is written).
+    pub fn redis_keys(url: &str, prefix: &str) -> Self {
+        Self::register(Leftover::RedisKeys {
             url: url.to_string(),
             prefix: prefix.to_string(),
-        };
-        register(keys.leftover());
-        keys
+        })
     }
 
-    fn leftover(&self) -> Leftover {
-        Leftover::RedisKeys {
-            url: self.url.clone(),
-            prefix: self.prefix.clone(),
-        }
+    fn register(leftover: Leftover) -> Self {
+        let scratch = Scratch(leftover);
+        register(scratch.0.clone());
+        scratch
     }
 
-    pub async fn delete(self) -> anyhow::Result<()> {
-        delete_redis_keys(&self.url, &self.prefix).await?;
-        unregister(&self.leftover());
+    /// Removes them; if that fails they stay registered for
+    /// [`remove_leftovers`].
+    pub async fn remove(self) -> anyhow::Result<()> {
+        remove(&self.0).await?;
+        unregister(&self.0);
         Ok(())
     }
 }
