@@ -227,18 +227,7 @@ async fn sigkill_mid_batch_many_times_loses_and_doubles_nothing(pool: PgPool) {
         .expect("zcard");
     assert!(tasks > 0);
     assert_eq!((queued, by_priority), (tasks, tasks), "one task per event");
-    forget_redis_keys(&prefix).await;
-}
-
-/// Deletes every Redis key under a test's prefix (the projector's
-/// sessions, queues and circuit breakers), so runs leave nothing behind.
-async fn forget_redis_keys(prefix: &str) {
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .expect("Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    infra::redis_conn::delete_matching(&mut redis, prefix, "*")
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
         .await
         .expect("clean up");
 }
@@ -396,5 +385,7 @@ async fn sigkill_during_vector_projection_leaves_every_point_once(pool: PgPool) 
     }
     drop(points);
     let _ = std::fs::remove_dir_all(&dir);
-    forget_redis_keys(&prefix).await;
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("clean up");
 }

@@ -30,6 +30,16 @@ pub fn glob_escape(literal: &str) -> String {
     escaped
 }
 
+/// Deletes every key under `prefix` on the Redis at `url`: all that a
+/// deployment, a bench or a test with that prefix made. Returns how many it
+/// deleted.
+pub async fn delete_prefix(url: &str, prefix: &str) -> Result<u64, redis::RedisError> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    delete_matching(&mut conn, prefix, "*").await
+}
+
 /// Deletes (`UNLINK`) the keys that start with `prefix` and whose rest
 /// matches the glob `pattern`, scanning rather than `KEYS` so that a
 /// shared Redis is not blocked while it looks. Returns how many it deleted.
@@ -114,8 +124,15 @@ mod tests {
             left,
             [format!("{ours}session:1"), format!("{theirs}cache:1")]
         );
-        delete_matching(&mut conn, &base, "*")
+        // All of a prefix, and only it.
+        let url = "redis://127.0.0.1:6379";
+        assert_eq!(delete_prefix(url, &ours).await.expect("delete"), 1);
+        let theirs_left: Option<String> = redis::cmd("GET")
+            .arg(format!("{theirs}cache:1"))
+            .query_async(&mut conn)
             .await
-            .expect("clean up");
+            .expect("get");
+        assert!(theirs_left.is_some(), "another prefix's key was deleted");
+        assert_eq!(delete_prefix(url, &base).await.expect("clean up"), 1);
     }
 }

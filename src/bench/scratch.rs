@@ -222,7 +222,10 @@ async fn remove(leftover: &Leftover) -> anyhow::Result<()> {
             delete_streams(client, prefix).await;
             Ok(())
         }
-        Leftover::RedisKeys { url, prefix } => delete_redis_keys(url, prefix).await,
+        Leftover::RedisKeys { url, prefix } => {
+            infra::redis_conn::delete_prefix(url, prefix).await?;
+            Ok(())
+        }
     }
 }
 
@@ -253,15 +256,6 @@ async fn delete_streams(client: async_nats::Client, prefix: &str) {
     let (commands, results) = command_service::stream_names(prefix);
     let _ = js.delete_stream(commands).await;
     let _ = js.delete_stream(results).await;
-}
-
-/// Deletes every key under `prefix`.
-async fn delete_redis_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    infra::redis_conn::delete_matching(&mut conn, prefix, "*").await?;
-    Ok(())
 }
 
 fn url_with_database(url: &str, database: &str) -> anyhow::Result<String> {

@@ -205,16 +205,7 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
         "re-applying is harmless"
     );
 
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
         .await
-        .expect("keys");
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut redis)
-            .await
-            .expect("clean up");
-    }
+        .expect("clean up");
 }

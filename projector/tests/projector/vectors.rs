@@ -56,18 +56,6 @@ fn redis_prefix() -> String {
     format!("t{}:", &Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Deletes the circuit breakers' keys under a test's prefix.
-async fn forget_redis_keys(prefix: &str) {
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .expect("Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    infra::redis_conn::delete_matching(&mut redis, prefix, "*")
-        .await
-        .expect("clean up");
-}
-
 fn breakers(prefix: &str, threshold: u32, timeout: Duration) -> BreakerConfig {
     BreakerConfig {
         redis_url: "redis://127.0.0.1:6379".into(),
@@ -211,7 +199,9 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
         expected,
         "a rebuild equals the live points"
     );
-    forget_redis_keys(&prefix).await;
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("clean up");
 }
 
 async fn assert_lineage(pool: &PgPool, point: &Hit) {
@@ -450,5 +440,7 @@ async fn an_unavailable_store_opens_the_breaker_and_every_point_arrives_later(po
         store_ids(reopened.as_ref()).await,
         expected_ids(&pool).await
     );
-    forget_redis_keys(&prefix).await;
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("clean up");
 }

@@ -463,18 +463,5 @@ impl Reply {
 }
 
 pub async fn clear_redis(prefix: &str) {
-    let Ok(client) = redis::Client::open(REDIS) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-    }
+    let _ = infra::redis_conn::delete_prefix(REDIS, prefix).await;
 }
