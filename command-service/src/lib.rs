@@ -10,6 +10,7 @@ pub mod handler;
 mod inline;
 pub mod metrics;
 mod outcomes;
+mod replies;
 pub mod result;
 mod state;
 pub mod totp;

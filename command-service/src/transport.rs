@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::{Client, HeaderMap, Message};
 use futures_util::StreamExt;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::handler::{Handler, Incoming};
+use crate::replies::{self, Reply};
 use crate::result::{CommandResult, Encoding, Status};
 use crate::{stream_names, ServiceConfig, ServiceError};
 
@@ -120,19 +121,19 @@ async fn rpc_loop(
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut in_flight = JoinSet::new();
+    let (replies, sender) = replies::spawn(client);
     let prefix = format!("{}.rpc.", config.prefix);
     loop {
         tokio::select! {
             message = subscription.next() => {
                 let Some(message) = message else { break };
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
-                let (client, handler, prefix) = (client.clone(), Arc::clone(&handler), prefix.clone());
+                let (replies, handler, prefix) = (replies.clone(), Arc::clone(&handler), prefix.clone());
                 in_flight.spawn(async move {
                     let gauge = crate::metrics::metrics().in_flight.with_label_values(&["rpc"]);
                     gauge.inc();
-                    answer_rpc(&client, &handler, &prefix, message).await;
+                    answer_rpc(&replies, &handler, &prefix, message, slot).await;
                     gauge.dec();
-                    drop(slot);
                 });
             }
             _ = stop.changed() => break,
@@ -145,9 +146,20 @@ async fn rpc_loop(
         while in_flight.join_next().await.is_some() {}
     })
     .await;
+    // Those still running after the drain's time are dropped unanswered,
+    // and their senders with them; the answers of the others are queued.
+    in_flight.shutdown().await;
+    drop(replies);
+    let _ = sender.await;
 }
 
-async fn answer_rpc(client: &Client, handler: &Handler, prefix: &str, message: Message) {
+async fn answer_rpc(
+    replies: &mpsc::UnboundedSender<Reply>,
+    handler: &Handler,
+    prefix: &str,
+    message: Message,
+    slot: OwnedSemaphorePermit,
+) {
     let command_type = message
         .subject
         .as_str()
@@ -164,15 +176,18 @@ async fn answer_rpc(client: &Client, handler: &Handler, prefix: &str, message: M
             user_agent: header(headers, "User-Agent"),
         })
         .await;
-    let Some(reply) = message.reply else { return };
-    let mut reply_headers = HeaderMap::new();
-    reply_headers.insert("Content-Type", encoding.content_type());
-    if let Err(error) = client
-        .publish_with_headers(reply, reply_headers, encoding.encode(&result).into())
-        .await
-    {
-        tracing::warn!(%error, command_id = %result.command_id, "cannot send the reply");
-    }
+    let Some(subject) = message.reply else { return };
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", encoding.content_type());
+    // It fails only if the sending task is gone, which it is not while a
+    // sender lives; an answer is then lost as if its publish had failed.
+    let _ = replies.send(Reply {
+        subject,
+        headers,
+        payload: encoding.encode(&result).into(),
+        command_id: result.command_id,
+        slot,
+    });
 }
 
 async fn jetstream_loop(

@@ -89,3 +89,89 @@ async fn a_graceful_stop_finishes_what_it_took_and_leaves_the_rest(pool: PgPool)
     assert_eq!(events as usize, COMMANDS, "none lost, none doubled");
     restarted.finish().await;
 }
+
+/// Stopping gracefully while request/reply commands are in flight: every
+/// command that was appended is answered (its answer is not lost in the
+/// queue of answers at shutdown), and every answer is of an appended command.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_graceful_stop_answers_every_request_it_appended(pool: PgPool) {
+    const COMMANDS: usize = 200;
+    let mut app = App::spawn(pool.clone()).await;
+    let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..COMMANDS {
+        let (client, prefix, bootstrap) = (
+            app.client.clone(),
+            app.prefix.clone(),
+            app.bootstrap.clone(),
+        );
+        let answered = answered_tx.clone();
+        requests.spawn(async move {
+            let command_id = Uuid::now_v7();
+            let body = json!({"command_id": command_id, "aggregate_id": Uuid::now_v7(),
+                "payload": {"title": format!("i{i}"), "description": "d", "severity": "low", "affected_services": ["api"]}});
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            headers.insert("Authorization", format!("Bearer {bootstrap}").as_str());
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.request_with_headers(
+                    format!("{prefix}.rpc.incident.open"),
+                    headers,
+                    serde_json::to_vec(&body).expect("json").into(),
+                ),
+            )
+            .await;
+            let result = match reply {
+                Ok(Ok(message)) => {
+                    let _ = answered.send(());
+                    let result: command_service::result::CommandResult =
+                        serde_json::from_slice(&message.payload).expect("JSON result");
+                    Some(result.status)
+                }
+                _ => None,
+            };
+            (command_id, result)
+        });
+    }
+    drop(answered_tx);
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(20), answered_rx.recv())
+            .await
+            .expect("progress")
+            .expect("an answer");
+    }
+    app.stop().await;
+
+    let mut answers = std::collections::HashMap::new();
+    while let Some(joined) = requests.join_next().await {
+        let (command_id, status) = joined.expect("request task");
+        if let Some(status) = status {
+            answers.insert(command_id, status);
+        }
+    }
+    let appended: HashSet<Uuid> =
+        sqlx::query_scalar("SELECT command_id FROM events WHERE command_id IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .expect("appended commands")
+            .into_iter()
+            .collect();
+    assert!(
+        answers.len() >= 20,
+        "the answers before the stop are counted"
+    );
+    for command_id in &appended {
+        assert_eq!(
+            answers.get(command_id),
+            Some(&command_service::result::Status::Accepted),
+            "command {command_id} was appended, so its answer must have been sent"
+        );
+    }
+    assert_eq!(
+        answers.len(),
+        appended.len(),
+        "every answer is of an appended command"
+    );
+    app.finish().await;
+}
