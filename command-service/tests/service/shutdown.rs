@@ -110,14 +110,11 @@ async fn a_graceful_stop_answers_every_request_it_appended(pool: PgPool) {
             let command_id = Uuid::now_v7();
             let body = json!({"command_id": command_id, "aggregate_id": Uuid::now_v7(),
                 "payload": {"title": format!("i{i}"), "description": "d", "severity": "low", "affected_services": ["api"]}});
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Content-Type", "application/json");
-            headers.insert("Authorization", format!("Bearer {bootstrap}").as_str());
             let reply = tokio::time::timeout(
                 Duration::from_secs(10),
                 client.request_with_headers(
                     format!("{prefix}.rpc.incident.open"),
-                    headers,
+                    App::headers(Some(&bootstrap), true),
                     serde_json::to_vec(&body).expect("json").into(),
                 ),
             )
