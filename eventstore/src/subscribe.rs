@@ -146,6 +146,9 @@ impl Reader {
         &mut self,
         held_wait: &mut Duration,
     ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        // Listen before reading: whatever commits after the read is then
+        // notified, also after the listener's connection was lost.
+        self.ensure_listener().await;
         let batch = self
             .store
             .read_all_after(self.position, self.batch_size)
@@ -169,7 +172,9 @@ impl Reader {
     }
 
     async fn wait_for_news(&mut self, poll: Duration) {
-        self.ensure_listener().await;
+        // Not connected here: listening after the read could miss a commit
+        // in between, so without a listener this wait is a plain poll and
+        // the next read listens first.
         let Some(listener) = self.listener.as_mut() else {
             tokio::time::sleep(poll).await;
             return;
@@ -177,10 +182,11 @@ impl Reader {
         tokio::select! {
             received = listener.try_recv() => match received {
                 Ok(Some(_)) => {}
-                // The connection was lost; the listener reconnects on its
-                // next call, and notifications sent meanwhile are lost,
-                // which is fine because the caller reads again now.
-                Ok(None) => {}
+                // The connection was lost, and notifications sent meanwhile
+                // with it. Left to itself the listener would listen again
+                // only on its next call, after the caller's next read, so it
+                // is dropped and the next read listens first.
+                Ok(None) => self.listener = None,
                 Err(error) => {
                     tracing::debug!(%error, "listener failed; falling back to polling");
                     self.listener = None;
