@@ -22,15 +22,21 @@ async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedE
     seen
 }
 
-/// A store whose subscribers poll once an hour: only a notification (or a
-/// lost listener connection) wakes them within a test.
-async fn store_without_polling(pool: PgPool) -> EventStore {
+/// A store whose subscribers poll once an hour, so that only a notification
+/// (or a lost listener connection) wakes them within a test, and a task
+/// waiting for the size of the first batch of its subscriber, which is
+/// already waiting when this returns.
+async fn waiting_subscriber(pool: PgPool) -> (EventStore, tokio::task::JoinHandle<usize>) {
     crate::init_logging();
     let options = StoreOptions {
         poll_interval: Duration::from_secs(3600),
         ..StoreOptions::default()
     };
-    EventStore::connect(pool, options).await.expect("store")
+    let store = EventStore::connect(pool, options).await.expect("store");
+    let mut subscription = store.subscribe(Position::START).await;
+    let waiter = tokio::spawn(async move { subscription.next_batch().await.expect("batch").len() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (store, waiter)
 }
 
 /// Waits for the first batch of `waiter`. The bound only keeps a broken
@@ -64,10 +70,7 @@ async fn first_batch(
 
 #[sqlx::test(migrations = "../migrations")]
 async fn notifications_wake_subscribers_without_waiting_for_the_poll(pool: PgPool) {
-    let store = store_without_polling(pool.clone()).await;
-    let mut subscription = store.subscribe(Position::START).await;
-    let waiter = tokio::spawn(async move { subscription.next_batch().await.expect("batch").len() });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, waiter) = waiting_subscriber(pool.clone()).await;
     store
         .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 2))
         .await
@@ -77,10 +80,7 @@ async fn notifications_wake_subscribers_without_waiting_for_the_poll(pool: PgPoo
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_subscriber_listens_again_after_its_listener_is_killed(pool: PgPool) {
-    let store = store_without_polling(pool.clone()).await;
-    let mut subscription = store.subscribe(Position::START).await;
-    let waiter = tokio::spawn(async move { subscription.next_batch().await.expect("batch").len() });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, waiter) = waiting_subscriber(pool.clone()).await;
     // With hourly polls only a notification brings the append below in
     // time, so the subscriber must be listening again after losing its
     // listening connection (it listens before its next read, so an append
