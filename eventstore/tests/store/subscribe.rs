@@ -24,8 +24,9 @@ async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedE
 
 /// A store whose subscribers poll once an hour, so that only a notification
 /// (or a lost listener connection) wakes them within a test, and a task
-/// waiting for the size of the first batch of its subscriber, which is
-/// already waiting when this returns.
+/// waiting for the size of its subscriber's first batch, given 200 ms to
+/// start waiting (if it starts later, its first read finds what was
+/// appended meanwhile, so a test still passes or fails on the same grounds).
 async fn waiting_subscriber(pool: PgPool) -> (EventStore, tokio::task::JoinHandle<usize>) {
     crate::init_logging();
     let options = StoreOptions {
