@@ -45,14 +45,14 @@ struct Reader {
 impl EventStore {
     /// Subscribes to every event after `after` (use [`Position::START`] for all).
     pub async fn subscribe(&self, after: Position) -> Subscription {
-        let mut reader = Reader {
+        // It listens, as before every read, once its first batch is asked
+        // for (see `Reader::read_or_wait`).
+        let reader = Reader {
             store: self.clone(),
             position: after,
             listener: None,
             batch_size: self.options().batch_size,
         };
-        // Listen before the first read, so no notification falls between them.
-        reader.ensure_listener().await;
         Subscription {
             position: after,
             state: State::Idle(reader),
