@@ -45,7 +45,8 @@ async fn waiting_subscriber(pool: PgPool) -> (EventStore, tokio::task::JoinHandl
 /// writing transaction of the cluster is open, and tests beside this one in
 /// other databases hold such transactions, so on a loaded machine the wait
 /// can be long. If it runs out, the message says whether the events were
-/// held back and by which transactions.
+/// held back and by which transactions, and whether the subscriber was
+/// listening at all.
 async fn first_batch(
     store: &EventStore,
     pool: &PgPool,
@@ -64,7 +65,16 @@ async fn first_batch(
             .fetch_all(pool)
             .await
             .unwrap_or_default();
-            panic!("no batch: held back {held:?}; transactions with an xid: {open:?}");
+            let listening: Result<i64, _> = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_one(pool)
+            .await;
+            panic!(
+                "no batch: held back {held:?}; listening connections {listening:?}; \
+                 transactions with an xid: {open:?}"
+            );
         }
     }
 }
