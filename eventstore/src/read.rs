@@ -104,23 +104,24 @@ impl EventStore {
         })
     }
 
-    /// Whether events after `after` are committed and visible but held back
-    /// because an older transaction is still open: the reader should look
-    /// again soon, as no notification will tell it when that transaction ends.
-    pub async fn held_back(&self, after: Position) -> Result<bool, StoreError> {
-        let held: bool = sqlx::query_scalar(
-            "SELECT EXISTS (
-                SELECT 1 FROM events
-                 WHERE (generation, tx_id, seq) > ($1, $2, $3)
-                   AND (generation, tx_id) >= ((SELECT max(generation) FROM store_generations),
-                                               (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)))",
+    /// Whether any committed event lies after `after`, readable or held back
+    /// by an older open transaction. A reader that found nothing should look
+    /// again soon when this is true: no notification tells it when the older
+    /// transaction ends, and events that became readable since its read were
+    /// notified before it looked. Checking only the held-back ones would miss
+    /// the second case, when the older transaction ends between the two
+    /// statements, and leave the reader waiting for a notification already
+    /// spent.
+    pub async fn has_events_after(&self, after: Position) -> Result<bool, StoreError> {
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3))",
         )
         .bind(after.generation)
         .bind(after.tx_id)
         .bind(after.seq)
         .fetch_one(self.pool())
         .await?;
-        Ok(held)
+        Ok(any)
     }
 
     /// The position of the newest event that is safely readable now, or

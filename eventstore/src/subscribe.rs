@@ -158,9 +158,10 @@ impl Reader {
             return Ok(Some(batch.events));
         }
         let poll = self.store.options().poll_interval;
-        if self.store.held_back(self.position).await? {
-            // Committed events wait for an older open transaction; its end
-            // sends no notification if it wrote no events, so look again soon.
+        if self.store.has_events_after(self.position).await? {
+            // Committed events wait for an older open transaction (its end
+            // sends no notification if it wrote no events), or they became
+            // readable just after the read: look again soon.
             let wait = (*held_wait).min(poll);
             *held_wait = (*held_wait * 2).min(HELD_BACK_MAX_WAIT);
             self.wait_for_news(wait).await;

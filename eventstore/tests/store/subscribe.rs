@@ -44,9 +44,9 @@ async fn waiting_subscriber(pool: PgPool) -> (EventStore, tokio::task::JoinHandl
 /// build from hanging: appended events are held back while any older
 /// writing transaction of the cluster is open, and tests beside this one in
 /// other databases hold such transactions, so on a loaded machine the wait
-/// can be long. If it runs out, the message says whether the events were
-/// held back and by which transactions, and whether the subscriber was
-/// listening at all.
+/// can be long. If it runs out, the message says whether the events are in
+/// the log, which transactions could hold them back, and whether the
+/// subscriber was listening at all.
 async fn first_batch(
     store: &EventStore,
     pool: &PgPool,
@@ -55,7 +55,7 @@ async fn first_batch(
     match tokio::time::timeout(Duration::from_secs(300), waiter).await {
         Ok(count) => count.expect("task"),
         Err(_) => {
-            let held = store.held_back(Position::START).await;
+            let pending = store.has_events_after(Position::START).await;
             let open: Vec<String> = sqlx::query_scalar(
                 "SELECT format('pid %s in %s, xid %s, since %s: %s',
                                pid, datname, backend_xid, xact_start, left(query, 80))
@@ -72,7 +72,7 @@ async fn first_batch(
             .fetch_one(pool)
             .await;
             panic!(
-                "no batch: held back {held:?}; listening connections {listening:?}; \
+                "no batch: events in the log {pending:?}; listening connections {listening:?}; \
                  transactions with an xid: {open:?}"
             );
         }
