@@ -142,11 +142,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "vector_store",
             timed(async {
                 let store = (search.store)().await.map_err(|e| e.to_string())?;
-                let n = store
-                    .count(vectors::Collection::Code)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(format!("{} store, {n} code points", store.kind()))
+                let mut counts = Vec::with_capacity(vectors::Collection::ALL.len());
+                for collection in vectors::Collection::ALL {
+                    let n = store.count(collection).await.map_err(|e| e.to_string())?;
+                    counts.push(format!("{collection} {n}"));
+                }
+                Ok(format!(
+                    "{} store, points: {}",
+                    store.kind(),
+                    counts.join(", ")
+                ))
             })
             .await,
         ));

@@ -128,6 +128,18 @@ async fn search_finds_only_what_the_caller_may_see(pool: PgPool) {
         )
         .await;
     assert_eq!(wrong.problem(400)["parameter"], "vector");
+    // Readiness counts the points of every collection, not one of them.
+    let ready = stack.get_with("/readyz", None, &[]).await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    let store = ready.body["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == "vector_store"))
+        .expect("a vector_store check");
+    let detail = store["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("conversations 2") && detail.contains("documentation 1"),
+        "{detail}"
+    );
     stack.finish().await;
     let _ = std::fs::remove_dir_all(dir);
 }
