@@ -1,6 +1,8 @@
 //! `bench commands`: 32 agents sending `conversation.append_message` over
 //! request/reply to an in-process command service, beside a bare NATS echo
-//! responder and bare single-row INSERTs at the same concurrency.
+//! responder, bare single-row INSERTs at the same concurrency, and the floor
+//! of the two together (a responder that only group-commits a bare row per
+//! request, see `floor`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use uuid::Uuid;
 
 use super::append::{bare_writer, create_bare_table, drive, RunResult};
 use super::cpu::{CpuSpent, CpuTimes};
+use super::floor;
 use super::report::{Figure, Latencies};
 use super::scratch::{self, Scratch, ScratchDb};
 use crate::agent::AgentClient;
@@ -45,7 +48,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         max_in_flight: 256,
         auth_epochs: None,
     };
-    scratch::spawn_service(command_service::run(config, store, async move {
+    scratch::spawn_service(command_service::run(config, store.clone(), async move {
         let _ = stopped.await;
     }));
     let client = async_nats::connect(&settings.nats.url)
@@ -86,21 +89,37 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             }
         }
     });
+    let floor_subject = format!("{prefix}.floor");
+    let floor =
+        floor::spawn_grouped_insert(client.clone(), floor_subject.clone(), pool.clone()).await?;
+    let store_floor_subject = format!("{prefix}.store_floor");
+    let store_floor = floor::spawn_store_append(
+        client.clone(),
+        store_floor_subject.clone(),
+        store.clone(),
+        AGENTS,
+    )
+    .await?;
     let payload: bytes::Bytes = domain::codec::encode(&json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"content": "x".repeat(120)}}))?.into();
 
-    // The three workloads take turns, so a machine whose speed drifts
+    // The four workloads take turns, so a machine whose speed drifts
     // during the run (a shared host does) weighs on each of them alike
     // instead of on whichever one it happened to overlap.
     let length = duration / TURNS;
     let mut commands = RunResult::default();
     let mut echoes = RunResult::default();
     let mut inserts = RunResult::default();
-    let (mut commands_cpu, mut echoes_cpu, mut inserts_cpu) = (
+    let mut floors = RunResult::default();
+    let mut store_floors = RunResult::default();
+    let mut store_floors_cpu = Some(CpuSpent::default());
+    let (mut commands_cpu, mut echoes_cpu, mut inserts_cpu, mut floors_cpu) = (
+        Some(CpuSpent::default()),
         Some(CpuSpent::default()),
         Some(CpuSpent::default()),
         Some(CpuSpent::default()),
     );
     let mut batches = BatchTotals::default();
+    let mut store_batches = BatchTotals::default();
     for turn in 1..=TURNS {
         progress.set_message(format!(
             "turn {turn}/{TURNS}: {AGENTS} agents sending conversation.append_message"
@@ -139,13 +158,56 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             )
             .await?,
         );
+
+        progress.set_message(format!(
+            "turn {turn}/{TURNS}: NATS requests group-committed as bare rows"
+        ));
+        floors.absorb(
+            measured(
+                &mut floors_cpu,
+                drive(AGENTS, length, |_| {
+                    request_echoes(
+                        client.clone(),
+                        floor_subject.clone(),
+                        payload.clone(),
+                        length,
+                    )
+                }),
+            )
+            .await?,
+        );
+
+        progress.set_message(format!(
+            "turn {turn}/{TURNS}: NATS requests appended by the event store"
+        ));
+        let before = BatchTotals::now();
+        store_floors.absorb(
+            measured(
+                &mut store_floors_cpu,
+                drive(AGENTS, length, |_| {
+                    request_echoes(
+                        client.clone(),
+                        store_floor_subject.clone(),
+                        payload.clone(),
+                        length,
+                    )
+                }),
+            )
+            .await?,
+        );
+        store_batches.add(&before, &BatchTotals::now());
     }
     echo.abort();
+    floor.abort();
+    store_floor.abort();
     progress.finish_and_clear();
     let batches = batches.means();
+    let store_batches = store_batches.means();
     let commands_cpu = commands_cpu.and_then(|spent| spent.per_op(commands.events));
     let echoes_cpu = echoes_cpu.and_then(|spent| spent.per_op(echoes.events));
     let inserts_cpu = inserts_cpu.and_then(|spent| spent.per_op(inserts.events));
+    let floors_cpu = floors_cpu.and_then(|spent| spent.per_op(floors.events));
+    let store_floors_cpu = store_floors_cpu.and_then(|spent| spent.per_op(store_floors.events));
 
     let _ = stop.send(());
     scratch::end_services(Duration::from_secs(60)).await;
@@ -168,6 +230,36 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             "bare_insert.w32.e1.per_s",
             inserts.events_per_s(),
         ),
+        Figure::compared(
+            "commands.append_message.w32.per_s",
+            rate,
+            "cmds/s",
+            "nats_grouped_insert.w32.per_s",
+            floors.events_per_s(),
+        ),
+        Figure::compared(
+            "commands.append_message.w32.per_s",
+            rate,
+            "cmds/s",
+            "nats_store_append.w32.per_s",
+            store_floors.events_per_s(),
+        ),
+        Figure::compared(
+            "nats_store_append.w32.per_s",
+            store_floors.events_per_s(),
+            "ops/s",
+            "bare_insert.w32.e1.per_s",
+            inserts.events_per_s(),
+        ),
+        // The floor against the bare INSERT: what a command service that
+        // did no work of its own could reach here at best.
+        Figure::compared(
+            "nats_grouped_insert.w32.per_s",
+            floors.events_per_s(),
+            "ops/s",
+            "bare_insert.w32.e1.per_s",
+            inserts.events_per_s(),
+        ),
     ];
     for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
         figures.push(Figure::compared(
@@ -184,6 +276,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     for (baseline, spent) in [
         ("bare_insert.w32.e1", inserts_cpu),
         ("nats_echo.w32", echoes_cpu),
+        ("nats_grouped_insert.w32", floors_cpu),
+        ("nats_store_append.w32", store_floors_cpu),
     ] {
         let (Some(commands), Some(spent)) = (commands_cpu, spent) else {
             continue;
@@ -201,9 +295,28 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             ));
         }
     }
+    for (name, floor) in [
+        ("nats_grouped_insert.w32", floors_cpu),
+        ("nats_store_append.w32", store_floors_cpu),
+    ] {
+        if let (Some(floor), Some(insert)) = (floor, inserts_cpu) {
+            figures.push(Figure::compared(
+                format!("{name}.machine_cpu"),
+                floor.machine_us,
+                "us/op",
+                "bare_insert.w32.e1.machine_cpu",
+                insert.machine_us,
+            ));
+        }
+    }
     figures.push(Figure::alone(
         "commands.append_message.w32.appends_per_commit",
         batches.appends,
+        "appends",
+    ));
+    figures.push(Figure::alone(
+        "nats_store_append.w32.appends_per_commit",
+        store_batches.appends,
         "appends",
     ));
     figures.push(Figure::alone(

@@ -5,6 +5,7 @@
 mod append;
 mod commands;
 mod cpu;
+mod floor;
 mod query;
 mod replay;
 mod report;

@@ -1,6 +1,8 @@
-//! A bench interrupted halfway (Ctrl-C) removes what it made on the
-//! servers (its scratch database, its JetStream streams, its Redis keys)
-//! and exits with an error instead of printing figures.
+//! `copilot-data bench` as a user runs it: a short run prints every figure
+//! beside its baselines, and a bench interrupted halfway (Ctrl-C) removes
+//! what it made on the servers (its scratch database, its JetStream
+//! streams, its Redis keys) and exits with an error instead of printing
+//! figures.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -117,6 +119,60 @@ async fn interrupt(bench: tokio::process::Child) {
     assert!(
         exit.stdout.is_empty(),
         "an interrupted bench prints no figures"
+    );
+}
+
+/// The commands workload measures all four baselines (each a responder of
+/// its own in the bench) in the same run, and leaves no database behind.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn bench_commands_reports_the_rate_beside_every_baseline(pool: PgPool) {
+    let _turn = ONE_BENCH_AT_A_TIME.lock().await;
+    let url = common::database_url(&pool).await;
+    let before = bench_databases(&pool).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_copilot-data"))
+        .args(["bench", "commands", "--seconds", "2", "--json"])
+        .env("COPILOT_DATABASE_URL", url)
+        .env("COPILOT_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run copilot-data bench commands");
+    assert!(
+        output.status.success(),
+        "bench commands failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("--json prints a JSON array");
+    let rate_against = |baseline: &str| {
+        figures
+            .iter()
+            .find(|f| {
+                f["name"] == "commands.append_message.w32.per_s" && f["baseline_name"] == baseline
+            })
+            .unwrap_or_else(|| panic!("no commands rate against {baseline}: {figures:?}"))
+    };
+    for baseline in [
+        "nats_echo.w32.per_s",
+        "bare_insert.w32.e1.per_s",
+        "nats_grouped_insert.w32.per_s",
+        "nats_store_append.w32.per_s",
+    ] {
+        let figure = rate_against(baseline);
+        let (value, base, ratio) = (
+            figure["value"].as_f64().unwrap_or_default(),
+            figure["baseline_value"].as_f64().unwrap_or_default(),
+            figure["ratio"].as_f64().unwrap_or_default(),
+        );
+        assert!(value > 0.0 && base > 0.0, "{figure}");
+        assert!(
+            (ratio - value / base).abs() <= 0.01 * ratio.max(1.0),
+            "the ratio is the rate over the baseline's: {figure}"
+        );
+    }
+    assert!(
+        bench_databases(&pool).await.is_subset(&before),
+        "the bench left its database behind"
     );
 }
 

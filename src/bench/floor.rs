@@ -1,0 +1,126 @@
+//! The floor under a command, for `bench commands`: a NATS responder that
+//! does nothing but store each request durably as one bare row, grouping
+//! the requests that arrive together into one multi-row INSERT with one
+//! transaction in flight (the command service's group commit without any
+//! of its work: no decoding, authentication, deciding, checks or indexes).
+//! Any service that answers over NATS only after the command is committed
+//! pays at least this, so its rate bounds what the service could reach on
+//! the same machine in the same run.
+
+use futures_util::{FutureExt as _, StreamExt as _};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The largest group: the bench's 32 agents can have no more in flight.
+const MAX_GROUP: usize = 64;
+
+/// Starts the responder on `subject`. It holds one connection for its whole
+/// life (as the event store's committers do) and ends when the
+/// subscription does or the task is aborted.
+pub(super) async fn spawn_grouped_insert(
+    client: async_nats::Client,
+    subject: String,
+    pool: PgPool,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let mut connection = pool.acquire().await?;
+    let mut requests = client.subscribe(subject).await?;
+    Ok(tokio::spawn(async move {
+        let stream = Uuid::now_v7();
+        let mut version = 0i64;
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = requests.next().await {
+            group.push(first);
+            // What arrived while the last group was committing joins this
+            // one, without waiting for more.
+            while group.len() < MAX_GROUP {
+                match requests.next().now_or_never() {
+                    Some(Some(message)) => group.push(message),
+                    _ => break,
+                }
+            }
+            let versions: Vec<i64> = (1..=group.len() as i64).map(|i| version + i).collect();
+            version += group.len() as i64;
+            let ids: Vec<Uuid> = group.iter().map(|_| Uuid::now_v7()).collect();
+            let payloads: Vec<&[u8]> = group.iter().map(|m| m.payload.as_ref()).collect();
+            sqlx::query(
+                "INSERT INTO bench_bare_events
+                    (stream_id, version, event_id, stream_type, event_type, schema_version, payload, metadata)
+                 SELECT $1, v, id, 'conversation', 'message_appended', 1, p, '{}'
+                   FROM unnest($2::bigint[], $3::uuid[], $4::bytea[]) AS t(v, id, p)",
+            )
+            .bind(stream)
+            .bind(&versions)
+            .bind(&ids)
+            .bind(&payloads)
+            .execute(&mut *connection)
+            .await?;
+            for message in group.drain(..) {
+                if let Some(reply) = message.reply {
+                    client.publish(reply, bytes::Bytes::new()).await?;
+                }
+            }
+        }
+        Ok(())
+    }))
+}
+
+/// The same round trip with the event store's own append in place of the
+/// bare row: each request appends one event through the store's group
+/// commit (its statement, indexes and checks), to one of as many streams as
+/// there are agents, as a conversation per agent does. Between this and
+/// the bare floor is the store's cost; between this and a command is the
+/// service's own work.
+pub(super) async fn spawn_store_append(
+    client: async_nats::Client,
+    subject: String,
+    store: eventstore::EventStore,
+    streams: usize,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
+    use std::sync::{Arc, Mutex};
+
+    let mut requests = client.subscribe(subject).await?;
+    let free: Arc<Mutex<Vec<(Uuid, u64)>>> = Arc::new(Mutex::new(
+        (0..streams).map(|_| (Uuid::now_v7(), 0)).collect(),
+    ));
+    Ok(tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let taken = free.lock().ok().and_then(|mut free| free.pop());
+            let Some((stream, version)) = taken else {
+                anyhow::bail!("more requests in flight than streams");
+            };
+            let (store, client, free) = (store.clone(), client.clone(), Arc::clone(&free));
+            tokio::spawn(async move {
+                let request = AppendRequest {
+                    stream_id: stream,
+                    stream_type: "conversation".into(),
+                    expected: ExpectedVersion::Exact(version),
+                    events: vec![NewEvent::new(
+                        "message_appended",
+                        1,
+                        message.payload.to_vec(),
+                    )],
+                    metadata: Metadata {
+                        command_id: Some(Uuid::now_v7()),
+                        ..Metadata::default()
+                    },
+                };
+                let version = match store.append(&request).await {
+                    Ok(outcome) => outcome.version,
+                    Err(error) => {
+                        tracing::warn!(%error, "the store floor's append failed");
+                        version
+                    }
+                };
+                if let Ok(mut free) = free.lock() {
+                    free.push((stream, version));
+                }
+                if let Some(reply) = message.reply {
+                    let _ = client.publish(reply, bytes::Bytes::new()).await;
+                }
+            });
+        }
+        Ok(())
+    }))
+}
