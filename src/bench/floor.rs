@@ -106,18 +106,20 @@ pub(super) async fn spawn_store_append(
                         ..Metadata::default()
                     },
                 };
-                let version = match store.append(&request).await {
-                    Ok(outcome) => outcome.version,
-                    Err(error) => {
-                        tracing::warn!(%error, "the store floor's append failed");
-                        version
-                    }
-                };
+                // Only a stored append is answered: a failed one leaves its
+                // requester to time out, and the bench to fail, rather than
+                // count as done.
+                let appended = store.append(&request).await;
+                let version = appended.as_ref().map_or(version, |outcome| outcome.version);
                 if let Ok(mut free) = free.lock() {
                     free.push((stream, version));
                 }
-                if let Some(reply) = message.reply {
-                    let _ = client.publish(reply, bytes::Bytes::new()).await;
+                match (appended, message.reply) {
+                    (Ok(_), Some(reply)) => {
+                        let _ = client.publish(reply, bytes::Bytes::new()).await;
+                    }
+                    (Err(error), _) => tracing::warn!(%error, "the store floor's append failed"),
+                    (Ok(_), None) => {}
                 }
             });
         }
