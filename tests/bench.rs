@@ -122,7 +122,7 @@ async fn interrupt(bench: tokio::process::Child) {
     );
 }
 
-/// The commands workload measures all four baselines (each a responder of
+/// The commands workload measures all five baselines (each a responder of
 /// its own in the bench) in the same run, and leaves no database behind.
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn bench_commands_reports_the_rate_beside_every_baseline(pool: PgPool) {
@@ -156,6 +156,7 @@ async fn bench_commands_reports_the_rate_beside_every_baseline(pool: PgPool) {
         "nats_echo.w32.per_s",
         "bare_insert.w32.e1.per_s",
         "nats_grouped_insert.w32.per_s",
+        "nats_set_append_loop.w32.per_s",
         "nats_store_append.w32.per_s",
     ] {
         let figure = rate_against(baseline);

@@ -90,35 +90,45 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             }
         }
     });
-    let floor_subject = format!("{prefix}.floor");
     let floor =
-        floor::spawn_grouped_insert(client.clone(), floor_subject.clone(), pool.clone()).await?;
-    let store_floor_subject = format!("{prefix}.store_floor");
+        floor::spawn_grouped_insert(client.clone(), format!("{prefix}.floor"), pool.clone())
+            .await?;
+    let set_loop =
+        floor::spawn_set_append_loop(client.clone(), format!("{prefix}.set_floor"), store.clone())
+            .await?;
     let store_floor = floor::spawn_store_append(
         client.clone(),
-        store_floor_subject.clone(),
+        format!("{prefix}.store_floor"),
         store.clone(),
         AGENTS,
     )
     .await?;
     let payload: bytes::Bytes = domain::codec::encode(&json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": {"content": "x".repeat(120)}}))?.into();
 
-    // The five workloads take turns, so a machine whose speed drifts
-    // during the run (a shared host does) weighs on each of them alike
-    // instead of on whichever one it happened to overlap.
+    // The workloads take turns, so a machine whose speed drifts during the
+    // run (a shared host does) weighs on each of them alike instead of on
+    // whichever one it happened to overlap.
     let length = duration / TURNS;
     let mut commands = RunResult::default();
-    let mut echoes = RunResult::default();
     let mut inserts = RunResult::default();
-    let mut floors = RunResult::default();
-    let mut store_floors = RunResult::default();
-    let (mut commands_cpu, mut echoes_cpu, mut inserts_cpu, mut floors_cpu, mut store_floors_cpu) = (
-        Some(CpuSpent::default()),
-        Some(CpuSpent::default()),
-        Some(CpuSpent::default()),
-        Some(CpuSpent::default()),
-        Some(CpuSpent::default()),
-    );
+    let (mut commands_cpu, mut inserts_cpu) =
+        (Some(CpuSpent::default()), Some(CpuSpent::default()));
+    // The responders the same requests go to, each its own workload.
+    let mut responders = [
+        Responder::new(&echo_subject, "bare NATS echo"),
+        Responder::new(
+            &format!("{prefix}.floor"),
+            "NATS requests group-committed as bare rows",
+        ),
+        Responder::new(
+            &format!("{prefix}.set_floor"),
+            "NATS requests group-committed by the store's set append, in one loop",
+        ),
+        Responder::new(
+            &format!("{prefix}.store_floor"),
+            "NATS requests appended through the event store",
+        ),
+    ];
     let mut batches = BatchTotals::default();
     let mut store_batches = BatchTotals::default();
     for turn in 1..=TURNS {
@@ -135,22 +145,6 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         );
         batches.add(&before, &BatchTotals::now());
 
-        progress.set_message(format!("turn {turn}/{TURNS}: bare NATS echo"));
-        echoes.absorb(
-            measured(
-                &mut echoes_cpu,
-                drive(AGENTS, length, |_| {
-                    request_echoes(
-                        client.clone(),
-                        echo_subject.clone(),
-                        payload.clone(),
-                        length,
-                    )
-                }),
-            )
-            .await?,
-        );
-
         progress.set_message(format!("turn {turn}/{TURNS}: bare single-row INSERTs"));
         inserts.absorb(
             measured(
@@ -160,55 +154,42 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             .await?,
         );
 
-        progress.set_message(format!(
-            "turn {turn}/{TURNS}: NATS requests group-committed as bare rows"
-        ));
-        floors.absorb(
-            measured(
-                &mut floors_cpu,
-                drive(AGENTS, length, |_| {
-                    request_echoes(
-                        client.clone(),
-                        floor_subject.clone(),
-                        payload.clone(),
-                        length,
-                    )
-                }),
-            )
-            .await?,
-        );
-
-        progress.set_message(format!(
-            "turn {turn}/{TURNS}: NATS requests appended by the event store"
-        ));
-        let before = BatchTotals::now();
-        store_floors.absorb(
-            measured(
-                &mut store_floors_cpu,
-                drive(AGENTS, length, |_| {
-                    request_echoes(
-                        client.clone(),
-                        store_floor_subject.clone(),
-                        payload.clone(),
-                        length,
-                    )
-                }),
-            )
-            .await?,
-        );
-        store_batches.add(&before, &BatchTotals::now());
+        for responder in &mut responders {
+            progress.set_message(format!("turn {turn}/{TURNS}: {}", responder.label));
+            let before = BatchTotals::now();
+            responder.run.absorb(
+                measured(
+                    &mut responder.cpu,
+                    drive(AGENTS, length, |_| {
+                        request_echoes(
+                            client.clone(),
+                            responder.subject.clone(),
+                            payload.clone(),
+                            length,
+                        )
+                    }),
+                )
+                .await?,
+            );
+            // Only the store's own group commit moves these counters, so
+            // they gain only in the store floor's turns.
+            store_batches.add(&before, &BatchTotals::now());
+        }
     }
     echo.abort();
     floor.abort();
+    set_loop.0.abort();
     store_floor.abort();
     progress.finish_and_clear();
     let batches = batches.means();
     let store_batches = store_batches.means();
     let commands_cpu = commands_cpu.and_then(|spent| spent.per_op(commands.events));
-    let echoes_cpu = echoes_cpu.and_then(|spent| spent.per_op(echoes.events));
     let inserts_cpu = inserts_cpu.and_then(|spent| spent.per_op(inserts.events));
-    let floors_cpu = floors_cpu.and_then(|spent| spent.per_op(floors.events));
-    let store_floors_cpu = store_floors_cpu.and_then(|spent| spent.per_op(store_floors.events));
+    let [echoes, floors, set_floors, store_floors] = responders.map(Responder::finish);
+    let (mut echoes, echoes_cpu) = echoes;
+    let (floors, floors_cpu) = floors;
+    let (set_floors, set_floors_cpu) = set_floors;
+    let (store_floors, store_floors_cpu) = store_floors;
 
     let _ = stop.send(());
     scratch::end_services(Duration::from_secs(60)).await;
@@ -242,12 +223,26 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             "commands.append_message.w32.per_s",
             rate,
             "cmds/s",
+            "nats_set_append_loop.w32.per_s",
+            set_floors.events_per_s(),
+        ),
+        Figure::compared(
+            "commands.append_message.w32.per_s",
+            rate,
+            "cmds/s",
             "nats_store_append.w32.per_s",
             store_floors.events_per_s(),
         ),
         Figure::compared(
             "nats_store_append.w32.per_s",
             store_floors.events_per_s(),
+            "ops/s",
+            "bare_insert.w32.e1.per_s",
+            inserts.events_per_s(),
+        ),
+        Figure::compared(
+            "nats_set_append_loop.w32.per_s",
+            set_floors.events_per_s(),
             "ops/s",
             "bare_insert.w32.e1.per_s",
             inserts.events_per_s(),
@@ -278,6 +273,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         ("bare_insert.w32.e1", inserts_cpu),
         ("nats_echo.w32", echoes_cpu),
         ("nats_grouped_insert.w32", floors_cpu),
+        ("nats_set_append_loop.w32", set_floors_cpu),
         ("nats_store_append.w32", store_floors_cpu),
     ] {
         let (Some(commands), Some(spent)) = (commands_cpu, spent) else {
@@ -298,6 +294,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     }
     for (name, floor) in [
         ("nats_grouped_insert.w32", floors_cpu),
+        ("nats_set_append_loop.w32", set_floors_cpu),
         ("nats_store_append.w32", store_floors_cpu),
     ] {
         if let (Some(floor), Some(insert)) = (floor, inserts_cpu) {
@@ -316,6 +313,11 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         "appends",
     ));
     figures.push(Figure::alone(
+        "nats_set_append_loop.w32.appends_per_commit",
+        set_loop.1.mean(),
+        "appends",
+    ));
+    figures.push(Figure::alone(
         "nats_store_append.w32.appends_per_commit",
         store_batches.appends,
         "appends",
@@ -331,6 +333,31 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         "share",
     ));
     Ok(figures)
+}
+
+/// A workload of requests to one responder: what its turns measured.
+struct Responder {
+    subject: String,
+    label: &'static str,
+    run: RunResult,
+    cpu: Option<CpuSpent>,
+}
+
+impl Responder {
+    fn new(subject: &str, label: &'static str) -> Self {
+        Responder {
+            subject: subject.to_owned(),
+            label,
+            run: RunResult::default(),
+            cpu: Some(CpuSpent::default()),
+        }
+    }
+
+    /// The turns together, and the CPU per request (if `/proc` was read).
+    fn finish(self) -> (RunResult, Option<super::cpu::CpuPerOp>) {
+        let cpu = self.cpu.and_then(|spent| spent.per_op(self.run.events));
+        (self.run, cpu)
+    }
 }
 
 /// Runs `phase` and adds the CPU it spent to `spent` (which becomes `None`

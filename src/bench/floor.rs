@@ -7,6 +7,9 @@
 //! pays at least this, so its rate bounds what the service could reach on
 //! the same machine in the same run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use futures_util::{FutureExt as _, StreamExt as _};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -78,7 +81,7 @@ pub(super) async fn spawn_store_append(
     streams: usize,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     let mut requests = client.subscribe(subject).await?;
     let free: Arc<Mutex<Vec<(Uuid, u64)>>> = Arc::new(Mutex::new(
@@ -125,4 +128,99 @@ pub(super) async fn spawn_store_append(
         }
         Ok(())
     }))
+}
+
+/// Groups written and the rows in them, for the mean group size.
+#[derive(Default)]
+pub(super) struct Groups {
+    groups: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl Groups {
+    fn add(&self, rows: usize) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn mean(&self) -> f64 {
+        let groups = self.groups.load(Ordering::Relaxed);
+        if groups == 0 {
+            0.0
+        } else {
+            self.rows.load(Ordering::Relaxed) as f64 / groups as f64
+        }
+    }
+}
+
+/// Between the two floors: the first floor's one loop (what arrived while
+/// the last group committed, written together, then every answer), but
+/// each group written by the event store's own set-append statement (its
+/// locks, probes and indexes), one stream per request as the agents'
+/// conversations are, on the store's committer connections. Against
+/// [`spawn_store_append`] it separates the statement's cost from the cost
+/// of the path around it (a task, a channel and an answer per request, and
+/// the batches that path gathers).
+pub(super) async fn spawn_set_append_loop(
+    client: async_nats::Client,
+    subject: String,
+    store: eventstore::EventStore,
+) -> anyhow::Result<(JoinHandle<anyhow::Result<()>>, Arc<Groups>)> {
+    use eventstore::{AppendArgs, AppendRequest, ExpectedVersion, Metadata, NewEvent};
+
+    let mut requests = client.subscribe(subject).await?;
+    let statement =
+        eventstore::set_append::statement("    SELECT req.*, NULL::text AS blocked FROM req");
+    let groups = Arc::new(Groups::default());
+    let counted = Arc::clone(&groups);
+    let task = tokio::spawn(async move {
+        // A group's i-th request goes to stream i, so no stream is named
+        // twice in a statement (the set append's condition).
+        let mut streams: Vec<(Uuid, u64)> = (0..MAX_GROUP).map(|_| (Uuid::now_v7(), 0)).collect();
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = requests.next().await {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match requests.next().now_or_never() {
+                    Some(Some(message)) => group.push(message),
+                    _ => break,
+                }
+            }
+            let appends: Vec<AppendRequest> = group
+                .iter()
+                .zip(&streams)
+                .map(|(message, (stream, version))| AppendRequest {
+                    stream_id: *stream,
+                    stream_type: "conversation".into(),
+                    expected: ExpectedVersion::Exact(*version),
+                    events: vec![NewEvent::new(
+                        "message_appended",
+                        1,
+                        message.payload.to_vec(),
+                    )],
+                    metadata: Metadata {
+                        command_id: Some(Uuid::now_v7()),
+                        ..Metadata::default()
+                    },
+                })
+                .collect();
+            let refs: Vec<&AppendRequest> = appends.iter().collect();
+            let rows = AppendArgs::new(&refs)?
+                .fetch_all(store.committers(), &statement, &statement, |q| q)
+                .await?;
+            for row in &rows {
+                let status: String = sqlx::Row::try_get(row, "status")?;
+                anyhow::ensure!(status == "ok", "the set-append floor's append was {status}");
+            }
+            counted.add(group.len());
+            for ((_, version), message) in streams.iter_mut().zip(group.drain(..)) {
+                *version += 1;
+                if let Some(reply) = message.reply {
+                    client.publish(reply, bytes::Bytes::new()).await?;
+                }
+            }
+        }
+        Ok(())
+    });
+    Ok((task, groups))
 }
