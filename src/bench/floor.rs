@@ -1,11 +1,14 @@
-//! The floor under a command, for `bench commands`: a NATS responder that
-//! does nothing but store each request durably as one bare row, grouping
-//! the requests that arrive together into one multi-row INSERT with one
-//! transaction in flight (the command service's group commit without any
-//! of its work: no decoding, authentication, deciding, checks or indexes).
-//! Any service that answers over NATS only after the command is committed
-//! pays at least this, so its rate bounds what the service could reach on
-//! the same machine in the same run.
+//! The floors under a command, for `bench commands`: NATS responders that
+//! do nothing but store each request durably, grouping the requests that
+//! arrive together, with one transaction in flight. The lowest
+//! ([`spawn_grouped_insert`]) writes bare rows with one multi-row INSERT:
+//! the command service's group commit without any of its work (no
+//! decoding, authentication, deciding, checks or indexes). Any service that
+//! answers over NATS only after the command is committed pays at least
+//! this, so its rate bounds what the service could reach on the same
+//! machine in the same run. The other two put back the event store's part,
+//! first its statement alone ([`spawn_set_append_loop`]), then its whole
+//! append path ([`spawn_store_append`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
