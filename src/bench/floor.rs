@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
 use futures_util::{FutureExt as _, StreamExt as _};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -20,6 +21,45 @@ use uuid::Uuid;
 
 /// The largest group: the bench's 32 agents can have no more in flight.
 const MAX_GROUP: usize = 64;
+
+/// Waits for the next request and adds it to the empty `group` with
+/// every request that arrived while the last group was committing, without
+/// waiting for more. False once the subscription has ended.
+async fn next_group(
+    requests: &mut async_nats::Subscriber,
+    group: &mut Vec<async_nats::Message>,
+) -> bool {
+    let Some(first) = requests.next().await else {
+        return false;
+    };
+    group.push(first);
+    while group.len() < MAX_GROUP {
+        match requests.next().now_or_never() {
+            Some(Some(message)) => group.push(message),
+            _ => break,
+        }
+    }
+    true
+}
+
+/// A floor's append: the request's payload as one event at `version + 1`
+/// of `stream`, under a command id of its own.
+fn one_event(stream: Uuid, version: u64, message: &async_nats::Message) -> AppendRequest {
+    AppendRequest {
+        stream_id: stream,
+        stream_type: "conversation".into(),
+        expected: ExpectedVersion::Exact(version),
+        events: vec![NewEvent::new(
+            "message_appended",
+            1,
+            message.payload.to_vec(),
+        )],
+        metadata: Metadata {
+            command_id: Some(Uuid::now_v7()),
+            ..Metadata::default()
+        },
+    }
+}
 
 /// Starts the responder on `subject`. It holds one connection for its whole
 /// life (as the event store's committers do) and ends when the
@@ -35,16 +75,7 @@ pub(super) async fn spawn_grouped_insert(
         let stream = Uuid::now_v7();
         let mut version = 0i64;
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = requests.next().await {
-            group.push(first);
-            // What arrived while the last group was committing joins this
-            // one, without waiting for more.
-            while group.len() < MAX_GROUP {
-                match requests.next().now_or_never() {
-                    Some(Some(message)) => group.push(message),
-                    _ => break,
-                }
-            }
+        while next_group(&mut requests, &mut group).await {
             let versions: Vec<i64> = (1..=group.len() as i64).map(|i| version + i).collect();
             version += group.len() as i64;
             let ids: Vec<Uuid> = group.iter().map(|_| Uuid::now_v7()).collect();
@@ -83,7 +114,6 @@ pub(super) async fn spawn_store_append(
     store: eventstore::EventStore,
     streams: usize,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
     use std::sync::Mutex;
 
     let mut requests = client.subscribe(subject).await?;
@@ -98,20 +128,7 @@ pub(super) async fn spawn_store_append(
             };
             let (store, client, free) = (store.clone(), client.clone(), Arc::clone(&free));
             tokio::spawn(async move {
-                let request = AppendRequest {
-                    stream_id: stream,
-                    stream_type: "conversation".into(),
-                    expected: ExpectedVersion::Exact(version),
-                    events: vec![NewEvent::new(
-                        "message_appended",
-                        1,
-                        message.payload.to_vec(),
-                    )],
-                    metadata: Metadata {
-                        command_id: Some(Uuid::now_v7()),
-                        ..Metadata::default()
-                    },
-                };
+                let request = one_event(stream, version, &message);
                 // Only a stored append is answered: a failed one leaves its
                 // requester to time out, and the bench to fail, rather than
                 // count as done.
@@ -169,7 +186,7 @@ pub(super) async fn spawn_set_append_loop(
     subject: String,
     store: eventstore::EventStore,
 ) -> anyhow::Result<(JoinHandle<anyhow::Result<()>>, Arc<Groups>)> {
-    use eventstore::{AppendArgs, AppendRequest, ExpectedVersion, Metadata, NewEvent};
+    use eventstore::AppendArgs;
 
     let mut requests = client.subscribe(subject).await?;
     let statement =
@@ -181,31 +198,11 @@ pub(super) async fn spawn_set_append_loop(
         // twice in a statement (the set append's condition).
         let mut streams: Vec<(Uuid, u64)> = (0..MAX_GROUP).map(|_| (Uuid::now_v7(), 0)).collect();
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = requests.next().await {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match requests.next().now_or_never() {
-                    Some(Some(message)) => group.push(message),
-                    _ => break,
-                }
-            }
+        while next_group(&mut requests, &mut group).await {
             let appends: Vec<AppendRequest> = group
                 .iter()
                 .zip(&streams)
-                .map(|(message, (stream, version))| AppendRequest {
-                    stream_id: *stream,
-                    stream_type: "conversation".into(),
-                    expected: ExpectedVersion::Exact(*version),
-                    events: vec![NewEvent::new(
-                        "message_appended",
-                        1,
-                        message.payload.to_vec(),
-                    )],
-                    metadata: Metadata {
-                        command_id: Some(Uuid::now_v7()),
-                        ..Metadata::default()
-                    },
-                })
+                .map(|(message, &(stream, version))| one_event(stream, version, message))
                 .collect();
             let refs: Vec<&AppendRequest> = appends.iter().collect();
             let rows = AppendArgs::new(&refs)?
