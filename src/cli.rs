@@ -126,9 +126,9 @@ pub enum Workload {
     /// beside bare INSERTs and a sequential scan.
     Append,
     /// 32 agents sending commands over NATS request/reply, beside a bare
-    /// NATS echo responder, bare single-row INSERTs, and two floors: NATS
-    /// requests group-committed as bare rows, and appended by the event
-    /// store.
+    /// NATS echo responder, bare single-row INSERTs, and three floors: NATS
+    /// requests group-committed as bare rows, by the event store's append
+    /// statement, and through its append call.
     Commands,
     /// Rebuild every SQL projection (audit log included) from a generated
     /// log (--events), beside a bare binary COPY of the same final rows.

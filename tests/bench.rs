@@ -64,14 +64,22 @@ async fn bench_keys(redis: &mut redis::aio::MultiplexedConnection) -> HashSet<St
     }
 }
 
-fn start_bench(workload: &str, url: String) -> tokio::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_copilot-data"))
-        .args(["bench", workload, "--seconds", "60"])
+/// `copilot-data bench` with `args`, against the database at `url`.
+fn bench(args: &[&str], url: String) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
+    command
+        .arg("bench")
+        .args(args)
         .env("COPILOT_DATABASE_URL", url)
         .env("COPILOT_LOG", "warn")
+        .kill_on_drop(true);
+    command
+}
+
+fn start_bench(workload: &str, url: String) -> tokio::process::Child {
+    bench(&[workload, "--seconds", "60"], url)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start copilot-data bench")
 }
@@ -129,11 +137,7 @@ async fn bench_commands_reports_the_rate_beside_every_baseline(pool: PgPool) {
     let _turn = ONE_BENCH_AT_A_TIME.lock().await;
     let url = common::database_url(&pool).await;
     let before = bench_databases(&pool).await;
-    let output = Command::new(env!("CARGO_BIN_EXE_copilot-data"))
-        .args(["bench", "commands", "--seconds", "2", "--json"])
-        .env("COPILOT_DATABASE_URL", url)
-        .env("COPILOT_LOG", "warn")
-        .kill_on_drop(true)
+    let output = bench(&["commands", "--seconds", "2", "--json"], url)
         .output()
         .await
         .expect("run copilot-data bench commands");

@@ -1,9 +1,9 @@
 //! `bench commands`: 32 agents sending `conversation.append_message` over
 //! request/reply to an in-process command service, beside a bare NATS echo
-//! responder, bare single-row INSERTs at the same concurrency, and two
-//! floors over the same round trip (responders that only group-commit a
-//! bare row, or only append an event through the store, per request; see
-//! `floor`).
+//! responder, bare single-row INSERTs at the same concurrency, and three
+//! floors over the same round trip (responders that only store each
+//! request: as a bare row, by the store's append statement, or through the
+//! store's append call; see `floor`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -90,15 +90,16 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             }
         }
     });
+    let [floor_subject, set_floor_subject, store_floor_subject] =
+        ["floor", "set_floor", "store_floor"].map(|name| format!("{prefix}.{name}"));
     let floor =
-        floor::spawn_grouped_insert(client.clone(), format!("{prefix}.floor"), pool.clone())
-            .await?;
-    let set_loop =
-        floor::spawn_set_append_loop(client.clone(), format!("{prefix}.set_floor"), store.clone())
+        floor::spawn_grouped_insert(client.clone(), floor_subject.clone(), pool.clone()).await?;
+    let (set_floor, set_floor_groups) =
+        floor::spawn_set_append_loop(client.clone(), set_floor_subject.clone(), store.clone())
             .await?;
     let store_floor = floor::spawn_store_append(
         client.clone(),
-        format!("{prefix}.store_floor"),
+        store_floor_subject.clone(),
         store.clone(),
         AGENTS,
     )
@@ -115,17 +116,14 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         (Some(CpuSpent::default()), Some(CpuSpent::default()));
     // The responders the same requests go to, each its own workload.
     let mut responders = [
-        Responder::new(&echo_subject, "bare NATS echo"),
+        Responder::new(echo_subject, "bare NATS echo"),
+        Responder::new(floor_subject, "NATS requests group-committed as bare rows"),
         Responder::new(
-            &format!("{prefix}.floor"),
-            "NATS requests group-committed as bare rows",
-        ),
-        Responder::new(
-            &format!("{prefix}.set_floor"),
+            set_floor_subject,
             "NATS requests group-committed by the store's set append, in one loop",
         ),
         Responder::new(
-            &format!("{prefix}.store_floor"),
+            store_floor_subject,
             "NATS requests appended through the event store",
         ),
     ];
@@ -178,7 +176,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     }
     echo.abort();
     floor.abort();
-    set_loop.0.abort();
+    set_floor.abort();
     store_floor.abort();
     progress.finish_and_clear();
     let batches = batches.means();
@@ -314,7 +312,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     ));
     figures.push(Figure::alone(
         "nats_set_append_loop.w32.appends_per_commit",
-        set_loop.1.mean(),
+        set_floor_groups.mean(),
         "appends",
     ));
     figures.push(Figure::alone(
@@ -344,9 +342,9 @@ struct Responder {
 }
 
 impl Responder {
-    fn new(subject: &str, label: &'static str) -> Self {
+    fn new(subject: String, label: &'static str) -> Self {
         Responder {
-            subject: subject.to_owned(),
+            subject,
             label,
             run: RunResult::default(),
             cpu: Some(CpuSpent::default()),
