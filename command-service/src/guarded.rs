@@ -63,7 +63,7 @@ impl From<StoreError> for GuardedError {
 static GUARDED_SET_APPEND: LazyLock<String> =
     LazyLock::new(|| eventstore::set_append::statement(include_str!("guarded_checks.sql")));
 
-type Entry = (AppendRequest, Guard);
+pub(crate) type Entry = (AppendRequest, Guard);
 type Guarded = Pending<Entry, Result<AppendOutcome, GuardedError>>;
 
 pub struct GuardedCommit {
@@ -111,7 +111,7 @@ async fn commit(store: EventStore, batch: Vec<Guarded>) {
 }
 
 /// One statement, one transaction: every entry's checks and append.
-async fn write(
+pub(crate) async fn write(
     store: &EventStore,
     entries: &[&Entry],
 ) -> Result<Vec<Result<AppendOutcome, GuardedError>>, StoreError> {

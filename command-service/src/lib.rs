@@ -8,6 +8,7 @@ pub mod envelope;
 mod guarded;
 pub mod handler;
 mod inline;
+mod lane;
 pub mod metrics;
 mod outcomes;
 mod replies;

@@ -73,7 +73,8 @@ pub fn metrics() -> &'static Metrics {
             fast_path: IntCounterVec::new(
                 Opts::new(
                     "copilot_command_fast_path_total",
-                    "Commands decided under a session verified before, by outcome",
+                    "Commands decided under a credential verified before, by outcome \
+                     (accepted in a task of their own or in the request/reply lane, or rechecked in full)",
                 ),
                 &["outcome"],
             )

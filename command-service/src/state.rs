@@ -5,37 +5,55 @@ use uuid::Uuid;
 
 use domain::Aggregate;
 
+type LockMap = std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Mutex<()>>>;
+
 /// One async mutex per aggregate with commands in flight.
 #[derive(Default)]
 pub(crate) struct AggregateLocks {
-    locks:
-        std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    locks: std::sync::Arc<std::sync::Mutex<LockMap>>,
 }
 
-pub(crate) struct Turn<'a> {
+/// An aggregate's turn, held until it is dropped. It owns what it needs, so
+/// a command waiting in the request/reply lane's batch can hold it.
+pub(crate) struct Turn {
     id: Uuid,
-    owner: &'a AggregateLocks,
+    owner: std::sync::Arc<std::sync::Mutex<LockMap>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl AggregateLocks {
-    pub(crate) async fn lock(&self, id: Uuid) -> Turn<'_> {
-        let lock = match self.locks.lock() {
+    fn mutex(&self, id: Uuid) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        match self.locks.lock() {
             Ok(mut map) => std::sync::Arc::clone(map.entry(id).or_default()),
             Err(poisoned) => std::sync::Arc::clone(poisoned.into_inner().entry(id).or_default()),
-        };
+        }
+    }
+
+    pub(crate) async fn lock(&self, id: Uuid) -> Turn {
+        let guard = self.mutex(id).lock_owned().await;
         Turn {
             id,
-            owner: self,
-            guard: Some(lock.lock_owned().await),
+            owner: std::sync::Arc::clone(&self.locks),
+            guard: Some(guard),
         }
+    }
+
+    /// The turn if nobody holds or waits for it now. (A mutex found held
+    /// stays in the map: whoever holds it forgets it when done.)
+    pub(crate) fn try_lock(&self, id: Uuid) -> Option<Turn> {
+        let guard = self.mutex(id).try_lock_owned().ok()?;
+        Some(Turn {
+            id,
+            owner: std::sync::Arc::clone(&self.locks),
+            guard: Some(guard),
+        })
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
-        if let Ok(mut map) = self.owner.locks.lock() {
+        if let Ok(mut map) = self.owner.lock() {
             // Forget the mutex when nobody else holds or waits for it.
             if map
                 .get(&self.id)

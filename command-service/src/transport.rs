@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::handler::{Handler, Incoming};
+use crate::lane;
 use crate::replies::{self, Reply};
 use crate::result::{CommandResult, Encoding, Status};
 use crate::{stream_names, ServiceConfig, ServiceError};
@@ -123,16 +124,33 @@ async fn rpc_loop(
     let mut in_flight = JoinSet::new();
     let (replies, sender) = replies::spawn(client);
     let prefix = format!("{}.rpc.", config.prefix);
+    let (lane, mut lane_task) = lane::spawn(Arc::clone(&handler), replies.clone(), prefix.clone());
+    let gauge = crate::metrics::metrics()
+        .in_flight
+        .with_label_values(&["rpc"]);
     loop {
         tokio::select! {
             message = subscription.next() => {
                 let Some(message) = message else { break };
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
-                let (replies, handler, prefix) = (replies.clone(), Arc::clone(&handler), prefix.clone());
+                gauge.inc();
+                // Decided here if it needs no waiting, and appended by the lane.
+                let prepared = handler.prepare(&incoming(&message, &prefix));
+                let (message, slot) = match prepared {
+                    Some(prepared) => match lane.send(lane::Queued { prepared, message, slot }) {
+                        Ok(()) => continue,
+                        // The lane is gone (it panicked): handle it in full.
+                        Err(mpsc::error::SendError(queued)) => {
+                            queued.prepared.abandon(&handler);
+                            (queued.message, queued.slot)
+                        }
+                    },
+                    None => (message, slot),
+                };
+                let (replies, handler, prefix, gauge) =
+                    (replies.clone(), Arc::clone(&handler), prefix.clone(), gauge.clone());
                 in_flight.spawn(async move {
-                    let gauge = crate::metrics::metrics().in_flight.with_label_values(&["rpc"]);
-                    gauge.inc();
-                    answer_rpc(&replies, &handler, &prefix, message, slot).await;
+                    answer_rpc(&replies, &handler, &prefix, message, slot, false).await;
                     gauge.dec();
                 });
             }
@@ -142,41 +160,68 @@ async fn rpc_loop(
     }
     // Stop taking new requests; other instances of the queue group get them.
     let _ = subscription.unsubscribe().await;
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    drop(lane);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while in_flight.join_next().await.is_some() {}
+        let _ = (&mut lane_task).await;
     })
     .await;
     // Those still running after the drain's time are dropped unanswered,
     // and their senders with them; the answers of the others are queued.
+    if drained.is_err() {
+        lane_task.abort();
+        let _ = lane_task.await;
+    }
     in_flight.shutdown().await;
     drop(replies);
     let _ = sender.await;
 }
 
-async fn answer_rpc(
+/// A request/reply message as the handler reads it.
+fn incoming<'a>(message: &'a Message, prefix: &str) -> Incoming<'a> {
+    let headers = message.headers.as_ref();
+    Incoming {
+        command_type: message
+            .subject
+            .as_str()
+            .strip_prefix(prefix)
+            .unwrap_or_default(),
+        payload: &message.payload,
+        content_type: header(headers, "Content-Type"),
+        authorization: header(headers, "Authorization"),
+        client_ip: header(headers, "Client-Ip"),
+        user_agent: header(headers, "User-Agent"),
+    }
+}
+
+/// Handles a request in full and queues its answer; `again` for one the
+/// lane decided and handed back (see [`Handler::handle_again`]).
+pub(crate) async fn answer_rpc(
     replies: &mpsc::UnboundedSender<Reply>,
     handler: &Handler,
     prefix: &str,
     message: Message,
     slot: OwnedSemaphorePermit,
+    again: bool,
 ) {
-    let command_type = message
-        .subject
-        .as_str()
-        .strip_prefix(prefix)
-        .unwrap_or_default();
-    let headers = message.headers.as_ref();
-    let (encoding, result) = handler
-        .handle(Incoming {
-            command_type,
-            payload: &message.payload,
-            content_type: header(headers, "Content-Type"),
-            authorization: header(headers, "Authorization"),
-            client_ip: header(headers, "Client-Ip"),
-            user_agent: header(headers, "User-Agent"),
-        })
-        .await;
-    let Some(subject) = message.reply else { return };
+    let request = incoming(&message, prefix);
+    let (encoding, result) = if again {
+        handler.handle_again(request).await
+    } else {
+        handler.handle(request).await
+    };
+    send_reply(replies, message.reply, encoding, &result, slot);
+}
+
+/// Queues `result` as the answer to `reply`, if the request asked for one.
+pub(crate) fn send_reply(
+    replies: &mpsc::UnboundedSender<Reply>,
+    reply: Option<async_nats::Subject>,
+    encoding: Encoding,
+    result: &CommandResult,
+    slot: OwnedSemaphorePermit,
+) {
+    let Some(subject) = reply else { return };
     let mut headers = HeaderMap::new();
     headers.insert("Content-Type", encoding.content_type());
     // It fails only if the sending task is gone, which it is not while a
@@ -184,7 +229,7 @@ async fn answer_rpc(
     let _ = replies.send(Reply {
         subject,
         headers,
-        payload: encoding.encode(&result).into(),
+        payload: encoding.encode(result).into(),
         command_id: result.command_id,
         slot,
     });

@@ -68,20 +68,49 @@ impl SlidingWindow {
     /// Counts one request of `principal` and says whether it is allowed.
     pub async fn check(&self, principal: &str) -> Result<Decision, redis::RedisError> {
         let mut conn = self.conn.clone();
+        let answer = self.invocation(principal).invoke_async(&mut conn).await?;
+        Ok(decision(answer))
+    }
+
+    /// [`SlidingWindow::check`] for each of `principals` in order (a
+    /// principal named twice counts twice), in one round trip.
+    pub async fn check_many(
+        &self,
+        principals: &[&str],
+    ) -> Result<Vec<Decision>, redis::RedisError> {
+        if principals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocations: Vec<_> = principals.iter().map(|p| self.invocation(p)).collect();
+        // A pipeline does not load a script it finds missing, so it loads
+        // it first (a no-op once Redis has it).
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.script).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let mut conn = self.conn.clone();
+        let answers: Vec<(u32, u32, u64)> = pipe.query_async(&mut conn).await?;
+        Ok(answers.into_iter().map(decision).collect())
+    }
+
+    fn invocation(&self, principal: &str) -> redis::ScriptInvocation<'_> {
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-        let (allowed, remaining, retry_ms): (u32, u32, u64) = self
-            .script
-            .key(format!("{}{principal}", self.key_prefix))
+        let mut invocation = self.script.key(format!("{}{principal}", self.key_prefix));
+        invocation
             .arg(window_ms)
             .arg(self.limit)
-            .arg(uuid::Uuid::new_v4().simple().to_string())
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(Decision {
-            allowed: allowed == 1,
-            remaining,
-            retry_after: Duration::from_millis(retry_ms),
-        })
+            .arg(uuid::Uuid::new_v4().simple().to_string());
+        invocation
+    }
+}
+
+/// The script's answer: allowed (0 or 1), requests left, milliseconds to wait.
+fn decision((allowed, remaining, retry_ms): (u32, u32, u64)) -> Decision {
+    Decision {
+        allowed: allowed == 1,
+        remaining,
+        retry_after: Duration::from_millis(retry_ms),
     }
 }
 
@@ -128,6 +157,24 @@ mod tests {
             limiter.check("alice").await.expect("check").allowed,
             "the window slides"
         );
+    }
+
+    #[tokio::test]
+    async fn many_checks_in_one_round_trip_count_each_request_in_order() {
+        let (limiter, _) = limiter(2, Duration::from_secs(5)).await;
+        let decisions = limiter
+            .check_many(&["dave", "erin", "dave", "dave"])
+            .await
+            .expect("check many");
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, true, true, false]);
+        assert_eq!(decisions[0].remaining, 1);
+        assert!(decisions[3].retry_after > Duration::ZERO);
+        assert!(
+            !limiter.check("dave").await.expect("check").allowed,
+            "single checks share the count"
+        );
+        assert!(limiter.check_many(&[]).await.expect("none").is_empty());
     }
 
     #[tokio::test]

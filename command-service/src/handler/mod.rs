@@ -17,6 +17,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 mod facts;
+mod prepared;
+
+pub(crate) use prepared::Prepared;
 
 use crate::aggregates::Handled;
 use crate::authn::{Authenticator, Refusal};
@@ -77,7 +80,7 @@ impl Limiter {
         }
     }
 
-    fn get(&self) -> Option<SlidingWindow> {
+    pub(crate) fn get(&self) -> Option<SlidingWindow> {
         self.0.read().ok().and_then(|slot| slot.clone())
     }
 }
@@ -122,6 +125,31 @@ impl Handler {
         self.store.pool()
     }
 
+    /// The rate limit, once connected.
+    pub(crate) fn limiter(&self) -> Option<SlidingWindow> {
+        self.limiter.get()
+    }
+
+    /// The most events one group commit takes.
+    pub(crate) fn max_batch_events(&self) -> usize {
+        self.store.options().max_batch_events
+    }
+
+    /// Drops the verified copy of a credential that no longer holds.
+    pub(crate) fn forget(&self, guard: &Guard) {
+        self.authn.forget(guard);
+    }
+
+    /// Appends prepared commands in one guarded set append (see
+    /// [`crate::guarded`]), an outcome for each.
+    pub(crate) async fn append_prepared(
+        &self,
+        entries: &[&(AppendRequest, Guard)],
+    ) -> Result<Vec<Result<eventstore::AppendOutcome, GuardedError>>, eventstore::StoreError> {
+        eventstore::metrics::append_batch_size().observe(entries.len() as f64);
+        crate::guarded::write(&self.store, entries).await
+    }
+
     /// Best effort: outdates `user`'s cached credentials, if any.
     async fn bump_epoch(&self, user: Option<Uuid>) {
         if let (Some(user), Some(epochs)) = (user, &self.epochs) {
@@ -134,6 +162,21 @@ impl Handler {
     /// Handles one command; the result is what the client gets (in the
     /// request's encoding). Never panics on input.
     pub async fn handle(&self, incoming: Incoming<'_>) -> (Encoding, CommandResult) {
+        self.handle_as(incoming, Attempt::First).await
+    }
+
+    /// Handles a command the request/reply lane decided but did not append
+    /// (see [`Prepared`]): in full, from the auth index and the stored
+    /// outcomes, its rate limit already counted.
+    pub(crate) async fn handle_again(&self, incoming: Incoming<'_>) -> (Encoding, CommandResult) {
+        self.handle_as(incoming, Attempt::AfterLane).await
+    }
+
+    async fn handle_as(
+        &self,
+        incoming: Incoming<'_>,
+        attempt: Attempt,
+    ) -> (Encoding, CommandResult) {
         let encoding = Encoding::from_content_type(incoming.content_type);
         let started = std::time::Instant::now();
         // Only catalogue types become label values, so a client cannot
@@ -143,18 +186,28 @@ impl Handler {
         } else {
             "unknown".to_string()
         };
-        let result = self.handle_inner(encoding, incoming).await;
-        let m = crate::metrics::metrics();
-        m.commands
-            .with_label_values(&[label.as_str(), result.status.as_str()])
-            .inc();
-        m.latency
-            .with_label_values(&[label.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        let result = self.handle_inner(encoding, incoming, attempt).await;
+        self.observe(&label, result.status, started);
         (encoding, result)
     }
 
-    async fn handle_inner(&self, encoding: Encoding, incoming: Incoming<'_>) -> CommandResult {
+    /// Counts a handled command and its latency under `label`.
+    fn observe(&self, label: &str, status: Status, started: std::time::Instant) {
+        let m = crate::metrics::metrics();
+        m.commands
+            .with_label_values(&[label, status.as_str()])
+            .inc();
+        m.latency
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn handle_inner(
+        &self,
+        encoding: Encoding,
+        incoming: Incoming<'_>,
+        attempt: Attempt,
+    ) -> CommandResult {
         let nil = Uuid::nil();
         if incoming.payload.len() > self.settings.max_message_bytes {
             return CommandResult::failed(
@@ -206,6 +259,7 @@ impl Handler {
             command,
             incoming.command_type,
             incoming.authorization,
+            attempt,
         )
         .instrument(span)
         .await
@@ -217,6 +271,7 @@ impl Handler {
         command: Command,
         command_type: &str,
         authorization: Option<&str>,
+        attempt: Attempt,
     ) -> CommandResult {
         let now = Utc::now();
         // The fast way: a session or API key this instance verified before,
@@ -224,8 +279,12 @@ impl Handler {
         // refusal, a conflict, a credential that changed, a command decided
         // before) is handled again below, from the auth index and the
         // stored outcomes; nothing was written or counted twice by then.
-        let mut limit_counted = false;
-        if let Some((actor, guard)) = self.authn.verified(authorization, command_type, now) {
+        let mut limit_counted = attempt == Attempt::AfterLane;
+        let verified = match attempt {
+            Attempt::First => self.authn.verified(authorization, command_type, now),
+            Attempt::AfterLane => None,
+        };
+        if let Some((actor, guard)) = verified {
             if self.rate_limit(&envelope, &actor).await.is_none() {
                 limit_counted = true;
                 let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
@@ -746,6 +805,14 @@ async fn insert_result(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Whether a command is handled for the first time, or again after the
+/// request/reply lane decided it and did not append it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    First,
+    AfterLane,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ mod catalogue;
 mod client_info;
 mod concurrency;
 mod idempotency;
+mod lane;
 mod multi_instance;
 mod rate_limit;
 mod shutdown;
