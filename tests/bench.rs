@@ -175,6 +175,14 @@ async fn bench_commands_reports_the_rate_beside_every_baseline(pool: PgPool) {
             "the ratio is the rate over the baseline's: {figure}"
         );
     }
+    // The agents' commands are what the request/reply lane is for: most
+    // go through it (the first on each conversation cannot).
+    let lane_share = figures
+        .iter()
+        .find(|f| f["name"] == "commands.append_message.w32.lane_share")
+        .and_then(|f| f["value"].as_f64())
+        .expect("the lane's share is reported");
+    assert!(lane_share > 0.5, "lane share {lane_share}");
     assert!(
         bench_databases(&pool).await.is_subset(&before),
         "the bench left its database behind"

@@ -330,6 +330,11 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         batches.fast_share,
         "share",
     ));
+    figures.push(Figure::alone(
+        "commands.append_message.w32.lane_share",
+        batches.lane_share,
+        "share",
+    ));
     Ok(figures)
 }
 
@@ -433,18 +438,23 @@ struct BatchTotals {
     appends: (f64, u64),
     /// Sum (commands preflighted) and count (queries) of the preflight's.
     preflights: (f64, u64),
-    /// Commands accepted on the fast path.
+    /// Commands accepted on the fast path, in a task of their own or in
+    /// the request/reply lane.
     fast: u64,
+    /// Of those, the lane's.
+    lane: u64,
 }
 
 /// Mean appends per group commit, mean commands per preflight query, and
 /// the share of commands accepted on the fast path (a session verified
-/// before, checked again by the append); every other command had a
-/// preflight.
+/// before, checked again by the append; every other command had a
+/// preflight), and in the request/reply lane (decided as they arrived,
+/// appended by the lane's loop).
 struct BatchMeans {
     appends: f64,
     preflights: f64,
     fast_share: f64,
+    lane_share: f64,
 }
 
 impl BatchTotals {
@@ -452,10 +462,12 @@ impl BatchTotals {
         let appends = eventstore::metrics::append_batch_size();
         let metrics = command_service::metrics::metrics();
         let preflights = &metrics.preflight_batch_size;
+        let lane = metrics.fast_path.with_label_values(&["lane"]).get();
         BatchTotals {
             appends: (appends.get_sample_sum(), appends.get_sample_count()),
             preflights: (preflights.get_sample_sum(), preflights.get_sample_count()),
-            fast: metrics.fast_path.with_label_values(&["accepted"]).get(),
+            fast: metrics.fast_path.with_label_values(&["accepted"]).get() + lane,
+            lane,
         }
     }
 
@@ -469,15 +481,18 @@ impl BatchTotals {
         gain(&mut self.appends, before.appends, after.appends);
         gain(&mut self.preflights, before.preflights, after.preflights);
         self.fast += after.fast.saturating_sub(before.fast);
+        self.lane += after.lane.saturating_sub(before.lane);
     }
 
     fn means(&self) -> BatchMeans {
         let mean = |(sum, count): (f64, u64)| if count == 0 { 0.0 } else { sum / count as f64 };
         let fast = self.fast as f64;
+        let commands = (fast + self.preflights.0).max(1.0);
         BatchMeans {
             appends: mean(self.appends),
             preflights: mean(self.preflights),
-            fast_share: fast / (fast + self.preflights.0).max(1.0),
+            fast_share: fast / commands,
+            lane_share: self.lane as f64 / commands,
         }
     }
 }
