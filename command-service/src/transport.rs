@@ -1,5 +1,8 @@
 //! The two NATS transports. Both hand each message to the same handler and
 //! share its idempotency record, so a command sent on both is harmless.
+//! Request/reply commands that need no waiting are decided as they arrive
+//! and appended by the lane ([`crate::lane`]); the others, and every
+//! JetStream command, are handled in a task of their own.
 
 use std::future::Future;
 use std::sync::Arc;
