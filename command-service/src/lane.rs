@@ -64,6 +64,9 @@ async fn run(
     let mut again = JoinSet::new();
     let mut batch: Vec<Queued> = Vec::new();
     let mut carried: Option<Queued> = None;
+    let in_flight = crate::metrics::metrics()
+        .in_flight
+        .with_label_values(&["rpc"]);
     loop {
         let first = match carried.take() {
             Some(queued) => queued,
@@ -88,6 +91,7 @@ async fn run(
             handler: &handler,
             replies: &replies,
             prefix: &prefix,
+            in_flight: &in_flight,
         };
         lane.commit(&mut batch, &mut again).await;
         while again.try_join_next().is_some() {}
@@ -100,6 +104,8 @@ struct Lane<'a> {
     handler: &'a Arc<Handler>,
     replies: &'a mpsc::UnboundedSender<Reply>,
     prefix: &'a str,
+    /// Commands in flight on request/reply, counted until answered.
+    in_flight: &'a prometheus::IntGauge,
 }
 
 impl Lane<'_> {
@@ -113,39 +119,25 @@ impl Lane<'_> {
         drop(entries);
         let outcomes = match written {
             Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
+            // Whether it committed is unknown: each command is handled
+            // again in full, which answers a stored outcome if it did.
             Ok(outcomes) => {
                 tracing::error!(
                     requests = batch.len(),
                     outcomes = outcomes.len(),
                     "the lane's append answered the wrong number of outcomes; handling each again"
                 );
-                for queued in batch.drain(..) {
-                    self.again(queued, again);
-                }
-                return;
+                return self.all_again(batch, again);
             }
             Err(error) => {
-                // Whether it committed is unknown: each command is handled
-                // again in full, which answers a stored outcome if it did.
                 tracing::warn!(%error, requests = batch.len(), "the lane's append failed; handling each again");
-                for queued in batch.drain(..) {
-                    self.again(queued, again);
-                }
-                return;
+                return self.all_again(batch, again);
             }
         };
         for (queued, outcome) in batch.drain(..).zip(outcomes) {
             match outcome {
                 Ok(outcome) if !outcome.replayed => {
-                    let Queued {
-                        prepared,
-                        message,
-                        slot,
-                    } = queued;
-                    let encoding = prepared.encoding;
-                    let result = prepared.accepted(self.handler, &outcome);
-                    send_reply(self.replies, message.reply, encoding, &result, slot);
-                    in_flight().dec();
+                    self.answer(queued, |prepared| prepared.accepted(self.handler, &outcome));
                 }
                 Err(GuardedError::Unverified) => {
                     self.handler.forget(&queued.prepared.entry.1);
@@ -195,18 +187,35 @@ impl Lane<'_> {
                 kept.push(queued);
                 continue;
             }
-            let Queued {
-                prepared,
-                message,
-                slot,
-            } = queued;
-            let encoding = prepared.encoding;
             let retry_ms = u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);
-            let result = prepared.rate_limited(self.handler, retry_ms);
-            send_reply(self.replies, message.reply, encoding, &result, slot);
-            in_flight().dec();
+            self.answer(queued, |prepared| {
+                prepared.rate_limited(self.handler, retry_ms)
+            });
         }
         *batch = kept;
+    }
+
+    /// Answers a command here with what `decide` makes of it.
+    fn answer(
+        &self,
+        queued: Queued,
+        decide: impl FnOnce(Prepared) -> crate::result::CommandResult,
+    ) {
+        let Queued {
+            prepared,
+            message,
+            slot,
+        } = queued;
+        let encoding = prepared.encoding;
+        let result = decide(prepared);
+        send_reply(self.replies, message.reply, encoding, &result, slot);
+        self.in_flight.dec();
+    }
+
+    fn all_again(&self, batch: &mut Vec<Queued>, again: &mut JoinSet<()>) {
+        for queued in batch.drain(..) {
+            self.again(queued, again);
+        }
     }
 
     /// Hands a command back to be handled in full, in a task of its own.
@@ -217,20 +226,15 @@ impl Lane<'_> {
             slot,
         } = queued;
         prepared.abandon(self.handler);
-        let (handler, replies, prefix) = (
+        let (handler, replies, prefix, in_flight) = (
             Arc::clone(self.handler),
             self.replies.clone(),
             self.prefix.to_string(),
+            self.in_flight.clone(),
         );
         again.spawn(async move {
             answer_rpc(&replies, &handler, &prefix, message, slot, true).await;
-            in_flight().dec();
+            in_flight.dec();
         });
     }
-}
-
-fn in_flight() -> prometheus::IntGauge {
-    crate::metrics::metrics()
-        .in_flight
-        .with_label_values(&["rpc"])
 }

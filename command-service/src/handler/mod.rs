@@ -80,7 +80,7 @@ impl Limiter {
         }
     }
 
-    pub(crate) fn get(&self) -> Option<SlidingWindow> {
+    fn get(&self) -> Option<SlidingWindow> {
         self.0.read().ok().and_then(|slot| slot.clone())
     }
 }
@@ -587,35 +587,8 @@ impl Handler {
                     ));
                 }
             }
-            let mut encoded = Vec::with_capacity(events.len());
-            for event in &events {
-                let payload = event
-                    .encode()
-                    .map_err(|e| HandleError::Store(e.to_string()))?;
-                encoded.push(NewEvent::new(
-                    event.event_type(),
-                    event.schema_version(),
-                    payload,
-                ));
-            }
-            let request = AppendRequest {
-                stream_id: envelope.aggregate_id,
-                stream_type: A::STREAM_TYPE.to_string(),
-                expected: if version == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(version)
-                },
-                events: encoded,
-                metadata: Metadata {
-                    command_id: Some(envelope.command_id),
-                    correlation_id: envelope.correlation_id,
-                    causation_id: envelope.causation_id,
-                    actor: Some(ctx.actor.label()),
-                    ip: envelope.client_ip.clone(),
-                    user_agent: envelope.user_agent.clone(),
-                },
-            };
+            let request = append_request::<A>(envelope, version, &events, &ctx.actor)
+                .map_err(|e| HandleError::Store(e.to_string()))?;
             let appended = match guard {
                 Some(guard) => match self.guarded.append(request, guard.clone()).await {
                     Ok(outcome) => Ok(outcome),
@@ -805,6 +778,42 @@ async fn insert_result(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The append of `events`, decided by `actor` on `envelope`'s aggregate
+/// at `version`, with the command's ids and client in its metadata.
+fn append_request<A: Aggregate>(
+    envelope: &Envelope,
+    version: u64,
+    events: &[A::Event],
+    actor: &Actor,
+) -> Result<AppendRequest, domain::codec::CodecError> {
+    let mut encoded = Vec::with_capacity(events.len());
+    for event in events {
+        encoded.push(NewEvent::new(
+            event.event_type(),
+            event.schema_version(),
+            event.encode()?,
+        ));
+    }
+    Ok(AppendRequest {
+        stream_id: envelope.aggregate_id,
+        stream_type: A::STREAM_TYPE.to_string(),
+        expected: if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        },
+        events: encoded,
+        metadata: Metadata {
+            command_id: Some(envelope.command_id),
+            correlation_id: envelope.correlation_id,
+            causation_id: envelope.causation_id,
+            actor: Some(actor.label()),
+            ip: envelope.client_ip.clone(),
+            user_agent: envelope.user_agent.clone(),
+        },
+    })
 }
 
 /// Whether a command is handled for the first time, or again after the

@@ -12,13 +12,13 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use domain::codec::EventCodec;
+use domain::codec::EventCodec as _;
 use domain::{conversation, execution, incident, knowledge, runbook, session, user, workflow};
 use domain::{Aggregate, Command, Context};
-use eventstore::{AppendOutcome, AppendRequest, ExpectedVersion, Metadata, NewEvent};
+use eventstore::{AppendOutcome, AppendRequest};
 use uuid::Uuid;
 
-use super::{client_info, Handler, Incoming};
+use super::{append_request, client_info, Handler, Incoming};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
 use crate::guarded::Guard;
@@ -200,34 +200,8 @@ impl Handler {
         if A::auth_subject(envelope.aggregate_id, &events).is_some() {
             return put_back(state);
         }
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in &events {
-            let Ok(payload) = event.encode() else {
-                return put_back(state);
-            };
-            encoded.push(NewEvent::new(
-                event.event_type(),
-                event.schema_version(),
-                payload,
-            ));
-        }
-        let request = AppendRequest {
-            stream_id: envelope.aggregate_id,
-            stream_type: A::STREAM_TYPE.to_string(),
-            expected: if version == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(version)
-            },
-            events: encoded,
-            metadata: Metadata {
-                command_id: Some(envelope.command_id),
-                correlation_id: envelope.correlation_id,
-                causation_id: envelope.causation_id,
-                actor: Some(ctx.actor.label()),
-                ip: envelope.client_ip.clone(),
-                user_agent: envelope.user_agent.clone(),
-            },
+        let Ok(request) = append_request::<A>(envelope, version, &events, &ctx.actor) else {
+            return put_back(state);
         };
         if self.store.validate(&request).is_err() {
             return put_back(state);

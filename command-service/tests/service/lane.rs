@@ -20,6 +20,16 @@ fn message(conversation: Uuid) -> Value {
     )
 }
 
+/// Sends one new message to `conversation` as the holder of `token`.
+async fn append(app: &App, conversation: Uuid, token: &str) -> command_service::CommandResult {
+    app.rpc(
+        "conversation.append_message",
+        &message(conversation),
+        Some(token),
+    )
+    .await
+}
+
 /// Commands the lane has accepted, in this process (tests running beside
 /// this one only add to it).
 fn lane_accepted() -> u64 {
@@ -130,13 +140,7 @@ async fn a_stale_decision_is_handled_again_not_refused(pool: PgPool) {
     let app = App::spawn(pool.clone()).await;
     let (_, token) = app.user("operator").await;
     let conversation = app.conversation(&token).await;
-    let first = app
-        .rpc(
-            "conversation.append_message",
-            &message(conversation),
-            Some(&token),
-        )
-        .await;
+    let first = append(&app, conversation, &token).await;
     assert_eq!(first.version, Some(2), "{first:?}");
 
     // Another instance (its own prefix, its own cache) appends meanwhile.
@@ -145,22 +149,10 @@ async fn a_stale_decision_is_handled_again_not_refused(pool: PgPool) {
         config(&fresh_prefix(), &format!("boot-{}", Uuid::new_v4())),
     )
     .await;
-    let theirs = other
-        .rpc(
-            "conversation.append_message",
-            &message(conversation),
-            Some(&token),
-        )
-        .await;
+    let theirs = append(&other, conversation, &token).await;
     assert_eq!(theirs.version, Some(3), "{theirs:?}");
 
-    let ours = app
-        .rpc(
-            "conversation.append_message",
-            &message(conversation),
-            Some(&token),
-        )
-        .await;
+    let ours = append(&app, conversation, &token).await;
     assert_eq!(
         (ours.status, ours.version),
         (Status::Accepted, Some(4)),
@@ -190,22 +182,11 @@ async fn the_lane_refuses_commands_over_the_rate_limit(pool: PgPool) {
     let (_, token) = app.user("operator").await;
     let conversation = app.conversation(&token).await;
     for _ in 0..5 {
-        let result = app
-            .rpc(
-                "conversation.append_message",
-                &message(conversation),
-                Some(&token),
-            )
-            .await;
+        let result = append(&app, conversation, &token).await;
         assert_eq!(result.status, Status::Accepted, "{result:?}");
     }
-    let burst: Vec<Value> = (0..8).map(|_| message(conversation)).collect();
-    let results = futures_util::future::join_all(
-        burst
-            .iter()
-            .map(|body| app.rpc("conversation.append_message", body, Some(&token))),
-    )
-    .await;
+    let results =
+        futures_util::future::join_all((0..8).map(|_| append(&app, conversation, &token))).await;
     for result in &results {
         assert_eq!(result.status, Status::RateLimited, "{result:?}");
         let retry = result
@@ -222,13 +203,7 @@ async fn the_lane_refuses_commands_over_the_rate_limit(pool: PgPool) {
     // The state the refused commands were decided from is still the one
     // the next command is decided from, once the window has slid.
     tokio::time::sleep(Duration::from_millis(5_100)).await;
-    let next = app
-        .rpc(
-            "conversation.append_message",
-            &message(conversation),
-            Some(&token),
-        )
-        .await;
+    let next = append(&app, conversation, &token).await;
     assert_eq!(
         (next.status, next.version),
         (Status::Accepted, Some(7)),
