@@ -137,8 +137,16 @@ async fn rpc_loop(
                 let Some(message) = message else { break };
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
                 gauge.inc();
-                // Decided here if it needs no waiting, and appended by the lane.
-                let prepared = handler.prepare(&incoming(&message, &prefix));
+                // Decided here if it needs no waiting, and appended by the
+                // lane. A panic in deciding must not end this loop, and with
+                // it every request/reply command: the command goes to a task.
+                let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handler.prepare(&incoming(&message, &prefix))
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!("deciding a command on arrival panicked; handling it in a task");
+                    None
+                });
                 let (message, slot) = match prepared {
                     Some(prepared) => match lane.send(lane::Queued { prepared, message, slot }) {
                         Ok(()) => continue,
