@@ -19,14 +19,13 @@
 //! nothing of it was written.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::Message;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::guarded::GuardedError;
-use crate::handler::{Handler, Prepared};
+use crate::handler::{Handler, Prepared, LIMIT_TIMEOUT};
 use crate::replies::Reply;
 use crate::transport::{answer_rpc, send_reply};
 
@@ -37,10 +36,6 @@ pub(crate) struct Queued {
     pub(crate) message: Message,
     pub(crate) slot: OwnedSemaphorePermit,
 }
-
-/// How long the batch's rate-limit check may take before the batch goes
-/// on without it (the limit fails open, as for a single command).
-const LIMIT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Starts the lane's loop. It ends once the sender is dropped, every queued
 /// command is answered and every command handed back has been handled.
@@ -160,36 +155,29 @@ impl Lane<'_> {
             .iter()
             .map(|q| q.prepared.principal.as_str())
             .collect();
-        let decisions =
-            match tokio::time::timeout(LIMIT_TIMEOUT, limiter.check_many(&principals)).await {
-                Ok(Ok(decisions)) if decisions.len() == batch.len() => decisions,
-                Ok(Ok(_)) => {
-                    crate::metrics::metrics().rate_limit_fail_open.inc();
-                    tracing::warn!(
-                        "the rate limiter answered the wrong number of checks; allowing the batch"
-                    );
-                    return;
-                }
-                Ok(Err(error)) => {
-                    crate::metrics::metrics().rate_limit_fail_open.inc();
-                    tracing::warn!(%error, "rate limiter unavailable; allowing the batch");
-                    return;
-                }
-                Err(_) => {
-                    crate::metrics::metrics().rate_limit_fail_open.inc();
-                    tracing::warn!("rate limit check timed out; allowing the batch");
-                    return;
-                }
-            };
+        let checked = tokio::time::timeout(LIMIT_TIMEOUT, limiter.check_many(&principals)).await;
+        let decisions = match checked {
+            Ok(Ok(decisions)) if decisions.len() == batch.len() => decisions,
+            failed => {
+                let error = match failed {
+                    Ok(Ok(_)) => "the rate limiter answered the wrong number of checks".to_string(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => "rate limit check timed out".to_string(),
+                };
+                // Fail open, as for a single command.
+                crate::metrics::metrics().rate_limit_fail_open.inc();
+                tracing::warn!(%error, "rate limiter unavailable; allowing the batch");
+                return;
+            }
+        };
         let mut kept = Vec::with_capacity(batch.len());
         for (queued, decision) in batch.drain(..).zip(decisions) {
             if decision.allowed {
                 kept.push(queued);
                 continue;
             }
-            let retry_ms = u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);
             self.answer(queued, |prepared| {
-                prepared.rate_limited(self.handler, retry_ms)
+                prepared.rate_limited(self.handler, decision.retry_after)
             });
         }
         *batch = kept;

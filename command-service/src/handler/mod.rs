@@ -85,8 +85,9 @@ impl Limiter {
     }
 }
 
-/// How long a rate-limit check may take before the command runs anyway.
-const LIMIT_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a rate-limit check (of one command, or of the lane's batch)
+/// may take before the command runs anyway.
+pub(crate) const LIMIT_TIMEOUT: Duration = Duration::from_millis(250);
 
 pub struct Handler {
     locks: AggregateLocks,
@@ -374,10 +375,7 @@ impl Handler {
     /// Redis cannot be asked: the limit fails open).
     async fn rate_limit(&self, envelope: &Envelope, actor: &Actor) -> Option<CommandResult> {
         let limiter = self.limiter.get()?;
-        let principal = match actor {
-            Actor::Anonymous => format!("anonymous:{}", envelope.aggregate_id),
-            other => other.label(),
-        };
+        let principal = principal(envelope.aggregate_id, actor);
         match tokio::time::timeout(LIMIT_TIMEOUT, limiter.check(&principal))
             .await
             .unwrap_or_else(|_| {
@@ -386,16 +384,11 @@ impl Handler {
                     "rate limit check timed out",
                 )))
             }) {
-            Ok(decision) if !decision.allowed => {
-                let retry_ms = u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX);
-                Some(refused(
-                    envelope,
-                    Status::RateLimited,
-                    "rate_limited",
-                    "too many commands; retry later",
-                    Some(json!({"retry_after_ms": retry_ms})),
-                ))
-            }
+            Ok(decision) if !decision.allowed => Some(rate_limited(
+                envelope.command_id,
+                envelope.aggregate_id,
+                decision.retry_after,
+            )),
             Ok(_) => None,
             // Fail open: a Redis outage must not stop the agent.
             Err(error) => {
@@ -856,6 +849,27 @@ fn refused(
         code,
         message,
         details,
+    )
+}
+
+/// Whose rate limit a command by `actor` on `aggregate_id` counts against.
+fn principal(aggregate_id: Uuid, actor: &Actor) -> String {
+    match actor {
+        Actor::Anonymous => format!("anonymous:{aggregate_id}"),
+        other => other.label(),
+    }
+}
+
+/// The refusal of a command over its rate limit, with when to retry.
+fn rate_limited(command_id: Uuid, aggregate_id: Uuid, retry_after: Duration) -> CommandResult {
+    let retry_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+    CommandResult::failed(
+        command_id,
+        aggregate_id,
+        Status::RateLimited,
+        "rate_limited",
+        "too many commands; retry later",
+        Some(json!({"retry_after_ms": retry_ms})),
     )
 }
 

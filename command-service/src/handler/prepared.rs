@@ -9,7 +9,7 @@
 //! [`Handler::handle`] in a task, as it always was; nothing was written
 //! or counted for it by then.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use domain::codec::EventCodec as _;
@@ -18,7 +18,7 @@ use domain::{Aggregate, Command, Context};
 use eventstore::{AppendOutcome, AppendRequest};
 use uuid::Uuid;
 
-use super::{append_request, client_info, Handler, Incoming};
+use super::{append_request, client_info, principal, rate_limited, Handler, Incoming};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
 use crate::guarded::Guard;
@@ -106,17 +106,10 @@ impl Prepared {
     }
 
     /// Refused by the rate limit before anything was written.
-    pub(crate) fn rate_limited(self, handler: &Handler, retry_after_ms: u64) -> CommandResult {
+    pub(crate) fn rate_limited(self, handler: &Handler, retry_after: Duration) -> CommandResult {
         self.state.put_back(handler);
         handler.observe(&self.command_type, Status::RateLimited, self.started);
-        CommandResult::failed(
-            self.command_id,
-            self.entry.0.stream_id,
-            Status::RateLimited,
-            "rate_limited",
-            "too many commands; retry later",
-            Some(serde_json::json!({"retry_after_ms": retry_after_ms})),
-        )
+        rate_limited(self.command_id, self.entry.0.stream_id, retry_after)
     }
 
     /// Not appended here: the state goes back to the cache as it was (the
@@ -147,7 +140,7 @@ impl Handler {
         let (mut envelope, command) =
             envelope::decode(encoding, incoming.command_type, incoming.payload).ok()?;
         (envelope.client_ip, envelope.user_agent) = client_info(incoming);
-        let principal = actor.label();
+        let principal = principal(envelope.aggregate_id, &actor);
         let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
         let lane = Lane {
             envelope: &envelope,
