@@ -1,11 +1,14 @@
 //! Group commit for commands decided under a session or an API key the
 //! service verified a moment ago: the credential (and whether the command
 //! was decided before) is checked again by the append's own statement (the
-//! store's set append with the checks of `guarded_checks.sql`, or
-//! `command_append_set` of migration 0007 when requests of the batch depend
-//! on each other; that one checks sessions only, so a key's request in such
-//! a batch is held back), so the common command costs one shared statement
-//! and no lookup of its own. What fails the check is written nowhere and
+//! store's exact set append with the checks of `guarded_checks.sql` when
+//! every request appends one event at the version its cached state had,
+//! the common case; the full set append with the same checks otherwise,
+//! and for what the exact one could not settle; `command_append_set` of
+//! migration 0007 when requests of the batch depend on each other, which
+//! checks sessions only, so a key's request in such a batch is held back),
+//! so the common command costs one shared statement and no lookup of its
+//! own. What fails the check is written nowhere and
 //! goes back to the handler, which then handles the command the slow way.
 
 use std::sync::LazyLock;
@@ -63,6 +66,10 @@ impl From<StoreError> for GuardedError {
 static GUARDED_SET_APPEND: LazyLock<String> =
     LazyLock::new(|| eventstore::set_append::statement(include_str!("guarded_checks.sql")));
 
+/// The same checks in the exact set append, for batches it can take.
+static GUARDED_EXACT_APPEND: LazyLock<String> =
+    LazyLock::new(|| eventstore::set_append::exact_statement(include_str!("guarded_checks.sql")));
+
 pub(crate) type Entry = (AppendRequest, Guard);
 type Guarded = Pending<Entry, Result<AppendOutcome, GuardedError>>;
 
@@ -110,13 +117,64 @@ async fn commit(store: EventStore, batch: Vec<Guarded>) {
     .await;
 }
 
-/// One statement, one transaction: every entry's checks and append.
+/// Every entry's checks and append. A batch the exact set append can take
+/// (one event per request at an exact version, see
+/// [`eventstore::set_append::exact_statement`]), the common one, is one
+/// statement; what it leaves `taken` (a stream that moved on, a command id
+/// appended before) is settled by the full set append in a second one.
+/// Anything else is one statement of the full set append. Each entry is
+/// written whole or not at all, whichever statement writes it.
 pub(crate) async fn write(
     store: &EventStore,
     entries: &[&Entry],
 ) -> Result<Vec<Result<AppendOutcome, GuardedError>>, StoreError> {
     let requests: Vec<&AppendRequest> = entries.iter().map(|(r, _)| r).collect();
     let args = AppendArgs::new(&requests)?;
+    let exact = args.single_exact();
+    let statement: &str = if exact {
+        &GUARDED_EXACT_APPEND
+    } else {
+        &GUARDED_SET_APPEND
+    };
+    let mut outcomes = run(store, entries, &args, statement).await?;
+    let taken: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !taken.is_empty() {
+        let again: Vec<&Entry> = taken.iter().map(|&i| entries[i]).collect();
+        let requests: Vec<&AppendRequest> = again.iter().map(|(r, _)| r).collect();
+        let args = AppendArgs::new(&requests)?;
+        let settled = run(store, &again, &args, &GUARDED_SET_APPEND).await?;
+        for (i, outcome) in taken.into_iter().zip(settled) {
+            outcomes[i] = outcome;
+        }
+    }
+    let mut written = false;
+    let outcomes = outcomes
+        .into_iter()
+        .map(|outcome| {
+            let outcome = outcome.ok_or_else(|| {
+                StoreError::Corrupt("the set append left a request unsettled".into())
+            })?;
+            written |= matches!(&outcome, Ok(o) if !o.replayed);
+            Ok(outcome)
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    if written {
+        store.wake_subscribers();
+    }
+    Ok(outcomes)
+}
+
+/// One statement, one transaction: `statement` (the exact or the full set
+/// append with the checks) for `entries`, whose arrays `args` holds. `None`
+/// for a request the exact set append left `taken`.
+async fn run(
+    store: &EventStore,
+    entries: &[&Entry],
+    args: &AppendArgs<'_>,
+    statement: &str,
+) -> Result<Vec<Option<Result<AppendOutcome, GuardedError>>>, StoreError> {
     let tokens: Vec<&str> = entries.iter().map(|(_, g)| g.token_hash.as_str()).collect();
     let users: Vec<Uuid> = entries.iter().map(|(_, g)| g.user_id).collect();
     let roles: Vec<&str> = entries.iter().map(|(_, g)| g.role.as_str()).collect();
@@ -126,7 +184,7 @@ pub(crate) async fn write(
     let rows = args
         .fetch_all(
             store.committers(),
-            &GUARDED_SET_APPEND,
+            statement,
             "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
                FROM command_append_set($11, $12, $13, $14, $15, false,
                                        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -143,16 +201,14 @@ pub(crate) async fn write(
         )
         .await?;
     let mut outcomes = Vec::with_capacity(rows.len());
-    for (row, request) in rows.iter().zip(&requests) {
+    for (row, (request, _)) in rows.iter().zip(entries) {
         let status: String = sqlx::Row::try_get(row, "status").map_err(StoreError::from)?;
         outcomes.push(match status.as_str() {
-            "decided" => Err(GuardedError::Decided),
-            "unverified" => Err(GuardedError::Unverified),
-            _ => outcome_from_row(row, request).map_err(GuardedError::from),
+            "decided" => Some(Err(GuardedError::Decided)),
+            "unverified" => Some(Err(GuardedError::Unverified)),
+            eventstore::set_append::TAKEN => None,
+            _ => Some(outcome_from_row(row, request).map_err(GuardedError::from)),
         });
-    }
-    if outcomes.iter().any(|o| matches!(o, Ok(o) if !o.replayed)) {
-        store.wake_subscribers();
     }
     Ok(outcomes)
 }
@@ -322,21 +378,25 @@ mod tests {
             .expect("analyze");
         let types = "uuid[], text[], bigint[], uuid[], integer[], text[], uuid[], text[], \
                      integer[], bytea[], timestamptz, timestamptz, text[], uuid[], text[], uuid[]";
-        sqlx::raw_sql(&format!(
-            "PREPARE guarded({types}) AS {}",
-            *GUARDED_SET_APPEND
-        ))
-        .execute(&mut *conn)
-        .await
-        .expect("prepare");
         let nulls = vec!["NULL"; 16].join(", ");
-        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE guarded({nulls})"))
-            .fetch_all(&mut *conn)
-            .await
-            .expect("plan");
-        let plan = plan.join("\n");
-        assert!(plan.contains("command_results_pkey"), "{plan}");
-        assert!(!plan.contains("Seq Scan on command_results"), "{plan}");
+        for (name, statement) in [
+            ("guarded", &*GUARDED_SET_APPEND),
+            ("exact", &*GUARDED_EXACT_APPEND),
+        ] {
+            sqlx::raw_sql(&format!("PREPARE {name}({types}) AS {statement}"))
+                .execute(&mut *conn)
+                .await
+                .expect("prepare");
+            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({nulls})"))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("plan");
+            let plan = plan.join("\n");
+            assert!(plan.contains("command_results_pkey"), "{plan}");
+            for table in ["command_results", "events", "auth_sessions", "auth_users"] {
+                assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{plan}");
+            }
+        }
     }
 
     /// What each entry's outcome says: the last version, or why it was held back.
@@ -441,5 +501,169 @@ mod tests {
             stored(&pool).await,
             expected_events(&entries, &[0, 3], &[1, 3])
         );
+    }
+
+    /// [`entry`] of one event at an exact expected version.
+    fn exact_entry(stream_id: Uuid, expected: ExpectedVersion, token: &str, user: Uuid) -> Entry {
+        let (mut request, guard) = entry(stream_id, Uuid::now_v7(), 1, token, user);
+        request.expected = expected;
+        (request, guard)
+    }
+
+    /// The last version and position of an appended (not replayed) outcome.
+    fn appended(outcome: &Result<AppendOutcome, GuardedError>) -> (u64, eventstore::Position) {
+        match outcome {
+            Ok(o) if !o.replayed => (o.version, o.position),
+            other => panic!("expected an append, got {other:?}"),
+        }
+    }
+
+    /// A batch the exact set append takes: each request is written on top
+    /// of its stream's head, after it in the global order, or settled by
+    /// the full set append as it would have been without it: a stale
+    /// expected version is a conflict with the stream's version, one ahead
+    /// of the stream writes nothing (no gap), a command id appended before
+    /// is replayed, and the checks hold back what they always did.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn exact_batches_append_on_the_head_and_settle_the_rest(pool: PgPool) {
+        let (user, rejected) = fixtures(&pool).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        let streams: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+        let mut heads = Vec::new();
+        for (stream, events) in [(streams[0], 1), (streams[1], 2), (streams[4], 1)] {
+            let seed = entry(stream, Uuid::now_v7(), events, "live", user);
+            let outcomes = write(&store, &[&seed]).await.expect("seed");
+            heads.push(appended(&outcomes[0]));
+        }
+        let repeated = entry(streams[7], Uuid::now_v7(), 1, "live", user);
+        let first = write(&store, &[&repeated]).await.expect("first");
+        let first = appended(&first[0]);
+        let before = stored(&pool).await;
+
+        let mut again = exact_entry(streams[3], ExpectedVersion::NoStream, "live", user);
+        again.0.metadata.command_id = repeated.0.metadata.command_id;
+        let mut decided = exact_entry(streams[6], ExpectedVersion::NoStream, "live", user);
+        decided.0.metadata.command_id = Some(rejected);
+        let entries = vec![
+            exact_entry(streams[0], ExpectedVersion::Exact(1), "live", user),
+            exact_entry(streams[1], ExpectedVersion::Exact(1), "live", user),
+            exact_entry(streams[2], ExpectedVersion::NoStream, "live", user),
+            again,
+            exact_entry(streams[4], ExpectedVersion::Exact(5), "live", user),
+            exact_entry(streams[5], ExpectedVersion::NoStream, "ended", user),
+            decided,
+        ];
+        let batch: Vec<&Entry> = entries.iter().collect();
+        let outcomes = write(&store, &batch).await.expect("write");
+        assert_eq!(
+            summary(&outcomes),
+            vec![
+                Ok(2),
+                Err("append error"),
+                Ok(1),
+                Ok(1),
+                Err("append error"),
+                Err("unverified"),
+                Err("decided"),
+            ]
+        );
+        let (_, position) = appended(&outcomes[0]);
+        assert!(position > heads[0].1 && position > first.1);
+        for (i, actual) in [(1, 2), (4, 1)] {
+            assert!(
+                matches!(&outcomes[i], Err(GuardedError::Append(AppendError::Conflict { actual: Some(a), .. })) if *a == actual),
+                "{:?}",
+                outcomes[i]
+            );
+        }
+        match &outcomes[3] {
+            Ok(o) => assert!(o.replayed && o.stream_id == streams[7] && o.position == first.1),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        let mut expected = before;
+        expected.extend(expected_events(&entries, &[0, 2], &[2, 1]));
+        assert_eq!(stored(&pool).await, expected);
+    }
+
+    /// The exact set append takes no lock: against a writer of the same
+    /// version that has not committed, it waits for it, and is then a
+    /// conflict if that writer committed, or the append if it rolled back.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn exact_batches_wait_for_a_concurrent_writer_of_the_version(pool: PgPool) {
+        let (user, _) = fixtures(&pool).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        for commit in [true, false] {
+            let stream = Uuid::now_v7();
+            let seed = entry(stream, Uuid::now_v7(), 1, "live", user);
+            write(&store, &[&seed]).await.expect("seed");
+            let mut other = pool.begin().await.expect("transaction");
+            sqlx::query(
+                "INSERT INTO events (stream_id, version, generation, tx_id, event_id, stream_type,
+                                     event_type, schema_version, payload, metadata)
+                 VALUES ($1, 2, 1, pg_current_xact_id()::text::bigint, gen_random_uuid(),
+                         'conversation', 'other', 1, '\\x00', '{}')",
+            )
+            .bind(stream)
+            .execute(&mut *other)
+            .await
+            .expect("the other writer's row");
+            let ours = exact_entry(stream, ExpectedVersion::Exact(1), "live", user);
+            let writing = {
+                let store = store.clone();
+                tokio::spawn(async move { write(&store, &[&ours]).await })
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert!(!writing.is_finished(), "wrote past an uncommitted version");
+            if commit {
+                other.commit().await.expect("commit");
+            } else {
+                other.rollback().await.expect("rollback");
+            }
+            let outcomes = writing.await.expect("task").expect("write");
+            let types: Vec<String> = sqlx::query_scalar(
+                "SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version",
+            )
+            .bind(stream)
+            .fetch_all(&pool)
+            .await
+            .expect("stream");
+            if commit {
+                assert_eq!(summary(&outcomes), vec![Err("append error")]);
+                assert_eq!(types, ["e0", "other"]);
+            } else {
+                assert_eq!(summary(&outcomes), vec![Ok(2)]);
+                assert_eq!(types, ["e0", "e0"]);
+            }
+        }
+    }
+
+    /// The exact set append is the one the common batch takes: it needs no
+    /// stream lock, so a transaction holding one does not hold it up (the
+    /// full set append would wait for it to end).
+    #[sqlx::test(migrations = "../migrations")]
+    async fn exact_batches_take_no_stream_lock(pool: PgPool) {
+        let (user, _) = fixtures(&pool).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        let stream = Uuid::now_v7();
+        let mut locker = pool.begin().await.expect("transaction");
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+            .bind(stream)
+            .execute(&mut *locker)
+            .await
+            .expect("the stream's lock");
+        let ours = exact_entry(stream, ExpectedVersion::NoStream, "live", user);
+        let written =
+            tokio::time::timeout(std::time::Duration::from_secs(20), write(&store, &[&ours]))
+                .await
+                .expect("the exact set append waited for the stream's lock")
+                .expect("write");
+        assert_eq!(summary(&written), vec![Ok(1)]);
+        locker.rollback().await.expect("rollback");
     }
 }

@@ -234,6 +234,15 @@ impl<'a> AppendArgs<'a> {
         Ok(args)
     }
 
+    /// Whether the exact set append can take the batch (see
+    /// [`crate::set_append::exact_statement`]): independent requests, each
+    /// of one event at an exact expected version (or to a new stream).
+    pub fn single_exact(&self) -> bool {
+        self.independent
+            && self.counts.iter().all(|&count| count == 1)
+            && self.expected.iter().all(|&expected| expected >= 0)
+    }
+
     /// Runs the batch as one statement, so in one transaction: `set` (a set
     /// append, see [`crate::set_append::statement`]) when the requests are
     /// independent, otherwise `dependent` (a call of

@@ -19,7 +19,10 @@
 //! never interleave versions, and a transaction that took its id before a
 //! newer one committed to the stream is refused
 //! ([`AppendError::StaleTransaction`]) rather than write a stream out of the
-//! global order.
+//! global order. The one writer without the lock, the exact set append
+//! ([`set_append::exact_statement`]), writes one event on top of a head its
+//! snapshot sees, so after it in the global order, and leaves any clash to
+//! the primary key and the command index.
 //! * [`EventStore::read_stream`] reads one stream from a version;
 //!   [`EventStore::read_all_after`] reads the whole log after a position in
 //!   the gap-safe global order; [`EventStore::subscribe`] turns that into an
