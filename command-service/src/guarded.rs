@@ -257,6 +257,16 @@ mod tests {
         (user, rejected)
     }
 
+    /// A store on `pool` with [`fixtures`]: the store, the user and the
+    /// command id whose rejection is stored.
+    async fn store_with_fixtures(pool: &PgPool) -> (EventStore, Uuid, Uuid) {
+        let (user, rejected) = fixtures(pool).await;
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("store");
+        (store, user, rejected)
+    }
+
     fn entry(stream_id: Uuid, command_id: Uuid, events: usize, token: &str, user: Uuid) -> Entry {
         let request = AppendRequest {
             stream_id,
@@ -316,11 +326,8 @@ mod tests {
     /// a key's request is always held back, never let through.
     #[sqlx::test(migrations = "../migrations")]
     async fn api_key_requests_are_checked_against_the_key(pool: PgPool) {
-        let (user, _) = fixtures(&pool).await;
+        let (store, user, _) = store_with_fixtures(&pool).await;
         let keys = key_fixtures(&pool, user).await;
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
-            .await
-            .expect("store");
         let streams: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
         let entries = vec![
             key_entry(streams[0], keys[0], user),
@@ -451,10 +458,7 @@ mod tests {
     /// as if alone, each with exactly its own events, answered in order.
     #[sqlx::test(migrations = "../migrations")]
     async fn held_back_requests_leave_the_rest_of_a_set_append_intact(pool: PgPool) {
-        let (user, rejected) = fixtures(&pool).await;
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
-            .await
-            .expect("store");
+        let (store, user, rejected) = store_with_fixtures(&pool).await;
         let streams: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
         let entries = vec![
             entry(streams[0], Uuid::now_v7(), 2, "live", user),
@@ -480,10 +484,7 @@ mod tests {
     /// request is skipped and the next one on its stream follows the first.
     #[sqlx::test(migrations = "../migrations")]
     async fn held_back_requests_leave_the_rest_of_a_dependent_batch_intact(pool: PgPool) {
-        let (user, rejected) = fixtures(&pool).await;
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
-            .await
-            .expect("store");
+        let (store, user, rejected) = store_with_fixtures(&pool).await;
         let stream = Uuid::now_v7();
         let entries = vec![
             entry(stream, Uuid::now_v7(), 2, "live", user),
@@ -526,10 +527,7 @@ mod tests {
     /// is replayed, and the checks hold back what they always did.
     #[sqlx::test(migrations = "../migrations")]
     async fn exact_batches_append_on_the_head_and_settle_the_rest(pool: PgPool) {
-        let (user, rejected) = fixtures(&pool).await;
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
-            .await
-            .expect("store");
+        let (store, user, rejected) = store_with_fixtures(&pool).await;
         let streams: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
         let mut heads = Vec::new();
         for (stream, events) in [(streams[0], 1), (streams[1], 2), (streams[4], 1)] {
@@ -592,10 +590,7 @@ mod tests {
     /// conflict if that writer committed, or the append if it rolled back.
     #[sqlx::test(migrations = "../migrations")]
     async fn exact_batches_wait_for_a_concurrent_writer_of_the_version(pool: PgPool) {
-        let (user, _) = fixtures(&pool).await;
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
-            .await
-            .expect("store");
+        let (store, user, _) = store_with_fixtures(&pool).await;
         for commit in [true, false] {
             let stream = Uuid::now_v7();
             let seed = entry(stream, Uuid::now_v7(), 1, "live", user);
@@ -646,10 +641,7 @@ mod tests {
     /// full set append would wait for it to end).
     #[sqlx::test(migrations = "../migrations")]
     async fn exact_batches_take_no_stream_lock(pool: PgPool) {
-        let (user, _) = fixtures(&pool).await;
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
-            .await
-            .expect("store");
+        let (store, user, _) = store_with_fixtures(&pool).await;
         let stream = Uuid::now_v7();
         let mut locker = pool.begin().await.expect("transaction");
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
