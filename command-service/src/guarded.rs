@@ -141,6 +141,9 @@ pub(crate) async fn write(
         .filter(|&i| outcomes[i].is_none())
         .collect();
     if !taken.is_empty() {
+        crate::metrics::metrics()
+            .exact_taken
+            .inc_by(taken.len() as u64);
         let again: Vec<&Entry> = taken.iter().map(|&i| entries[i]).collect();
         let requests: Vec<&AppendRequest> = again.iter().map(|(r, _)| r).collect();
         let args = AppendArgs::new(&requests)?;
@@ -554,7 +557,10 @@ mod tests {
             decided,
         ];
         let batch: Vec<&Entry> = entries.iter().collect();
+        let taken = crate::metrics::metrics().exact_taken.get();
         let outcomes = write(&store, &batch).await.expect("write");
+        // Tests in parallel may count more; this batch leaves three.
+        assert!(crate::metrics::metrics().exact_taken.get() >= taken + 3);
         assert_eq!(
             summary(&outcomes),
             vec![
