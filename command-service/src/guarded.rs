@@ -130,8 +130,7 @@ pub(crate) async fn write(
 ) -> Result<Vec<Result<AppendOutcome, GuardedError>>, StoreError> {
     let requests: Vec<&AppendRequest> = entries.iter().map(|(r, _)| r).collect();
     let args = AppendArgs::new(&requests)?;
-    let exact = args.single_exact();
-    let statement: &str = if exact {
+    let statement: &str = if args.single_exact() {
         &GUARDED_EXACT_APPEND
     } else {
         &GUARDED_SET_APPEND

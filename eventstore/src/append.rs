@@ -3,7 +3,6 @@
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::committers::{CommitterQuery, Committers};
-use crate::error::retry_transient;
 use crate::{
     AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Position, StoreError,
 };
@@ -248,8 +247,8 @@ impl<'a> AppendArgs<'a> {
     /// independent, otherwise `dependent` (a call of
     /// `eventstore_append_batch` or of a wrapper of it). Both take the ten
     /// arrays as `$1` to `$10`; `extra` binds the parameters after them.
-    /// Retries what [`crate::set_append::run`] or [`retry_transient`]
-    /// retries; answers one row per request, in order.
+    /// Retries what [`crate::set_append::run`] retries (transient failures
+    /// and lost races); answers one row per request, in order.
     pub async fn fetch_all<'q, E>(
         &'q self,
         committers: &Committers,
@@ -262,11 +261,11 @@ impl<'a> AppendArgs<'a> {
     {
         let statement = if self.independent { set } else { dependent };
         let send = || committers.fetch_all(extra(self.bind(sqlx::query(statement))));
-        let rows = if self.independent {
-            crate::set_append::run(send).await?
-        } else {
-            retry_transient(send).await?
-        };
+        // Either statement may lose a race on `events_pkey`: the set append
+        // to a writer that committed between its snapshot and its locks,
+        // the locking `dependent` one to the exact set append, which takes
+        // no lock. Nothing was written; `run` sends it again.
+        let rows = crate::set_append::run(send).await?;
         if rows.len() != self.stream_ids.len() {
             return Err(StoreError::Corrupt(format!(
                 "batch of {} appends answered {} rows",

@@ -66,10 +66,6 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
                 // A concurrent duplicate of a command committed first (see
                 // eventstore_append); the retry answers its outcome.
                 || (code == "23505" && db.constraint() == Some("events_command"))
-                // A writer that takes no stream lock (the exact set append,
-                // see set_append.rs) committed this version first; nothing
-                // was written, and the retry reads the head it left.
-                || (code == "23505" && db.constraint() == Some("events_pkey"))
         }),
         _ => false,
     }
