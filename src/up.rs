@@ -41,14 +41,15 @@ pub fn command_service_config(settings: &Settings) -> command_service::ServiceCo
         embedding_dimension: commands.embedding_dimension,
         bootstrap_token: settings.bootstrap_token.clone(),
         rate_limit: (commands.rate_limit_per_minute > 0).then(|| {
-            command_service::RateLimitConfig {
-                redis_url: settings.redis.url.expose_secret().to_string(),
-                key_prefix: format!("{}ratelimit:commands:", settings.redis.prefix),
-                limit: commands.rate_limit_per_minute,
-                window: std::time::Duration::from_secs(60),
-            }
+            command_service::RateLimitConfig::with_signin_defaults(
+                settings.redis.url.expose_secret().to_string(),
+                format!("{}ratelimit:", settings.redis.prefix),
+                commands.rate_limit_per_minute,
+                std::time::Duration::from_secs(60),
+            )
         }),
         max_in_flight: commands.max_in_flight,
+        trusted_agents: commands.trusted_agents.clone(),
         auth_epochs: Some((
             settings.redis.url.expose_secret().to_string(),
             settings.redis.prefix.clone(),

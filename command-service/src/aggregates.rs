@@ -7,6 +7,8 @@ use domain::{
     conversation, execution, incident, knowledge, runbook, session, user, workflow, Aggregate,
 };
 
+use crate::inline::InlineError;
+
 /// A view of a command for fact resolution, whatever aggregate it is for.
 pub(crate) enum CommandRef<'a> {
     User(&'a user::Command),
@@ -29,7 +31,7 @@ pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static
         _conn: &'c mut sqlx::PgConnection,
         _id: Uuid,
         _events: &'c [Self::Event],
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    ) -> BoxFuture<'c, Result<(), InlineError>> {
         Box::pin(async { Ok(()) })
     }
 
@@ -51,7 +53,7 @@ impl Handled for user::User {
         conn: &'c mut sqlx::PgConnection,
         id: Uuid,
         events: &'c [user::Event],
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    ) -> BoxFuture<'c, Result<(), InlineError>> {
         Box::pin(crate::inline::apply_user(conn, id, events))
     }
 
@@ -84,7 +86,7 @@ impl Handled for session::Session {
         conn: &'c mut sqlx::PgConnection,
         id: Uuid,
         events: &'c [session::Event],
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    ) -> BoxFuture<'c, Result<(), InlineError>> {
         Box::pin(crate::inline::apply_session(conn, id, events))
     }
 

@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use domain::context::Actor;
+use domain::context::{Actor, Scopes};
 use domain::ids::UserId;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
-use domain::Command;
 use eventstore::coalesce::{Coalescer, Pending};
-use infra::auth::{constant_time_eq, parse_bearer, token_hash, verify_secret, Bearer};
+use infra::auth::{constant_time_eq, parse_bearer, token_hash, verify_secret_bounded, Bearer};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -54,7 +53,7 @@ struct ValidKey {
     user_id: Uuid,
     role: String,
     /// Fixed when the key is issued.
-    scopes: Vec<Scope>,
+    scopes: Scopes,
     expires_at: Option<DateTime<Utc>>,
 }
 
@@ -113,7 +112,7 @@ impl Authenticator {
     ) -> Option<(Actor, Guard)> {
         let token = bearer_token(authorization, command_type)?;
         let token_hash = match parse_bearer(token)? {
-            Bearer::ApiKey { .. } => return self.valid_key(token, command_type, now),
+            Bearer::ApiKey { .. } => return self.valid_key(token, now),
             Bearer::Session(session_token) => token_hash(session_token),
         };
         let copy = self
@@ -127,11 +126,11 @@ impl Authenticator {
         if now >= copy.expires_at || now - copy.last_seen > IDLE_TIMEOUT {
             return None;
         }
-        let actor = user(copy.user_id, &copy.role).ok()?;
+        let actor = user(copy.user_id, &copy.role, Scopes::SESSION).ok()?;
         Some((
             actor,
             Guard {
-                token_hash,
+                token_hash: Some(token_hash),
                 key_id: None,
                 user_id: copy.user_id,
                 role: copy.role,
@@ -140,26 +139,20 @@ impl Authenticator {
     }
 
     /// [`Authenticator::verified`] for an API key: its copy, if the key
-    /// has not expired by `now` and its scopes allow the command (scopes
-    /// never change; the rest is checked again by the append).
-    fn valid_key(
-        &self,
-        token: &str,
-        command_type: &str,
-        now: DateTime<Utc>,
-    ) -> Option<(Actor, Guard)> {
+    /// has not expired by `now` and may send commands (scopes never
+    /// change; the rest is checked again by the append, and what the
+    /// scopes allow by the domain).
+    fn valid_key(&self, token: &str, now: DateTime<Utc>) -> Option<(Actor, Guard)> {
         let digest = token_hash(token);
         let copy = self.valid_keys.lock().ok()?.get(&digest).cloned()?;
-        if copy.expires_at.is_some_and(|e| now >= e)
-            || !domain::context::scope_allows(&copy.scopes, Command::admin_only(command_type))
-        {
+        if copy.expires_at.is_some_and(|e| now >= e) || !copy.scopes.may_command() {
             return None;
         }
-        let actor = user(copy.user_id, &copy.role).ok()?;
+        let actor = user(copy.user_id, &copy.role, copy.scopes).ok()?;
         Some((
             actor,
             Guard {
-                token_hash: digest,
+                token_hash: Some(digest),
                 key_id: Some(copy.key_id),
                 user_id: copy.user_id,
                 role: copy.role,
@@ -169,12 +162,15 @@ impl Authenticator {
 
     /// Drops the copy of a session or key that no longer holds.
     pub fn forget(&self, guard: &Guard) {
+        let Some(token_hash) = &guard.token_hash else {
+            return;
+        };
         if guard.key_id.is_some() {
             if let Ok(mut map) = self.valid_keys.lock() {
-                map.remove(&guard.token_hash);
+                map.remove(token_hash);
             }
         } else if let Ok(mut map) = self.verified_sessions.lock() {
-            map.remove(&guard.token_hash);
+            map.remove(token_hash);
         }
     }
 
@@ -188,7 +184,6 @@ impl Authenticator {
         command_id: Uuid,
         authorization: Option<&str>,
         command_type: &str,
-        admin_command: bool,
         now: DateTime<Utc>,
     ) -> Result<Preflight, LookupError> {
         let token = bearer_token(authorization, command_type);
@@ -212,7 +207,7 @@ impl Authenticator {
             }
             actor
         } else {
-            self.authenticate(authorization, token, command_type, admin_command, now)
+            self.authenticate(authorization, token, command_type, now)
                 .await?
         };
         Ok(Preflight { outcome, actor })
@@ -223,7 +218,6 @@ impl Authenticator {
         authorization: Option<&str>,
         token: Option<&str>,
         command_type: &str,
-        admin_command: bool,
         now: DateTime<Utc>,
     ) -> Result<Result<Actor, Refusal>, sqlx::Error> {
         if command_type == "session.start" {
@@ -244,8 +238,7 @@ impl Authenticator {
             // Sessions are checked in `preflight`.
             None | Some(Bearer::Session(_)) => Ok(Err(Refusal::Unauthorized("invalid_token"))),
             Some(Bearer::ApiKey { key_id, secret }) => {
-                self.api_key(token, key_id, secret, admin_command, now)
-                    .await
+                self.api_key(token, key_id, secret, now).await
             }
         }
     }
@@ -328,7 +321,7 @@ async fn look_up(pool: PgPool, batch: Vec<Pending<Lookup, Result<SessionRow, Loo
 
 /// What [`Authenticator::preflight`] found.
 pub struct Preflight {
-    pub outcome: Option<crate::result::CommandResult>,
+    pub outcome: Option<crate::outcomes::Stored>,
     pub actor: Result<Actor, Refusal>,
 }
 
@@ -383,7 +376,7 @@ fn session_actor(
     if locked.unwrap_or(true) || deleted.unwrap_or(true) {
         return refused("account_disabled");
     }
-    let actor = user(user_id, &role);
+    let actor = user(user_id, &role, Scopes::SESSION);
     let copy = actor.is_ok().then_some(VerifiedSession {
         user_id,
         role,
@@ -399,7 +392,6 @@ impl Authenticator {
         token: &str,
         key_id: Uuid,
         secret: &str,
-        admin_command: bool,
         now: DateTime<Utc>,
     ) -> Result<Result<Actor, Refusal>, sqlx::Error> {
         let row: Option<KeyRow> = sqlx::query_as(
@@ -430,13 +422,7 @@ impl Authenticator {
             .map(|m| m.get(&digest) == Some(&key_id))
             .unwrap_or(false);
         if !cached {
-            let secret = secret.to_string();
-            // argon2id takes tens of milliseconds of CPU: off the async threads.
-            let ok = tokio::task::spawn_blocking(move || {
-                verify_secret(&secret, &key_hash).unwrap_or(false)
-            })
-            .await
-            .unwrap_or(false);
+            let ok = verify_secret_bounded(secret.to_string(), key_hash).await;
             if !ok {
                 return Ok(Err(Refusal::Unauthorized("invalid_token")));
             }
@@ -452,10 +438,13 @@ impl Authenticator {
             return Ok(Err(Refusal::Unauthorized("account_disabled")));
         }
         let scopes: Vec<Scope> = scopes.iter().filter_map(|s| s.parse().ok()).collect();
-        if !domain::context::scope_allows(&scopes, admin_command) {
+        let scopes = Scopes::of(&scopes);
+        // What else the scopes allow is the domain's to say (the actor
+        // carries them); a key that may send no command stops here.
+        if !scopes.may_command() {
             return Ok(Err(Refusal::Forbidden("missing_scope")));
         }
-        let actor = user(user_id, &role);
+        let actor = user(user_id, &role, scopes);
         if actor.is_ok() {
             let copy = ValidKey {
                 key_id,
@@ -497,11 +486,12 @@ struct KeyRow {
     deleted: bool,
 }
 
-fn user(user_id: Uuid, role: &str) -> Result<Actor, Refusal> {
+fn user(user_id: Uuid, role: &str, scopes: Scopes) -> Result<Actor, Refusal> {
     match role.parse::<Role>() {
         Ok(role) => Ok(Actor::User {
             id: UserId(user_id),
             role,
+            scopes,
         }),
         Err(_) => Err(Refusal::Unauthorized("invalid_token")),
     }

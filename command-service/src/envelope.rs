@@ -31,9 +31,11 @@ pub struct Envelope {
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
     /// Where the request came from, from the optional `Client-Ip` and
-    /// `User-Agent` headers (kept in the events' metadata for the audit log).
+    /// `User-Agent` headers: kept in the events' metadata, as fact when a
+    /// trusted agent sent the command (`client_vouched`), else as a claim.
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    pub client_vouched: bool,
 }
 
 /// Why a message could not be read: the field and what is wrong with it.
@@ -59,6 +61,22 @@ fn path_of(path: &serde_path_to_error::Path) -> String {
     } else {
         text
     }
+}
+
+/// The field a "missing field `x`" error is about, under `parent` (the
+/// path of the map it is missing from; empty for the top level): a missing
+/// field is named by its own path, not by its parent's.
+fn missing_field(parent: &str, message: &str) -> Option<String> {
+    let name = message
+        .strip_prefix("missing field `")?
+        .split('`')
+        .next()
+        .filter(|n| !n.is_empty())?;
+    Some(if parent.is_empty() || parent == "." {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    })
 }
 
 /// Reads the envelope and the command of `command_type` from a message.
@@ -197,14 +215,16 @@ impl<P> Raw<P> {
             causation_id: self.causation_id,
             client_ip: None,
             user_agent: None,
+            client_vouched: false,
         }
     }
 }
 
 fn invalid_envelope<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> Invalid {
+    let message = e.inner().to_string();
     Invalid {
-        field: path_of(e.path()),
-        message: e.inner().to_string(),
+        field: missing_field(&e.path().to_string(), &message).unwrap_or_else(|| path_of(e.path())),
+        message,
         command_id: None,
         aggregate_id: None,
     }
@@ -235,6 +255,28 @@ fn nul_at(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// How deep arrays and maps may nest in a payload, whatever its encoding.
+/// JSON kept in the read model (`definition`, `context`, `tool_calls`, ...)
+/// is read back by serde_json, which stops at 128 levels, and PostgreSQL
+/// at its stack depth; a payload within this limit is safe everywhere.
+pub const MAX_DEPTH: usize = 32;
+
+/// The path of the first array or map in `value` (itself at `depth`)
+/// nested deeper than [`MAX_DEPTH`].
+fn too_deep_at(value: &serde_json::Value, depth: usize) -> Option<String> {
+    use serde_json::Value as J;
+    let children: Box<dyn Iterator<Item = (String, &J)>> = match value {
+        J::Array(items) => Box::new(items.iter().enumerate().map(|(i, v)| (format!("[{i}]"), v))),
+        J::Object(entries) => Box::new(entries.iter().map(|(k, v)| (format!(".{k}"), v))),
+        _ => return None,
+    };
+    if depth > MAX_DEPTH {
+        return Some(String::new());
+    }
+    let mut children = children;
+    children.find_map(|(step, child)| too_deep_at(child, depth + 1).map(|path| step + &path))
+}
+
 fn parse_payload(
     command_type: &str,
     payload: serde_json::Value,
@@ -244,6 +286,14 @@ fn parse_payload(
         return Err(Invalid {
             field: format!("payload{path}"),
             message: "must not contain NUL (U+0000) characters".into(),
+            command_id: Some(envelope.command_id),
+            aggregate_id: Some(envelope.aggregate_id),
+        });
+    }
+    if let Some(path) = too_deep_at(&payload, 1) {
+        return Err(Invalid {
+            field: format!("payload{path}"),
+            message: format!("is nested deeper than {MAX_DEPTH} levels"),
             command_id: Some(envelope.command_id),
             aggregate_id: Some(envelope.aggregate_id),
         });
@@ -270,12 +320,14 @@ fn parse_payload(
             }
             ParseError::Payload(inner) => {
                 let path = track.path().to_string();
+                let message = inner.to_string();
                 let field = if path == "." || path.is_empty() {
                     "payload".to_string()
                 } else {
                     format!("payload.{path}")
                 };
-                (field, inner.to_string())
+                let field = missing_field(&field, &message).unwrap_or(field);
+                (field, message)
             }
         };
         Invalid {

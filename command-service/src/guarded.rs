@@ -28,14 +28,28 @@ pub struct Guard {
     /// Hash of the bearer token: of a session token, as in `auth_sessions`;
     /// of a whole API key, which matches no session (so the dependent
     /// batch's `command_append_set`, which checks sessions only, holds a
-    /// key's request back and it is handled the slow way).
-    pub token_hash: String,
+    /// key's request back and it is handled the slow way). `None`: no
+    /// credential to check, only that the command has no stored outcome.
+    pub token_hash: Option<String>,
     /// The API key the command was decided under, checked instead of a
     /// session: still there, not revoked, not expired.
     pub key_id: Option<Uuid>,
     /// The user and role the command was decided as.
     pub user_id: Uuid,
     pub role: String,
+}
+
+impl Guard {
+    /// The guard of a command whose credential was checked in full just
+    /// now: only a stored outcome of its command id holds it back.
+    pub fn outcome_only() -> Guard {
+        Guard {
+            token_hash: None,
+            key_id: None,
+            user_id: Uuid::nil(),
+            role: String::new(),
+        }
+    }
 }
 
 /// Why a guarded append wrote nothing.
@@ -177,7 +191,10 @@ async fn run(
     args: &AppendArgs<'_>,
     statement: &str,
 ) -> Result<Vec<Option<Result<AppendOutcome, GuardedError>>>, StoreError> {
-    let tokens: Vec<&str> = entries.iter().map(|(_, g)| g.token_hash.as_str()).collect();
+    let tokens: Vec<Option<&str>> = entries
+        .iter()
+        .map(|(_, g)| g.token_hash.as_deref())
+        .collect();
     let users: Vec<Uuid> = entries.iter().map(|(_, g)| g.user_id).collect();
     let roles: Vec<&str> = entries.iter().map(|(_, g)| g.role.as_str()).collect();
     let keys: Vec<Option<Uuid>> = entries.iter().map(|(_, g)| g.key_id).collect();
@@ -283,7 +300,7 @@ mod tests {
             },
         };
         let guard = Guard {
-            token_hash: token.into(),
+            token_hash: Some(token.into()),
             key_id: None,
             user_id: user,
             role: "operator".into(),

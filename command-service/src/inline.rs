@@ -2,38 +2,72 @@
 //! appends a command's events applies them here.
 
 use chrono::{DateTime, Utc};
-use domain::{session, user};
+use domain::{session, user, DomainError};
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+/// Why an inline projection did not apply a command's events; the
+/// transaction with them is rolled back either way.
+#[derive(Debug, thiserror::Error)]
+pub enum InlineError {
+    #[error("auth index: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The index refuses what a concurrent command made impossible since
+    /// the decision (an e-mail taken, an MFA code used meanwhile): the
+    /// command is refused as if decided now.
+    #[error("{0}")]
+    Refused(DomainError),
+}
+
+/// The constraint that keeps e-mails unique among accounts not forgotten.
+const EMAIL_KEY: &str = "auth_users_email_key";
 
 pub async fn apply_user(
     conn: &mut PgConnection,
     user_id: Uuid,
     events: &[user::Event],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), InlineError> {
     for event in events {
         match event {
             user::Event::Registered(e) => {
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO auth_users (user_id, email, role, password_hash) VALUES ($1, $2, $3, $4)",
                 )
                 .bind(user_id)
                 .bind(e.email.as_ref().map(String::as_str).unwrap_or_default())
                 .bind(e.role.as_str())
-                .bind(&e.password_hash)
+                .bind(e.password_hash.expose())
                 .execute(&mut *conn)
-                .await?;
+                .await;
+                match inserted {
+                    Err(sqlx::Error::Database(db)) if db.constraint() == Some(EMAIL_KEY) => {
+                        return Err(InlineError::Refused(email_taken()));
+                    }
+                    other => {
+                        other?;
+                    }
+                }
             }
             user::Event::RoleChanged(e) => set(conn, user_id, "role = $2", e.to.as_str()).await?,
             user::Event::PasswordChanged(e) => {
-                set(conn, user_id, "password_hash = $2", &e.password_hash).await?
+                set(
+                    conn,
+                    user_id,
+                    "password_hash = $2",
+                    e.password_hash.expose(),
+                )
+                .await?
             }
             user::Event::MfaEnabled(e) => {
                 set(
                     conn,
                     user_id,
                     "mfa_secret = $2",
-                    e.secret.as_ref().map(String::as_str).unwrap_or_default(),
+                    e.secret
+                        .expose()
+                        .as_ref()
+                        .map(String::as_str)
+                        .unwrap_or_default(),
                 )
                 .await?
             }
@@ -63,7 +97,7 @@ pub async fn apply_user(
                 )
                 .bind(e.key_id.0)
                 .bind(user_id)
-                .bind(&e.key_hash)
+                .bind(e.key_hash.expose())
                 .bind(&scopes)
                 .bind(e.expires_at)
                 .execute(&mut *conn)
@@ -109,19 +143,43 @@ async fn flag(conn: &mut PgConnection, user_id: Uuid, assignment: &str) -> Resul
     Ok(())
 }
 
+/// The refusal of a registration whose e-mail another account has.
+pub fn email_taken() -> DomainError {
+    DomainError::rejected("email_taken", "another account has this e-mail address")
+}
+
 pub async fn apply_session(
     conn: &mut PgConnection,
     session_id: Uuid,
     events: &[session::Event],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), InlineError> {
     for event in events {
         match event {
             session::Event::Started(e) => {
+                if let Some(step) = e.mfa_step {
+                    // A concurrent sign-in that took this code's step first
+                    // holds the row until it commits; then no row matches.
+                    let taken = sqlx::query(
+                        "UPDATE auth_users SET mfa_last_step = $2
+                          WHERE user_id = $1 AND coalesce(mfa_last_step, -1) < $2",
+                    )
+                    .bind(e.user_id.0)
+                    .bind(step)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if taken == 0 {
+                        return Err(InlineError::Refused(DomainError::rejected(
+                            "invalid_mfa_code",
+                            "the MFA code is wrong or was used before",
+                        )));
+                    }
+                }
                 sqlx::query(
                     "INSERT INTO auth_sessions (token_hash, session_id, user_id, expires_at, last_seen)
                      VALUES ($1, $2, $3, $4, $5)",
                 )
-                .bind(&e.token_hash)
+                .bind(e.token_hash.expose())
                 .bind(session_id)
                 .bind(e.user_id.0)
                 .bind(e.expires_at)

@@ -24,7 +24,7 @@ use std::time::Duration;
 use eventstore::EventStore;
 use secrecy::SecretString;
 
-pub use handler::{Handler, HandlerSettings, Incoming};
+pub use handler::{Handler, HandlerSettings, Incoming, ANSWER_CARRIES_SECRET};
 pub use result::{CommandResult, Encoding, Status};
 
 /// What the service needs to know.
@@ -40,6 +40,9 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// How many commands are handled at once per transport.
     pub max_in_flight: usize,
+    /// Users whose `Client-Ip`/`User-Agent` headers are recorded as fact
+    /// (a front end that signs in its users); everyone else's are claims.
+    pub trusted_agents: Vec<uuid::Uuid>,
     /// Redis URL and key prefix of the auth epochs the query service's
     /// credential cache checks (see `infra::auth_epoch`); `None`: no such
     /// cache is in use.
@@ -49,9 +52,39 @@ pub struct ServiceConfig {
 #[derive(Clone)]
 pub struct RateLimitConfig {
     pub redis_url: String,
+    /// Prefix of the limits' keys (`<redis prefix>ratelimit:`); each limit
+    /// adds its own scope (`commands:`, `signin:email:`, `signin:address:`).
     pub key_prefix: String,
+    /// Commands per principal (a user, or the bootstrap token) per `window`.
     pub limit: u32,
     pub window: Duration,
+    /// Sign-in attempts per e-mail address, and per client address, per
+    /// `signin_window`, whatever session id each attempt names.
+    pub signin_per_email: u32,
+    pub signin_per_address: u32,
+    pub signin_window: Duration,
+}
+
+impl RateLimitConfig {
+    /// The defaults for sign-ins: 10 attempts per e-mail and 30 per client
+    /// address in 15 minutes (the account itself locks after 5 wrong ones
+    /// in a row).
+    pub fn with_signin_defaults(
+        redis_url: String,
+        key_prefix: String,
+        limit: u32,
+        window: Duration,
+    ) -> Self {
+        RateLimitConfig {
+            redis_url,
+            key_prefix,
+            limit,
+            window,
+            signin_per_email: 10,
+            signin_per_address: 30,
+            signin_window: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +141,7 @@ pub async fn run(
         HandlerSettings {
             max_message_bytes: config.max_message_bytes,
             embedding_dimension: config.embedding_dimension,
+            trusted_agents: config.trusted_agents.clone(),
         },
         epochs,
     ));
@@ -127,12 +161,23 @@ async fn connect_limiter(rl: RateLimitConfig, limiter: handler::Limiter) {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager()).await {
             Ok(Ok(conn)) => {
-                limiter.set(infra::ratelimit::SlidingWindow::new(
-                    conn,
-                    rl.key_prefix.clone(),
-                    rl.limit,
-                    rl.window,
-                ));
+                let window = |scope: &str, limit, window| {
+                    infra::ratelimit::SlidingWindow::new(
+                        conn.clone(),
+                        format!("{}{scope}", rl.key_prefix),
+                        limit,
+                        window,
+                    )
+                };
+                limiter.set(handler::Limits {
+                    commands: window("commands:", rl.limit, rl.window),
+                    signin_email: window("signin:email:", rl.signin_per_email, rl.signin_window),
+                    signin_address: window(
+                        "signin:address:",
+                        rl.signin_per_address,
+                        rl.signin_window,
+                    ),
+                });
                 tracing::info!("rate limit connected to Redis");
                 return;
             }

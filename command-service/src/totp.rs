@@ -6,23 +6,33 @@ use chrono::{DateTime, Utc};
 const STEP_SECONDS: i64 = 30;
 const DIGITS: u32 = 6;
 
-/// Whether `code` is valid for the base32 `secret` at `now` (±1 step).
-pub fn verify(secret: &str, code: &str, now: DateTime<Utc>) -> bool {
-    let Some(key) = base32_decode(secret) else {
-        return false;
-    };
+/// The time step `code` is valid for with the base32 `secret` at `now`
+/// (±1 step of drift), or `None`. The step is what a sign-in remembers, so
+/// the same code is refused a second time.
+pub fn matching_step(secret: &str, code: &str, now: DateTime<Utc>) -> Option<i64> {
+    let key = base32_decode(secret)?;
     if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
+        return None;
     }
     let step = now.timestamp().div_euclid(STEP_SECONDS);
-    (-1..=1).any(|drift| {
+    // Every candidate is compared, so the time taken says nothing of which matched.
+    let mut matched = None;
+    for drift in -1..=1 {
         let expected = format!(
             "{:0width$}",
             hotp(&key, (step + drift) as u64),
             width = DIGITS as usize
         );
-        infra::auth::constant_time_eq(expected.as_bytes(), code.as_bytes())
-    })
+        if infra::auth::constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+            matched = Some(step + drift);
+        }
+    }
+    matched
+}
+
+/// Whether `code` is valid for the base32 `secret` at `now` (±1 step).
+pub fn verify(secret: &str, code: &str, now: DateTime<Utc>) -> bool {
+    matching_step(secret, code, now).is_some()
 }
 
 /// The code for `secret` at `now`, for tests and clients.

@@ -202,6 +202,7 @@ fn incoming<'a>(message: &'a Message, prefix: &str) -> Incoming<'a> {
         authorization: header(headers, "Authorization"),
         client_ip: header(headers, "Client-Ip"),
         user_agent: header(headers, "User-Agent"),
+        answer_kept: false,
     }
 }
 
@@ -324,6 +325,7 @@ async fn process(
             authorization: header(headers, "Authorization"),
             client_ip: header(headers, "Client-Ip"),
             user_agent: header(headers, "User-Agent"),
+            answer_kept: true,
         })
         .await;
     if result.command_id.is_nil() {
@@ -386,6 +388,9 @@ async fn publish_result(
     }
 }
 
+/// Headers that carry credentials, left out of dead-letter copies.
+const CREDENTIAL_HEADERS: [&str; 3] = ["Authorization", "Proxy-Authorization", "Cookie"];
+
 /// A command that failed every delivery goes to `<prefix>.dlq.<type>`.
 async fn dead_letter(
     js: &jetstream::Context,
@@ -393,7 +398,20 @@ async fn dead_letter(
     command_type: &str,
     message: &jetstream::Message,
 ) {
-    let headers = message.headers.clone().unwrap_or_default();
+    // The copy keeps what identifies and describes the command, never the
+    // credential it came with: the dead-letter subject is kept in a stream.
+    let mut headers = HeaderMap::new();
+    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+        if CREDENTIAL_HEADERS
+            .iter()
+            .any(|c| name.to_string().eq_ignore_ascii_case(c))
+        {
+            continue;
+        }
+        for value in values {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     let subject = format!(
         "{prefix}.dlq.{}",
         if command_type.is_empty() {

@@ -27,7 +27,7 @@ pub enum ParseError<E> {
 }
 
 macro_rules! catalogue {
-    ($($name:literal => $outer:ident($inner:path) admin $admin:literal),+ $(,)?) => {
+    ($($name:literal => $outer:ident($inner:path)),+ $(,)?) => {
         impl Command {
             /// Every command type of the contract.
             pub const TYPES: &'static [&'static str] = &[$($name),+];
@@ -49,67 +49,60 @@ macro_rules! catalogue {
                 matches!(command_type, $($name)|+)
             }
 
-            /// Whether only an admin (or the bootstrap token) may send it.
-            pub fn admin_only(command_type: &str) -> bool {
-                match command_type {
-                    $($name => $admin,)+
-                    _ => false,
-                }
-            }
         }
     };
 }
 
 catalogue! {
-    "user.register" => User(user::Command::Register) admin true,
-    "user.update_profile" => User(user::Command::UpdateProfile) admin false,
-    "user.change_role" => User(user::Command::ChangeRole) admin true,
-    "user.change_password" => User(user::Command::ChangePassword) admin false,
-    "user.enable_mfa" => User(user::Command::EnableMfa) admin false,
-    "user.disable_mfa" => User(user::Command::DisableMfa) admin false,
-    "user.issue_api_key" => User(user::Command::IssueApiKey) admin false,
-    "user.revoke_api_key" => User(user::Command::RevokeApiKey) admin false,
-    "user.lock" => User(user::Command::Lock) admin true,
-    "user.unlock" => User(user::Command::Unlock) admin true,
-    "user.delete" => User(user::Command::Delete) admin false,
-    "user.forget" => User(user::Command::Forget) admin false,
-    "session.start" => Session(session::Command::Start) admin false,
-    "session.touch" => Session(session::Command::Touch) admin false,
-    "session.end" => Session(session::Command::End) admin false,
-    "conversation.start" => Conversation(conversation::Command::Start) admin false,
-    "conversation.append_message" => Conversation(conversation::Command::AppendMessage) admin false,
-    "conversation.rate_message" => Conversation(conversation::Command::RateMessage) admin false,
-    "conversation.tag" => Conversation(conversation::Command::Tag) admin false,
-    "conversation.archive" => Conversation(conversation::Command::Archive) admin false,
-    "conversation.delete" => Conversation(conversation::Command::Delete) admin false,
-    "workflow.create" => Workflow(workflow::Command::Create) admin false,
-    "workflow.update" => Workflow(workflow::Command::Update) admin false,
-    "workflow.activate" => Workflow(workflow::Command::Activate) admin false,
-    "workflow.deactivate" => Workflow(workflow::Command::Deactivate) admin false,
-    "workflow.delete" => Workflow(workflow::Command::Delete) admin false,
-    "execution.start" => Execution(execution::Command::Start) admin false,
-    "execution.start_step" => Execution(execution::Command::StartStep) admin false,
-    "execution.complete_step" => Execution(execution::Command::CompleteStep) admin false,
-    "execution.fail_step" => Execution(execution::Command::FailStep) admin false,
-    "execution.retry_step" => Execution(execution::Command::RetryStep) admin false,
-    "execution.complete" => Execution(execution::Command::Complete) admin false,
-    "execution.fail" => Execution(execution::Command::Fail) admin false,
-    "execution.cancel" => Execution(execution::Command::Cancel) admin false,
-    "incident.open" => Incident(incident::Command::Open) admin false,
-    "incident.assign" => Incident(incident::Command::Assign) admin false,
-    "incident.change_severity" => Incident(incident::Command::ChangeSeverity) admin false,
-    "incident.add_note" => Incident(incident::Command::AddNote) admin false,
-    "incident.mitigate" => Incident(incident::Command::Mitigate) admin false,
-    "incident.resolve" => Incident(incident::Command::Resolve) admin false,
-    "incident.close" => Incident(incident::Command::Close) admin false,
-    "incident.reopen" => Incident(incident::Command::Reopen) admin false,
-    "runbook.create" => Runbook(runbook::Command::Create) admin false,
-    "runbook.update" => Runbook(runbook::Command::Update) admin false,
-    "runbook.record_execution" => Runbook(runbook::Command::RecordExecution) admin false,
-    "runbook.archive" => Runbook(runbook::Command::Archive) admin false,
-    "knowledge.index_code" => Knowledge(knowledge::Command::IndexCode) admin false,
-    "knowledge.index_document" => Knowledge(knowledge::Command::IndexDocument) admin false,
-    "knowledge.remove" => Knowledge(knowledge::Command::Remove) admin false,
+    "user.register" => User(user::Command::Register),
+    "user.update_profile" => User(user::Command::UpdateProfile),
+    "user.change_role" => User(user::Command::ChangeRole),
+    "user.change_password" => User(user::Command::ChangePassword),
+    "user.enable_mfa" => User(user::Command::EnableMfa),
+    "user.disable_mfa" => User(user::Command::DisableMfa),
+    "user.issue_api_key" => User(user::Command::IssueApiKey),
+    "user.revoke_api_key" => User(user::Command::RevokeApiKey),
+    "user.lock" => User(user::Command::Lock),
+    "user.unlock" => User(user::Command::Unlock),
+    "user.delete" => User(user::Command::Delete),
+    "user.forget" => User(user::Command::Forget),
+    "session.start" => Session(session::Command::Start),
+    "session.touch" => Session(session::Command::Touch),
+    "session.end" => Session(session::Command::End),
+    "conversation.start" => Conversation(conversation::Command::Start),
+    "conversation.append_message" => Conversation(conversation::Command::AppendMessage),
+    "conversation.rate_message" => Conversation(conversation::Command::RateMessage),
+    "conversation.tag" => Conversation(conversation::Command::Tag),
+    "conversation.archive" => Conversation(conversation::Command::Archive),
+    "conversation.delete" => Conversation(conversation::Command::Delete),
+    "workflow.create" => Workflow(workflow::Command::Create),
+    "workflow.update" => Workflow(workflow::Command::Update),
+    "workflow.activate" => Workflow(workflow::Command::Activate),
+    "workflow.deactivate" => Workflow(workflow::Command::Deactivate),
+    "workflow.delete" => Workflow(workflow::Command::Delete),
+    "execution.start" => Execution(execution::Command::Start),
+    "execution.start_step" => Execution(execution::Command::StartStep),
+    "execution.complete_step" => Execution(execution::Command::CompleteStep),
+    "execution.fail_step" => Execution(execution::Command::FailStep),
+    "execution.retry_step" => Execution(execution::Command::RetryStep),
+    "execution.complete" => Execution(execution::Command::Complete),
+    "execution.fail" => Execution(execution::Command::Fail),
+    "execution.cancel" => Execution(execution::Command::Cancel),
+    "incident.open" => Incident(incident::Command::Open),
+    "incident.assign" => Incident(incident::Command::Assign),
+    "incident.change_severity" => Incident(incident::Command::ChangeSeverity),
+    "incident.add_note" => Incident(incident::Command::AddNote),
+    "incident.mitigate" => Incident(incident::Command::Mitigate),
+    "incident.resolve" => Incident(incident::Command::Resolve),
+    "incident.close" => Incident(incident::Command::Close),
+    "incident.reopen" => Incident(incident::Command::Reopen),
+    "runbook.create" => Runbook(runbook::Command::Create),
+    "runbook.update" => Runbook(runbook::Command::Update),
+    "runbook.record_execution" => Runbook(runbook::Command::RecordExecution),
+    "runbook.archive" => Runbook(runbook::Command::Archive),
+    "knowledge.index_code" => Knowledge(knowledge::Command::IndexCode),
+    "knowledge.index_document" => Knowledge(knowledge::Command::IndexDocument),
+    "knowledge.remove" => Knowledge(knowledge::Command::Remove),
 }
 
 impl Command {

@@ -158,6 +158,7 @@ impl Aggregate for Conversation {
             let owner_id = ctx.actor.user_id().ok_or_else(|| {
                 DomainError::Forbidden("conversations belong to a signed-in user".into())
             })?;
+            ctx.actor.require_owner_or_admin(owner_id)?;
             return Ok(vec![Event::Started(Started {
                 owner_id,
                 title: start.title.map(|t| Personal::new(t.into_inner())),

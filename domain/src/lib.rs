@@ -15,6 +15,7 @@
 #[macro_use]
 mod macros;
 
+pub mod any_event;
 pub mod codec;
 pub mod command;
 pub mod context;
@@ -35,7 +36,7 @@ pub mod workflow;
 pub use command::Command;
 pub use context::{Actor, Context};
 pub use error::DomainError;
-pub use personal::Personal;
+pub use personal::{Personal, Secret};
 
 /// The payload of a command that takes no fields (`{}`); any field is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]

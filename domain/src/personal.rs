@@ -1,4 +1,5 @@
-//! Personal data: values that belong to a person and must be forgettable.
+//! Personal data (values that belong to a person and must be forgettable)
+//! and secrets (credential material that must never leave the log).
 //!
 //! Every field of an event that holds personal data (email, names, IPs,
 //! user agents, message contents, free text written by a user) has the type
@@ -44,21 +45,87 @@ impl<T> fmt::Debug for Personal<T> {
     }
 }
 
+/// What serialisation shows of personal data and of secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Showing {
+    /// Everything: the log's own encoding and the projections' inputs.
+    All,
+    /// No secrets: what an admin may read of the log.
+    NoSecrets,
+    /// Neither secrets nor personal data: what leaves the store (the
+    /// relay) and what outlives the owner's right to be forgotten (the
+    /// audit log).
+    Public,
+}
+
 thread_local! {
-    static REDACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SHOWING: std::cell::Cell<Showing> = const { std::cell::Cell::new(Showing::All) };
 }
 
 /// What a personal value serialises as inside [`redacted`].
 pub const REDACTED: &str = "[personal]";
+/// What a secret serialises as inside [`redacted`] and [`without_secrets`].
+pub const REDACTED_SECRET: &str = "[secret]";
 
-/// Runs `f` with every personal value serialising as [`REDACTED`]: for
-/// copies that must outlive the owner's right to be forgotten (the audit
-/// log keeps the facts of an event, not the person's data).
-pub fn redacted<R>(f: impl FnOnce() -> R) -> R {
-    let before = REDACTING.with(|r| r.replace(true));
+fn showing<R>(mode: Showing, f: impl FnOnce() -> R) -> R {
+    let before = SHOWING.with(|s| s.replace(mode));
     let result = f();
-    REDACTING.with(|r| r.set(before));
+    SHOWING.with(|s| s.set(before));
     result
+}
+
+/// Runs `f` with every personal value serialising as [`REDACTED`] and
+/// every secret as [`REDACTED_SECRET`]: the public form of an event.
+pub fn redacted<R>(f: impl FnOnce() -> R) -> R {
+    showing(Showing::Public, f)
+}
+
+/// Runs `f` with every secret serialising as [`REDACTED_SECRET`] (personal
+/// data is shown).
+pub fn without_secrets<R>(f: impl FnOnce() -> R) -> R {
+    showing(Showing::NoSecrets, f)
+}
+
+/// Credential material in an event (a password's or key's hash, a session
+/// token's hash): kept in the log, where the command side needs it, and
+/// never shown outside it (the relay, the audit log, the raw log over
+/// HTTP), where a hash would be something to crack. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    /// The value, for the code that checks credentials against it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Serialised as the bare value (so stored events keep their form), or
+/// [`REDACTED_SECRET`] inside [`redacted`] and [`without_secrets`].
+impl<T: Serialize> Serialize for Secret<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if SHOWING.with(std::cell::Cell::get) == Showing::All {
+            self.0.serialize(s)
+        } else {
+            s.serialize_str(REDACTED_SECRET)
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Secret)
+    }
 }
 
 /// Serialised as the bare value, or `null` when erased (or [`REDACTED`]
@@ -66,7 +133,9 @@ pub fn redacted<R>(f: impl FnOnce() -> R) -> R {
 impl<T: Serialize> Serialize for Personal<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Personal::Value(_) if REDACTING.with(std::cell::Cell::get) => s.serialize_str(REDACTED),
+            Personal::Value(_) if SHOWING.with(std::cell::Cell::get) == Showing::Public => {
+                s.serialize_str(REDACTED)
+            }
             Personal::Value(v) => v.serialize(s),
             Personal::Erased => s.serialize_none(),
         }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
 use crate::values::{Email, Label, Password, Role, Text};
-use crate::{Aggregate, Context, DomainError, Personal};
+use crate::{Aggregate, Context, DomainError, Personal, Secret};
 
 pub struct Session;
 
@@ -38,11 +38,15 @@ pub enum Command {
 pub struct Started {
     pub user_id: UserId,
     pub role: Role,
-    pub token_hash: String,
+    pub token_hash: Secret<String>,
     pub expires_at: DateTime<Utc>,
     pub device_fingerprint: Option<String>,
     pub ip_address: Option<Personal<String>>,
     pub user_agent: Option<Personal<String>>,
+    /// The time step of the MFA code this sign-in used (never accepted
+    /// again for the user); absent in events written before it was kept.
+    #[serde(default)]
+    pub mfa_step: Option<i64>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -93,31 +97,38 @@ impl Aggregate for Session {
             let invalid =
                 || DomainError::rejected("invalid_credentials", "the e-mail or password is wrong");
             let login = ctx.login.as_ref().ok_or_else(invalid)?;
-            if ctx.password_verified != Some(true) {
-                return Err(invalid());
-            }
             if login.deleted {
                 return Err(invalid());
             }
+            // Before the password: a locked account answers every attempt
+            // alike, so it is no oracle for guessing on.
             if login.locked {
                 return Err(DomainError::rejected(
                     "account_locked",
                     "the account is locked",
                 ));
             }
+            if ctx.password_verified != Some(true) {
+                return Err(invalid());
+            }
+            let mut mfa_step = None;
             if login.mfa_enabled {
-                match (start.mfa_code.is_some(), login.mfa_code_valid) {
-                    (false, _) => {
-                        return Err(DomainError::rejected(
-                            "mfa_required",
-                            "an MFA code is required",
-                        ))
+                if start.mfa_code.is_none() {
+                    return Err(DomainError::rejected(
+                        "mfa_required",
+                        "an MFA code is required",
+                    ));
+                }
+                // A code is good once: one whose time step a sign-in already
+                // took is refused like a wrong one.
+                match login.mfa_step {
+                    Some(step) if login.last_mfa_step.is_none_or(|last| step > last) => {
+                        mfa_step = Some(step)
                     }
-                    (true, Some(true)) => {}
-                    (true, _) => {
+                    _ => {
                         return Err(DomainError::rejected(
                             "invalid_mfa_code",
-                            "the MFA code is wrong",
+                            "the MFA code is wrong or was used before",
                         ))
                     }
                 }
@@ -125,6 +136,7 @@ impl Aggregate for Session {
             let token_hash = ctx
                 .token_hash
                 .clone()
+                .map(Secret::new)
                 .ok_or_else(|| DomainError::invalid("token", "was not generated"))?;
             return Ok(vec![Event::Started(Started {
                 user_id: login.user_id,
@@ -134,6 +146,7 @@ impl Aggregate for Session {
                 device_fingerprint: start.device_fingerprint.map(Label::into_inner),
                 ip_address: start.ip_address.map(|ip| Personal::new(ip.into_inner())),
                 user_agent: start.user_agent.map(|ua| Personal::new(ua.into_inner())),
+                mfa_step,
                 started_at: ctx.now,
             })]);
         };
@@ -143,7 +156,12 @@ impl Aggregate for Session {
                 "the session already exists",
             ));
         }
-        ctx.actor.require_owner_or_admin(user_id)?;
+        // Ending a session is managing a credential; touching one is using it.
+        if matches!(command, Command::End(_)) {
+            ctx.actor.require_credential_owner_or_admin(user_id)?;
+        } else {
+            ctx.actor.require_owner_or_admin(user_id)?;
+        }
         if state.ended {
             return Err(DomainError::rejected(
                 "session_ended",

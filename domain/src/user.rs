@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::context::Actor;
 use crate::ids::{ApiKeyId, UserId};
 use crate::values::{DisplayName, Email, Label, Name, Password, Role, Scope, Text};
-use crate::{Aggregate, Context, DomainError, Personal};
+use crate::{Aggregate, Context, DomainError, Personal, Secret};
 
 pub struct User;
 
@@ -104,7 +104,7 @@ pub struct Registered {
     pub email: Personal<String>,
     pub display_name: Personal<String>,
     pub role: Role,
-    pub password_hash: String,
+    pub password_hash: Secret<String>,
     pub registered_at: DateTime<Utc>,
 }
 
@@ -125,13 +125,14 @@ pub struct RoleChanged {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PasswordChanged {
-    pub password_hash: String,
+    pub password_hash: Secret<String>,
     pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MfaEnabled {
-    pub secret: Personal<String>,
+    /// The TOTP seed: personal, and a secret (shown nowhere but the log).
+    pub secret: Secret<Personal<String>>,
     pub at: DateTime<Utc>,
 }
 
@@ -146,7 +147,7 @@ pub struct ApiKeyIssued {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub expires_at: Option<DateTime<Utc>>,
-    pub key_hash: String,
+    pub key_hash: Secret<String>,
     pub prefix: String,
     pub issued_at: DateTime<Utc>,
 }
@@ -246,7 +247,7 @@ impl Aggregate for User {
                 email: Personal::new(r.email.as_str().to_string()),
                 display_name: Personal::new(r.display_name.into_inner()),
                 role: r.role,
-                password_hash,
+                password_hash: Secret::new(password_hash),
                 registered_at: ctx.now,
             })]);
         }
@@ -296,7 +297,7 @@ impl Aggregate for User {
                 })])
             }
             C::ChangePassword(_) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 if ctx.password_verified != Some(true) {
                     return Err(DomainError::rejected(
                         "wrong_password",
@@ -308,12 +309,12 @@ impl Aggregate for User {
                     .clone()
                     .ok_or_else(|| DomainError::invalid("new_password", "was not hashed"))?;
                 Ok(vec![Event::PasswordChanged(PasswordChanged {
-                    password_hash,
+                    password_hash: Secret::new(password_hash),
                     at: ctx.now,
                 })])
             }
             C::EnableMfa(m) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 if state.mfa_enabled {
                     return Err(DomainError::rejected(
                         "mfa_already_enabled",
@@ -321,12 +322,12 @@ impl Aggregate for User {
                     ));
                 }
                 Ok(vec![Event::MfaEnabled(MfaEnabled {
-                    secret: Personal::new(m.secret.into_inner()),
+                    secret: Secret::new(Personal::new(m.secret.into_inner())),
                     at: ctx.now,
                 })])
             }
             C::DisableMfa(_) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 if !state.mfa_enabled {
                     return Err(DomainError::rejected(
                         "mfa_not_enabled",
@@ -336,13 +337,19 @@ impl Aggregate for User {
                 Ok(vec![Event::MfaDisabled(at)])
             }
             C::IssueApiKey(k) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 if k.scopes.is_empty() {
                     return Err(DomainError::invalid("scopes", "name at least one scope"));
                 }
                 if k.scopes.contains(&Scope::Admin) && state.role != Some(Role::Admin) {
                     return Err(DomainError::Forbidden(
                         "only an admin's key can have the admin scope".into(),
+                    ));
+                }
+                // A credential never mints a wider one.
+                if !ctx.actor.scopes().covers(&k.scopes) {
+                    return Err(DomainError::Forbidden(
+                        "a key cannot be given scopes the credential issuing it lacks".into(),
                     ));
                 }
                 if k.expires_at.is_some_and(|e| e <= ctx.now) {
@@ -366,13 +373,13 @@ impl Aggregate for User {
                     name: k.name.into_inner(),
                     scopes,
                     expires_at: k.expires_at,
-                    key_hash: new.key_hash,
+                    key_hash: Secret::new(new.key_hash),
                     prefix: new.prefix,
                     issued_at: ctx.now,
                 })])
             }
             C::RevokeApiKey(r) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 let key = state.api_keys.get(&r.key_id).ok_or_else(|| {
                     DomainError::rejected("api_key_not_found", "no API key with this id")
                 })?;
@@ -411,11 +418,11 @@ impl Aggregate for User {
                 Ok(vec![Event::Unlocked(at)])
             }
             C::Delete(_) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 Ok(vec![Event::Deleted(at)])
             }
             C::Forget(_) => {
-                ctx.actor.require_owner_or_admin(user_id)?;
+                ctx.actor.require_credential_owner_or_admin(user_id)?;
                 Ok(vec![Event::Forgotten(at)])
             }
             C::RecordLogin(r) => {

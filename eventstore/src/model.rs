@@ -40,11 +40,19 @@ pub struct Metadata {
     /// The principal (a user id, `bootstrap`, `system`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The client's address and program, as vouched for by a trusted
+    /// agent (a front end the deployment names) that sent the command; the
+    /// audit log shows them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
-    /// The client program, when the request said (the audit log shows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// What any other sender said of its address and program: kept as its
+    /// claim, never shown as fact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_user_agent: Option<String>,
 }
 
 /// An event to append: its payload is already encoded (MessagePack).

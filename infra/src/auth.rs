@@ -51,6 +51,41 @@ pub fn verify_secret(secret: &str, hash: &str) -> Result<bool, AuthError> {
     Ok(argon2().verify_password(secret.as_bytes(), &parsed).is_ok())
 }
 
+/// How many argon2id computations run at once in this process. Each takes
+/// 19 MiB and tens of milliseconds of a core: unbounded, a flood of
+/// concurrent sign-ins would take as many blocking threads (and their
+/// memory) as requests; bounded, the rest wait their turn in a queue that
+/// costs a few hundred bytes each.
+fn argon2_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// Runs `work` (an argon2id hash or verification) on a blocking thread,
+/// at most one per core at a time (see [`argon2_slots`]).
+pub async fn with_argon2<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, AuthError> {
+    let _slot = argon2_slots()
+        .acquire()
+        .await
+        .map_err(|_| AuthError::Hash("the hashing slots are closed".into()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AuthError::Hash(format!("the hashing task failed: {e}")))?
+}
+
+/// [`verify_secret`] under the bound of [`with_argon2`]; a malformed hash
+/// or a failed task is a mismatch.
+pub async fn verify_secret_bounded(secret: String, hash: String) -> bool {
+    with_argon2(move || verify_secret(&secret, &hash))
+        .await
+        .unwrap_or(false)
+}
+
 /// A newly issued credential: shown to the client once, stored as `hash`.
 #[derive(Debug)]
 pub struct Issued {

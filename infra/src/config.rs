@@ -132,6 +132,10 @@ pub struct CommandSettings {
     pub max_in_flight: usize,
     /// Where `copilot-data command-service` serves `/metrics`; unset: nowhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// User ids of trusted agents (front ends that sign their users in):
+    /// their `Client-Ip`/`User-Agent` headers are recorded as fact, anyone
+    /// else's as the client's claim.
+    pub trusted_agents: Vec<uuid::Uuid>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +175,7 @@ impl Default for CommandSettings {
             embedding_dimension: 384,
             max_in_flight: 256,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            trusted_agents: Vec::new(),
         }
     }
 }
@@ -412,6 +417,14 @@ impl Settings {
             } else {
                 Some(parse("COPILOT_METRICS_ADDR", &v)?)
             };
+        }
+        if let Some(v) = get("COPILOT_TRUSTED_AGENTS") {
+            self.commands.trusted_agents = v
+                .split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(|id| parse("COPILOT_TRUSTED_AGENTS", id))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = get("COPILOT_RATE_LIMIT_PER_MINUTE") {
             self.commands.rate_limit_per_minute = parse("COPILOT_RATE_LIMIT_PER_MINUTE", &v)?;

@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use crate::copy::{CopyBuffer, EncodeError};
-use crate::table::{ColType, TableDef, Value};
+use crate::table::{ColType, RowKey, TableDef, Value};
 
 #[derive(Debug, Clone)]
 enum Cell {
@@ -25,8 +24,8 @@ enum Cell {
 
 #[derive(Default)]
 struct Pending {
-    inserts: HashMap<Uuid, Vec<Value>>,
-    updates: HashMap<Uuid, Vec<Cell>>,
+    inserts: HashMap<RowKey, Vec<Value>>,
+    updates: HashMap<RowKey, Vec<Cell>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +49,13 @@ impl ChangeSet {
         }
     }
 
-    fn pending(&mut self, table: &'static TableDef) -> &mut Pending {
+    /// The pending changes of `table`, for a row `key` of it. A key without
+    /// its parent in a child table (or with one elsewhere) is a programming
+    /// error, caught by every test, like an unknown column.
+    fn pending(&mut self, table: &'static TableDef, key: RowKey) -> &mut Pending {
+        if table.parent.is_some() != key.parent.is_some() {
+            panic!("row {key:?} does not fit the key of table {}", table.name);
+        }
         let slot = self
             .tables
             .iter()
@@ -67,14 +72,13 @@ impl ChangeSet {
             .all(|(_, p)| p.inserts.is_empty() && p.updates.is_empty())
     }
 
-    /// A new row (from [`TableDef::new_row`]). False if the id already has
-    /// a pending new row: the caller's event is then inconsistent.
+    /// A new row (from [`TableDef::new_row`]). False if its key already
+    /// has a pending new row: the caller's event is then inconsistent.
     pub fn insert(&mut self, table: &'static TableDef, row: Vec<Value>) -> bool {
-        let Some(Value::Uuid(id)) = row.first() else {
+        let Some(id) = table.key_of(&row) else {
             return false;
         };
-        let id = *id;
-        let pending = self.pending(table);
+        let pending = self.pending(table, id);
         if pending.inserts.contains_key(&id) || pending.updates.contains_key(&id) {
             return false;
         }
@@ -83,10 +87,17 @@ impl ChangeSet {
     }
 
     /// Sets a column of row `id` (new in this batch or already stored).
-    pub fn set(&mut self, table: &'static TableDef, id: Uuid, column: &str, value: Value) {
+    pub fn set(
+        &mut self,
+        table: &'static TableDef,
+        id: impl Into<RowKey>,
+        column: &str,
+        value: Value,
+    ) {
+        let id = id.into();
         let index = table.index(column);
         let width = table.columns.len();
-        let pending = self.pending(table);
+        let pending = self.pending(table, id);
         if let Some(row) = pending.inserts.get_mut(&id) {
             row[index] = value;
             return;
@@ -99,10 +110,17 @@ impl ChangeSet {
     }
 
     /// Adds `delta` to an integer column of row `id`.
-    pub fn add(&mut self, table: &'static TableDef, id: Uuid, column: &str, delta: i64) {
+    pub fn add(
+        &mut self,
+        table: &'static TableDef,
+        id: impl Into<RowKey>,
+        column: &str,
+        delta: i64,
+    ) {
+        let id = id.into();
         let index = table.index(column);
         let width = table.columns.len();
-        let pending = self.pending(table);
+        let pending = self.pending(table, id);
         if let Some(row) = pending.inserts.get_mut(&id) {
             row[index] = added(&row[index], delta);
             return;
@@ -205,20 +223,25 @@ async fn update_rows(
     conn: &mut PgConnection,
     schema: &str,
     table: &TableDef,
-    updates: HashMap<Uuid, Vec<Cell>>,
+    updates: HashMap<RowKey, Vec<Cell>>,
 ) -> Result<(), FlushError> {
     let stage = stage_name(schema, table);
     let mut ddl = format!(
         "CREATE TEMP TABLE IF NOT EXISTS {stage} (id uuid, set_mask bigint, add_mask bigint"
     );
+    // Enum values are staged as text and cast in the UPDATE: a staging
+    // table typed with the schema's enums would lose those columns (by
+    // cascade) when a blue/green swap drops the retired schema, and the
+    // live writer's next batch would fail.
     for column in &table.columns[1..] {
-        let _ = write!(ddl, ", {} {}", column.name, column.ty.sql(schema));
+        let _ = write!(ddl, ", {} {}", column.name, column.ty.staged());
     }
     ddl.push_str(") ON COMMIT DELETE ROWS");
     run_sql(&mut *conn, &ddl).await?;
 
     let mut buffer = CopyBuffer::new();
-    for (id, cells) in updates {
+    let parent = table.parent.map(|column| table.index(column));
+    for (key, cells) in updates {
         buffer.begin_row(table.columns.len() + 2);
         let (mut set_mask, mut add_mask) = (0i64, 0i64);
         for (i, cell) in cells.iter().enumerate().skip(1) {
@@ -228,11 +251,14 @@ async fn update_rows(
                 Cell::Add(_) => add_mask |= 1 << i,
             }
         }
-        buffer.field("id", ColType::Uuid, &Value::Uuid(id))?;
+        buffer.field("id", ColType::Uuid, &Value::Uuid(key.id))?;
         buffer.field("set_mask", ColType::Int8, &Value::I64(set_mask))?;
         buffer.field("add_mask", ColType::Int8, &Value::I64(add_mask))?;
-        for (column, cell) in table.columns.iter().zip(&cells).skip(1) {
+        for (i, (column, cell)) in table.columns.iter().zip(&cells).enumerate().skip(1) {
             let value = match cell {
+                // The parent's id is staged (its mask bit unset) for the
+                // UPDATE's join.
+                Cell::Keep if Some(i) == parent => Value::opt_uuid(key.parent),
                 Cell::Keep => Value::Null,
                 Cell::Set(v) => v.clone(),
                 Cell::Add(d) => match column.ty {
@@ -269,9 +295,13 @@ async fn update_rows(
         }
         let name = column.name;
         let bit = 1i64 << i;
+        let cast = match column.ty {
+            ColType::Enum(_) => format!("::{}", column.ty.sql(schema)),
+            _ => String::new(),
+        };
         let _ = write!(
             sql,
-            "{name} = CASE WHEN s.set_mask & {bit} <> 0 THEN s.{name}"
+            "{name} = CASE WHEN s.set_mask & {bit} <> 0 THEN s.{name}{cast}"
         );
         if matches!(column.ty, ColType::Int2 | ColType::Int4 | ColType::Int8) {
             let _ = write!(
@@ -282,6 +312,9 @@ async fn update_rows(
         let _ = write!(sql, " ELSE t.{name} END");
     }
     sql.push_str(" FROM s WHERE t.id = s.id");
+    if let Some(parent) = table.parent {
+        let _ = write!(sql, " AND t.{parent} = s.{parent}");
+    }
     run_sql(&mut *conn, &sql).await?;
     Ok(())
 }

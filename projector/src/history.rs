@@ -14,7 +14,7 @@ use domain::values::{
 };
 use domain::{
     conversation, execution, incident, knowledge, runbook, session, user, workflow, Aggregate,
-    Personal,
+    Personal, Secret,
 };
 use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
 use serde_json::json;
@@ -284,7 +284,7 @@ impl History {
                 email: Personal::new(format!("user-{id}@example.com")),
                 display_name: Personal::new(format!("User {}", &id.to_string()[..8])),
                 role,
-                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                password_hash: Secret::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
                 registered_at: at,
             })],
         )
@@ -313,7 +313,7 @@ impl History {
                 at,
             }),
             2 => user::Event::MfaEnabled(user::MfaEnabled {
-                secret: Personal::new("JBSWY3DPEHPK3PXP".into()),
+                secret: Secret::new(Personal::new("JBSWY3DPEHPK3PXP".into())),
                 at,
             }),
             3 => user::Event::ApiKeyIssued(user::ApiKeyIssued {
@@ -321,7 +321,7 @@ impl History {
                 name: "ci".into(),
                 scopes: vec![Scope::CommandsWrite],
                 expires_at: None,
-                key_hash: "sha256:0f".into(),
+                key_hash: Secret::new("sha256:0f".into()),
                 prefix: "cpk_0f".into(),
                 issued_at: at,
             }),
@@ -362,11 +362,12 @@ impl History {
                 &[session::Event::Started(session::Started {
                     user_id: UserId(user_id),
                     role: Role::Operator,
-                    token_hash: format!("sha256:{}", self.rng.uuid().simple()),
+                    token_hash: Secret::new(format!("sha256:{}", self.rng.uuid().simple())),
                     expires_at: at + Duration::hours(24),
                     device_fingerprint: Some("fp-laptop".into()),
                     ip_address: Some(Personal::new("203.0.113.9".into())),
                     user_agent: Some(Personal::new("Mozilla/5.0".into())),
+                    mfa_step: None,
                     started_at: at,
                 })],
             ));

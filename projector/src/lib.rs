@@ -61,6 +61,9 @@ pub enum ProjectionError {
     Encode(#[from] EncodeError),
     #[error(transparent)]
     Store(#[from] eventstore::StoreError),
+    /// The live schema could not be brought to this code's version.
+    #[error("schema upgrade: {0}")]
+    Upgrade(Box<crate::rebuild::RebuildError>),
     /// The checkpoint is not where this writer left it: another writer (a
     /// projector that took the lease over, or a blue/green swap) moved it.
     #[error("checkpoint of {0} moved under this writer")]

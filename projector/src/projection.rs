@@ -10,8 +10,10 @@ use crate::relational::Relational;
 use crate::tables::{AUDIT_LOGS, RELATIONAL};
 use crate::ProjectionError;
 
-const READ_MODEL_MIGRATION: &str = include_str!("../../migrations/0003_read_model.sql");
-const AUDIT_MIGRATION: &str = include_str!("../../migrations/0004_audit_log.sql");
+/// The schemas the projector builds, one file per version (see the file's
+/// header); only the current version is kept.
+const RELATIONAL_DDL: &str = include_str!("../schema/relational_v2.sql");
+const AUDIT_DDL: &str = include_str!("../schema/audit_v1.sql");
 const DEFERRED_INDEXES: &str = "-- @deferred-indexes";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,8 +44,16 @@ impl Kind {
         }
     }
 
-    /// The schema-relative DDL (the migration below its marker), without
-    /// the secondary indexes.
+    /// The version of the schema this code writes; a live schema of an
+    /// older version is rebuilt blue/green before it is written to.
+    pub fn schema_version(self) -> i32 {
+        match self {
+            Kind::Relational => 2,
+            Kind::Audit => 1,
+        }
+    }
+
+    /// The schema-relative DDL, without the secondary indexes.
     pub fn ddl_tables(self) -> &'static str {
         let ddl = self.ddl();
         ddl.split_once(DEFERRED_INDEXES)
@@ -58,11 +68,10 @@ impl Kind {
     }
 
     fn ddl(self) -> &'static str {
-        let (text, marker) = match self {
-            Kind::Relational => (READ_MODEL_MIGRATION, "-- @read-model-ddl"),
-            Kind::Audit => (AUDIT_MIGRATION, "-- @audit-ddl"),
-        };
-        text.split_once(marker).map_or(text, |(_, ddl)| ddl)
+        match self {
+            Kind::Relational => RELATIONAL_DDL,
+            Kind::Audit => AUDIT_DDL,
+        }
     }
 
     /// The tables `verify` compares.

@@ -23,6 +23,12 @@ pub enum RebuildError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Store(#[from] eventstore::StoreError),
+    #[error("{projection}: the live schema is version {live}, newer than this program's {current}; run the newer release")]
+    NewerSchema {
+        projection: &'static str,
+        live: i32,
+        current: i32,
+    },
     #[error("{projection}: poison event at {position}: {reason}")]
     Poison {
         projection: &'static str,
@@ -316,14 +322,7 @@ pub async fn replay_and_swap(
         .bind(&shadow_checkpoint)
         .execute(&mut *tx)
         .await?;
-    run_sql(
-        &mut tx,
-        &format!(
-            "ALTER SCHEMA \"{live}\" RENAME TO \"{retired}\";
-         ALTER SCHEMA \"{shadow}\" RENAME TO \"{live}\";"
-        ),
-    )
-    .await?;
+    swap_schemas(&mut tx, kind, &shadow).await?;
     tx.commit().await?;
     tracing::info!(projection = kind.name(), from = %live_position, to = %position, "swapped in the rebuilt projection");
     // The swap has happened; dropping the old tables is clean-up. Its
@@ -334,6 +333,109 @@ pub async fn replay_and_swap(
         tracing::warn!(%error, schema = %retired, "the retired tables were not dropped; the next replay drops them");
     }
     Ok(report)
+}
+
+/// In the caller's transaction: the live schema of `kind` becomes
+/// `<live>_retired` (to be dropped after the commit), `shadow` becomes the
+/// live one, and its version is recorded.
+async fn swap_schemas(
+    conn: &mut PgConnection,
+    kind: Kind,
+    shadow: &str,
+) -> Result<(), sqlx::Error> {
+    let live = kind.live_schema();
+    run_sql(
+        conn,
+        &format!(
+            "ALTER SCHEMA \"{live}\" RENAME TO \"{live}_retired\";
+             ALTER SCHEMA \"{shadow}\" RENAME TO \"{live}\";"
+        ),
+    )
+    .await?;
+    record_schema_version(conn, kind).await
+}
+
+/// Records that the live tables of `kind` are of this code's version.
+async fn record_schema_version(conn: &mut PgConnection, kind: Kind) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_schemas (projection, version) VALUES ($1, $2)
+         ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, built_at = now()",
+    )
+    .bind(kind.name())
+    .bind(kind.schema_version())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The schema version the live tables of `kind` were built with.
+pub async fn live_schema_version(conn: &mut PgConnection, kind: Kind) -> Result<i32, sqlx::Error> {
+    let version: Option<i32> =
+        sqlx::query_scalar("SELECT version FROM projection_schemas WHERE projection = $1")
+            .bind(kind.name())
+            .fetch_optional(conn)
+            .await?;
+    // Recorded since migration 0009; what was there before is version 1.
+    Ok(version.unwrap_or(1))
+}
+
+/// Rebuilds `kind` blue/green if its live schema is of an older version
+/// than this code writes (see [`Kind::schema_version`]); true if it did.
+/// Called by the holder of the projection's lease before it writes.
+pub async fn upgrade_schema(
+    store: &EventStore,
+    kind: Kind,
+    batch_size: usize,
+) -> Result<bool, RebuildError> {
+    let mut conn = connect(store).await?;
+    let live = live_schema_version(&mut conn, kind).await?;
+    let current = kind.schema_version();
+    if live > current {
+        return Err(RebuildError::NewerSchema {
+            projection: kind.name(),
+            live,
+            current,
+        });
+    }
+    if live == current {
+        return Ok(false);
+    }
+    // Nothing projected yet (a new database): the empty tables of the
+    // current version are swapped in, and the live projection fills them
+    // (parking poison events by its own policy, as always).
+    let projected = checkpoint::load(&mut conn, kind.name()).await?;
+    if projected.is_none_or(|p| p == Position::START) {
+        let live = kind.live_schema();
+        let (shadow, retired) = (format!("{live}_shadow"), format!("{live}_retired"));
+        create_schema(&mut conn, kind, &shadow).await?;
+        create_indexes(&mut conn, kind, &shadow).await?;
+        drop_schema_retrying(&mut conn, &retired).await?;
+        let mut tx = conn.begin().await?;
+        swap_schemas(&mut tx, kind, &shadow).await?;
+        tx.commit().await?;
+        drop_schema_retrying(&mut conn, &retired).await?;
+        tracing::info!(
+            projection = kind.name(),
+            version = current,
+            "created the read model's schema"
+        );
+        return Ok(true);
+    }
+    tracing::warn!(
+        projection = kind.name(),
+        from = live,
+        to = current,
+        "the live read model is of an older schema version; rebuilding it blue/green from the log"
+    );
+    let report = replay_and_swap(store, kind, batch_size, &|_| {}).await?;
+    tracing::info!(
+        projection = kind.name(),
+        version = current,
+        events = report.events,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "read model rebuilt at its new schema version"
+    );
+    Ok(true)
 }
 
 /// [`drop_schema`], again after a deadlock or a lock timeout.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::changes::ChangeSet;
 use crate::events::DomainEvent;
-use crate::table::Value;
+use crate::table::{RowKey, Value};
 use crate::tables::{
     CONVERSATIONS, EXECUTIONS, INCIDENTS, MESSAGES, RELATIONAL, RUNBOOKS, SESSIONS, STEPS, USERS,
     WORKFLOWS,
@@ -285,7 +285,6 @@ impl Relational {
                 let mut row = t.new_row(id);
                 row[t.index("user_id")] = Value::Uuid(e.user_id.0);
                 row[t.index("role")] = Value::Label(e.role.as_str());
-                row[t.index("token_hash")] = Value::Text(e.token_hash.clone());
                 row[t.index("device_fingerprint")] =
                     Value::opt_text(e.device_fingerprint.as_deref());
                 row[t.index("ip_address")] = p.opt(e.user_id.0, e.ip_address.as_ref());
@@ -333,8 +332,7 @@ impl Relational {
                     format!("message {} of unknown conversation {id}", e.message_id.0)
                 })?;
                 let m = &MESSAGES;
-                let mut row = m.new_row(e.message_id.0);
-                row[m.index("conversation_id")] = Value::Uuid(id);
+                let mut row = m.new_row(RowKey::child(id, e.message_id.0));
                 row[m.index("user_id")] = Value::Uuid(owner);
                 row[m.index("sequence")] = Value::count(e.sequence);
                 row[m.index("role")] = Value::Label(e.role.as_str());
@@ -361,7 +359,7 @@ impl Relational {
             }
             E::MessageRated(e) => {
                 let m = &MESSAGES;
-                let message = e.message_id.0;
+                let message = RowKey::child(id, e.message_id.0);
                 let owner = owner_of(&self.owners)?;
                 c.set(m, message, "rating", Value::I16(i16::from(e.rating)));
                 c.set(m, message, "feedback", p.opt(owner, e.comment.as_ref()));
@@ -453,8 +451,7 @@ impl Relational {
                 return c.insert(t, row);
             }
             E::StepStarted(e) => {
-                let mut row = s.new_row(e.step_id.0);
-                row[s.index("execution_id")] = Value::Uuid(id);
+                let mut row = s.new_row(RowKey::child(id, e.step_id.0));
                 row[s.index("name")] = Value::Text(e.name.clone());
                 row[s.index("status")] = Value::Label("running");
                 row[s.index("attempt")] = Value::count(e.attempt);
@@ -463,7 +460,7 @@ impl Relational {
                 return c.insert(s, row);
             }
             E::StepCompleted(e) => {
-                let step = e.step_id.0;
+                let step = RowKey::child(id, e.step_id.0);
                 c.set(s, step, "status", Value::Label("succeeded"));
                 c.set(s, step, "output", Value::opt_json(e.output.as_ref()));
                 c.set(s, step, "attempt", Value::count(e.attempt));
@@ -473,7 +470,7 @@ impl Relational {
                 c.set(t, id, "steps_total", Value::count(e.steps_total));
             }
             E::StepFailed(e) => {
-                let step = e.step_id.0;
+                let step = RowKey::child(id, e.step_id.0);
                 c.set(s, step, "status", Value::Label("failed"));
                 c.set(s, step, "error", Value::Text(e.error.clone()));
                 c.set(s, step, "retryable", Value::Bool(e.retryable));
@@ -483,7 +480,7 @@ impl Relational {
                 c.add(t, id, "steps_failed", 1);
             }
             E::StepRetried(e) => {
-                let step = e.step_id.0;
+                let step = RowKey::child(id, e.step_id.0);
                 c.set(s, step, "status", Value::Label("running"));
                 c.set(s, step, "attempt", Value::count(e.attempt));
                 c.set(s, step, "started_at", Value::Ts(e.retried_at));

@@ -52,21 +52,13 @@ pub struct RelayedEvent {
     pub schema_version: i32,
     pub position: String,
     pub recorded_at: String,
+    /// The command's ids and actor; the client's address and program are
+    /// personal data, shown as `[personal]`.
     pub metadata: eventstore::Metadata,
-    /// The event's facts; `null` if this build cannot decode the event, in
-    /// which case `raw` holds the stored payload.
+    /// The event's public facts (secrets and personal data redacted);
+    /// `null` if this build cannot decode the event (whose stored bytes are
+    /// then not published: they could hold either).
     pub data: Option<serde_json::Value>,
-    #[serde(with = "serde_bytes_opt")]
-    pub raw: Option<Vec<u8>>,
-}
-
-mod serde_bytes_opt {
-    pub fn serialize<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(bytes) => s.serialize_bytes(bytes),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 pub fn stream_name(prefix: &str) -> String {
@@ -119,13 +111,26 @@ impl Relay {
     }
 
     fn message(&self, event: &RecordedEvent) -> Result<(String, HeaderMap, Vec<u8>), RelayError> {
-        let (data, schema_version, raw) = match decode(event) {
-            Ok(typed) => match typed.to_json() {
-                Ok(json) => (Some(json), typed.schema_version(), None),
-                Err(_) => (None, event.schema_version, Some(event.payload.clone())),
+        // The public form only: the relay's stream is read by anyone with a
+        // subscription and kept for a week.
+        let (data, schema_version) = match decode(event) {
+            Ok(typed) => match typed.redacted_json() {
+                Ok(json) => (Some(json), typed.schema_version()),
+                Err(_) => (None, event.schema_version),
             },
-            Err(_) => (None, event.schema_version, Some(event.payload.clone())),
+            Err(_) => (None, event.schema_version),
         };
+        let mut metadata = event.metadata.clone();
+        for claim in [
+            &mut metadata.ip,
+            &mut metadata.user_agent,
+            &mut metadata.claimed_ip,
+            &mut metadata.claimed_user_agent,
+        ] {
+            if claim.is_some() {
+                *claim = Some(domain::personal::REDACTED.to_string());
+            }
+        }
         let relayed = RelayedEvent {
             event_id: event.event_id.to_string(),
             stream_id: event.stream_id.to_string(),
@@ -135,9 +140,8 @@ impl Relay {
             schema_version,
             position: event.position.to_string(),
             recorded_at: event.recorded_at.to_rfc3339(),
-            metadata: event.metadata.clone(),
+            metadata,
             data,
-            raw,
         };
         // Named fields, ids and times as text (as in the log).
         let mut body = Vec::with_capacity(256 + event.payload.len());

@@ -217,6 +217,10 @@ async fn lead(
     let Some(mut conn) = take_lease(store, name, &config.instance).await? else {
         return Ok(Exit::LeaseBusy);
     };
+    // Under the lease, so one process rebuilds and none writes meanwhile.
+    crate::rebuild::upgrade_schema(store, kind, config.batch_size)
+        .await
+        .map_err(|e| ProjectionError::Upgrade(Box::new(e)))?;
 
     let policy = if config.skip_poison {
         PoisonPolicy::Skip

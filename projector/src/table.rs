@@ -39,6 +39,16 @@ impl ColType {
             ColType::Enum(name) => format!("\"{schema}\".{name}"),
         }
     }
+
+    /// The type of the column in a staging table: that of the table, but
+    /// enums as `text` (same binary form), so the staging table depends on
+    /// no schema.
+    pub fn staged(self) -> String {
+        match self {
+            ColType::Enum(_) => "text".into(),
+            other => other.sql(""),
+        }
+    }
 }
 
 /// A value to write; `Null` for SQL NULL.
@@ -96,11 +106,39 @@ pub struct Column {
     pub default: fn() -> Value,
 }
 
-/// A table keyed by a `uuid` column named `id` (the first column).
+/// A table keyed by a `uuid` column named `id` (the first column), or,
+/// for the children of an aggregate (messages, steps), by their parent's
+/// id and `id` together: a client chooses a child's id, and it is unique
+/// only within its parent.
 #[derive(Debug)]
 pub struct TableDef {
     pub name: &'static str,
+    /// The parent's id column of a child table, part of its key.
+    pub parent: Option<&'static str>,
     pub columns: &'static [Column],
+}
+
+/// The key of a row: its `id`, under its parent's id for a child table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowKey {
+    pub parent: Option<Uuid>,
+    pub id: Uuid,
+}
+
+impl RowKey {
+    /// The key of child `id` of `parent`.
+    pub fn child(parent: Uuid, id: Uuid) -> Self {
+        RowKey {
+            parent: Some(parent),
+            id,
+        }
+    }
+}
+
+impl From<Uuid> for RowKey {
+    fn from(id: Uuid) -> Self {
+        RowKey { parent: None, id }
+    }
 }
 
 impl TableDef {
@@ -113,11 +151,31 @@ impl TableDef {
         }
     }
 
-    /// A new row with every column at its default and `id` set.
-    pub fn new_row(&self, id: Uuid) -> Vec<Value> {
+    /// A new row with every column at its default and its key set.
+    pub fn new_row(&self, key: impl Into<RowKey>) -> Vec<Value> {
+        let key = key.into();
         let mut row: Vec<Value> = self.columns.iter().map(|c| (c.default)()).collect();
-        row[0] = Value::Uuid(id);
+        row[0] = Value::Uuid(key.id);
+        if let (Some(column), Some(parent)) = (self.parent, key.parent) {
+            row[self.index(column)] = Value::Uuid(parent);
+        }
         row
+    }
+
+    /// The key of `row` (made by [`TableDef::new_row`]); `None` if its key
+    /// columns are not set.
+    pub fn key_of(&self, row: &[Value]) -> Option<RowKey> {
+        let Some(Value::Uuid(id)) = row.first() else {
+            return None;
+        };
+        let parent = match self.parent {
+            None => None,
+            Some(column) => match row.get(self.index(column)) {
+                Some(Value::Uuid(parent)) => Some(*parent),
+                _ => return None,
+            },
+        };
+        Some(RowKey { parent, id: *id })
     }
 
     pub fn column_list(&self) -> String {

@@ -14,6 +14,7 @@ macro_rules! columns {
 
 pub static USERS: TableDef = TableDef {
     name: "users",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "email": T::Text,
@@ -36,11 +37,11 @@ pub static USERS: TableDef = TableDef {
 
 pub static SESSIONS: TableDef = TableDef {
     name: "sessions",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "user_id": T::Uuid,
         "role": T::Enum("user_role"),
-        "token_hash": T::Text,
         "device_fingerprint": T::Text,
         "ip_address": T::Text,
         "user_agent": T::Text,
@@ -54,6 +55,7 @@ pub static SESSIONS: TableDef = TableDef {
 
 pub static CONVERSATIONS: TableDef = TableDef {
     name: "conversations",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "user_id": T::Uuid,
@@ -75,6 +77,7 @@ pub static CONVERSATIONS: TableDef = TableDef {
 
 pub static MESSAGES: TableDef = TableDef {
     name: "messages",
+    parent: Some("conversation_id"),
     columns: columns![
         "id": T::Uuid,
         "conversation_id": T::Uuid,
@@ -96,6 +99,7 @@ pub static MESSAGES: TableDef = TableDef {
 
 pub static WORKFLOWS: TableDef = TableDef {
     name: "workflows",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "name": T::Text,
@@ -116,6 +120,7 @@ pub static WORKFLOWS: TableDef = TableDef {
 
 pub static EXECUTIONS: TableDef = TableDef {
     name: "workflow_executions",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "workflow_id": T::Uuid,
@@ -139,6 +144,7 @@ pub static EXECUTIONS: TableDef = TableDef {
 
 pub static STEPS: TableDef = TableDef {
     name: "step_executions",
+    parent: Some("execution_id"),
     columns: columns![
         "id": T::Uuid,
         "execution_id": T::Uuid,
@@ -157,6 +163,7 @@ pub static STEPS: TableDef = TableDef {
 
 pub static INCIDENTS: TableDef = TableDef {
     name: "incidents",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "title": T::Text,
@@ -184,6 +191,7 @@ pub static INCIDENTS: TableDef = TableDef {
 
 pub static RUNBOOKS: TableDef = TableDef {
     name: "runbooks",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "name": T::Text,
@@ -205,6 +213,7 @@ pub static RUNBOOKS: TableDef = TableDef {
 
 pub static AUDIT_LOGS: TableDef = TableDef {
     name: "audit_logs",
+    parent: None,
     columns: columns![
         "id": T::Uuid,
         "occurred_at": T::Timestamptz,

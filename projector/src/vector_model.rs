@@ -257,7 +257,7 @@ impl VectorModel {
                     payload.insert("created_at".into(), json!(m.appended_at));
                     vec![Op::Upsert(self.pending(
                         Collection::Conversations,
-                        m.message_id.into(),
+                        message_point_id(id, m.message_id.into()),
                         text.clone(),
                         m.embedding.as_ref(),
                         payload,
@@ -674,7 +674,7 @@ pub async fn source_ids(
         (
             Collection::Conversations,
             format!(
-                "SELECT m.id FROM {schema}.messages m
+                "SELECT m.conversation_id, m.id FROM {schema}.messages m
                    JOIN {schema}.conversations c ON c.id = m.conversation_id
                    JOIN {schema}.users u ON u.id = c.user_id
                   WHERE c.status <> 'deleted' AND u.deleted_at IS NULL AND u.forgotten_at IS NULL"
@@ -706,9 +706,25 @@ pub async fn source_ids(
     ];
     let mut out = BTreeMap::new();
     for (collection, sql) in queries {
-        let mut ids: Vec<Uuid> = sqlx::query_scalar(&sql).fetch_all(pool).await?;
+        let mut ids: Vec<Uuid> = if collection == Collection::Conversations {
+            let messages: Vec<(Uuid, Uuid)> = sqlx::query_as(&sql).fetch_all(pool).await?;
+            messages
+                .into_iter()
+                .map(|(conversation, message)| message_point_id(conversation, message))
+                .collect()
+        } else {
+            sqlx::query_scalar(&sql).fetch_all(pool).await?
+        };
         ids.sort_unstable();
         out.insert(collection, ids);
     }
     Ok(out)
+}
+
+/// The point of message `message` of `conversation`: a client chooses a
+/// message's id, unique only within its conversation, so the point's id is
+/// derived from both (UUIDv5 in the conversation's namespace), and a
+/// message id reused in another conversation is another point.
+pub fn message_point_id(conversation: Uuid, message: Uuid) -> Uuid {
+    Uuid::new_v5(&conversation, message.as_bytes())
 }

@@ -12,9 +12,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use domain::context::Scopes;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
-use infra::auth::{parse_bearer, token_hash, verify_secret, Bearer};
+use infra::auth::{parse_bearer, token_hash, verify_secret_bounded, Bearer};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -185,13 +186,7 @@ impl Authenticator {
             .map(|m| m.get(digest) == Some(&key_id))
             .unwrap_or(false);
         if !verified {
-            let secret = secret.to_string();
-            let hash = row.key_hash.clone();
-            // argon2id costs tens of milliseconds of CPU: off the async threads.
-            let ok =
-                tokio::task::spawn_blocking(move || verify_secret(&secret, &hash).unwrap_or(false))
-                    .await
-                    .unwrap_or(false);
+            let ok = verify_secret_bounded(secret.to_string(), row.key_hash.clone()).await;
             if !ok {
                 return Err(ApiError::Unauthorized("invalid token"));
             }
@@ -212,17 +207,17 @@ impl Authenticator {
             return Err(ApiError::Unauthorized("the account is disabled"));
         }
         let scopes: Vec<Scope> = row.scopes.iter().filter_map(|s| s.parse().ok()).collect();
-        if scopes.is_empty() {
-            return Err(ApiError::Unauthorized(
-                "the API key has no scope that allows reading",
-            ));
+        let scopes = Scopes::of(&scopes);
+        // Reading needs `read` (or `admin`): a `commands:write` key writes.
+        if !scopes.may_read() {
+            return Err(ApiError::MissingScope);
         }
         let role = parse_role(&row.role)?;
         Ok(Verified {
             principal: Principal {
                 user_id: row.user_id,
                 role,
-                admin: role == Role::Admin && scopes.contains(&Scope::Admin),
+                admin: role == Role::Admin && scopes.contains(Scope::Admin),
             },
             expires_at: row.expires_at,
             last_seen: None,

@@ -147,6 +147,7 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
         cache,
         rate_limit,
         search: config.search.clone(),
+        live_streams: routes::live::OpenStreams::default(),
         health: Arc::new(health::Health { nats }),
         pubsub: redis::Client::open(config.redis_url.as_str()).ok(),
         request_timeout: config.request_timeout,

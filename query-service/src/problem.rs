@@ -45,6 +45,11 @@ pub enum ApiError {
     HeadersTooLarge(usize),
     #[error("too many requests; retry after {} s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    #[error("at most {0} live streams may be open at once per user; close one first")]
+    TooManyStreams(usize),
+    /// An API key without the scope reading needs.
+    #[error("the API key lacks the `read` scope")]
+    MissingScope,
     /// `X-Min-Position` not reached within `X-Wait-Ms`.
     #[error("the {projection} projection has not reached position {wanted} within {waited_ms} ms (it is at {at})")]
     NotYetConsistent {
@@ -53,8 +58,10 @@ pub enum ApiError {
         at: String,
         waited_ms: u64,
     },
-    #[error("{0} is unavailable")]
-    Unavailable(String),
+    /// A dependency failed: the client is told which (`what`), the cause
+    /// is logged (it may name hosts, users or internals).
+    #[error("{what} is unavailable")]
+    Unavailable { what: &'static str, cause: String },
     #[error("the request took longer than {0} ms")]
     Timeout(u64),
     #[error("internal error")]
@@ -69,6 +76,13 @@ impl ApiError {
         }
     }
 
+    pub fn unavailable(what: &'static str, cause: impl std::fmt::Display) -> Self {
+        ApiError::Unavailable {
+            what,
+            cause: cause.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -77,8 +91,9 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotYetConsistent { .. } | ApiError::Unavailable(_) => {
+            ApiError::RateLimited(_) | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MissingScope => StatusCode::FORBIDDEN,
+            ApiError::NotYetConsistent { .. } | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -95,8 +110,10 @@ impl ApiError {
             ApiError::TooLarge(_) => "payload-too-large",
             ApiError::HeadersTooLarge(_) => "headers-too-large",
             ApiError::RateLimited(_) => "rate-limited",
+            ApiError::TooManyStreams(_) => "too-many-streams",
+            ApiError::MissingScope => "missing-scope",
             ApiError::NotYetConsistent { .. } => "not-yet-consistent",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable { .. } => "unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
         }
@@ -121,7 +138,7 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(format!("PostgreSQL ({error})"))
+                ApiError::unavailable("PostgreSQL", error)
             }
             _ => ApiError::Internal(format!("database: {error}")),
         }
@@ -131,7 +148,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<eventstore::StoreError> for ApiError {
     fn from(error: eventstore::StoreError) -> Self {
         if error.is_transient() {
-            ApiError::Unavailable(format!("the event store ({error})"))
+            ApiError::unavailable("the event store", error)
         } else {
             ApiError::Internal(format!("event store: {error}"))
         }
@@ -140,9 +157,13 @@ impl From<eventstore::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(reason) = &self {
-            // The reason stays in the log; the client learns nothing of the internals.
-            tracing::error!(%reason, "request failed");
+        // The cause stays in the log; the client learns nothing of the internals.
+        match &self {
+            ApiError::Internal(reason) => tracing::error!(%reason, "request failed"),
+            ApiError::Unavailable { what, cause } => {
+                tracing::warn!(dependency = %what, %cause, "request failed: a dependency is unavailable")
+            }
+            _ => {}
         }
         let problem = self.problem();
         let mut response = problem_response(&problem);

@@ -244,13 +244,14 @@ impl Params {
             .transpose()
     }
 
-    /// Canonical text of the parameters, for cache keys.
+    /// Canonical text of the parameters, for cache keys: each name and
+    /// value length-prefixed, so no value can pass for a separator
+    /// (`a=x%26b%3Dy` and `a=x&b=y` are different keys).
     pub fn canonical(&self) -> String {
         self.0
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&")
+            .map(|(k, v)| format!("{}:{k}{}:{v}", k.len(), v.len()))
+            .collect()
     }
 }
 
@@ -344,6 +345,29 @@ mod tests {
         assert!(
             Params(map).cursor::<TimeId>().is_err(),
             "another list's cursor"
+        );
+    }
+
+    #[test]
+    fn canonical_parameters_are_unambiguous() {
+        let params = |pairs: &[(&str, &str)]| {
+            Params(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let one = params(&[("a", "x&b=y")]);
+        let two = params(&[("a", "x"), ("b", "y")]);
+        assert_ne!(one.canonical(), two.canonical());
+        assert_ne!(
+            params(&[("a", "1:b")]).canonical(),
+            params(&[("a", "1"), ("b", "")]).canonical()
+        );
+        assert_eq!(
+            two.canonical(),
+            params(&[("b", "y"), ("a", "x")]).canonical()
         );
     }
 

@@ -178,7 +178,7 @@ pub async fn search(
         }
     };
     let search = state.search.clone().ok_or_else(|| {
-        ApiError::Unavailable("semantic search (no vector store in this process)".into())
+        ApiError::unavailable("semantic search", "no vector store in this process")
     })?;
     let vector = match wanted {
         Wanted::Text(query) => {
@@ -186,7 +186,7 @@ pub async fn search(
                 .embedder
                 .embed(vec![query])
                 .await
-                .map_err(|e| ApiError::Unavailable(format!("the embedder ({e})")))?;
+                .map_err(|e| ApiError::unavailable("the embedder", e))?;
             vectors
                 .pop()
                 .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?
@@ -206,13 +206,13 @@ pub async fn search(
     let position = state.db.progress.current(Source::Vectors.name());
     let store = (search.store)()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the vector store ({e})")))?;
+        .map_err(|e| ApiError::unavailable("the vector store", e))?;
     let mut request = SearchRequest::new(vector, limit);
     request.filter = filter;
     let hits = store
         .search(collection, request)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the vector store ({e})")))?;
+        .map_err(|e| ApiError::unavailable("the vector store", e))?;
     let hits = hits
         .into_iter()
         .map(|hit| SearchHit {

@@ -30,6 +30,8 @@ pub struct AppState {
     pub health: Arc<crate::health::Health>,
     /// For `/v1/live`: each stream has its own pub/sub connection.
     pub pubsub: Option<redis::Client>,
+    /// The live streams each user has open (capped).
+    pub live_streams: crate::routes::live::OpenStreams,
     pub request_timeout: Duration,
 }
 

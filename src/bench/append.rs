@@ -215,6 +215,7 @@ fn sample_metadata() -> Metadata {
         actor: Some(Uuid::now_v7().to_string()),
         ip: Some("192.0.2.10".into()),
         user_agent: Some("copilot-bench/1".into()),
+        ..Metadata::default()
     }
 }
 

@@ -59,6 +59,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         bootstrap_token: Some(SecretString::from(bootstrap.clone())),
         rate_limit: None,
         max_in_flight: 256,
+        trusted_agents: Vec::new(),
         auth_epochs: Some((redis_url.clone(), redis_prefix.clone())),
     };
     scratch::spawn_service(command_service::run(

@@ -41,9 +41,8 @@ impl Handler {
             }
             CommandRef::User(user::Command::IssueApiKey(_)) => {
                 let key_id = Uuid::now_v7();
-                let issued = tokio::task::spawn_blocking(move || infra::auth::new_api_key(key_id))
+                let issued = infra::auth::with_argon2(move || infra::auth::new_api_key(key_id))
                     .await
-                    .map_err(|e| HandleError::Store(e.to_string()))?
                     .map_err(|e| HandleError::Store(e.to_string()))?;
                 facts.data = Some(
                     json!({"api_key": issued.token.expose_secret(), "key_id": key_id, "prefix": issued.prefix}),
@@ -55,38 +54,36 @@ impl Handler {
                 });
             }
             CommandRef::Session(session::Command::Start(s)) => {
-                let row: Option<(Uuid, String, String, bool, bool, Option<String>)> = sqlx::query_as(
-                    "SELECT user_id, role, password_hash, locked, deleted, mfa_secret FROM auth_users WHERE email = $1",
+                let row: Option<LoginRow> = sqlx::query_as(
+                    "SELECT user_id, role, password_hash, locked, deleted, mfa_secret, mfa_last_step
+                       FROM auth_users WHERE email = $1",
                 )
                 .bind(s.email.as_str())
                 .fetch_optional(self.pool())
                 .await?;
                 let password = s.password.as_str().to_string();
                 match row {
-                    Some((user_id, role, password_hash, locked, deleted, mfa_secret)) => {
-                        let ok = verify(password, password_hash).await;
+                    // A locked account's answer does not depend on the
+                    // password, so it is not checked (nor is the attempt
+                    // counted: the account is locked already).
+                    Some(row) if row.locked && !row.deleted => {
+                        ctx.login = Some(row.facts(None)?);
+                    }
+                    Some(row) => {
+                        let ok = verify(password, row.password_hash.clone()).await;
                         ctx.password_verified = Some(ok);
-                        let role = role
-                            .parse()
-                            .map_err(|_| HandleError::Store(format!("bad role {role}")))?;
-                        ctx.login = Some(LoginFacts {
-                            user_id: user_id.into(),
-                            role,
-                            locked,
-                            deleted,
-                            mfa_enabled: mfa_secret.is_some(),
-                            mfa_code_valid: match (&mfa_secret, &s.mfa_code) {
-                                (Some(secret), Some(code)) => {
-                                    Some(crate::totp::verify(secret, code.as_str(), ctx.now))
-                                }
-                                _ => None,
-                            },
-                        });
-                        facts.login_user = Some(user_id);
-                        if !ok && !deleted {
-                            facts.failed_login_of = Some(user_id);
+                        let mfa_step = match (&row.mfa_secret, &s.mfa_code) {
+                            (Some(secret), Some(code)) if ok => {
+                                crate::totp::matching_step(secret, code.as_str(), ctx.now)
+                            }
+                            _ => None,
+                        };
+                        ctx.login = Some(row.facts(mfa_step)?);
+                        facts.login_user = Some(row.user_id);
+                        if !row.deleted {
+                            facts.failed_login_of = Some(row.user_id);
                         }
-                        facts.reset_failed_logins = ok && self.failed_logins(user_id).await? > 0;
+                        facts.record_success = ok;
                     }
                     None => {
                         // Same work as a real check, so timing tells nothing.
@@ -94,6 +91,7 @@ impl Handler {
                         ctx.password_verified = Some(false);
                     }
                 }
+                facts.login_ip = s.ip_address.as_ref().map(|ip| ip.as_str().to_string());
                 let token = infra::auth::new_session_token();
                 ctx.token_hash = Some(token.hash.clone());
                 facts.data = Some(json!({
@@ -117,13 +115,14 @@ impl Handler {
         Ok(facts)
     }
 
-    async fn failed_logins(&self, user_id: Uuid) -> Result<u32, HandleError> {
-        let (state, _) = self.load::<user::User>(user_id).await?;
-        Ok(state.failed_logins)
-    }
-
     /// Records a login attempt on the user's stream (five failures lock it).
-    pub(super) async fn record_login(&self, user_id: Uuid, succeeded: bool, envelope: &Envelope) {
+    pub(super) async fn record_login(
+        &self,
+        user_id: Uuid,
+        succeeded: bool,
+        ip_address: Option<String>,
+        envelope: &Envelope,
+    ) {
         for _ in 0..CONFLICT_RETRIES {
             let Ok((state, version)) = self.load::<user::User>(user_id).await else {
                 return;
@@ -133,7 +132,7 @@ impl Handler {
                 &state,
                 user::Command::RecordLogin(user::RecordLogin {
                     succeeded,
-                    ip_address: None,
+                    ip_address: ip_address.clone(),
                 }),
                 &ctx,
             ) else {
@@ -198,20 +197,52 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 pub(super) struct Facts {
     /// Returned to the client once, never stored.
     pub(super) data: Option<Value>,
+    /// session.start: the user a refused attempt counts against (a wrong
+    /// password or MFA code; not a locked, deleted or unknown account).
     pub(super) failed_login_of: Option<Uuid>,
     pub(super) login_user: Option<Uuid>,
-    pub(super) reset_failed_logins: bool,
+    /// session.start: the password was right; the sign-in is recorded on
+    /// the user's stream if it is accepted.
+    pub(super) record_success: bool,
+    /// session.start: the address the client gave, for the login record.
+    pub(super) login_ip: Option<String>,
+}
+
+/// A user of the auth index, as a sign-in reads it.
+#[derive(sqlx::FromRow)]
+struct LoginRow {
+    user_id: Uuid,
+    role: String,
+    password_hash: String,
+    locked: bool,
+    deleted: bool,
+    mfa_secret: Option<String>,
+    mfa_last_step: Option<i64>,
+}
+
+impl LoginRow {
+    fn facts(&self, mfa_step: Option<i64>) -> Result<LoginFacts, HandleError> {
+        Ok(LoginFacts {
+            user_id: self.user_id.into(),
+            role: self
+                .role
+                .parse()
+                .map_err(|_| HandleError::Store(format!("bad role {}", self.role)))?,
+            locked: self.locked,
+            deleted: self.deleted,
+            mfa_enabled: self.mfa_secret.is_some(),
+            mfa_step,
+            last_mfa_step: self.mfa_last_step,
+        })
+    }
 }
 
 async fn hash(secret: String) -> Result<String, HandleError> {
-    tokio::task::spawn_blocking(move || infra::auth::hash_secret(&secret))
+    infra::auth::with_argon2(move || infra::auth::hash_secret(&secret))
         .await
-        .map_err(|e| HandleError::Store(e.to_string()))?
         .map_err(|e| HandleError::Store(e.to_string()))
 }
 
 async fn verify(secret: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || infra::auth::verify_secret(&secret, &hash).unwrap_or(false))
-        .await
-        .unwrap_or(false)
+    infra::auth::verify_secret_bounded(secret, hash).await
 }

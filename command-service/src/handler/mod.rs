@@ -22,9 +22,10 @@ mod prepared;
 pub(crate) use prepared::Prepared;
 
 use crate::aggregates::Handled;
-use crate::authn::{Authenticator, Refusal};
+use crate::authn::{Authenticator, Preflight, Refusal};
 use crate::envelope::{self, Envelope};
 use crate::guarded::{Guard, GuardedCommit, GuardedError};
+use crate::inline::InlineError;
 use crate::result::{CommandResult, Encoding, Status};
 use crate::state::{snapshot_due, AggregateLocks, StateCache};
 
@@ -43,7 +44,14 @@ pub struct Incoming<'a> {
     pub client_ip: Option<&'a str>,
     /// The optional `User-Agent` header, cut to 256 characters.
     pub user_agent: Option<&'a str>,
+    /// Whether the answer is kept where others may read it (a JetStream
+    /// result): commands whose answer carries a secret are refused then.
+    pub answer_kept: bool,
 }
+
+/// Commands whose accepted answer carries a secret (a session token, a new
+/// API key): taken over request/reply only, whose reply is not stored.
+pub const ANSWER_CARRIES_SECRET: [&str; 2] = ["session.start", "user.issue_api_key"];
 
 /// The client's address and program as recorded in event metadata.
 fn client_info(incoming: &Incoming<'_>) -> (Option<String>, Option<String>) {
@@ -67,20 +75,44 @@ fn client_info(incoming: &Incoming<'_>) -> (Option<String>, Option<String>) {
 pub struct HandlerSettings {
     pub max_message_bytes: usize,
     pub embedding_dimension: usize,
+    /// Users (front ends, gateways) whose `Client-Ip` and `User-Agent`
+    /// headers are recorded as fact; anyone else's are their claim.
+    pub trusted_agents: Vec<Uuid>,
 }
 
-/// The rate limit, once Redis could be reached (shared with the task that connects it).
+impl HandlerSettings {
+    /// Whether `actor` vouches for the client headers it sends.
+    pub(crate) fn vouches(&self, actor: &Actor) -> bool {
+        actor
+            .user_id()
+            .is_some_and(|id| self.trusted_agents.contains(&id.0))
+    }
+}
+
+/// The rate limits, once Redis could be reached (shared with the task that connects them).
 #[derive(Clone, Default)]
-pub struct Limiter(std::sync::Arc<std::sync::RwLock<Option<SlidingWindow>>>);
+pub struct Limiter(std::sync::Arc<std::sync::RwLock<Option<Limits>>>);
+
+/// The sliding windows commands count against.
+#[derive(Clone)]
+pub struct Limits {
+    /// Each signed-in principal's commands.
+    pub commands: SlidingWindow,
+    /// Sign-in attempts per e-mail address and per client address: an
+    /// attempt names a session id of its choosing, so it is counted by
+    /// what it is aimed at and where it comes from instead.
+    pub signin_email: SlidingWindow,
+    pub signin_address: SlidingWindow,
+}
 
 impl Limiter {
-    pub fn set(&self, window: SlidingWindow) {
+    pub fn set(&self, limits: Limits) {
         if let Ok(mut slot) = self.0.write() {
-            *slot = Some(window);
+            *slot = Some(limits);
         }
     }
 
-    fn get(&self) -> Option<SlidingWindow> {
+    fn get(&self) -> Option<Limits> {
         self.0.read().ok().and_then(|slot| slot.clone())
     }
 }
@@ -126,9 +158,9 @@ impl Handler {
         self.store.pool()
     }
 
-    /// The rate limit, once connected.
+    /// The commands' rate limit, once connected.
     pub(crate) fn limiter(&self) -> Option<SlidingWindow> {
-        self.limiter.get()
+        self.limiter.get().map(|limits| limits.commands)
     }
 
     /// The most events one group commit takes.
@@ -229,10 +261,24 @@ impl Handler {
                 Ok(decoded) => decoded,
                 Err(invalid) => {
                     // The replay check needs the id: a repeat of a decided command
-                    // is answered even if this copy is garbled after the envelope.
+                    // is answered even if this copy is garbled after the envelope
+                    // (to its sender only, like every stored outcome).
                     if let Some(command_id) = invalid.command_id {
-                        if let Ok(Some(stored)) = self.stored_result(command_id).await {
-                            return stored;
+                        let preflight = self
+                            .authn
+                            .preflight(
+                                command_id,
+                                incoming.authorization,
+                                incoming.command_type,
+                                Utc::now(),
+                            )
+                            .await;
+                        if let Ok(Preflight {
+                            outcome: Some(stored),
+                            actor: Ok(actor),
+                        }) = preflight
+                        {
+                            return stored.answer_for(&actor);
                         }
                     }
                     let code = if invalid.field == "type" {
@@ -250,6 +296,19 @@ impl Handler {
                     );
                 }
             };
+        if incoming.answer_kept && ANSWER_CARRIES_SECRET.contains(&incoming.command_type) {
+            return CommandResult::failed(
+                envelope.command_id,
+                envelope.aggregate_id,
+                Status::Invalid,
+                "request_reply_only",
+                format!(
+                    "{} answers with a secret, which a JetStream result would keep; send it over request/reply (<prefix>.rpc.{})",
+                    incoming.command_type, incoming.command_type
+                ),
+                Some(json!({"field": "type"})),
+            );
+        }
         (envelope.client_ip, envelope.user_agent) = client_info(&incoming);
         let span = tracing::info_span!("command", command_id = %envelope.command_id, command_type = incoming.command_type,
             correlation_id = ?envelope.correlation_id, aggregate_id = %envelope.aggregate_id);
@@ -268,7 +327,7 @@ impl Handler {
 
     async fn handle_decoded(
         &self,
-        envelope: Envelope,
+        mut envelope: Envelope,
         command: Command,
         command_type: &str,
         authorization: Option<&str>,
@@ -286,7 +345,8 @@ impl Handler {
             Attempt::AfterLane => None,
         };
         if let Some((actor, guard)) = verified {
-            if self.rate_limit(&envelope, &actor).await.is_none() {
+            envelope.client_vouched = self.settings.vouches(&actor);
+            if self.rate_limit(&envelope, &actor, &command).await.is_none() {
                 limit_counted = true;
                 let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
                 match self
@@ -314,24 +374,14 @@ impl Handler {
                     .inc();
             }
         }
-        let admin_command = Command::admin_only(command_type);
         let preflight = match self
             .authn
-            .preflight(
-                envelope.command_id,
-                authorization,
-                command_type,
-                admin_command,
-                now,
-            )
+            .preflight(envelope.command_id, authorization, command_type, now)
             .await
         {
             Ok(preflight) => preflight,
             Err(error) => return unavailable(&envelope, &error),
         };
-        if let Some(stored) = preflight.outcome {
-            return stored;
-        }
         let actor = match preflight.actor {
             Err(Refusal::Unauthorized(code)) => {
                 return refused(
@@ -353,8 +403,13 @@ impl Handler {
             }
             Ok(actor) => actor,
         };
+        // A stored outcome is told only to a caller who may see it.
+        if let Some(stored) = preflight.outcome {
+            return stored.answer_for(&actor);
+        }
+        envelope.client_vouched = self.settings.vouches(&actor);
         if !limit_counted {
-            if let Some(limited) = self.rate_limit(&envelope, &actor).await {
+            if let Some(limited) = self.rate_limit(&envelope, &actor, &command).await {
                 return limited;
             }
         }
@@ -372,31 +427,59 @@ impl Handler {
     }
 
     /// The rate limit's refusal, if `actor` is over it (`None` too when
-    /// Redis cannot be asked: the limit fails open).
-    async fn rate_limit(&self, envelope: &Envelope, actor: &Actor) -> Option<CommandResult> {
-        let limiter = self.limiter.get()?;
-        let principal = principal(envelope.aggregate_id, actor);
-        match tokio::time::timeout(LIMIT_TIMEOUT, limiter.check(&principal))
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "rate limit check timed out",
-                )))
-            }) {
-            Ok(decision) if !decision.allowed => Some(rate_limited(
-                envelope.command_id,
-                envelope.aggregate_id,
-                decision.retry_after,
-            )),
-            Ok(_) => None,
-            // Fail open: a Redis outage must not stop the agent.
-            Err(error) => {
-                crate::metrics::metrics().rate_limit_fail_open.inc();
-                tracing::warn!(%error, "rate limiter unavailable; allowing the command");
-                None
+    /// Redis cannot be asked: the limit fails open). A sign-in counts
+    /// against its e-mail address and its client's address instead.
+    async fn rate_limit(
+        &self,
+        envelope: &Envelope,
+        actor: &Actor,
+        command: &Command,
+    ) -> Option<CommandResult> {
+        let limits = self.limiter.get()?;
+        let checks = match (actor, command) {
+            (Actor::Anonymous, Command::Session(session::Command::Start(start))) => {
+                let mut checks = vec![(
+                    limits.signin_email,
+                    // Hashed: the key names no one.
+                    infra::auth::token_hash(start.email.as_str()),
+                )];
+                if let Some(address) = envelope
+                    .client_ip
+                    .as_deref()
+                    .or(start.ip_address.as_ref().map(|ip| ip.as_str()))
+                {
+                    checks.push((limits.signin_address, address.to_string()));
+                }
+                checks
+            }
+            (actor, _) => vec![(limits.commands, actor.label())],
+        };
+        for (window, principal) in checks {
+            match tokio::time::timeout(LIMIT_TIMEOUT, window.check(&principal))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "rate limit check timed out",
+                    )))
+                }) {
+                Ok(decision) if !decision.allowed => {
+                    return Some(rate_limited(
+                        envelope.command_id,
+                        envelope.aggregate_id,
+                        decision.retry_after,
+                    ))
+                }
+                Ok(_) => {}
+                // Fail open: a Redis outage must not stop the agent.
+                Err(error) => {
+                    crate::metrics::metrics().rate_limit_fail_open.inc();
+                    tracing::warn!(%error, "rate limiter unavailable; allowing the command");
+                    return None;
+                }
             }
         }
+        None
     }
 
     /// Decides and appends a command on its aggregate.
@@ -432,9 +515,16 @@ impl Handler {
         }
     }
 
-    /// The stored outcome of a decided command, marked as replayed.
-    async fn stored_result(&self, command_id: Uuid) -> Result<Option<CommandResult>, sqlx::Error> {
-        crate::outcomes::stored(self.pool(), command_id).await
+    /// The stored outcome of a decided command (marked as replayed), as
+    /// `actor` may be told it.
+    async fn stored_result(
+        &self,
+        command_id: Uuid,
+        actor: &Actor,
+    ) -> Result<Option<CommandResult>, sqlx::Error> {
+        Ok(crate::outcomes::stored(self.pool(), command_id)
+            .await?
+            .map(|stored| stored.answer_for(actor)))
     }
 
     /// The aggregate's state and version: from the cache if this instance
@@ -554,14 +644,9 @@ impl Handler {
                         // (and stored) only after the full check.
                         return Err(HandleError::Recheck { forget: false });
                     }
-                    let result = domain_refusal(envelope, &error);
-                    if let Some(login) = &facts.failed_login_of {
-                        self.record_login(*login, false, envelope).await;
-                    }
-                    if result.status == Status::Rejected {
-                        self.store_result(command_type, &ctx.actor, &result).await?;
-                    }
-                    return Ok(result);
+                    return self
+                        .refuse(envelope, command_type, &ctx.actor, &facts, &error)
+                        .await;
                 }
             };
             // A command that ends or narrows credentials is acknowledged
@@ -592,11 +677,27 @@ impl Handler {
                         return Err(HandleError::Recheck { forget });
                     }
                 },
-                None => self.append::<A>(&request, &events).await,
+                None => match self.append::<A>(request, &events).await {
+                    Ok(Appended::Done(outcome)) => Ok(outcome),
+                    Ok(Appended::Refused(error)) => {
+                        return self
+                            .refuse(envelope, command_type, &ctx.actor, &facts, &error)
+                            .await;
+                    }
+                    Ok(Appended::DecidedBefore) => {
+                        return self
+                            .stored_result(envelope.command_id, &ctx.actor)
+                            .await?
+                            .ok_or_else(|| {
+                                HandleError::Store("a decided command has no stored outcome".into())
+                            });
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match appended {
                 Ok(outcome) if outcome.replayed => {
-                    return match self.stored_result(envelope.command_id).await? {
+                    return match self.stored_result(envelope.command_id, &ctx.actor).await? {
                         Some(stored) => Ok(stored),
                         None => Err(HandleError::Store(
                             "a replayed command has no stored outcome".into(),
@@ -614,9 +715,10 @@ impl Handler {
                     );
                     self.cache
                         .put::<A>(envelope.aggregate_id, next, outcome.version);
-                    if facts.reset_failed_logins {
+                    if facts.record_success {
                         if let Some(user_id) = facts.login_user {
-                            self.record_login(user_id, true, envelope).await;
+                            self.record_login(user_id, true, facts.login_ip.clone(), envelope)
+                                .await;
                         }
                     }
                     // Secrets are shown here, once; the stored outcome (the
@@ -721,56 +823,122 @@ impl Handler {
     }
 
     /// Appends a decided command's events. With an inline projection (the
-    /// auth index) it is one transaction with the projection; without, it
-    /// goes through the store's group commit with whatever else is arriving.
+    /// auth index) it is one transaction with the projection, which may
+    /// still refuse the command (nothing written); without, it goes through
+    /// the guarded group commit with whatever else is arriving, checked
+    /// only for a stored outcome of its command id. Either way a command
+    /// id with a stored rejection is not appended.
     async fn append<A: Handled>(
         &self,
-        request: &AppendRequest,
+        request: AppendRequest,
         events: &[A::Event],
-    ) -> Result<eventstore::AppendOutcome, AppendError> {
+    ) -> Result<Appended, AppendError> {
         if !A::INLINE {
-            return self.store.append(request).await;
+            return match self.guarded.append(request, Guard::outcome_only()).await {
+                Ok(outcome) => Ok(Appended::Done(outcome)),
+                Err(GuardedError::Append(e)) => Err(e),
+                Err(GuardedError::Decided | GuardedError::Unverified) => {
+                    Ok(Appended::DecidedBefore)
+                }
+            };
         }
         let mut tx = self.store.begin().await?;
-        let outcome = tx.append(request).await?;
-        if !outcome.replayed {
-            A::project(tx.conn(), request.stream_id, events)
-                .await
-                .map_err(eventstore::StoreError::from)?;
-            tx.commit().await?;
+        let outcome = tx.append(&request).await?;
+        if outcome.replayed {
+            return Ok(Appended::Done(outcome));
         }
-        Ok(outcome)
+        // The append holds the stream's lock now, and a rejection is stored
+        // only under it (see `store_result`): one stored before the lock was
+        // taken is seen here, and one after it waits for this commit.
+        if let Some(command_id) = request.metadata.command_id {
+            if crate::outcomes::is_rejected(tx.conn(), command_id)
+                .await
+                .map_err(eventstore::StoreError::from)?
+            {
+                return Ok(Appended::DecidedBefore);
+            }
+        }
+        match A::project(tx.conn(), request.stream_id, events).await {
+            Ok(()) => {}
+            Err(InlineError::Refused(refusal)) => return Ok(Appended::Refused(refusal)),
+            Err(InlineError::Db(e)) => return Err(eventstore::StoreError::from(e).into()),
+        }
+        tx.commit().await?;
+        Ok(Appended::Done(outcome))
     }
 
+    /// Answers a command the domain (or the inline projection) refused: a
+    /// wrong password or MFA code counts against the account, and a
+    /// rejection is stored as the command's outcome.
+    async fn refuse(
+        &self,
+        envelope: &Envelope,
+        command_type: &str,
+        actor: &Actor,
+        facts: &facts::Facts,
+        error: &DomainError,
+    ) -> Result<CommandResult, HandleError> {
+        let result = domain_refusal(envelope, error);
+        if let Some(login) = facts.failed_login_of {
+            if matches!(error.code(), "invalid_credentials" | "invalid_mfa_code") {
+                self.record_login(login, false, facts.login_ip.clone(), envelope)
+                    .await;
+            }
+        }
+        if result.status != Status::Rejected {
+            return Ok(result);
+        }
+        self.store_result(command_type, actor, result).await
+    }
+
+    /// Stores a rejection as its command's one outcome, or finds that the
+    /// command already has one (appended by a copy on the other transport
+    /// or another instance, or rejected before), and returns what to
+    /// answer. Under the stream's lock, which every locking append of the
+    /// stream takes too: an append that held it has committed, so its
+    /// events are seen; one that comes later finds the rejection.
     async fn store_result(
         &self,
         command_type: &str,
         actor: &Actor,
-        result: &CommandResult,
-    ) -> Result<(), HandleError> {
-        let mut conn = self.pool().acquire().await?;
-        insert_result(&mut conn, command_type, actor, result).await
+        result: CommandResult,
+    ) -> Result<CommandResult, HandleError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+            .bind(result.aggregate_id)
+            .execute(&mut *tx)
+            .await?;
+        let stored = sqlx::query(
+            "INSERT INTO command_results (command_id, command_type, actor, status, result)
+             SELECT $1, $2, $3, $4, $5
+              WHERE NOT EXISTS (SELECT 1 FROM events WHERE command_id = $1)
+             ON CONFLICT (command_id) DO NOTHING",
+        )
+        .bind(result.command_id)
+        .bind(command_type)
+        .bind(actor.label())
+        .bind(result.status.as_str())
+        .bind(sqlx::types::Json(&result))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if stored == 1 {
+            return Ok(result);
+        }
+        self.stored_result(result.command_id, actor)
+            .await?
+            .ok_or_else(|| HandleError::Store("a decided command has no stored outcome".into()))
     }
 }
 
-async fn insert_result(
-    conn: &mut sqlx::PgConnection,
-    command_type: &str,
-    actor: &Actor,
-    result: &CommandResult,
-) -> Result<(), HandleError> {
-    sqlx::query(
-        "INSERT INTO command_results (command_id, command_type, actor, status, result)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (command_id) DO NOTHING",
-    )
-    .bind(result.command_id)
-    .bind(command_type)
-    .bind(actor.label())
-    .bind(result.status.as_str())
-    .bind(sqlx::types::Json(result))
-    .execute(conn)
-    .await?;
-    Ok(())
+/// What appending a decided command came to, short of a store failure.
+enum Appended {
+    Done(eventstore::AppendOutcome),
+    /// The inline projection refused it (nothing was written).
+    Refused(DomainError),
+    /// The command id has an outcome already (nothing was written).
+    DecidedBefore,
 }
 
 /// The append of `events`, decided by `actor` on `envelope`'s aggregate
@@ -803,8 +971,20 @@ fn append_request<A: Aggregate>(
             correlation_id: envelope.correlation_id,
             causation_id: envelope.causation_id,
             actor: Some(actor.label()),
-            ip: envelope.client_ip.clone(),
-            user_agent: envelope.user_agent.clone(),
+            ip: envelope
+                .client_vouched
+                .then(|| envelope.client_ip.clone())
+                .flatten(),
+            user_agent: envelope
+                .client_vouched
+                .then(|| envelope.user_agent.clone())
+                .flatten(),
+            claimed_ip: (!envelope.client_vouched)
+                .then(|| envelope.client_ip.clone())
+                .flatten(),
+            claimed_user_agent: (!envelope.client_vouched)
+                .then(|| envelope.user_agent.clone())
+                .flatten(),
         },
     })
 }
@@ -850,14 +1030,6 @@ fn refused(
         message,
         details,
     )
-}
-
-/// Whose rate limit a command by `actor` on `aggregate_id` counts against.
-fn principal(aggregate_id: Uuid, actor: &Actor) -> String {
-    match actor {
-        Actor::Anonymous => format!("anonymous:{aggregate_id}"),
-        other => other.label(),
-    }
 }
 
 /// The refusal of a command over its rate limit, with when to retry.

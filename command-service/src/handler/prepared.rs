@@ -18,7 +18,7 @@ use domain::{Aggregate, Command, Context};
 use eventstore::{AppendOutcome, AppendRequest};
 use uuid::Uuid;
 
-use super::{append_request, client_info, principal, rate_limited, Handler, Incoming};
+use super::{append_request, client_info, rate_limited, Handler, Incoming};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
 use crate::guarded::Guard;
@@ -140,7 +140,9 @@ impl Handler {
         let (mut envelope, command) =
             envelope::decode(encoding, incoming.command_type, incoming.payload).ok()?;
         (envelope.client_ip, envelope.user_agent) = client_info(incoming);
-        let principal = principal(envelope.aggregate_id, &actor);
+        envelope.client_vouched = self.settings.vouches(&actor);
+        // Signed in: the lane takes no anonymous command.
+        let principal = actor.label();
         let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
         let lane = Lane {
             envelope: &envelope,

@@ -170,12 +170,12 @@ async fn a_stale_decision_is_handled_again_not_refused(pool: PgPool) {
 async fn the_lane_refuses_commands_over_the_rate_limit(pool: PgPool) {
     let prefix = fresh_prefix();
     let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
-    cfg.rate_limit = Some(RateLimitConfig {
-        redis_url: "redis://127.0.0.1:6379".into(),
-        key_prefix: format!("test:{prefix}:ratelimit:"),
-        limit: 6,
-        window: Duration::from_secs(5),
-    });
+    cfg.rate_limit = Some(RateLimitConfig::with_signin_defaults(
+        "redis://127.0.0.1:6379".into(),
+        format!("test:{prefix}:ratelimit:"),
+        6,
+        Duration::from_secs(5),
+    ));
     let app = App::spawn_with(pool.clone(), cfg).await;
     // The limit connects in the background.
     tokio::time::sleep(Duration::from_millis(300)).await;

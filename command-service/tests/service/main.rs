@@ -1,6 +1,7 @@
 //! The command service against the real NATS, PostgreSQL and (where asked)
 //! Redis: each test has its own database, NATS prefix and stream names.
 
+mod abuse;
 mod auth;
 mod bad_input;
 mod catalogue;
@@ -44,6 +45,7 @@ pub fn config(prefix: &str, bootstrap: &str) -> ServiceConfig {
         bootstrap_token: Some(SecretString::from(bootstrap.to_string())),
         rate_limit: None,
         max_in_flight: 64,
+        trusted_agents: Vec::new(),
         auth_epochs: None,
     }
 }

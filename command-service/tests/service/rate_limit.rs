@@ -18,12 +18,12 @@ fn open_incident() -> serde_json::Value {
 async fn limited(pool: PgPool, redis_url: &str, limit: u32) -> App {
     let prefix = fresh_prefix();
     let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
-    cfg.rate_limit = Some(RateLimitConfig {
-        redis_url: redis_url.into(),
-        key_prefix: format!("test:{prefix}:ratelimit:"),
+    cfg.rate_limit = Some(RateLimitConfig::with_signin_defaults(
+        redis_url.into(),
+        format!("test:{prefix}:ratelimit:"),
         limit,
-        window: Duration::from_secs(60),
-    });
+        Duration::from_secs(60),
+    ));
     App::spawn_with(pool, cfg).await
 }
 

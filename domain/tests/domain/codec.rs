@@ -2,6 +2,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use domain::codec::{self, CodecError};
+use domain::context::Scopes;
 use domain::context::{Actor, LoginFacts, NewApiKey, WorkflowFacts};
 use domain::ids::{ApiKeyId, MessageId, ProjectId, StepId, UserId, WorkflowId};
 use domain::user::{RecordLogin, User};
@@ -70,6 +71,7 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
         actor: Actor::User {
             id: uid,
             role: Role::Admin,
+            scopes: Scopes::SESSION,
         },
         ..c
     };
@@ -137,7 +139,8 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
         locked: false,
         deleted: false,
         mfa_enabled: false,
-        mfa_code_valid: None,
+        mfa_step: None,
+        last_mfa_step: None,
     });
     check_codec!(
         session,
@@ -153,7 +156,8 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
                 ctx_at(
                     Actor::User {
                         id: uid,
-                        role: Role::Operator
+                        role: Role::Operator,
+                        scopes: Scopes::SESSION,
                     },
                     5
                 )
@@ -163,7 +167,8 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
                 ctx_at(
                     Actor::User {
                         id: uid,
-                        role: Role::Operator
+                        role: Role::Operator,
+                        scopes: Scopes::SESSION,
                     },
                     6
                 )
@@ -175,6 +180,7 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
         ctx(Actor::User {
             id: uid,
             role: Role::Operator,
+            scopes: Scopes::SESSION,
         })
     };
     let message = MessageId::new();
@@ -526,6 +532,7 @@ fn states_round_trip_as_snapshots() {
         ctx(Actor::User {
             id: uid,
             role: Role::Operator,
+            scopes: Scopes::SESSION,
         })
     };
     let message = MessageId::new();

@@ -14,7 +14,7 @@ mod user;
 mod workflow;
 
 use chrono::{DateTime, TimeZone, Utc};
-use domain::context::Actor;
+use domain::context::{Actor, Scopes};
 use domain::ids::UserId;
 use domain::values::Role;
 use domain::{Aggregate, Context, DomainError};
@@ -26,7 +26,11 @@ pub fn t0() -> DateTime<Utc> {
 }
 
 pub fn user(id: UserId, role: Role) -> Actor {
-    Actor::User { id, role }
+    Actor::User {
+        id,
+        role,
+        scopes: Scopes::SESSION,
+    }
 }
 
 pub fn ctx(actor: Actor) -> Context {

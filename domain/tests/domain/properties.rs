@@ -1,7 +1,7 @@
 //! Property tests: random command sequences keep the rules; random bytes
 //! never make the decoders panic.
 
-use domain::context::{Actor, WorkflowFacts};
+use domain::context::{Actor, Scopes, WorkflowFacts};
 use domain::conversation::{self, Conversation};
 use domain::execution::{self, Execution};
 use domain::ids::{MessageId, StepId, UserId, WorkflowId};
@@ -55,6 +55,7 @@ fn conversation_command(
         Actor::User {
             id: who,
             role: Role::Operator,
+            scopes: Scopes::SESSION,
         },
         i64::from(choice),
     );
@@ -85,6 +86,7 @@ fn incident_command(choice: u8, pick: usize) -> (incident::Command, Context) {
         Actor::User {
             id: UserId(Uuid::from_u128(1)),
             role,
+            scopes: Scopes::SESSION,
         },
         i64::from(choice),
     );
@@ -110,6 +112,7 @@ fn execution_command(choice: u8, pick: usize) -> (execution::Command, Context) {
         Actor::User {
             id: UserId(Uuid::from_u128(1)),
             role: Role::Operator,
+            scopes: Scopes::SESSION,
         },
         i64::from(choice),
     );
@@ -147,7 +150,7 @@ proptest! {
     #[test]
     fn conversations_keep_their_rules(steps in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..60)) {
         let owner = UserId(Uuid::from_u128(1));
-        let mut commands = vec![(conversation::Command::Start(json(json!({}))), ctx_at(Actor::User { id: owner, role: Role::Operator }, 0))];
+        let mut commands = vec![(conversation::Command::Start(json(json!({}))), ctx_at(Actor::User { id: owner, role: Role::Operator, scopes: Scopes::SESSION }, 0))];
         commands.extend(steps.into_iter().map(|(c, p)| conversation_command(c, p, owner)));
         let events = run::<Conversation>(commands);
         let mut sequence = 0;

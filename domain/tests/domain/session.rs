@@ -18,7 +18,8 @@ fn login_ctx(user_id: UserId, verified: bool) -> Context {
         locked: false,
         deleted: false,
         mfa_enabled: false,
-        mfa_code_valid: None,
+        mfa_step: None,
+        last_mfa_step: None,
     });
     c
 }
@@ -105,6 +106,15 @@ fn login_refusals() {
         given_when::<Session>(&[], start(None), &with(&|l| l.locked = true)),
         "account_locked",
     );
+    // A locked account answers a wrong password the same way: no oracle.
+    let mut locked_wrong = login_ctx(id, false);
+    if let Some(l) = locked_wrong.login.as_mut() {
+        l.locked = true;
+    }
+    assert_code(
+        given_when::<Session>(&[], start(None), &locked_wrong),
+        "account_locked",
+    );
     assert_code(
         given_when::<Session>(&[], start(None), &with(&|l| l.mfa_enabled = true)),
         "mfa_required",
@@ -115,20 +125,39 @@ fn login_refusals() {
             start(Some("000000")),
             &with(&|l| {
                 l.mfa_enabled = true;
-                l.mfa_code_valid = Some(false)
+                l.mfa_step = None
             }),
         ),
         "invalid_mfa_code",
     );
-    assert!(given_when::<Session>(
+    let started = given_when::<Session>(
         &[],
         start(Some("123456")),
         &with(&|l| {
             l.mfa_enabled = true;
-            l.mfa_code_valid = Some(true)
-        })
-    )
-    .is_ok());
+            l.mfa_step = Some(100);
+            l.last_mfa_step = Some(99);
+        }),
+    );
+    match started.as_deref() {
+        Ok([Event::Started(s)]) => assert_eq!(s.mfa_step, Some(100)),
+        other => panic!("expected a start, got {other:?}"),
+    }
+    // A code whose time step a sign-in took already is refused like a wrong one.
+    for last in [100, 101] {
+        assert_code(
+            given_when::<Session>(
+                &[],
+                start(Some("123456")),
+                &with(&|l| {
+                    l.mfa_enabled = true;
+                    l.mfa_step = Some(100);
+                    l.last_mfa_step = Some(last);
+                }),
+            ),
+            "invalid_mfa_code",
+        );
+    }
     assert_code(
         given_when::<Session>(
             &[],

@@ -15,6 +15,8 @@ async fn read_stream_returns_what_was_appended(pool: PgPool) {
         actor: Some("user-1".into()),
         ip: Some("192.0.2.7".into()),
         user_agent: None,
+        claimed_ip: Some("198.51.100.1".into()),
+        claimed_user_agent: None,
     };
     let mut first = request(stream, ExpectedVersion::NoStream, 3);
     first.metadata = metadata.clone();

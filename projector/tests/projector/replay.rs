@@ -133,3 +133,40 @@ async fn blue_green_rebuild_while_dashboards_query(pool: PgPool) {
     assert_eq!(leftovers, 0);
     support::assert_verified(&store).await;
 }
+
+/// When each projection's lease was taken, by projection.
+async fn leases(pool: &PgPool) -> Vec<(String, chrono::DateTime<Utc>)> {
+    sqlx::query_as("SELECT name, acquired_at FROM projection_status ORDER BY name")
+        .fetch_all(pool)
+        .await
+        .expect("projection status")
+}
+
+/// A blue/green swap does not break the live writer's next batch: its
+/// staging tables must not depend on the retired schema's types (dropping
+/// that schema once dropped, by cascade, their enum columns, the next
+/// batch failed and the projection started over on a new lease).
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn the_live_writer_keeps_its_lease_across_a_swap(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    let mut history = History::new(21);
+    let running = support::spawn(&store, support::config());
+    support::append(&store, &mut history, 600).await;
+    support::caught_up(&store).await;
+    let before = leases(&pool).await;
+    assert!(!before.is_empty());
+    for kind in Kind::ALL {
+        rebuild::replay_and_swap(&store, kind, 500, &|_| {})
+            .await
+            .expect("replay and swap");
+    }
+    support::append(&store, &mut history, 600).await;
+    support::caught_up(&store).await;
+    assert_eq!(
+        leases(&pool).await,
+        before,
+        "a projection failed after the swap and took its lease again"
+    );
+    running.stop().await;
+    support::assert_verified(&store).await;
+}

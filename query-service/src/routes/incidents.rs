@@ -154,7 +154,7 @@ pub async fn get(
     state.answer(Some(&spec), read.position, &incident).await
 }
 
-type TimelineRow = (DateTime<Utc>, i64, String, Option<String>, Vec<u8>);
+type TimelineRow = (DateTime<Utc>, i64, String, i32, Option<String>, Vec<u8>);
 
 /// The incident's events up to `position` (the rows' position), so the
 /// timeline never shows what the row does not yet reflect.
@@ -164,7 +164,7 @@ async fn timeline(
     position: Position,
 ) -> ApiResult<Vec<TimelineEntry>> {
     let rows: Vec<TimelineRow> = sqlx::query_as(
-        "SELECT recorded_at, version, event_type, metadata->>'actor', payload
+        "SELECT recorded_at, version, event_type, schema_version, metadata->>'actor', payload
            FROM events
           WHERE stream_id = $1 AND (generation, tx_id, seq) <= ($2, $3, $4)
           ORDER BY version",
@@ -177,13 +177,20 @@ async fn timeline(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(at, version, event_type, actor, payload)| TimelineEntry {
-            at,
-            version,
-            event_type,
-            actor,
-            details: crate::routes::streams::payload_json(&payload),
-        })
+        .map(
+            |(at, version, event_type, schema_version, actor, payload)| TimelineEntry {
+                at,
+                version,
+                details: crate::routes::streams::payload_json(domain::any_event::Stored {
+                    stream_type: <domain::incident::Incident as domain::Aggregate>::STREAM_TYPE,
+                    event_type: &event_type,
+                    schema_version,
+                    payload: &payload,
+                }),
+                event_type,
+                actor,
+            },
+        )
         .collect())
 }
 

@@ -29,9 +29,14 @@ pub struct StoredEvent {
     pub metadata: serde_json::Value,
 }
 
-/// A MessagePack payload as JSON (`null` if it does not decode).
-pub fn payload_json(payload: &[u8]) -> serde_json::Value {
-    rmp_serde::from_slice::<serde_json::Value>(payload).unwrap_or(serde_json::Value::Null)
+/// A stored event's facts as JSON with its secrets (credential hashes, MFA
+/// seeds) redacted; `null` if this build cannot decode it (its raw bytes
+/// are not shown: they could hold secrets).
+pub fn payload_json(stored: domain::any_event::Stored<'_>) -> serde_json::Value {
+    domain::any_event::decode(stored)
+        .ok()
+        .and_then(|event| event.json_without_secrets().ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 type EventRow = (
@@ -108,6 +113,12 @@ pub async fn events(
                 payload,
                 metadata,
             )| {
+                let payload = payload_json(domain::any_event::Stored {
+                    stream_type: &stream_type,
+                    event_type: &event_type,
+                    schema_version,
+                    payload: &payload,
+                });
                 StoredEvent {
                     event_id,
                     stream_id,
@@ -117,7 +128,7 @@ pub async fn events(
                     schema_version,
                     position: format!("{generation}.{tx_id}.{seq}"),
                     recorded_at,
-                    payload: payload_json(&payload),
+                    payload,
                     metadata,
                 }
             },

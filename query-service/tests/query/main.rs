@@ -131,6 +131,7 @@ impl Stack {
                 bootstrap_token: Some(SecretString::from(bootstrap.clone())),
                 rate_limit: None,
                 max_in_flight: 64,
+                trusted_agents: Vec::new(),
                 auth_epochs: Some((REDIS.into(), redis_prefix.clone())),
             };
             let s = store.clone();
