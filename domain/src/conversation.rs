@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use crate::ids::{MessageId, UserId};
 use crate::values::{
-    ConversationStatus, CostUsd, Embedding, Label, MessageRole, MessageText, Tags, Text, Title,
+    ConversationStatus, CostTotal, CostUsd, Embedding, Label, MessageRole, MessageText, Tags, Text,
+    Title,
 };
 use crate::{Aggregate, Context, DomainError, Personal};
 
@@ -88,7 +89,7 @@ pub struct MessageAppended {
     pub cost_usd: CostUsd,
     /// Totals of the conversation after this message.
     pub total_tokens: u64,
-    pub total_cost_usd: CostUsd,
+    pub total_cost_usd: CostTotal,
     pub embedding: Option<Vec<f32>>,
     pub appended_at: DateTime<Utc>,
 }
@@ -138,7 +139,7 @@ pub struct State {
     pub messages: BTreeMap<MessageId, Option<u8>>,
     pub message_count: u32,
     pub total_tokens: u64,
-    pub total_cost: CostUsd,
+    pub total_cost: CostTotal,
 }
 
 impl Aggregate for Conversation {

@@ -237,23 +237,32 @@ impl<'de> Deserialize<'de> for Tags {
     }
 }
 
-/// Money in micro-dollars (1e-6 USD), so totals add up exactly. On the wire
-/// it is a decimal number (`cost_usd`) or a decimal string.
+/// Money in micro-dollars (1e-6 USD), so totals add up exactly; at most
+/// `MAX` micro-dollars. On the wire it is a decimal number or a decimal
+/// string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
-pub struct CostUsd {
+pub struct Money<const MAX: i64> {
     micros: i64,
 }
 
-impl CostUsd {
-    pub const ZERO: CostUsd = CostUsd { micros: 0 };
-    /// The largest accepted single cost: one million dollars.
-    const MAX_MICROS: i64 = 1_000_000 * 1_000_000;
+/// A single cost a client reports: at most one million dollars.
+pub type CostUsd = Money<{ 1_000_000 * 1_000_000 }>;
+
+/// A sum of costs (a conversation's total): anything the micro-dollars of
+/// an `i64` hold. Events carry it, so it must read back whatever it grew to.
+pub type CostTotal = Money<{ i64::MAX }>;
+
+impl<const MAX: i64> Money<MAX> {
+    pub const ZERO: Self = Money { micros: 0 };
 
     pub fn from_micros(micros: i64) -> Result<Self, ParseError> {
-        if !(0..=Self::MAX_MICROS).contains(&micros) {
-            return Err(ParseError("must be between 0 and 1000000 dollars".into()));
+        if !(0..=MAX).contains(&micros) {
+            return Err(ParseError(format!(
+                "must be between 0 and {} dollars",
+                MAX / 1_000_000
+            )));
         }
-        Ok(CostUsd { micros })
+        Ok(Money { micros })
     }
 
     pub fn micros(self) -> i64 {
@@ -288,14 +297,15 @@ impl CostUsd {
         Self::from_micros(micros)
     }
 
-    pub fn checked_add(self, other: CostUsd) -> Option<CostUsd> {
+    /// `self + other`, if it stays within this amount's bound.
+    pub fn checked_add<const OTHER: i64>(self, other: Money<OTHER>) -> Option<Self> {
         self.micros
             .checked_add(other.micros)
-            .map(|micros| CostUsd { micros })
+            .and_then(|micros| Self::from_micros(micros).ok())
     }
 }
 
-impl fmt::Display for CostUsd {
+impl<const MAX: i64> fmt::Display for Money<MAX> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -306,13 +316,13 @@ impl fmt::Display for CostUsd {
     }
 }
 
-impl Serialize for CostUsd {
+impl<const MAX: i64> Serialize for Money<MAX> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for CostUsd {
+impl<'de, const MAX: i64> Deserialize<'de> for Money<MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -322,17 +332,19 @@ impl<'de> Deserialize<'de> for CostUsd {
             Float(f64),
         }
         match Raw::deserialize(d)? {
-            Raw::Text(text) => CostUsd::parse(&text),
+            Raw::Text(text) => Self::parse(&text),
             Raw::Int(n) => i64::try_from(n)
                 .ok()
                 .and_then(|n| n.checked_mul(1_000_000))
                 .ok_or_else(|| ParseError("too large".into()))
-                .and_then(CostUsd::from_micros),
+                .and_then(Self::from_micros),
             // A JSON/MessagePack float: round to the micro-dollar.
-            Raw::Float(x) if x.is_finite() && x >= 0.0 => {
-                CostUsd::from_micros((x * 1_000_000.0).round() as i64)
+            Raw::Float(x) if (0.0..9.2e12).contains(&x) => {
+                Self::from_micros((x * 1_000_000.0).round() as i64)
             }
-            Raw::Float(_) => Err(ParseError("must be a finite, non-negative number".into())),
+            Raw::Float(_) => Err(ParseError(
+                "must be a finite, non-negative number of dollars".into(),
+            )),
         }
         .map_err(serde::de::Error::custom)
     }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, Utc};
 use domain::codec::CodecError;
 use domain::ids::{ApiKeyId, MessageId, ProjectId, StepId, UserId, WorkflowId};
 use domain::values::{
-    ConversationStatus, CostUsd, ExecutionStatus, IncidentStatus, MessageRole, Role, Scope,
-    Severity, WorkflowStatus,
+    ConversationStatus, CostTotal, CostUsd, ExecutionStatus, IncidentStatus, MessageRole, Role,
+    Scope, Severity, WorkflowStatus,
 };
 use domain::{
     conversation, execution, incident, knowledge, runbook, session, user, workflow, Aggregate,
@@ -465,7 +465,7 @@ impl History {
             tokens_out,
             cost_usd: CostUsd::from_micros(cost_micros).unwrap_or(CostUsd::ZERO),
             total_tokens: c.tokens,
-            total_cost_usd: CostUsd::from_micros(c.cost).unwrap_or(CostUsd::ZERO),
+            total_cost_usd: CostTotal::from_micros(c.cost).unwrap_or(CostTotal::ZERO),
             embedding: None,
             appended_at: at,
         });

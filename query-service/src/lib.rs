@@ -35,6 +35,7 @@ use sqlx::PgPool;
 pub use auth::Principal;
 pub use openapi::ApiDoc;
 pub use problem::{ApiError, Problem};
+pub use routes::live::MAX_STREAMS_PER_USER as LIVE_STREAMS_PER_USER;
 pub use search::Search;
 
 /// What the service needs besides its database pool.

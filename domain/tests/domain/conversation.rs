@@ -191,3 +191,35 @@ fn rating_and_tagging() {
         "tags_unchanged",
     );
 }
+
+/// A conversation's total may grow past the largest single cost, and the
+/// event saying so reads back (it once failed to decode, stopping every
+/// projection that read it and the conversation itself).
+#[test]
+fn totals_beyond_the_largest_single_cost_read_back() {
+    use domain::codec::EventCodec;
+    let owner = UserId::new();
+    let mut events = started(owner);
+    for _ in 0..3 {
+        let state = Conversation::replay(&events);
+        let mut new = Conversation::decide(
+            &state,
+            append(MessageId::new(), 1, "1000000"),
+            &ctx(user(owner, Role::Operator)),
+        )
+        .expect("appended");
+        events.append(&mut new);
+    }
+    let Event::MessageAppended(last) = events.last().expect("event") else {
+        panic!("{events:?}")
+    };
+    assert_eq!(last.total_cost_usd.to_string(), "3000000.000000");
+    let bytes = last_event_bytes(events.last().expect("event"));
+    let decoded = Event::decode("message_appended", 2, &bytes).expect("reads back");
+    assert_eq!(&decoded, events.last().expect("event"));
+}
+
+fn last_event_bytes(event: &Event) -> Vec<u8> {
+    use domain::codec::EventCodec;
+    event.encode().expect("encodes")
+}

@@ -87,6 +87,19 @@ async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool)
         let body: serde_json::Value = rmp_serde::from_slice(&message.payload).expect("msgpack");
         assert_eq!(body["event_id"].as_str(), Some(id.as_str()));
         assert!(body["data"].is_object(), "decoded facts: {body}");
+        // The public form: no credential material, no personal data.
+        let text = body.to_string();
+        for secret in ["$argon2id", "sha256:", "JBSWY3DPEHPK3PXP", "@example.com"] {
+            assert!(!text.contains(secret), "{secret} relayed: {text}");
+        }
+        match body["event_type"].as_str() {
+            Some("user_registered") => {
+                assert_eq!(body["data"]["password_hash"], "[secret]", "{text}");
+                assert_eq!(body["data"]["email"], "[personal]", "{text}");
+            }
+            Some("session_started") => assert_eq!(body["data"]["token_hash"], "[secret]", "{text}"),
+            _ => {}
+        }
         let stream_id = body["stream_id"].as_str().expect("stream id").to_string();
         let version = body["version"].as_u64().expect("version");
         let previous = versions.insert(stream_id.clone(), version).unwrap_or(0);

@@ -3,6 +3,7 @@
 //! audit, Redis) and the query service on a free port, each test on its
 //! own database and Redis key prefix.
 
+mod abuse;
 mod bad_requests;
 mod bola;
 mod browser;

@@ -1,6 +1,7 @@
-//! Kill the command service (SIGKILL) while JetStream commands are in
-//! flight, start it again: every published command has exactly one outcome
-//! and one set of events.
+//! The command service as a process of its own: killed (SIGKILL) while
+//! JetStream commands are in flight and started again, every published
+//! command has exactly one outcome and one set of events; flooded with
+//! sign-ins, its memory stays bounded.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -144,4 +145,100 @@ async fn sigkill_with_commands_in_flight_loses_and_doubles_nothing(pool: PgPool)
 
     let _ = js.delete_stream(&commands_stream).await;
     let _ = js.delete_stream(&results_stream).await;
+}
+
+/// A process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// 500 sign-ins at once, each a full argon2id verification (19 MiB of
+/// memory each): bounded to one per core at a time, the service's peak
+/// resident memory stays small instead of 500 × 19 MiB.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn a_sign_in_flood_keeps_memory_bounded(pool: PgPool) {
+    const FLOOD: usize = 500;
+    let url = common::database_url(&pool).await;
+    let prefix = format!("f{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let bootstrap = format!("boot-{}", Uuid::new_v4());
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("NATS");
+    // No rate limit: every attempt reaches the password check.
+    let service = start(&url, &prefix, &bootstrap);
+    let pid = service.id().expect("pid");
+    let request = |subject: String, token: Option<String>, body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            if let Some(token) = token {
+                headers.insert("Authorization", format!("Bearer {token}").as_str());
+            }
+            let reply = tokio::time::timeout(
+                Duration::from_secs(120),
+                client.request_with_headers(
+                    subject,
+                    headers,
+                    serde_json::to_vec(&body).expect("json").into(),
+                ),
+            )
+            .await
+            .expect("answered in time")
+            .ok()?;
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let registered = loop {
+        let body = serde_json::json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(),
+            "payload": {"email": "flood@example.com", "display_name": "F", "password": "correct horse", "role": "operator"}});
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            request(
+                format!("{prefix}.rpc.user.register"),
+                Some(bootstrap.clone()),
+                body,
+            ),
+        )
+        .await;
+        if let Ok(Some(result)) = attempt {
+            break result;
+        }
+        assert!(Instant::now() < deadline, "the service did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(registered["status"], "accepted", "{registered}");
+    let before = peak_rss_kib(pid);
+    // Unknown e-mails: each is checked against a dummy hash, as much work
+    // as a real one (a known account would lock after five and stop checking).
+    let attempts = (0..FLOOD).map(|i| {
+        let body = serde_json::json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(),
+            "payload": {"email": format!("flood{i}@example.com"), "password": "not the password"}});
+        request(format!("{prefix}.rpc.session.start"), None, body)
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let peak = peak_rss_kib(pid);
+    drop(service);
+    let refused = answers
+        .iter()
+        .flatten()
+        .filter(|a| matches!(a["status"].as_str(), Some("rejected")))
+        .count();
+    assert_eq!(refused, FLOOD, "every attempt was answered and refused");
+    eprintln!(
+        "sign-in flood of {FLOOD}: peak resident memory {} MiB (before the flood {} MiB)",
+        peak / 1024,
+        before / 1024
+    );
+    assert!(
+        peak < 400 * 1024,
+        "peak resident memory {} MiB under {FLOOD} concurrent sign-ins",
+        peak / 1024
+    );
 }
