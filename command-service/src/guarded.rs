@@ -373,7 +373,7 @@ mod tests {
         );
 
         let stream = Uuid::now_v7();
-        let dependent = vec![
+        let dependent = [
             entry(stream, Uuid::now_v7(), 1, "live", user),
             key_entry(stream, keys[0], user),
             entry(stream, Uuid::now_v7(), 1, "live", user),

@@ -1,11 +1,14 @@
 //! The optional `Client-Ip` and `User-Agent` headers end up in the events'
-//! metadata (and so in the audit log); a malformed address is left out.
+//! metadata: as fact (and so in the audit log) when a trusted agent sent
+//! the command, as the client's claim otherwise; a malformed address is
+//! left out.
 
-use serde_json::json;
+use command_service::Status;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{envelope, App};
+use crate::{config, envelope, fresh_prefix, App};
 
 async fn send(app: &App, token: &str, ip: &str, agent: &str) -> Uuid {
     let incident = Uuid::now_v7();
@@ -13,22 +16,15 @@ async fn send(app: &App, token: &str, ip: &str, agent: &str) -> Uuid {
         incident,
         json!({"title": "disk full", "description": "d", "severity": "low", "affected_services": ["api"]}),
     );
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Content-Type", "application/json");
-    headers.insert("Authorization", format!("Bearer {token}").as_str());
-    headers.insert("Client-Ip", ip);
-    headers.insert("User-Agent", agent);
-    let reply = app
-        .client
-        .request_with_headers(
-            format!("{}.rpc.incident.open", app.prefix),
-            headers,
-            serde_json::to_vec(&body).expect("json").into(),
+    let result = app
+        .rpc_with(
+            "incident.open",
+            &body,
+            Some(token),
+            &[("Client-Ip", ip), ("User-Agent", agent)],
         )
-        .await
-        .expect("reply");
-    let result: serde_json::Value = serde_json::from_slice(&reply.payload).expect("result");
-    assert_eq!(result["status"], "accepted", "{result}");
+        .await;
+    assert_eq!(result.status, Status::Accepted, "{result:?}");
     incident
 }
 
@@ -53,10 +49,69 @@ async fn client_address_and_program_are_recorded(pool: PgPool) {
         }
     };
     let recorded = metadata(good).await;
-    assert_eq!(recorded["ip"], "2001:db8::7");
-    assert_eq!(recorded["user_agent"], "agent-cli/2.1");
-    let recorded = metadata(bad).await;
+    // An ordinary user's headers are its claim, not fact.
+    assert_eq!(recorded["claimed_ip"], "2001:db8::7");
+    assert_eq!(recorded["claimed_user_agent"], "agent-cli/2.1");
     assert!(recorded.get("ip").is_none(), "{recorded}");
-    assert!(recorded.get("user_agent").is_none(), "{recorded}");
+    let recorded = metadata(bad).await;
+    for field in ["ip", "user_agent", "claimed_ip", "claimed_user_agent"] {
+        assert!(recorded.get(field).is_none(), "{recorded}");
+    }
+    app.finish().await;
+}
+
+/// `Client-Ip` and `User-Agent` are the client's claim unless a trusted
+/// agent sent the command.
+#[sqlx::test(migrations = "../migrations")]
+async fn client_headers_are_claims_unless_a_trusted_agent_sends_them(pool: PgPool) {
+    let agent = Uuid::now_v7();
+    let prefix = fresh_prefix();
+    let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
+    cfg.trusted_agents = vec![agent];
+    let app = App::spawn_with(pool, cfg).await;
+    let boot = app.bootstrap.clone();
+    let registered = app
+        .rpc(
+            "user.register",
+            &envelope(agent, json!({"email": "gateway@example.com", "display_name": "Gateway", "password": "correct horse", "role": "operator"})),
+            Some(&boot),
+        )
+        .await;
+    assert_eq!(registered.status, Status::Accepted);
+    let agent_token = app
+        .sign_in("gateway@example.com", "correct horse", None)
+        .await
+        .data
+        .and_then(|d| d["token"].as_str().map(str::to_string))
+        .expect("token");
+    let (_, user_token) = app.user("operator").await;
+    for (token, vouched) in [(&agent_token, true), (&user_token, false)] {
+        let body = envelope(
+            Uuid::now_v7(),
+            json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["api"]}),
+        );
+        let result = app
+            .rpc_with(
+                "incident.open",
+                &body,
+                Some(token),
+                &[("Client-Ip", "203.0.113.9"), ("User-Agent", "claims/1.0")],
+            )
+            .await;
+        assert_eq!(result.status, Status::Accepted, "{result:?}");
+        let metadata: Value =
+            sqlx::query_scalar("SELECT metadata FROM events WHERE command_id = $1")
+                .bind(result.command_id)
+                .fetch_one(&app.pool)
+                .await
+                .expect("metadata");
+        let (fact, claim) = if vouched {
+            ("ip", "claimed_ip")
+        } else {
+            ("claimed_ip", "ip")
+        };
+        assert_eq!(metadata[fact], json!("203.0.113.9"), "{metadata}");
+        assert!(metadata.get(claim).is_none(), "{metadata}");
+    }
     app.finish().await;
 }

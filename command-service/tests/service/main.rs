@@ -141,11 +141,38 @@ impl App {
         token: Option<&str>,
         json: bool,
     ) -> CommandResult {
+        self.rpc_raw_with(command_type, body, App::headers(token, json), json)
+            .await
+    }
+
+    /// [`App::rpc`] with more headers (`Client-Ip`, `User-Agent`, ...).
+    pub async fn rpc_with(
+        &self,
+        command_type: &str,
+        envelope: &Value,
+        token: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> CommandResult {
+        let mut headers = App::headers(token, true);
+        for (name, value) in extra {
+            headers.insert(*name, *value);
+        }
+        let body = serde_json::to_vec(envelope).expect("json");
+        self.rpc_raw_with(command_type, body, headers, true).await
+    }
+
+    async fn rpc_raw_with(
+        &self,
+        command_type: &str,
+        body: Vec<u8>,
+        headers: async_nats::HeaderMap,
+        json: bool,
+    ) -> CommandResult {
         let reply = tokio::time::timeout(
             Duration::from_secs(20),
             self.client.request_with_headers(
                 format!("{}.rpc.{command_type}", self.prefix),
-                App::headers(token, json),
+                headers,
                 body.into(),
             ),
         )
@@ -248,19 +275,23 @@ impl App {
         (user_id, email)
     }
 
+    /// A `session.start` with these credentials.
+    pub async fn sign_in(&self, email: &str, password: &str, mfa: Option<&str>) -> CommandResult {
+        self.rpc(
+            "session.start",
+            &envelope(
+                Uuid::now_v7(),
+                json!({"email": email, "password": password, "mfa_code": mfa}),
+            ),
+            None,
+        )
+        .await
+    }
+
     /// Registers a user with the bootstrap token and signs them in.
     pub async fn user(&self, role: &str) -> (Uuid, String) {
         let (user_id, email) = self.register(role).await;
-        let started = self
-            .rpc(
-                "session.start",
-                &envelope(
-                    Uuid::now_v7(),
-                    json!({"email": email, "password": "correct horse"}),
-                ),
-                None,
-            )
-            .await;
+        let started = self.sign_in(&email, "correct horse", None).await;
         assert_eq!(started.status, Status::Accepted, "{started:?}");
         let token = started
             .data
