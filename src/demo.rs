@@ -62,9 +62,10 @@ pub async fn run(
         .as_ref()
         .map(|t| t.expose_secret().to_string())
         .context("set COPILOT_BOOTSTRAP_TOKEN (the demo registers its users with it)")?;
-    let client = async_nats::connect(&settings.nats.url)
+    let client = infra::nats::NatsTarget::from(&settings.nats)
+        .connect("copilot-data demo")
         .await
-        .with_context(|| format!("connecting to NATS at {}", settings.nats.url))?;
+        .context("connecting to NATS")?;
     let agent = Arc::new(Agent {
         inner: AgentClient {
             client,

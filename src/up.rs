@@ -35,14 +35,14 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
 pub fn command_service_config(settings: &Settings) -> command_service::ServiceConfig {
     let commands = &settings.commands;
     command_service::ServiceConfig {
-        nats_url: settings.nats.url.clone(),
+        nats: (&settings.nats).into(),
         prefix: settings.nats.prefix.clone(),
         max_message_bytes: commands.max_message_bytes,
         embedding_dimension: commands.embedding_dimension,
         bootstrap_token: settings.bootstrap_token.clone(),
         rate_limit: (commands.rate_limit_per_minute > 0).then(|| {
             command_service::RateLimitConfig::with_signin_defaults(
-                settings.redis.url.expose_secret().to_string(),
+                &settings.redis,
                 format!("{}ratelimit:", settings.redis.prefix),
                 commands.rate_limit_per_minute,
                 std::time::Duration::from_secs(60),
@@ -50,10 +50,7 @@ pub fn command_service_config(settings: &Settings) -> command_service::ServiceCo
         }),
         max_in_flight: commands.max_in_flight,
         trusted_agents: commands.trusted_agents.clone(),
-        auth_epochs: Some((
-            settings.redis.url.expose_secret().to_string(),
-            settings.redis.prefix.clone(),
-        )),
+        auth_epochs: Some(((&settings.redis).into(), settings.redis.prefix.clone())),
     }
 }
 
@@ -81,7 +78,7 @@ impl Drop for MetricsServer {
 
 pub fn redis_config(settings: &Settings) -> projector::redis_model::RedisConfig {
     projector::redis_model::RedisConfig {
-        url: settings.redis.url.expose_secret().to_string(),
+        url: (&settings.redis).into(),
         prefix: settings.redis.prefix.clone(),
     }
 }
@@ -105,7 +102,7 @@ pub async fn vector_config(settings: &Settings) -> anyhow::Result<Option<project
         },
         embedder,
         breakers: Some(projector::BreakerConfig {
-            redis_url: settings.redis.url.expose_secret().to_string(),
+            redis_url: (&settings.redis).into(),
             prefix: settings.redis.prefix.clone(),
             threshold: v.breaker_threshold,
             timeout: v.breaker_timeout,
@@ -153,7 +150,7 @@ pub fn projector_config(
         skip_poison: p.skip_poison,
         lease_retry: p.lease_retry,
         relay: p.relay.then(|| projector::relay::RelayConfig {
-            nats_url: settings.nats.url.clone(),
+            nats: (&settings.nats).into(),
             prefix: settings.nats.prefix.clone(),
         }),
         redis: p.redis.then(|| redis_config(settings)),
@@ -253,12 +250,11 @@ pub fn query_config(
     search: Option<std::sync::Arc<query_service::Search>>,
 ) -> anyhow::Result<query_service::QueryConfig> {
     let http = &settings.http;
-    let mut config = query_service::QueryConfig::new(
-        http.addr,
-        settings.redis.url.expose_secret(),
-        &settings.redis.prefix,
-    );
-    config.nats_url = Some(settings.nats.url.clone());
+    let mut config =
+        query_service::QueryConfig::new(http.addr, &settings.redis, &settings.redis.prefix);
+    config.nats = Some((&settings.nats).into());
+    config.tls = http.tls_cert.clone().zip(http.tls_key.clone());
+    config.cors_origins = http.cors_origins.clone();
     config.replica = http
         .replica_url
         .as_ref()

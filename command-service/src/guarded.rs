@@ -11,8 +11,6 @@
 //! own. What fails the check is written nowhere and
 //! goes back to the handler, which then handles the command the slow way.
 
-use std::sync::LazyLock;
-
 use chrono::Utc;
 use domain::session::IDLE_TIMEOUT;
 use eventstore::coalesce::{Coalescer, Pending};
@@ -72,17 +70,16 @@ impl From<StoreError> for GuardedError {
     }
 }
 
-/// The set append with the checks: `$11` now, `$12` the oldest last-seen
-/// time of a session that has not gone idle, `$13` to `$16` each request's
-/// token hash, user, role and API key (all NULL for nothing to check). The checks
-/// run before the streams' locks, as `command_append_set`'s do (see there
-/// why either order of a concurrent `session.end` is a valid history).
-static GUARDED_SET_APPEND: LazyLock<String> =
-    LazyLock::new(|| eventstore::set_append::statement(include_str!("guarded_checks.sql")));
-
-/// The same checks in the exact set append, for batches it can take.
-static GUARDED_EXACT_APPEND: LazyLock<String> =
-    LazyLock::new(|| eventstore::set_append::exact_statement(include_str!("guarded_checks.sql")));
+/// The set append and the exact one check each request's credential and
+/// stored outcome in their own statement (migration 0011): `$11` now,
+/// `$12` the oldest last-seen time of a session that has not gone idle,
+/// `$13` to `$16` each request's token hash, user, role and API key (all
+/// NULL for nothing to check). The checks run before the streams' locks,
+/// as `command_append_set`'s do (see there why either order of a
+/// concurrent `session.end` is a valid history).
+use eventstore::set_append::{
+    EXACT_APPEND as GUARDED_EXACT_APPEND, SET_APPEND as GUARDED_SET_APPEND,
+};
 
 pub(crate) type Entry = (AppendRequest, Guard);
 type Guarded = Pending<Entry, Result<AppendOutcome, GuardedError>>;
@@ -133,7 +130,7 @@ async fn commit(store: EventStore, batch: Vec<Guarded>) {
 
 /// Every entry's checks and append. A batch the exact set append can take
 /// (one event per request at an exact version, see
-/// [`eventstore::set_append::exact_statement`]), the common one, is one
+/// [`eventstore::set_append::EXACT_APPEND`]), the common one, is one
 /// statement; what it leaves `taken` (a stream that moved on, a command id
 /// appended before) is settled by the full set append in a second one.
 /// Anything else is one statement of the full set append. Each entry is
@@ -145,9 +142,9 @@ pub(crate) async fn write(
     let requests: Vec<&AppendRequest> = entries.iter().map(|(r, _)| r).collect();
     let args = AppendArgs::new(&requests)?;
     let statement: &str = if args.single_exact() {
-        &GUARDED_EXACT_APPEND
+        GUARDED_EXACT_APPEND
     } else {
-        &GUARDED_SET_APPEND
+        GUARDED_SET_APPEND
     };
     let mut outcomes = run(store, entries, &args, statement).await?;
     let taken: Vec<usize> = (0..outcomes.len())
@@ -160,7 +157,7 @@ pub(crate) async fn write(
         let again: Vec<&Entry> = taken.iter().map(|&i| entries[i]).collect();
         let requests: Vec<&AppendRequest> = again.iter().map(|(r, _)| r).collect();
         let args = AppendArgs::new(&requests)?;
-        let settled = run(store, &again, &args, &GUARDED_SET_APPEND).await?;
+        let settled = run(store, &again, &args, GUARDED_SET_APPEND).await?;
         for (i, outcome) in taken.into_iter().zip(settled) {
             outcomes[i] = outcome;
         }
@@ -405,10 +402,22 @@ mod tests {
         let types = "uuid[], text[], bigint[], uuid[], integer[], text[], uuid[], text[], \
                      integer[], bytea[], timestamptz, timestamptz, text[], uuid[], text[], uuid[]";
         let nulls = vec!["NULL"; 16].join(", ");
-        for (name, statement) in [
-            ("guarded", &*GUARDED_SET_APPEND),
-            ("exact", &*GUARDED_EXACT_APPEND),
+        // The statement each function runs, prepared on its own: the
+        // function's plan is not shown by EXPLAIN of its call.
+        for (name, function) in [
+            ("guarded", "eventstore_append_set_checked"),
+            ("exact", "eventstore_append_exact_checked"),
         ] {
+            let body: String = sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE proname = $1")
+                .bind(function)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("function");
+            let statement = body
+                .split_once("RETURN QUERY")
+                .and_then(|(_, rest)| rest.rsplit_once(';'))
+                .map(|(statement, _)| statement.to_string())
+                .expect("RETURN QUERY <statement>;");
             sqlx::raw_sql(&format!("PREPARE {name}({types}) AS {statement}"))
                 .execute(&mut *conn)
                 .await

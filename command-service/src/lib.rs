@@ -30,7 +30,8 @@ pub use result::{CommandResult, Encoding, Status};
 /// What the service needs to know.
 #[derive(Clone)]
 pub struct ServiceConfig {
-    pub nats_url: String,
+    /// The NATS server, its TLS and this service's credential.
+    pub nats: infra::nats::NatsTarget,
     /// First subject token; stream names take it as a suffix unless it is `copilot`.
     pub prefix: String,
     pub max_message_bytes: usize,
@@ -43,15 +44,15 @@ pub struct ServiceConfig {
     /// Users whose `Client-Ip`/`User-Agent` headers are recorded as fact
     /// (a front end that signs in its users); everyone else's are claims.
     pub trusted_agents: Vec<uuid::Uuid>,
-    /// Redis URL and key prefix of the auth epochs the query service's
+    /// The Redis and key prefix of the auth epochs the query service's
     /// credential cache checks (see `infra::auth_epoch`); `None`: no such
     /// cache is in use.
-    pub auth_epochs: Option<(String, String)>,
+    pub auth_epochs: Option<(infra::redis_conn::RedisTarget, String)>,
 }
 
 #[derive(Clone)]
 pub struct RateLimitConfig {
-    pub redis_url: String,
+    pub redis: infra::redis_conn::RedisTarget,
     /// Prefix of the limits' keys (`<redis prefix>ratelimit:`); each limit
     /// adds its own scope (`commands:`, `signin:email:`, `signin:address:`).
     pub key_prefix: String,
@@ -70,13 +71,13 @@ impl RateLimitConfig {
     /// address in 15 minutes (the account itself locks after 5 wrong ones
     /// in a row).
     pub fn with_signin_defaults(
-        redis_url: String,
+        redis: impl Into<infra::redis_conn::RedisTarget>,
         key_prefix: String,
         limit: u32,
         window: Duration,
     ) -> Self {
         RateLimitConfig {
-            redis_url,
+            redis: redis.into(),
             key_prefix,
             limit,
             window,
@@ -91,8 +92,8 @@ impl RateLimitConfig {
 pub enum ServiceError {
     #[error("invalid Redis settings for the auth epochs: {0}")]
     Redis(String),
-    #[error("cannot connect to NATS at {url}: {message}")]
-    Connect { url: String, message: String },
+    #[error("{0}")]
+    Connect(String),
     #[error("JetStream set-up failed: {0}")]
     JetStream(String),
     #[error("NATS subscription failed: {0}")]
@@ -115,14 +116,11 @@ pub async fn run(
     store: EventStore,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServiceError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("copilot-data command-service")
-        .connect(&config.nats_url)
+    let client = config
+        .nats
+        .connect("copilot-data command-service")
         .await
-        .map_err(|e| ServiceError::Connect {
-            url: config.nats_url.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| ServiceError::Connect(e.to_string()))?;
     let limiter = handler::Limiter::default();
     if let Some(rl) = config.rate_limit.clone() {
         tokio::spawn(connect_limiter(rl, limiter.clone()));
@@ -151,7 +149,7 @@ pub async fn run(
 /// Connects the rate limit to Redis in the background, retrying: the
 /// service starts (and runs, unlimited) while Redis is down.
 async fn connect_limiter(rl: RateLimitConfig, limiter: handler::Limiter) {
-    let client = match redis::Client::open(rl.redis_url.as_str()) {
+    let client = match rl.redis.client() {
         Ok(client) => client,
         Err(error) => {
             tracing::warn!(%error, "invalid Redis URL; commands are not rate-limited");

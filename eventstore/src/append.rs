@@ -234,7 +234,7 @@ impl<'a> AppendArgs<'a> {
     }
 
     /// Whether the exact set append can take the batch (see
-    /// [`crate::set_append::exact_statement`]): independent requests, each
+    /// [`crate::set_append::EXACT_APPEND`]): independent requests, each
     /// of one event at an exact expected version (or to a new stream).
     pub fn single_exact(&self) -> bool {
         self.independent
@@ -243,7 +243,7 @@ impl<'a> AppendArgs<'a> {
     }
 
     /// Runs the batch as one statement, so in one transaction: `set` (a set
-    /// append, see [`crate::set_append::statement`]) when the requests are
+    /// append, see [`crate::set_append::SET_APPEND`]) when the requests are
     /// independent, otherwise `dependent` (a call of
     /// `eventstore_append_batch` or of a wrapper of it). Both take the ten
     /// arrays as `$1` to `$10`; `extra` binds the parameters after them.
@@ -276,6 +276,20 @@ impl<'a> AppendArgs<'a> {
         Ok(rows)
     }
 
+    /// Binds the set append's checks as nothing to check (`$11` to `$16`,
+    /// after [`AppendArgs::bind`]): appends of the store's own callers.
+    pub fn bind_no_checks<'q>(&'q self, query: CommitterQuery<'q>) -> CommitterQuery<'q> {
+        let n = self.stream_ids.len();
+        let now = chrono::Utc::now();
+        query
+            .bind(now)
+            .bind(now)
+            .bind(vec![None::<&str>; n])
+            .bind(vec![None::<uuid::Uuid>; n])
+            .bind(vec![None::<&str>; n])
+            .bind(vec![None::<uuid::Uuid>; n])
+    }
+
     /// Binds the ten arrays, in order, as the query's next parameters.
     pub fn bind<'q>(&'q self, query: CommitterQuery<'q>) -> CommitterQuery<'q> {
         query
@@ -292,9 +306,9 @@ impl<'a> AppendArgs<'a> {
     }
 }
 
-/// Appends every request in one statement (the set append of
-/// `set_append.sql`, or `eventstore_append_batch` when requests depend on
-/// each other), so in one transaction, retrying transient failures, and
+/// Appends every request in one statement (the set append, or
+/// `eventstore_append_batch` when requests depend on each other), so in
+/// one transaction, retrying transient failures, and
 /// wakes subscribers if anything new was written. The outer error means
 /// nothing was written.
 pub(crate) async fn append_many(
@@ -309,10 +323,10 @@ pub(crate) async fn append_many(
     let rows = args
         .fetch_all(
             committers,
-            &crate::set_append::PLAIN,
+            crate::set_append::SET_APPEND,
             "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
                FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            |query| query,
+            |query| args.bind_no_checks(query),
         )
         .await?;
     let outcomes: Vec<_> = rows

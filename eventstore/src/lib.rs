@@ -20,7 +20,7 @@
 //! newer one committed to the stream is refused
 //! ([`AppendError::StaleTransaction`]) rather than write a stream out of the
 //! global order. The one writer without the lock, the exact set append
-//! ([`set_append::exact_statement`]), writes one event on top of a head its
+//! ([`set_append::EXACT_APPEND`]), writes one event on top of a head its
 //! snapshot sees, so after it in the global order, and leaves any clash to
 //! the primary key and the command index.
 //! * [`EventStore::read_stream`] reads one stream from a version;
@@ -193,7 +193,7 @@ impl EventStore {
         &self.inner.pool
     }
 
-    /// The connections for set appends ([`set_append::statement`]): generic
+    /// The connections for set appends ([`set_append::SET_APPEND`]): generic
     /// plans, as many as two group commits keep busy.
     pub fn committers(&self) -> &committers::Committers {
         &self.inner.committers

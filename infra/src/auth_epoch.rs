@@ -34,9 +34,12 @@ pub struct AuthEpochs {
 
 impl AuthEpochs {
     /// Connects lazily (the first bump connects, and fails if Redis is down).
-    pub fn new(redis_url: &str, prefix: &str) -> Result<AuthEpochs, redis::RedisError> {
+    pub fn new(
+        redis: &crate::redis_conn::RedisTarget,
+        prefix: &str,
+    ) -> Result<AuthEpochs, redis::RedisError> {
         Ok(AuthEpochs {
-            conn: crate::redis_conn::lazy(redis_url)?,
+            conn: crate::redis_conn::lazy(redis)?,
             prefix: prefix.to_string(),
         })
     }

@@ -46,7 +46,22 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// The login of `migrate` (the owner of the schema), and of every
+    /// service that has no login of its own below.
     pub url: SecretString,
+    /// The services' own least-privilege logins (see `migrate`), each a
+    /// URL with that login's password; unset: `url`.
+    pub command_url: Option<SecretString>,
+    pub projector_url: Option<SecretString>,
+    pub query_url: Option<SecretString>,
+    /// TLS: `disable`, `prefer`, `require` (no certificate check),
+    /// `verify-ca`, `verify-full`; unset: the URL's `sslmode`, else
+    /// `disable` for a loopback host and `verify-full` for any other.
+    pub ssl_mode: Option<String>,
+    /// TLS files: the CA to trust, and a client certificate and key.
+    pub ssl_root_cert: Option<PathBuf>,
+    pub ssl_cert: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
     /// The seed's pool: 50 max, 5 min, 30 s acquire, 10 min idle, 30 min lifetime.
     pub max_connections: u32,
     pub min_connections: u32,
@@ -61,8 +76,13 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `redis://` or, for TLS, `rediss://`.
     pub url: SecretString,
     pub prefix: String,
+    /// TLS files (with `rediss://`): the CA to trust, a client certificate and key.
+    pub tls: crate::tls::TlsFiles,
+    /// TLS without checking the server's certificate (logged as a warning).
+    pub tls_insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +90,17 @@ pub struct RedisSettings {
 pub struct NatsSettings {
     pub url: String,
     pub prefix: String,
+    /// Refuse a connection without TLS.
+    pub tls_required: bool,
+    /// TLS files: the CA to trust, a client certificate and key.
+    pub tls: crate::tls::TlsFiles,
+    /// The credential this process connects with: a user and password, a
+    /// token, an NKey seed, or a `.creds` file (JWT and seed).
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub token: Option<SecretString>,
+    pub nkey_seed: Option<SecretString>,
+    pub creds_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +117,12 @@ pub struct HttpSettings {
     /// A request taking longer is answered 504.
     #[serde(with = "seconds")]
     pub request_timeout: Duration,
+    /// HTTPS: the server's certificate chain and key (PEM); unset: HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Origins allowed to call the API from a browser (CORS); empty: none
+    /// (the built-in dashboard is same-origin).
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +253,13 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/copilot"),
+            command_url: None,
+            projector_url: None,
+            query_url: None,
+            ssl_mode: None,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
             max_connections: 50,
             min_connections: 5,
             acquire_timeout: Duration::from_secs(30),
@@ -230,6 +274,8 @@ impl Default for RedisSettings {
         RedisSettings {
             url: SecretString::from("redis://127.0.0.1:6379"),
             prefix: "copilot:".to_string(),
+            tls: crate::tls::TlsFiles::default(),
+            tls_insecure: false,
         }
     }
 }
@@ -239,6 +285,13 @@ impl Default for NatsSettings {
         NatsSettings {
             url: "nats://127.0.0.1:4222".to_string(),
             prefix: "copilot".to_string(),
+            tls_required: false,
+            tls: crate::tls::TlsFiles::default(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            creds_file: None,
         }
     }
 }
@@ -252,6 +305,9 @@ impl Default for HttpSettings {
             rate_limit_per_minute: 6000,
             // Above the longest X-Wait-Ms (30 s) a client may ask for.
             request_timeout: Duration::from_secs(35),
+            tls_cert: None,
+            tls_key: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -331,9 +387,96 @@ impl Settings {
     }
 
     fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
-        let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+        // Every variable may also be given as `<NAME>_FILE`, a file holding
+        // the value (how container platforms hand secrets over); a trailing
+        // line break is not part of it.
+        let files: HashMap<String, String> = env
+            .iter()
+            .filter_map(|(name, path)| Some((name.strip_suffix("_FILE")?, path)))
+            .filter(|(name, _)| !env.contains_key(*name))
+            .map(|(name, path)| {
+                std::fs::read_to_string(path)
+                    .map(|v| {
+                        (
+                            name.to_string(),
+                            v.trim_end_matches(['\n', '\r']).to_string(),
+                        )
+                    })
+                    .map_err(|e| ConfigError::Invalid {
+                        name: "<NAME>_FILE",
+                        message: format!("{name}_FILE={path}: {e}"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let get = |name: &str| {
+            env.get(name)
+                .or_else(|| files.get(name))
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        let path = |name: &str| get(name).map(PathBuf::from);
+        let secret = |name: &str| get(name).map(SecretString::from);
         if let Some(v) = get("COPILOT_DATABASE_URL") {
             self.database.url = SecretString::from(v);
+        }
+        for (name, slot) in [
+            (
+                "COPILOT_COMMAND_DATABASE_URL",
+                &mut self.database.command_url,
+            ),
+            (
+                "COPILOT_PROJECTOR_DATABASE_URL",
+                &mut self.database.projector_url,
+            ),
+            ("COPILOT_QUERY_DATABASE_URL", &mut self.database.query_url),
+            ("COPILOT_NATS_PASSWORD", &mut self.nats.password),
+            ("COPILOT_NATS_TOKEN", &mut self.nats.token),
+            ("COPILOT_NATS_NKEY_SEED", &mut self.nats.nkey_seed),
+        ] {
+            if let Some(v) = secret(name) {
+                *slot = Some(v);
+            }
+        }
+        for (name, slot) in [
+            (
+                "COPILOT_DATABASE_SSLROOTCERT",
+                &mut self.database.ssl_root_cert,
+            ),
+            ("COPILOT_DATABASE_SSLCERT", &mut self.database.ssl_cert),
+            ("COPILOT_DATABASE_SSLKEY", &mut self.database.ssl_key),
+            ("COPILOT_REDIS_TLS_CA", &mut self.redis.tls.ca),
+            ("COPILOT_REDIS_TLS_CERT", &mut self.redis.tls.cert),
+            ("COPILOT_REDIS_TLS_KEY", &mut self.redis.tls.key),
+            ("COPILOT_NATS_TLS_CA", &mut self.nats.tls.ca),
+            ("COPILOT_NATS_TLS_CERT", &mut self.nats.tls.cert),
+            ("COPILOT_NATS_TLS_KEY", &mut self.nats.tls.key),
+            ("COPILOT_NATS_CREDS", &mut self.nats.creds_file),
+            ("COPILOT_HTTP_TLS_CERT", &mut self.http.tls_cert),
+            ("COPILOT_HTTP_TLS_KEY", &mut self.http.tls_key),
+        ] {
+            if let Some(v) = path(name) {
+                *slot = Some(v);
+            }
+        }
+        if let Some(v) = get("COPILOT_DATABASE_SSLMODE") {
+            self.database.ssl_mode = Some(v);
+        }
+        if let Some(v) = get("COPILOT_REDIS_TLS_INSECURE") {
+            self.redis.tls_insecure = parse("COPILOT_REDIS_TLS_INSECURE", &v)?;
+        }
+        if let Some(v) = get("COPILOT_NATS_TLS") {
+            self.nats.tls_required = parse("COPILOT_NATS_TLS", &v)?;
+        }
+        if let Some(v) = get("COPILOT_NATS_USER") {
+            self.nats.user = Some(v);
+        }
+        if let Some(v) = get("COPILOT_HTTP_CORS_ORIGINS") {
+            self.http.cors_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
         }
         if let Some(v) = get("COPILOT_DATABASE_MAX_CONNECTIONS") {
             self.database.max_connections = parse("COPILOT_DATABASE_MAX_CONNECTIONS", &v)?;
@@ -459,11 +602,35 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let url = self.database.url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        for (name, url) in [
+            ("database.url", Some(&self.database.url)),
+            ("database.command_url", self.database.command_url.as_ref()),
+            (
+                "database.projector_url",
+                self.database.projector_url.as_ref(),
+            ),
+            ("database.query_url", self.database.query_url.as_ref()),
+        ] {
+            let Some(url) = url.map(ExposeSecret::expose_secret) else {
+                continue;
+            };
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: "must start with postgres:// or postgresql://".into(),
+                });
+            }
+        }
+        if let Some(mode) = &self.database.ssl_mode {
+            crate::postgres::parse_ssl_mode(mode).map_err(|message| ConfigError::Invalid {
+                name: "database.ssl_mode",
+                message,
+            })?;
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::Invalid {
-                name: "database.url",
-                message: "must start with postgres:// or postgresql://".into(),
+                name: "http.tls_cert",
+                message: "HTTPS needs both a certificate (COPILOT_HTTP_TLS_CERT) and a key (COPILOT_HTTP_TLS_KEY)".into(),
             });
         }
         if self.database.max_connections == 0

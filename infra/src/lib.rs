@@ -9,8 +9,10 @@ pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod ratelimit;
+pub mod redact;
 pub mod redis_conn;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{ConfigError, Settings};
 

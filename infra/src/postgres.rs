@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::config::DatabaseSettings;
@@ -14,8 +14,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
+    /// The cause never quotes the URL (it may hold a password).
     #[error("invalid database URL: {0}")]
-    Url(sqlx::Error),
+    Url(String),
     #[error("cannot connect to PostgreSQL at {target}: {source}")]
     Connect { target: String, source: sqlx::Error },
     #[error("cannot create database {name}: {source}")]
@@ -24,19 +25,86 @@ pub enum DbSetupError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// A libpq `sslmode`.
+pub fn parse_ssl_mode(mode: &str) -> Result<PgSslMode, String> {
+    PgSslMode::from_str(mode).map_err(|_| {
+        format!("{mode:?}: expected disable, allow, prefer, require, verify-ca or verify-full")
+    })
+}
+
+/// The connection options of the schema owner's login (`database.url`).
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbSetupError> {
-    let options = PgConnectOptions::from_str(settings.url.expose_secret())
-        .map_err(DbSetupError::Url)?
+    connect_options_for(settings, &settings.url)
+}
+
+/// The connection options of the login `url` with the TLS settings: a set
+/// `ssl_mode` wins over the URL's `sslmode`; with neither, a loopback host
+/// is reached without TLS and any other only with a verified certificate
+/// (`verify-full`). TLS without verification is allowed when asked for
+/// explicitly, and logged as a warning.
+pub fn connect_options_for(
+    settings: &DatabaseSettings,
+    url: &secrecy::SecretString,
+) -> Result<PgConnectOptions, DbSetupError> {
+    crate::tls::install_crypto_provider();
+    let url = url.expose_secret();
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|e| DbSetupError::Url(crate::redact::in_text(&e.to_string(), url)))?
         .application_name("copilot-data");
+    let url_mode = url::Url::parse(url).ok().and_then(|u| {
+        u.query_pairs()
+            .find(|(k, _)| k == "sslmode" || k == "ssl-mode")
+            .map(|(_, v)| v.into_owned())
+    });
+    let mode = match (settings.ssl_mode.as_deref(), url_mode.as_deref()) {
+        (Some(mode), _) | (None, Some(mode)) => parse_ssl_mode(mode).map_err(DbSetupError::Url)?,
+        (None, None) if is_loopback(options.get_host()) => PgSslMode::Disable,
+        (None, None) => PgSslMode::VerifyFull,
+    };
+    options = options.ssl_mode(mode);
+    if matches!(
+        mode,
+        PgSslMode::Allow | PgSslMode::Prefer | PgSslMode::Require
+    ) {
+        tracing::warn!(host = options.get_host(), sslmode = ?mode,
+            "TLS to PostgreSQL without certificate verification, as configured");
+    }
+    if let Some(ca) = &settings.ssl_root_cert {
+        options = options.ssl_root_cert(ca);
+    }
+    if let Some(cert) = &settings.ssl_cert {
+        options = options.ssl_client_cert(cert);
+    }
+    if let Some(key) = &settings.ssl_key {
+        options = options.ssl_client_key(key);
+    }
     // Statement logging at debug level only: the bench and replay run
     // millions of statements.
     Ok(options.log_statements(tracing::log::LevelFilter::Debug))
 }
 
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A pool with the configured (seed) settings. Connections are made lazily
 /// up to `min_connections` in the background.
 pub async fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbSetupError> {
-    let options = connect_options(settings)?;
+    pool_for(settings, &settings.url).await
+}
+
+/// [`pool`] for the login `url` (a service's own, see `logins`).
+pub async fn pool_for(
+    settings: &DatabaseSettings,
+    url: &secrecy::SecretString,
+) -> Result<PgPool, DbSetupError> {
+    let options = connect_options_for(settings, url)?;
     let target = describe(&options);
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
@@ -102,10 +170,8 @@ pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<b
 /// connecting lazily: a replica that is down at start-up is not an error
 /// (readers fall back to the primary).
 pub fn replica_pool(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbSetupError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(DbSetupError::Url)?
-        .application_name("copilot-data-replica")
-        .log_statements(tracing::log::LevelFilter::Debug);
+    let options = connect_options_for(settings, &secrecy::SecretString::from(url.to_string()))?
+        .application_name("copilot-data-replica");
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(std::time::Duration::from_secs(1))
@@ -124,9 +190,12 @@ pub async fn prepare(settings: &DatabaseSettings) -> Result<PgPool, DbSetupError
     Ok(pool)
 }
 
+/// Where a connection goes, for messages: host, port, database and login
+/// (never the password).
 fn describe(options: &PgConnectOptions) -> String {
     format!(
-        "{}:{}/{}",
+        "{}@{}:{}/{}",
+        options.get_username(),
         options.get_host(),
         options.get_port(),
         options.get_database().unwrap_or("postgres")

@@ -5,9 +5,102 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret, SecretString};
 
-pub fn lazy(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
+use crate::config::RedisSettings;
+use crate::tls::TlsFiles;
+
+/// A Redis server and how to reach it: its URL (`rediss://` for TLS) and
+/// the TLS files to use. Every client the services make comes from here.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    pub url: SecretString,
+    pub tls: TlsFiles,
+    /// TLS without checking the server's certificate (warned about).
+    pub insecure: bool,
+}
+
+impl From<&str> for RedisTarget {
+    fn from(url: &str) -> Self {
+        RedisTarget {
+            url: SecretString::from(url.to_string()),
+            tls: TlsFiles::default(),
+            insecure: false,
+        }
+    }
+}
+
+impl From<String> for RedisTarget {
+    fn from(url: String) -> Self {
+        RedisTarget::from(url.as_str())
+    }
+}
+
+impl From<&String> for RedisTarget {
+    fn from(url: &String) -> Self {
+        RedisTarget::from(url.as_str())
+    }
+}
+
+impl From<&RedisSettings> for RedisTarget {
+    fn from(settings: &RedisSettings) -> Self {
+        RedisTarget {
+            url: settings.url.clone(),
+            tls: settings.tls.clone(),
+            insecure: settings.tls_insecure,
+        }
+    }
+}
+
+impl RedisTarget {
+    /// The URL without its password, for messages.
+    pub fn redacted(&self) -> String {
+        crate::redact::url(self.url.expose_secret())
+    }
+
+    /// A client for this server (nothing is dialled yet).
+    pub fn client(&self) -> Result<redis::Client, redis::RedisError> {
+        crate::tls::install_crypto_provider();
+        let url = self.url.expose_secret();
+        if self.tls.is_empty() && !self.insecure {
+            return redis::Client::open(url);
+        }
+        let tls_error = |e: crate::tls::TlsFileError| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "TLS file",
+                e.to_string(),
+            ))
+        };
+        // redis-rs reads "do not verify" from the URL's fragment.
+        let url = if self.insecure && !url.ends_with("#insecure") {
+            tracing::warn!(redis = %self.redacted(), "TLS to Redis without certificate verification, as configured");
+            format!("{url}#insecure")
+        } else {
+            url.to_string()
+        };
+        let client_tls = match (
+            TlsFiles::read(self.tls.cert.as_ref()).map_err(tls_error)?,
+            TlsFiles::read(self.tls.key.as_ref()).map_err(tls_error)?,
+        ) {
+            (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+            _ => None,
+        };
+        redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert: TlsFiles::read(self.tls.ca.as_ref()).map_err(tls_error)?,
+            },
+        )
+    }
+}
+
+pub fn lazy(target: &RedisTarget) -> Result<ConnectionManager, redis::RedisError> {
+    let client = target.client()?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(500)))
@@ -33,8 +126,13 @@ pub fn glob_escape(literal: &str) -> String {
 /// Deletes every key under `prefix` on the Redis at `url`: all that a
 /// deployment, a bench or a test with that prefix made. Returns how many it
 /// deleted.
-pub async fn delete_prefix(url: &str, prefix: &str) -> Result<u64, redis::RedisError> {
-    let mut conn = redis::Client::open(url)?
+pub async fn delete_prefix(
+    target: impl Into<RedisTarget>,
+    prefix: &str,
+) -> Result<u64, redis::RedisError> {
+    let mut conn = target
+        .into()
+        .client()?
         .get_multiplexed_async_connection()
         .await?;
     delete_matching(&mut conn, prefix, "*").await

@@ -642,7 +642,7 @@ pub async fn reset_redis(
     store: &EventStore,
     config: &crate::redis_model::RedisConfig,
 ) -> Result<u64, RebuildError> {
-    let client = redis::Client::open(config.url.as_str())?;
+    let client = config.url.client()?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     let mut conn = connect(store).await?;
     let mut tx = conn.begin().await?;

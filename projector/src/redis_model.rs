@@ -74,7 +74,7 @@ return 0";
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: String,
+    pub url: infra::redis_conn::RedisTarget,
     pub prefix: String,
 }
 
@@ -85,8 +85,7 @@ pub struct RedisModel {
 
 impl RedisModel {
     pub async fn connect(config: &RedisConfig) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let conn = ConnectionManager::new(client).await?;
+        let conn = ConnectionManager::new(config.url.client()?).await?;
         let mut model = RedisModel {
             conn,
             prefix: config.prefix.clone(),

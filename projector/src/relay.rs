@@ -24,7 +24,7 @@ const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    pub nats_url: String,
+    pub nats: infra::nats::NatsTarget,
     pub prefix: String,
 }
 
@@ -73,7 +73,9 @@ pub struct Relay {
 impl Relay {
     /// Connects and creates the events stream if it is missing.
     pub async fn connect(config: &RelayConfig) -> Result<Self, RelayError> {
-        let client = async_nats::connect(&config.nats_url)
+        let client = config
+            .nats
+            .connect("copilot-data relay")
             .await
             .map_err(nats_error)?;
         let js = jetstream::new(client);

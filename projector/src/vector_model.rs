@@ -83,7 +83,7 @@ impl fmt::Debug for VectorConfig {
 
 #[derive(Debug, Clone)]
 pub struct BreakerConfig {
-    pub redis_url: String,
+    pub redis_url: infra::redis_conn::RedisTarget,
     pub prefix: String,
     pub threshold: u32,
     pub timeout: Duration,
@@ -160,7 +160,7 @@ impl VectorModel {
     ) -> Result<Self, VectorSinkError> {
         let breakers = match &config.breakers {
             Some(b) => {
-                let client = redis::Client::open(b.redis_url.as_str())?;
+                let client = b.redis_url.client()?;
                 let conn = redis::aio::ConnectionManager::new(client).await?;
                 let make = |service| {
                     CircuitBreaker::new(conn.clone(), &b.prefix, service, b.threshold, b.timeout)

@@ -56,8 +56,8 @@ pub struct Entry {
 
 impl Cache {
     /// Connects lazily: a Redis that is down at start-up is retried on use.
-    pub fn new(url: &str, prefix: &str, ttl: Duration) -> Cache {
-        let conn = match infra::redis_conn::lazy(url) {
+    pub fn new(redis: &infra::redis_conn::RedisTarget, prefix: &str, ttl: Duration) -> Cache {
+        let conn = match infra::redis_conn::lazy(redis) {
             Ok(conn) => Some(conn),
             Err(error) => {
                 tracing::warn!(%error, "the response cache is off: bad Redis URL");

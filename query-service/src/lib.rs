@@ -23,6 +23,7 @@ mod request;
 mod routes;
 mod search;
 mod state;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,10 +43,10 @@ pub use search::Search;
 #[derive(Clone)]
 pub struct QueryConfig {
     pub addr: SocketAddr,
-    pub redis_url: String,
+    pub redis: infra::redis_conn::RedisTarget,
     pub redis_prefix: String,
     /// The NATS server checked by `/readyz` (`None`: not checked).
-    pub nats_url: Option<String>,
+    pub nats: Option<infra::nats::NatsTarget>,
     /// A read replica's pool: reads go there first.
     pub replica: Option<PgPool>,
     pub cache_ttl: Duration,
@@ -54,20 +55,30 @@ pub struct QueryConfig {
     pub request_timeout: Duration,
     /// Semantic search, when a vector store and embedder are configured.
     pub search: Option<Arc<Search>>,
+    /// HTTPS: the certificate chain and key (PEM files); `None`: HTTP.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Origins allowed to call the API from a browser (CORS).
+    pub cors_origins: Vec<String>,
 }
 
 impl QueryConfig {
-    pub fn new(addr: SocketAddr, redis_url: &str, redis_prefix: &str) -> QueryConfig {
+    pub fn new(
+        addr: SocketAddr,
+        redis: impl Into<infra::redis_conn::RedisTarget>,
+        redis_prefix: &str,
+    ) -> QueryConfig {
         QueryConfig {
             addr,
-            redis_url: redis_url.to_string(),
+            redis: redis.into(),
             redis_prefix: redis_prefix.to_string(),
-            nats_url: None,
+            nats: None,
             replica: None,
             cache_ttl: Duration::from_secs(300),
             rate_limit_per_minute: Some(6000),
             request_timeout: Duration::from_secs(35),
             search: None,
+            tls: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -83,19 +94,31 @@ pub enum ServeError {
     Database(#[from] sqlx::Error),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error("HTTPS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("CORS origin {0:?} is not a valid origin")]
+    Cors(String),
 }
 
 /// A bound, not yet serving, query service (so callers learn the port
 /// before serving, e.g. with port 0).
 pub struct Bound {
-    listener: tokio::net::TcpListener,
+    listener: Listening,
     router: axum::Router,
     progress_task: tokio::task::JoinHandle<()>,
 }
 
+enum Listening {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener),
+}
+
 impl Bound {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Listening::Plain(listener) => listener.local_addr(),
+            Listening::Tls(listener) => axum::serve::Listener::local_addr(listener),
+        }
     }
 
     /// Serves until `shutdown` resolves, then finishes open requests.
@@ -103,10 +126,19 @@ impl Bound {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Serve);
+        let result = match self.listener {
+            Listening::Plain(listener) => {
+                axum::serve(listener, self.router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Listening::Tls(listener) => {
+                axum::serve(listener, self.router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+        .map_err(ServeError::Serve);
         self.progress_task.abort();
         result
     }
@@ -115,7 +147,7 @@ impl Bound {
 /// Binds the address and builds the service.
 pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError> {
     let (progress, progress_task) = progress::Progress::follow(pool.clone()).await?;
-    let cache = cache::Cache::new(&config.redis_url, &config.redis_prefix, config.cache_ttl);
+    let cache = cache::Cache::new(&config.redis, &config.redis_prefix, config.cache_ttl);
     let rate_limit = match (config.rate_limit_per_minute, cache.connection()) {
         (Some(limit), Some(conn)) => Some(SlidingWindow::new(
             conn,
@@ -125,12 +157,18 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
         )),
         _ => None,
     };
-    let nats = match &config.nats_url {
-        Some(url) => async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(url.as_str())
-            .await
-            .ok(),
+    let nats = match &config.nats {
+        Some(target) => match target.options("copilot-data query-service").await {
+            Ok(options) => options
+                .retry_on_initial_connect()
+                .connect(target.url.as_str())
+                .await
+                .ok(),
+            Err(error) => {
+                tracing::warn!(%error, "/readyz cannot check NATS");
+                None
+            }
+        },
         None => None,
     };
     let state = state::AppState {
@@ -150,18 +188,26 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
         search: config.search.clone(),
         live_streams: routes::live::OpenStreams::default(),
         health: Arc::new(health::Health { nats }),
-        pubsub: redis::Client::open(config.redis_url.as_str()).ok(),
+        pubsub: config.redis.client().ok(),
         request_timeout: config.request_timeout,
     };
-    let listener = tokio::net::TcpListener::bind(config.addr)
+    let tcp = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.addr,
             source,
         })?;
+    let listener = match &config.tls {
+        Some((cert, key)) => Listening::Tls(
+            tls::TlsListener::new(tcp, tls::acceptor(cert, key)?).map_err(ServeError::Serve)?,
+        ),
+        None => Listening::Plain(tcp),
+    };
+    let web = routes::WebSecurity::new(config.tls.is_some(), &config.cors_origins)
+        .map_err(ServeError::Cors)?;
     Ok(Bound {
         listener,
-        router: routes::router(state),
+        router: routes::router(state, &web),
         progress_task,
     })
 }

@@ -40,7 +40,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = ServiceConfig {
-        nats_url: settings.nats.url.clone(),
+        nats: (&settings.nats).into(),
         prefix: prefix.clone(),
         max_message_bytes: settings.commands.max_message_bytes,
         embedding_dimension: settings.commands.embedding_dimension,
@@ -53,7 +53,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     scratch::spawn_service(command_service::run(config, store.clone(), async move {
         let _ = stopped.await;
     }));
-    let client = async_nats::connect(&settings.nats.url)
+    let client = infra::nats::NatsTarget::from(&settings.nats)
+        .connect("copilot-data bench")
         .await
         .context("connecting to NATS")?;
     let agent = AgentClient {

@@ -189,8 +189,7 @@ pub(super) async fn spawn_set_append_loop(
     use eventstore::AppendArgs;
 
     let mut requests = client.subscribe(subject).await?;
-    let statement =
-        eventstore::set_append::statement("    SELECT req.*, NULL::text AS blocked FROM req");
+    let statement = eventstore::set_append::SET_APPEND;
     let groups = Arc::new(Groups::default());
     let counted = Arc::clone(&groups);
     let task = tokio::spawn(async move {
@@ -205,8 +204,11 @@ pub(super) async fn spawn_set_append_loop(
                 .map(|(message, &(stream, version))| one_event(stream, version, message))
                 .collect();
             let refs: Vec<&AppendRequest> = appends.iter().collect();
-            let rows = AppendArgs::new(&refs)?
-                .fetch_all(store.committers(), &statement, &statement, |q| q)
+            let args = AppendArgs::new(&refs)?;
+            let rows = args
+                .fetch_all(store.committers(), statement, statement, |q| {
+                    args.bind_no_checks(q)
+                })
                 .await?;
             for row in &rows {
                 let status: String = sqlx::Row::try_get(row, "status")?;

@@ -52,7 +52,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         let _ = rx.wait_for(|s| *s).await;
     };
     let config = ServiceConfig {
-        nats_url: settings.nats.url.clone(),
+        nats: (&settings.nats).into(),
         prefix: nats_prefix.clone(),
         max_message_bytes: settings.commands.max_message_bytes,
         embedding_dimension: settings.commands.embedding_dimension,
@@ -60,7 +60,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         rate_limit: None,
         max_in_flight: 256,
         trusted_agents: Vec::new(),
-        auth_epochs: Some((redis_url.clone(), redis_prefix.clone())),
+        auth_epochs: Some(((&settings.redis).into(), redis_prefix.clone())),
     };
     scratch::spawn_service(command_service::run(
         config,
@@ -69,7 +69,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     ));
     let projector_config = projector::ProjectorConfig {
         redis: Some(projector::redis_model::RedisConfig {
-            url: redis_url.clone(),
+            url: (&settings.redis).into(),
             prefix: redis_prefix.clone(),
         }),
         ..projector::ProjectorConfig::default()
@@ -80,13 +80,14 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         until(stopped.clone()),
     ));
     let mut query_config =
-        query_service::QueryConfig::new("127.0.0.1:0".parse()?, &redis_url, &redis_prefix);
+        query_service::QueryConfig::new("127.0.0.1:0".parse()?, &settings.redis, &redis_prefix);
     query_config.rate_limit_per_minute = None;
     let bound = query_service::bind(query_config, pool.clone()).await?;
     let base = format!("http://{}", bound.local_addr()?);
     scratch::spawn_service(bound.serve(until(stopped.clone())));
 
-    let client = async_nats::connect(&settings.nats.url)
+    let client = infra::nats::NatsTarget::from(&settings.nats)
+        .connect("copilot-data bench")
         .await
         .context("connecting to NATS")?;
     let agent = AgentClient {

@@ -253,7 +253,7 @@ async fn sign_ins_are_limited_per_email_and_per_address(pool: PgPool) {
     let prefix = fresh_prefix();
     let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
     let mut limits = RateLimitConfig::with_signin_defaults(
-        "redis://127.0.0.1:6379".into(),
+        "redis://127.0.0.1:6379",
         format!("test:{prefix}:ratelimit:"),
         1000,
         Duration::from_secs(60),

@@ -171,7 +171,7 @@ async fn the_lane_refuses_commands_over_the_rate_limit(pool: PgPool) {
     let prefix = fresh_prefix();
     let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
     cfg.rate_limit = Some(RateLimitConfig::with_signin_defaults(
-        "redis://127.0.0.1:6379".into(),
+        "redis://127.0.0.1:6379",
         format!("test:{prefix}:ratelimit:"),
         6,
         Duration::from_secs(5),

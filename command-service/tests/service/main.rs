@@ -38,7 +38,7 @@ pub struct App {
 
 pub fn config(prefix: &str, bootstrap: &str) -> ServiceConfig {
     ServiceConfig {
-        nats_url: NATS.into(),
+        nats: NATS.into(),
         prefix: prefix.into(),
         max_message_bytes: 64 * 1024,
         embedding_dimension: 384,

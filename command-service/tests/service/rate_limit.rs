@@ -19,7 +19,7 @@ async fn limited(pool: PgPool, redis_url: &str, limit: u32) -> App {
     let prefix = fresh_prefix();
     let mut cfg = config(&prefix, &format!("boot-{}", Uuid::new_v4()));
     cfg.rate_limit = Some(RateLimitConfig::with_signin_defaults(
-        redis_url.into(),
+        redis_url,
         format!("test:{prefix}:ratelimit:"),
         limit,
         Duration::from_secs(60),

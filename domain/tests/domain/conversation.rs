@@ -197,7 +197,6 @@ fn rating_and_tagging() {
 /// projection that read it and the conversation itself).
 #[test]
 fn totals_beyond_the_largest_single_cost_read_back() {
-    use domain::codec::EventCodec;
     let owner = UserId::new();
     let mut events = started(owner);
     for _ in 0..3 {
@@ -214,12 +213,7 @@ fn totals_beyond_the_largest_single_cost_read_back() {
         panic!("{events:?}")
     };
     assert_eq!(last.total_cost_usd.to_string(), "3000000.000000");
-    let bytes = last_event_bytes(events.last().expect("event"));
+    let bytes = events.last().expect("event").encode().expect("encodes");
     let decoded = Event::decode("message_appended", 2, &bytes).expect("reads back");
     assert_eq!(&decoded, events.last().expect("event"));
-}
-
-fn last_event_bytes(event: &Event) -> Vec<u8> {
-    use domain::codec::EventCodec;
-    event.encode().expect("encodes")
 }

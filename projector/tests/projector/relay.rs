@@ -22,7 +22,7 @@ async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool)
     let config = ProjectorConfig {
         projections: Vec::new(),
         relay: Some(RelayConfig {
-            nats_url: "nats://127.0.0.1:4222".into(),
+            nats: "nats://127.0.0.1:4222".into(),
             prefix: prefix.clone(),
         }),
         ..support::config()
@@ -166,7 +166,7 @@ async fn the_relay_resumes_after_a_nats_restart_without_gaps(pool: PgPool) {
         ProjectorConfig {
             projections: Vec::new(),
             relay: Some(RelayConfig {
-                nats_url: url.clone(),
+                nats: url.clone().into(),
                 prefix: prefix.into(),
             }),
             ..support::config()

@@ -14,12 +14,16 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine as _;
 use serde::de::DeserializeOwned;
+use sha2::Digest as _;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use tracing::Instrument;
 
@@ -34,9 +38,65 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest total of request header names and values.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The browser-facing headers: HSTS under HTTPS, a content security
+/// policy for the dashboard page, `nosniff` everywhere, and CORS for the
+/// configured origins (none: same origin only).
+pub struct WebSecurity {
+    hsts: bool,
+    cors: Option<CorsLayer>,
+}
+
+impl WebSecurity {
+    /// `Err(origin)` names an origin that is not one.
+    pub fn new(tls: bool, origins: &[String]) -> Result<Self, String> {
+        let cors = if origins.is_empty() {
+            None
+        } else {
+            let origins = origins
+                .iter()
+                .map(|o| HeaderValue::from_str(o).map_err(|_| o.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(
+                CorsLayer::new()
+                    .allow_origin(AllowOrigin::list(origins))
+                    .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+                    .allow_headers([
+                        header::AUTHORIZATION,
+                        header::CONTENT_TYPE,
+                        header::CACHE_CONTROL,
+                        HeaderName::from_static("x-min-position"),
+                        HeaderName::from_static("x-wait-ms"),
+                        REQUEST_ID,
+                    ])
+                    .expose_headers([
+                        POSITION_HEADER,
+                        REQUEST_ID,
+                        HeaderName::from_static("x-cache"),
+                    ])
+                    .max_age(std::time::Duration::from_secs(600)),
+            )
+        };
+        Ok(WebSecurity { hsts: tls, cors })
+    }
+}
+
+pub fn router(state: AppState, web: &WebSecurity) -> Router {
+    let page = Router::new()
         .route("/", get(dashboard_page))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            dashboard_csp(),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ));
+    let mut router = Router::new()
+        .merge(page)
         .route("/healthz", get(crate::health::healthz))
         .route("/readyz", get(crate::health::readyz))
         .route("/metrics", get(metrics_text))
@@ -69,7 +129,47 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
-        .with_state(state)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ));
+    if web.hsts {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ));
+    }
+    if let Some(cors) = &web.cors {
+        router = router.layer(cors.clone());
+    }
+    router.with_state(state)
+}
+
+/// The dashboard page's policy: nothing but its own inline script and
+/// style (by hash) and requests to this origin.
+fn dashboard_csp() -> HeaderValue {
+    static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        let page = include_str!("../../static/index.html");
+        let hash_of = |open: &str, close: &str| {
+            let inline = page
+                .split_once(open)
+                .and_then(|(_, rest)| rest.split_once(close))
+                .map_or("", |(inline, _)| inline);
+            let digest = sha2::Sha256::digest(inline.as_bytes());
+            format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        };
+        let policy = format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash_of("<script>", "</script>"),
+            hash_of("<style>", "</style>")
+        );
+        HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'self'"))
+    });
+    CSP.clone()
 }
 
 struct MethodNotAllowed;

@@ -125,7 +125,7 @@ impl Stack {
             .expect("store");
         if options.writers {
             let config = ServiceConfig {
-                nats_url: NATS.into(),
+                nats: NATS.into(),
                 prefix: nats_prefix.clone(),
                 max_message_bytes: 64 * 1024,
                 embedding_dimension: 384,
@@ -165,7 +165,7 @@ impl Stack {
             &options.redis_url,
             &redis_prefix,
         );
-        config.nats_url = Some(NATS.into());
+        config.nats = Some(NATS.into());
         config.replica = options.replica.clone();
         config.rate_limit_per_minute = options.rate_limit_per_minute;
         config.search = options.search.clone();
