@@ -364,15 +364,18 @@ GRANT copilot_app, copilot_admin TO copilot_query;
 
 -- The app-facing roles (what a request's SQL runs as) read neither the
 -- auth index's secrets nor write the log or the audit log.
+-- They read; only the services' own roles write (the query API never does).
 REVOKE ALL ON auth_users, auth_sessions, auth_api_keys FROM copilot_app, copilot_admin, copilot_readonly;
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON events FROM copilot_app, copilot_admin;
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON command_results, snapshots, store_generations,
-    projection_checkpoints, projection_status, projection_errors, projection_schemas
-    FROM copilot_app, copilot_admin;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public FROM copilot_app, copilot_admin;
 DO $$
+DECLARE
+    s text;
 BEGIN
-    EXECUTE 'REVOKE INSERT ON ALL TABLES IN SCHEMA audit FROM copilot_app, copilot_admin';
-EXCEPTION WHEN invalid_schema_name THEN NULL;
+    FOREACH s IN ARRAY ARRAY['read_model', 'audit'] LOOP
+        IF to_regnamespace(s) IS NOT NULL THEN
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA %I FROM copilot_app, copilot_admin', s);
+        END IF;
+    END LOOP;
 END $$;
 
 -- The command service: reads the log and its snapshots, appends only

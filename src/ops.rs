@@ -71,7 +71,7 @@ pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result
         }
     }
     let kinds = selected(&args.select)?;
-    let store = up::open_store(settings).await?;
+    let store = up::open_store(settings, up::Role::Projector).await?;
     let total = log_size(&store).await?;
     let until = match (args.until_position, args.until_time) {
         (Some(p), _) => Some(Until::Position(p)),
@@ -141,7 +141,7 @@ async fn replay_vectors(args: &ReplayArgs, settings: &Settings) -> anyhow::Resul
     let Some(config) = up::vector_config(settings).await? else {
         bail!("the vector projection is disabled (vectors.enabled = false)");
     };
-    let store = up::open_store(settings).await?;
+    let store = up::open_store(settings, up::Role::Projector).await?;
     rebuild::reset_vectors(&store).await?;
     let applied = catch_up(&store, projector::Sink::Vectors(config), args).await?;
     let mut out = std::io::stdout().lock();
@@ -161,7 +161,7 @@ async fn replay_vectors(args: &ReplayArgs, settings: &Settings) -> anyhow::Resul
 /// Empties what the Redis projection keeps and rebuilds it from the log:
 /// here if no projector holds its lease, else by that projector.
 async fn replay_redis(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
-    let store = up::open_store(settings).await?;
+    let store = up::open_store(settings, up::Role::Projector).await?;
     let config = up::redis_config(settings);
     let deleted = rebuild::reset_redis(&store, &config).await?;
     let applied = catch_up(&store, projector::Sink::Redis(config), args).await?;
@@ -181,7 +181,7 @@ async fn replay_redis(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<
 
 pub async fn verify(args: ProjectionArgs, settings: &Settings) -> anyhow::Result<()> {
     let kinds = selected(&args)?;
-    let store = up::open_store(settings).await?;
+    let store = up::open_store(settings, up::Role::Projector).await?;
     let total = log_size(&store).await?;
     let bar = progress_bar(total, "rebuild");
     let progress = |n: u64| bar.set_position(n);
@@ -217,7 +217,7 @@ pub async fn verify(args: ProjectionArgs, settings: &Settings) -> anyhow::Result
 }
 
 pub async fn audit_prune(settings: &Settings) -> anyhow::Result<()> {
-    let store = up::open_store(settings).await?;
+    let store = up::open_store(settings, up::Role::Projector).await?;
     let dropped =
         projector::maintain_audit(store.pool(), Kind::Audit.live_schema(), chrono::Utc::now())
             .await?;

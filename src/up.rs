@@ -21,8 +21,33 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
     }
 }
 
-pub async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
-    let pool = infra::postgres::prepare(&settings.database).await?;
+/// A service role, for the database login it runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Command,
+    Projector,
+    Query,
+}
+
+/// The pool `role` runs on: its own least-privilege login when one is
+/// configured (`COPILOT_COMMAND_DATABASE_URL`, ...; the migrations and the
+/// logins are then `copilot-data migrate`'s job), else the owner's login,
+/// which migrates first.
+pub async fn role_pool(settings: &Settings, role: Role) -> anyhow::Result<sqlx::PgPool> {
+    let db = &settings.database;
+    let login = match role {
+        Role::Command => &db.command_url,
+        Role::Projector => &db.projector_url,
+        Role::Query => &db.query_url,
+    };
+    Ok(match login {
+        Some(url) => infra::postgres::pool_for(db, url).await?,
+        None => infra::postgres::prepare(db).await?,
+    })
+}
+
+pub async fn open_store(settings: &Settings, role: Role) -> anyhow::Result<EventStore> {
+    let pool = role_pool(settings, role).await?;
     let store = EventStore::connect(pool, store_options(settings)).await?;
     tracing::info!(
         generation = store.generation().await?,
@@ -167,6 +192,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let _metrics = serve_metrics(&settings).await?;
+    // Migrations and the services' logins first, as the owner, once.
+    infra::postgres::prepare(&settings.database)
+        .await?
+        .close()
+        .await;
     let vectors = vector_config(&settings).await?;
     let search = vectors.as_ref().map(|v| {
         std::sync::Arc::new(query_service::Search {
@@ -198,7 +228,7 @@ pub async fn projector(
     shutdown: impl Future<Output = ()> + Send,
     vectors: Option<projector::VectorConfig>,
 ) -> anyhow::Result<()> {
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, Role::Projector).await?;
     tracing::info!("projector running");
     projector::run(
         projector_config(&settings, vectors),
@@ -214,7 +244,7 @@ pub async fn command_service(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, Role::Command).await?;
     command_service::run(command_service_config(&settings), store.clone(), shutdown).await?;
     store.pool().close().await;
     Ok(())
@@ -273,7 +303,7 @@ pub async fn query_service(
     shutdown: impl Future<Output = ()> + Send + 'static,
     search: Option<std::sync::Arc<query_service::Search>>,
 ) -> anyhow::Result<()> {
-    let pool = infra::postgres::prepare(&settings.database).await?;
+    let pool = role_pool(&settings, Role::Query).await?;
     let config = query_config(&settings, search)?;
     query_service::run(config, pool.clone(), shutdown).await?;
     pool.close().await;

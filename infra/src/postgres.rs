@@ -23,6 +23,8 @@ pub enum DbSetupError {
     Create { name: String, source: sqlx::Error },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create or update the services' logins: {source}")]
+    Logins { source: sqlx::Error },
 }
 
 /// A libpq `sslmode`.
@@ -180,14 +182,141 @@ pub fn replica_pool(url: &str, settings: &DatabaseSettings) -> Result<PgPool, Db
         .connect_lazy_with(options))
 }
 
-/// Creates the database if needed, connects and applies every migration.
+/// Creates the database if needed, connects as the owner, applies every
+/// migration and creates or updates the services' logins
+/// ([`ensure_logins`]).
 pub async fn prepare(settings: &DatabaseSettings) -> Result<PgPool, DbSetupError> {
     if create_database_if_missing(settings).await? {
         tracing::info!("created database");
     }
     let pool = pool(settings).await?;
     MIGRATOR.run(&pool).await?;
+    ensure_logins(&pool, &service_logins(settings)?).await?;
     Ok(pool)
+}
+
+/// A pool to `pool`'s database as `login` (a service's own), with
+/// `pool`'s other connection settings.
+pub async fn pool_as(
+    pool: &PgPool,
+    login: &str,
+    max_connections: u32,
+) -> Result<PgPool, DbSetupError> {
+    let options = (*pool.connect_options()).clone().username(login);
+    let target = describe(&options);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options)
+        .await
+        .map_err(|source| DbSetupError::Connect { target, source })
+}
+
+/// The logins the test suites run the services as, one per role (roles
+/// are the cluster's, so every test database shares them).
+pub fn test_logins() -> Vec<Login> {
+    [
+        ("copilot_test_command", "copilot_command"),
+        ("copilot_test_projector", "copilot_projector"),
+        ("copilot_test_query", "copilot_query"),
+    ]
+    .into_iter()
+    .map(|(name, role)| Login {
+        name: name.to_string(),
+        password: None,
+        role,
+    })
+    .collect()
+}
+
+/// A service's own login: its name and password (from the URL it connects
+/// with) and the group role (migration 0011) that gives it its rights.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub name: String,
+    pub password: Option<secrecy::SecretString>,
+    pub role: &'static str,
+}
+
+/// The logins named in the services' URLs (`database.command_url`, ...)
+/// other than the owner's own.
+pub fn service_logins(settings: &DatabaseSettings) -> Result<Vec<Login>, DbSetupError> {
+    let owner = connect_options(settings)?.get_username().to_string();
+    let mut logins = Vec::new();
+    for (url, role) in [
+        (&settings.command_url, "copilot_command"),
+        (&settings.projector_url, "copilot_projector"),
+        (&settings.query_url, "copilot_query"),
+    ] {
+        let Some(url) = url else { continue };
+        let parsed = url::Url::parse(url.expose_secret())
+            .map_err(|e| DbSetupError::Url(format!("a service's database URL: {e}")))?;
+        let name = parsed.username().to_string();
+        if name.is_empty() || name == owner {
+            continue;
+        }
+        let password = parsed
+            .password()
+            .map(|p| secrecy::SecretString::from(p.to_string()));
+        logins.push(Login {
+            name,
+            password,
+            role,
+        });
+    }
+    Ok(logins)
+}
+
+/// Creates each login if it is missing (LOGIN, nothing else), sets its
+/// password and grants it its group role; run by the schema's owner (a
+/// superuser, or a CREATEROLE login). Idempotent, and safe to run from
+/// several processes at once.
+pub async fn ensure_logins(pool: &PgPool, logins: &[Login]) -> Result<(), DbSetupError> {
+    let failed = |source| DbSetupError::Logins { source };
+    for login in logins {
+        let create = sqlx::query_scalar::<_, String>(
+            "SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE', $1::text)",
+        )
+        .bind(&login.name)
+        .fetch_one(pool)
+        .await
+        .map_err(failed)?;
+        match sqlx::query(&create).execute(pool).await {
+            Ok(_) => {
+                tracing::info!(login = %login.name, role = login.role, "created a service login")
+            }
+            // Created before, or by a process beside this one just now.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42710" | "23505")) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let alter: String = sqlx::query_scalar(
+            "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+        )
+        .bind(&login.name)
+        .bind(
+            login
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(failed)?;
+        sqlx::query(&alter).execute(pool).await.map_err(failed)?;
+        let grant: String =
+            sqlx::query_scalar("SELECT format('GRANT %I TO %I', $1::text, $2::text)")
+                .bind(login.role)
+                .bind(&login.name)
+                .fetch_one(pool)
+                .await
+                .map_err(failed)?;
+        match sqlx::query(&grant).execute(pool).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Where a connection goes, for messages: host, port, database and login
@@ -215,6 +344,120 @@ mod tests {
         let pool = replica_pool("postgres://postgres@127.0.0.1:1/copilot", &settings)
             .expect("a lazy pool");
         assert_eq!(pool.size(), 0);
+    }
+
+    /// The services' logins and the app-facing roles have only what they
+    /// need: asserted against the catalog, and by trying.
+    #[sqlx::test(migrator = "crate::postgres::MIGRATOR")]
+    async fn every_login_has_only_what_it_needs(pool: PgPool) {
+        ensure_logins(&pool, &test_logins()).await.expect("logins");
+        let check = |sql: &'static str, role: &'static str, object: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, bool>(sql)
+                    .bind(role)
+                    .bind(object)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql} {role} {object}: {e}"))
+            }
+        };
+        let table = "SELECT has_table_privilege($1, $2, 'INSERT')";
+        let column = |col: &'static str| match col {
+            "password_hash" => "SELECT has_column_privilege($1, $2, 'password_hash', 'SELECT')",
+            "mfa_secret" => "SELECT has_column_privilege($1, $2, 'mfa_secret', 'SELECT')",
+            "key_hash" => "SELECT has_column_privilege($1, $2, 'key_hash', 'SELECT')",
+            _ => "SELECT has_column_privilege($1, $2, 'token_hash', 'SELECT')",
+        };
+        for role in [
+            "copilot_test_command",
+            "copilot_test_projector",
+            "copilot_test_query",
+            "copilot_app",
+            "copilot_admin",
+            "copilot_readonly",
+        ] {
+            let (superuser, bypass): (bool, bool) =
+                sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+                    .bind(role)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("role");
+            assert!(!superuser, "{role} is a superuser");
+            // An admin reads every user's rows; the logins bypass nothing
+            // themselves (the projector acts as copilot_projector to write).
+            assert_eq!(bypass, role == "copilot_admin", "{role} BYPASSRLS");
+            assert!(
+                !check(table, role, "events").await,
+                "{role} may write events"
+            );
+            let app_facing = matches!(role, "copilot_app" | "copilot_admin" | "copilot_readonly");
+            if app_facing || role == "copilot_test_query" {
+                for (object, col) in [
+                    ("auth_users", "password_hash"),
+                    ("auth_users", "mfa_secret"),
+                    ("auth_sessions", "token_hash"),
+                    ("auth_api_keys", "key_hash"),
+                ] {
+                    // The query login checks API keys against their hashes;
+                    // no app-facing role reads any of them.
+                    let may = check(column(col), role, object).await;
+                    let expected =
+                        role == "copilot_test_query" && matches!(col, "key_hash" | "token_hash");
+                    assert_eq!(may, expected, "{role} reads {object}.{col}");
+                }
+            }
+            if role != "copilot_test_projector" {
+                assert!(
+                    !check(table, role, "audit.audit_logs").await,
+                    "{role} may write the audit log"
+                );
+            }
+        }
+        // By trying, as each login.
+        let command = pool_as(&pool, "copilot_test_command", 1)
+            .await
+            .expect("command");
+        let denied = sqlx::query(
+            "INSERT INTO events (stream_id, version, generation, tx_id, event_id, stream_type,
+                                 event_type, schema_version, payload, metadata)
+             VALUES (gen_random_uuid(), 1, 1, 1, gen_random_uuid(), 't', 'e', 1, '\\x00', '{}')",
+        )
+        .execute(&command)
+        .await
+        .expect_err("the command login writes events directly");
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
+        let appended: String = sqlx::query_scalar(
+            "SELECT status FROM eventstore_append(gen_random_uuid(), 't', 0, NULL,
+                    ARRAY[gen_random_uuid()], ARRAY['e'], ARRAY[1], ARRAY['\\x00'::bytea], '{}')",
+        )
+        .fetch_one(&command)
+        .await
+        .expect("the command login appends through the store's function");
+        assert_eq!(appended, "ok");
+        let query = pool_as(&pool, "copilot_test_query", 1)
+            .await
+            .expect("query");
+        for sql in [
+            "SELECT password_hash FROM auth_users",
+            "SELECT mfa_secret FROM auth_users",
+        ] {
+            let denied = sqlx::query(sql).execute(&query).await.expect_err(sql);
+            assert!(
+                denied.to_string().contains("permission denied"),
+                "{sql}: {denied}"
+            );
+        }
+        let mut tx = query.begin().await.expect("transaction");
+        sqlx::query("SELECT set_config('role', 'copilot_admin', true)")
+            .execute(&mut *tx)
+            .await
+            .expect("the query login acts as copilot_admin");
+        let denied = sqlx::query("SELECT key_hash FROM auth_api_keys")
+            .execute(&mut *tx)
+            .await
+            .expect_err("copilot_admin reads key hashes");
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
     }
 
     /// `copilot-data up` prepares the database from every role at once.

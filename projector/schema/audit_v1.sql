@@ -38,7 +38,8 @@ DECLARE
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO copilot_readonly, copilot_app, copilot_admin', s);
     EXECUTE format('GRANT SELECT ON %I.audit_logs TO copilot_readonly', s);
-    EXECUTE format('GRANT SELECT, INSERT ON %I.audit_logs TO copilot_app, copilot_admin', s);
+    -- Only the projector (its owner) writes it.
+    EXECUTE format('GRANT SELECT ON %I.audit_logs TO copilot_app, copilot_admin', s);
     -- The months around now, so the first writes find their partition.
     FOR i IN -1..3 LOOP
         PERFORM audit_ensure_partition(s, (date_trunc('month', now()) + make_interval(months => i))::date);

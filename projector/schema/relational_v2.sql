@@ -243,8 +243,8 @@ DECLARE
     s text := current_schema();
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO copilot_readonly, copilot_app, copilot_admin', s);
-    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO copilot_readonly, copilot_app', s);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA %I TO copilot_admin', s);
+    -- Only the projector (its owner) writes it.
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO copilot_readonly, copilot_app, copilot_admin', s);
 END $$;
 
 -- Indexes by owner stay with their tables even during a rebuild: erasing a

@@ -78,11 +78,19 @@ pub struct BuildOptions<'a> {
     pub progress: &'a (dyn Fn(u64) + Sync),
 }
 
-/// A connection of its own (not from the pool) for a projection writer.
+/// A connection of its own (not from the pool) for a projection writer,
+/// acting as `copilot_projector` (migration 0011): what it creates (the
+/// schemas of a blue/green rebuild) belongs to that role, so any of the
+/// projector's logins can take it over or drop it, and it writes with no
+/// more rights than that role has.
 pub async fn connect(store: &EventStore) -> Result<PgConnection, sqlx::Error> {
     let mut conn = store.pool().connect_options().connect().await?;
     // "already exists, skipping" notices of the staging tables are noise.
-    run_sql(&mut conn, "SET client_min_messages TO warning").await?;
+    run_sql(
+        &mut conn,
+        "SET client_min_messages TO warning; SET ROLE copilot_projector",
+    )
+    .await?;
     Ok(conn)
 }
 

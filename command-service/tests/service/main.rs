@@ -61,8 +61,16 @@ impl App {
         App::spawn_with(pool, config(&prefix, &format!("boot-{}", Uuid::new_v4()))).await
     }
 
+    /// The service runs as its own least-privilege login (migration 0011);
+    /// the test's `pool` (the owner's) checks what it did.
     pub async fn spawn_with(pool: PgPool, config: ServiceConfig) -> App {
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+        infra::postgres::ensure_logins(&pool, &infra::postgres::test_logins())
+            .await
+            .expect("logins");
+        let login = infra::postgres::pool_as(&pool, "copilot_test_command", 10)
+            .await
+            .expect("the command service's login");
+        let store = EventStore::connect(login, StoreOptions::default())
             .await
             .expect("store");
         let client = async_nats::connect(NATS)

@@ -120,10 +120,23 @@ impl Stack {
         let bootstrap = format!("boot-{}", Uuid::new_v4());
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+        // Each service as its own least-privilege login (migration 0011).
+        infra::postgres::ensure_logins(&pool, &infra::postgres::test_logins())
             .await
-            .expect("store");
+            .expect("logins");
+        let login = |name: &'static str| {
+            let pool = pool.clone();
+            async move {
+                infra::postgres::pool_as(&pool, name, 10)
+                    .await
+                    .expect("a pool as the service's login")
+            }
+        };
         if options.writers {
+            let store =
+                EventStore::connect(login("copilot_test_command").await, StoreOptions::default())
+                    .await
+                    .expect("store");
             let config = ServiceConfig {
                 nats: NATS.into(),
                 prefix: nats_prefix.clone(),
@@ -152,7 +165,12 @@ impl Stack {
                 vectors: options.vectors.clone(),
                 ..projector::ProjectorConfig::default()
             };
-            let s = store.clone();
+            let s = EventStore::connect(
+                login("copilot_test_projector").await,
+                StoreOptions::default(),
+            )
+            .await
+            .expect("projector's store");
             let rx = stopped.clone();
             tasks.push(tokio::spawn(async move {
                 projector::run(projector_config, s, until(rx))
@@ -169,12 +187,8 @@ impl Stack {
         config.replica = options.replica.clone();
         config.rate_limit_per_minute = options.rate_limit_per_minute;
         config.search = options.search.clone();
-        // Its own pool, as in a deployment (the test pool has 5 connections).
-        let query_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(10)
-            .connect_with((*pool.connect_options()).clone())
-            .await
-            .expect("query pool");
+        // Its own pool and login, as in a deployment (the test pool has 5 connections).
+        let query_pool = login("copilot_test_query").await;
         let bound = query_service::bind(config, query_pool.clone())
             .await
             .expect("query service binds");
