@@ -12,5 +12,23 @@ COPILOT_MODEL_DIR=${COPILOT_MODEL_DIR:-$(deploy/model.sh)}
 export COPILOT_MODEL_DIR
 cargo build --release --locked
 bin=${CARGO_TARGET_DIR:-target}/release/copilot-data
+# Each service runs as its own least-privilege database login; `migrate`
+# (as the owner) creates them. Their passwords are made once and kept here.
+mkdir -p data
+secrets=data/logins.env
+if [[ ! -f $secrets ]]; then
+    (
+        umask 077
+        for role in command projector query; do
+            password=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+            printf 'COPILOT_%s_DATABASE_URL=postgres://copilot_%s_svc:%s@127.0.0.1:5432/copilot\n' \
+                "${role^^}" "$role" "$password"
+        done > "$secrets"
+    )
+fi
+set -a
+# shellcheck source=/dev/null
+. "$secrets"
+set +a
 "$bin" migrate
 exec "$bin" up

@@ -101,6 +101,10 @@ pub struct NatsSettings {
     pub token: Option<SecretString>,
     pub nkey_seed: Option<SecretString>,
     pub creds_file: Option<PathBuf>,
+    /// The subject prefix of this process's reply inboxes (`_INBOX`
+    /// unset): with subject permissions, each party gets its own (see
+    /// deploy/nats/nats.conf), so no one reads another's replies.
+    pub inbox_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +296,7 @@ impl Default for NatsSettings {
             token: None,
             nkey_seed: None,
             creds_file: None,
+            inbox_prefix: None,
         }
     }
 }
@@ -469,6 +474,9 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_NATS_USER") {
             self.nats.user = Some(v);
+        }
+        if let Some(v) = get("COPILOT_NATS_INBOX_PREFIX") {
+            self.nats.inbox_prefix = Some(v);
         }
         if let Some(v) = get("COPILOT_HTTP_CORS_ORIGINS") {
             self.http.cors_origins = v
@@ -745,6 +753,55 @@ mod tests {
         assert_eq!(s.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.database.max_connections, 50);
         assert!(s.bootstrap_token.is_none());
+    }
+
+    /// Every variable may come from a file (`<NAME>_FILE`), as container
+    /// platforms hand secrets over; a missing file names the variable.
+    #[test]
+    fn secrets_are_read_from_files() {
+        let dir = std::env::temp_dir().join(format!("copilot-secrets-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path.display().to_string()
+        };
+        let token = write("token", "s3cret-bootstrap\n");
+        let url = write("url", "postgres://copilot_command:pw@db.internal:5432/copilot\n");
+        let password = write("nats", "nats-pw");
+        let s = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[
+                ("COPILOT_BOOTSTRAP_TOKEN_FILE", &token),
+                ("COPILOT_COMMAND_DATABASE_URL_FILE", &url),
+                ("COPILOT_NATS_USER", "copilot-command"),
+                ("COPILOT_NATS_PASSWORD_FILE", &password),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(
+            s.bootstrap_token.as_ref().map(|t| t.expose_secret()),
+            Some("s3cret-bootstrap")
+        );
+        assert_eq!(
+            s.database.command_url.as_ref().map(|u| u.expose_secret()),
+            Some("postgres://copilot_command:pw@db.internal:5432/copilot")
+        );
+        assert_eq!(s.nats.password.as_ref().map(|p| p.expose_secret()), Some("nats-pw"));
+        // The variable itself wins over its file.
+        let s = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[("COPILOT_BOOTSTRAP_TOKEN", "direct"), ("COPILOT_BOOTSTRAP_TOKEN_FILE", &token)]),
+        )
+        .expect("load");
+        assert_eq!(s.bootstrap_token.as_ref().map(|t| t.expose_secret()), Some("direct"));
+        let missing = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[("COPILOT_REDIS_URL_FILE", "/nonexistent/redis-url")]),
+        )
+        .expect_err("a missing file");
+        assert!(missing.to_string().contains("COPILOT_REDIS_URL_FILE"), "{missing}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

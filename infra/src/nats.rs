@@ -35,6 +35,8 @@ pub struct NatsTarget {
     pub tls_required: bool,
     pub tls: TlsFiles,
     pub auth: NatsAuth,
+    /// Reply inboxes under this prefix instead of `_INBOX`.
+    pub inbox_prefix: Option<String>,
 }
 
 /// The credential a process connects with (at most one is used, in this
@@ -63,6 +65,7 @@ impl From<&str> for NatsTarget {
             tls_required: false,
             tls: TlsFiles::default(),
             auth: NatsAuth::default(),
+            inbox_prefix: None,
         }
     }
 }
@@ -92,6 +95,7 @@ impl From<&NatsSettings> for NatsTarget {
                 nkey_seed: settings.nkey_seed.clone(),
                 creds_file: settings.creds_file.clone(),
             },
+            inbox_prefix: settings.inbox_prefix.clone(),
         }
     }
 }
@@ -144,6 +148,9 @@ impl NatsTarget {
             (None, None, None, None) => async_nats::ConnectOptions::new(),
         }
         .name(name);
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
         if self.tls_required {
             options = options.require_tls(true);
         }

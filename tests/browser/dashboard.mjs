@@ -8,11 +8,14 @@ import { chromium } from "playwright-core";
 const [base, token, title, screenshot] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 
+// Over HTTPS, the test's server key (its certificate is from the test's own CA).
+const trusted = process.env.TRUSTED_SPKI ? [`--ignore-certificate-errors-spki-list=${process.env.TRUSTED_SPKI}`] : [];
 const browser = await chromium.launch({
   executablePath,
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ...trusted,
   ],
 });
 try {

@@ -1,7 +1,13 @@
 //! Helpers shared by the tests that run the `copilot-data` binary.
 
+#[allow(dead_code)]
+pub mod certs;
+#[allow(dead_code)]
+pub mod servers;
+
 use sqlx::PgPool;
 
+#[allow(dead_code)]
 /// The URL of `pool`'s database (a test's own), for a child process's
 /// `COPILOT_DATABASE_URL`.
 pub async fn database_url(pool: &PgPool) -> String {

@@ -778,3 +778,66 @@ async fn server_errors_say_nothing_internal(pool: PgPool) {
     assert_eq!(body["detail"], json!("semantic search is unavailable"));
     stack.finish().await;
 }
+
+/// Over HTTPS: HSTS on every answer, the dashboard page under a content
+/// security policy, `nosniff`, and CORS only for the configured origins.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn https_answers_with_security_headers(pool: PgPool) {
+    let stack = Stack::start_with(
+        pool,
+        Options {
+            https: true,
+            cors_origins: vec!["https://dash.example.com".into()],
+            writers: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let health = stack
+        .http
+        .get(format!("{}/healthz", stack.base))
+        .send()
+        .await
+        .expect("HTTPS with the test CA");
+    assert_eq!(health.status(), 200);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert!(header(&health, "strict-transport-security").is_some_and(|v| v.contains("max-age=")));
+    assert_eq!(header(&health, "x-content-type-options").as_deref(), Some("nosniff"));
+    let page = stack
+        .http
+        .get(format!("{}/", stack.base))
+        .send()
+        .await
+        .expect("page");
+    let csp = header(&page, "content-security-policy").expect("a policy on the page");
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"), "{csp}");
+    // CORS: a configured origin may call the API from a browser, another not.
+    for (origin, allowed) in [("https://dash.example.com", true), ("https://evil.example", false)] {
+        let preflight = stack
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/me", stack.base))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header("Access-Control-Request-Headers", "authorization")
+            .send()
+            .await
+            .expect("preflight");
+        assert_eq!(
+            header(&preflight, "access-control-allow-origin").as_deref() == Some(origin),
+            allowed,
+            "{origin}"
+        );
+    }
+    // A client that does not trust the test CA gets no answer.
+    let untrusting = reqwest::Client::new()
+        .get(format!("{}/healthz", stack.base))
+        .send()
+        .await;
+    assert!(untrusting.is_err(), "served to a client without the CA");
+    stack.finish().await;
+}

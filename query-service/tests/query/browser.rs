@@ -1,6 +1,7 @@
 //! The dashboard page in headless Chromium (Debian's, driven by
-//! playwright-core from `tests/browser`): it signs in with a token, shows
-//! the summary, and updates live when an incident is opened.
+//! playwright-core from `tests/browser`), served over HTTPS with a
+//! certificate from the test's CA: it signs in with a token, shows the
+//! summary, and updates live when an incident is opened.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
-use crate::Stack;
+use crate::{Options, Stack};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
@@ -22,10 +23,21 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/browser/node_modules/playwright-core")).exists(),
         "playwright-core is missing: run tests/run.sh (or `npm ci` in tests/browser) and install Debian's chromium"
     );
-    let stack = Stack::start(pool).await;
+    let stack = Stack::start_with(
+        pool,
+        Options {
+            https: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(stack.base.starts_with("https://"));
     let (_, alice) = stack.user("operator").await;
     let title = format!("Disk full {}", Uuid::new_v4().simple());
+    let (certs, _) = stack.tls.as_ref().expect("HTTPS");
     let mut child = tokio::process::Command::new("node")
+        // Chromium trusts the server's key (the test CA's certificate for it).
+        .env("TRUSTED_SPKI", &certs.server_spki_sha256)
         .arg(script)
         .arg(&stack.base)
         .arg(&alice)

@@ -5,6 +5,8 @@
 
 mod abuse;
 mod bad_requests;
+#[path = "../../../tests/common/certs.rs"]
+mod certs;
 mod bola;
 mod browser;
 mod cache;
@@ -38,6 +40,8 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub base: String,
     pub bootstrap: String,
+    /// With [`Options::https`]: the test CA's certificates (and where they are).
+    pub tls: Option<(certs::Certs, std::path::PathBuf)>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -53,6 +57,10 @@ pub struct Options {
     pub writers: bool,
     pub redis_prefix: Option<String>,
     pub nats_prefix: Option<String>,
+    /// Serve HTTPS with a certificate from a CA the test makes (the
+    /// stack's client trusts it).
+    pub https: bool,
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Options {
@@ -66,6 +74,8 @@ impl Default for Options {
             writers: true,
             redis_prefix: None,
             nats_prefix: None,
+            https: false,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -187,6 +197,13 @@ impl Stack {
         config.replica = options.replica.clone();
         config.rate_limit_per_minute = options.rate_limit_per_minute;
         config.search = options.search.clone();
+        config.cors_origins = options.cors_origins.clone();
+        let tls = options.https.then(|| {
+            let dir = std::env::temp_dir().join(format!("query-tls-{}", Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).expect("cert dir");
+            (certs::Certs::new(&dir, "query"), dir)
+        });
+        config.tls = tls.as_ref().map(|(c, _)| (c.cert.clone(), c.key.clone()));
         // Its own pool and login, as in a deployment (the test pool has 5 connections).
         let query_pool = login("copilot_test_query").await;
         let bound = query_service::bind(config, query_pool.clone())
@@ -206,8 +223,18 @@ impl Stack {
             nats_prefix,
             redis_prefix,
             client,
-            http: reqwest::Client::new(),
-            base: format!("http://{addr}"),
+            http: match &tls {
+                Some((certs, _)) => {
+                    let ca = std::fs::read(&certs.ca).expect("CA");
+                    reqwest::Client::builder()
+                        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
+                        .build()
+                        .expect("HTTPS client")
+                }
+                None => reqwest::Client::new(),
+            },
+            base: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+            tls,
             bootstrap,
             stop,
             tasks,
@@ -243,6 +270,9 @@ impl Stack {
         let _ = js.delete_stream(commands).await;
         let _ = js.delete_stream(results).await;
         clear_redis(&self.redis_prefix).await;
+        if let Some((_, dir)) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     pub async fn command(

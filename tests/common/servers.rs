@@ -1,0 +1,165 @@
+//! Servers of a test's own, on free loopback ports and in temporary
+//! directories, stopped and removed when dropped: a PostgreSQL cluster, and
+//! any program (Redis, NATS) killed on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A directory removed when dropped; readable by the `postgres` user.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("copilot-{what}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        set_mode(&dir, 0o755);
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+/// Waits until `port` accepts connections, or panics naming `what`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not come up on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process killed when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `program` with `args`, output discarded.
+pub fn spawn(program: &str, args: &[&str]) -> Server {
+    Server(
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}")),
+    )
+}
+
+/// A PostgreSQL cluster of the test's own (initdb will not run as root,
+/// so the cluster belongs to `postgres`), stopped and removed when dropped.
+pub struct PgCluster {
+    pub port: u16,
+    pub dir: TempDir,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("/usr/lib/postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL installation")
+}
+
+fn as_postgres(program: &Path) -> Command {
+    let running_as_root = std::env::var("USER").map_or(true, |u| u != "postgres");
+    if running_as_root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PgCluster {
+    /// A new cluster; `configure` may add lines to postgresql.conf and
+    /// returns the pg_hba.conf to use (None: trust on loopback and socket).
+    pub fn start(configure: impl FnOnce(&TempDir) -> (String, Option<String>)) -> PgCluster {
+        let dir = TempDir::new("pg");
+        let bin = pg_bin();
+        let data = dir.path("data");
+        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&dir.0).status();
+        let status = as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let (extra, hba) = configure(&dir);
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n{extra}\n",
+            dir.0.display()
+        );
+        let mut existing = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        existing.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), existing).expect("conf");
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("hba");
+        }
+        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&dir.0).status();
+        let status = as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path("log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(
+            status.success(),
+            "the cluster did not start: {}",
+            std::fs::read_to_string(dir.path("log")).unwrap_or_default()
+        );
+        PgCluster { port, dir, bin }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
