@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts the whole system on a fresh machine: local services (installed from
-# the system's packages if missing), a release build, migrations, then every
-# role in one process (`copilot-data up`). Configuration: config/copilot.toml
-# if present, overridden by COPILOT_* variables (see README).
+# the system's packages if missing), a release build, migrations and the
+# services' logins, the first admin (and a sign-in token for the dashboard),
+# then every role in one process (`copilot-data up`). Configuration:
+# config/copilot.toml if present, overridden by COPILOT_* variables (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +32,28 @@ set -a
 . "$secrets"
 set +a
 "$bin" migrate
+# The first admin, made here (this machine owns the database: no bootstrap
+# token needed); its password is kept in data/admin-password. Every start
+# prints a fresh sign-in token for the dashboard.
+admin_email=${COPILOT_ADMIN_EMAIL:-admin@copilot.local}
+if [[ ! -f data/admin-password ]]; then
+    (
+        umask 077
+        "$bin" admin create --email "$admin_email" >data/admin-created.txt
+        sed -n 's/^password (shown once): //p' data/admin-created.txt >data/admin-password
+        rm -f data/admin-created.txt
+    )
+fi
+token=$("$bin" admin token --email "$admin_email" <data/admin-password)
+addr=${COPILOT_HTTP_ADDR:-127.0.0.1:8080}
+cat <<MSG
+
+  copilot-data is starting. Sign in to the dashboard at http://$addr/
+  as $admin_email with this token (valid 24 h; run deploy/start.sh again,
+  or \`copilot-data admin token --email $admin_email <data/admin-password\`,
+  for a new one):
+
+  $token
+
+MSG
 exec "$bin" up

@@ -11,6 +11,9 @@
 -- command id has a stored rejection, and ('unverified') when it names a
 -- credential (a session token's hash, or an API key) that no longer holds
 -- for that user and role; with NULL credentials only the first applies.
+-- Every table is named with its schema, so the caller's search_path
+-- cannot substitute another (and no SET clause costs a configuration
+-- save and restore on every call of these hot paths).
 -- Parameters: the ten arrays of AppendArgs ($1 to $10), the time now
 -- ($11), the oldest last-seen time of a session not idle ($12), and per
 -- request the token hash, user, role and API key ($13 to $16).
@@ -43,7 +46,7 @@ CREATE FUNCTION eventstore_append_set_checked(
     tx_id         bigint,
     seq           bigint
 )
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER
 AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -76,24 +79,24 @@ BEGIN
         -- range where the estimate of the batch's size favours that.
         SELECT req.*,
                CASE
-                   WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id
+                   WHEN EXISTS (SELECT 1 FROM public.command_results r WHERE r.command_id = req.command_id
                                 OFFSET 0)
                        THEN 'decided'
                    WHEN g.token_hash IS NULL
                         OR EXISTS (SELECT 1
-                                     FROM auth_users u
+                                     FROM public.auth_users u
                                     WHERE u.user_id = g.user_id
                                       AND u.role = g.role
                                       AND NOT u.locked AND NOT u.deleted
                                       AND CASE WHEN g.key_id IS NULL
-                                          THEN EXISTS (SELECT 1 FROM auth_sessions s
+                                          THEN EXISTS (SELECT 1 FROM public.auth_sessions s
                                                         WHERE s.token_hash = g.token_hash
                                                           AND s.user_id = u.user_id
                                                           AND NOT s.ended
                                                           AND s.expires_at > $11::timestamptz
                                                           AND s.last_seen >= $12::timestamptz
                                                        OFFSET 0)
-                                          ELSE EXISTS (SELECT 1 FROM auth_api_keys k
+                                          ELSE EXISTS (SELECT 1 FROM public.auth_api_keys k
                                                         WHERE k.key_id = g.key_id
                                                           AND k.user_id = u.user_id
                                                           AND NOT k.revoked
@@ -121,7 +124,7 @@ BEGIN
                   FROM checked c WHERE c.blocked IS NULL ORDER BY 1) AS k
     ),
     ctx AS MATERIALIZED (
-        SELECT (SELECT max(g.generation) FROM store_generations g) AS generation,
+        SELECT (SELECT max(g.generation) FROM public.store_generations g) AS generation,
                pg_current_xact_id()::text::bigint AS tx_id
           FROM locks
     ),
@@ -142,20 +145,20 @@ BEGIN
           LEFT JOIN LATERAL (
                 SELECT f.stream_id, f.version AS first_version, l.version AS last_version,
                        l.generation, l.tx_id, l.seq
-                  FROM events f
-                  JOIN events l ON l.stream_id = f.stream_id
+                  FROM public.events f
+                  JOIN public.events l ON l.stream_id = f.stream_id
                                AND l.version = f.version + f.command_events - 1
                  WHERE f.command_id = c.command_id AND c.blocked IS NULL
                  OFFSET 0) AS d ON true
           LEFT JOIN LATERAL (
-                SELECT e.version, e.generation, e.tx_id FROM events e
+                SELECT e.version, e.generation, e.tx_id FROM public.events e
                  WHERE e.stream_id = c.stream_id AND c.blocked IS NULL
                  ORDER BY e.version DESC LIMIT 1) AS h ON true
     ),
     inserted AS (
         -- In the order of the batch and of each append, so seq (taken per
         -- row) follows the versions.
-        INSERT INTO events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
+        INSERT INTO public.events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
                                  event_type, schema_version, payload, metadata,
                                  command_id, command_events)
         SELECT d.stream_id, coalesce(d.head_version, 0) + ev.ord, d.v_generation, d.v_tx,
@@ -220,7 +223,7 @@ CREATE FUNCTION eventstore_append_exact_checked(
     tx_id         bigint,
     seq           bigint
 )
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER
 AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -252,24 +255,24 @@ BEGIN
         -- range where the estimate of the batch's size favours that.
         SELECT req.*,
                CASE
-                   WHEN EXISTS (SELECT 1 FROM command_results r WHERE r.command_id = req.command_id
+                   WHEN EXISTS (SELECT 1 FROM public.command_results r WHERE r.command_id = req.command_id
                                 OFFSET 0)
                        THEN 'decided'
                    WHEN g.token_hash IS NULL
                         OR EXISTS (SELECT 1
-                                     FROM auth_users u
+                                     FROM public.auth_users u
                                     WHERE u.user_id = g.user_id
                                       AND u.role = g.role
                                       AND NOT u.locked AND NOT u.deleted
                                       AND CASE WHEN g.key_id IS NULL
-                                          THEN EXISTS (SELECT 1 FROM auth_sessions s
+                                          THEN EXISTS (SELECT 1 FROM public.auth_sessions s
                                                         WHERE s.token_hash = g.token_hash
                                                           AND s.user_id = u.user_id
                                                           AND NOT s.ended
                                                           AND s.expires_at > $11::timestamptz
                                                           AND s.last_seen >= $12::timestamptz
                                                        OFFSET 0)
-                                          ELSE EXISTS (SELECT 1 FROM auth_api_keys k
+                                          ELSE EXISTS (SELECT 1 FROM public.auth_api_keys k
                                                         WHERE k.key_id = g.key_id
                                                           AND k.user_id = u.user_id
                                                           AND NOT k.revoked
@@ -292,11 +295,11 @@ BEGIN
     -- writer of the same version or command id makes the insert wait for it,
     -- and if it commits, this request is 'taken'.
     ctx AS MATERIALIZED (
-        SELECT (SELECT max(g.generation) FROM store_generations g) AS generation,
+        SELECT (SELECT max(g.generation) FROM public.store_generations g) AS generation,
                pg_current_xact_id()::text::bigint AS tx_id
     ),
     inserted AS (
-        INSERT INTO events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
+        INSERT INTO public.events AS e (stream_id, version, generation, tx_id, event_id, stream_type,
                                  event_type, schema_version, payload, metadata,
                                  command_id, command_events)
         SELECT c.stream_id, c.expected + 1, ctx.generation, ctx.tx_id, ($7::uuid[])[c.idx],
@@ -306,7 +309,7 @@ BEGIN
          CROSS JOIN ctx
          WHERE c.blocked IS NULL AND c.cnt = 1 AND c.expected >= 0
            AND (c.expected = 0
-                OR EXISTS (SELECT 1 FROM events p
+                OR EXISTS (SELECT 1 FROM public.events p
                             WHERE p.stream_id = c.stream_id AND p.version = c.expected
                            OFFSET 0))
          ORDER BY c.idx

@@ -48,9 +48,41 @@ pub enum Operation {
     Audit(AuditOperation),
     /// Measure a workload beside its raw baseline.
     Bench(BenchArgs),
+    /// Accounts, from the machine that owns the database.
+    #[command(subcommand)]
+    Admin(AdminOperation),
     /// A simulated agent: users signing in, conversations, workflow runs,
     /// incidents and documents, sent as commands over NATS at a chosen rate.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminOperation {
+    /// Create an admin and print a sign-in token (and the password, when
+    /// it is generated): the first way in, with no bootstrap token needed.
+    Create(AdminCreateArgs),
+    /// Sign in as an existing user (password on standard input) and print a
+    /// new session token, for the dashboard.
+    Token(AdminTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminTokenArgs {
+    #[arg(long)]
+    pub email: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminCreateArgs {
+    /// The admin's e-mail (what they sign in with).
+    #[arg(long)]
+    pub email: String,
+    #[arg(long, default_value = "Administrator")]
+    pub display_name: String,
+    /// Read the password from standard input (one line; prompted for on a
+    /// terminal) instead of generating one.
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,6 @@
 //! `copilot-data`: the command-line program of the copilot data layer.
 
+mod admin;
 mod agent;
 mod bench;
 mod cli;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use infra::Settings;
 
-use crate::cli::{AuditOperation, Cli, Operation};
+use crate::cli::{AdminOperation, AuditOperation, Cli, Operation};
 
 /// The services allocate and free many small, short-lived buffers per
 /// command (decoded envelopes, events, replies, task cells) from several
@@ -60,6 +61,17 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         Operation::Verify(args) => ops::verify(args, &settings).await,
         Operation::Audit(AuditOperation::Prune) => ops::audit_prune(&settings).await,
         Operation::Bench(args) => bench::run(args, &settings).await,
+        Operation::Admin(AdminOperation::Create(args)) => {
+            let created = admin::create(&args, &settings).await?;
+            admin::print(&created, &settings)
+        }
+        Operation::Admin(AdminOperation::Token(args)) => {
+            let token = admin::token(&args, &settings).await?;
+            use secrecy::ExposeSecret;
+            use std::io::Write;
+            writeln!(std::io::stdout(), "{}", token.expose_secret())?;
+            Ok(())
+        }
         Operation::Demo(args) => demo::run(args, &settings, shutdown::signal()).await,
     }
 }

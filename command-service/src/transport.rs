@@ -391,17 +391,12 @@ async fn publish_result(
 /// Headers that carry credentials, left out of dead-letter copies.
 const CREDENTIAL_HEADERS: [&str; 3] = ["Authorization", "Proxy-Authorization", "Cookie"];
 
-/// A command that failed every delivery goes to `<prefix>.dlq.<type>`.
-async fn dead_letter(
-    js: &jetstream::Context,
-    prefix: &str,
-    command_type: &str,
-    message: &jetstream::Message,
-) {
-    // The copy keeps what identifies and describes the command, never the
-    // credential it came with: the dead-letter subject is kept in a stream.
-    let mut headers = HeaderMap::new();
-    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+/// `headers` but those that carry credentials: a dead letter keeps what
+/// identifies and describes the command, never the credential it came
+/// with (the dead-letter subject is kept in a stream).
+fn without_credentials(headers: Option<&HeaderMap>) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for (name, values) in headers.iter().flat_map(|h| h.iter()) {
         if CREDENTIAL_HEADERS
             .iter()
             .any(|c| name.to_string().eq_ignore_ascii_case(c))
@@ -409,9 +404,20 @@ async fn dead_letter(
             continue;
         }
         for value in values {
-            headers.append(name.clone(), value.clone());
+            kept.append(name.clone(), value.clone());
         }
     }
+    kept
+}
+
+/// A command that failed every delivery goes to `<prefix>.dlq.<type>`.
+async fn dead_letter(
+    js: &jetstream::Context,
+    prefix: &str,
+    command_type: &str,
+    message: &jetstream::Message,
+) {
+    let headers = without_credentials(message.headers.as_ref());
     let subject = format!(
         "{prefix}.dlq.{}",
         if command_type.is_empty() {
@@ -429,5 +435,34 @@ async fn dead_letter(
         .await
     {
         let _ = ack.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_no_credential() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Authorization", "Bearer cps_secret");
+        headers.insert("authorization", "Bearer cpk_other");
+        headers.insert("Cookie", "session=x");
+        headers.insert("Nats-Msg-Id", "0192");
+        headers.insert("Content-Type", "application/json");
+        let kept = without_credentials(Some(&headers));
+        let names: Vec<String> = kept.iter().map(|(n, _)| n.to_string()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.eq_ignore_ascii_case("authorization")
+                    && !n.eq_ignore_ascii_case("cookie")),
+            "{names:?}"
+        );
+        assert_eq!(kept.get("Nats-Msg-Id").map(|v| v.as_str()), Some("0192"));
+        assert_eq!(
+            kept.get("Content-Type").map(|v| v.as_str()),
+            Some("application/json")
+        );
     }
 }

@@ -95,6 +95,13 @@ pub struct Issued {
     pub prefix: String,
 }
 
+/// `bytes` random bytes as URL-safe base64 (a password, a one-time token).
+pub fn random_token(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut buffer);
+    URL_SAFE_NO_PAD.encode(buffer)
+}
+
 fn random_secret() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     OsRng.fill_bytes(&mut bytes);

@@ -1,8 +1,6 @@
 //! The certificates of a CA a test makes (shared with the query-service
 //! tests, which include this file).
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 fn set_mode(path: &Path, mode: u32) {
@@ -66,4 +64,3 @@ impl Certs {
         }
     }
 }
-

@@ -2,8 +2,6 @@
 //! directories, stopped and removed when dropped: a PostgreSQL cluster, and
 //! any program (Redis, NATS) killed on drop.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +19,8 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("copilot-{what}-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("copilot-{what}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         set_mode(&dir, 0o755);
         TempDir(dir)
@@ -47,7 +46,10 @@ fn set_mode(path: &Path, mode: u32) {
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not come up on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -110,7 +112,10 @@ impl PgCluster {
         let dir = TempDir::new("pg");
         let bin = pg_bin();
         let data = dir.path("data");
-        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&dir.0).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir.0)
+            .status();
         let status = as_postgres(&bin.join("initdb"))
             .arg("-D")
             .arg(&data)
@@ -132,7 +137,10 @@ impl PgCluster {
         if let Some(hba) = hba {
             std::fs::write(data.join("pg_hba.conf"), hba).expect("hba");
         }
-        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&dir.0).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir.0)
+            .status();
         let status = as_postgres(&bin.join("pg_ctl"))
             .arg("-D")
             .arg(&data)

@@ -135,7 +135,20 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(
+    /// A handler for commands sent from this process itself (an operator's
+    /// command line, not NATS): the same pipeline, with `bootstrap` as its
+    /// only admin credential, no rate limit and no credential cache to
+    /// outdate.
+    pub fn in_process(
+        store: EventStore,
+        settings: HandlerSettings,
+        bootstrap: secrecy::SecretString,
+    ) -> Self {
+        let authn = Authenticator::new(store.pool().clone(), Some(bootstrap));
+        Handler::new(store, authn, Limiter::default(), settings, None)
+    }
+
+    pub(crate) fn new(
         store: EventStore,
         authn: Authenticator,
         limiter: Limiter,
