@@ -157,7 +157,10 @@ async fn redis_over_tls() {
     let wrong = ping(target(&other.ca, format!("rediss://127.0.0.1:{port}")))
         .await
         .expect_err("another CA is refused");
-    assert!(wrong.to_string().to_lowercase().contains("certificate"), "{wrong}");
+    assert!(
+        wrong.to_string().to_lowercase().contains("certificate"),
+        "{wrong}"
+    );
     ping(RedisTarget::from(format!("redis://127.0.0.1:{port}")))
         .await
         .expect_err("plaintext to the TLS port fails");
@@ -201,13 +204,19 @@ async fn nats_over_tls() {
         .await
         .expect("connect over TLS");
     let mut sub = client.subscribe("t.x").await.expect("subscribe");
-    client.publish("t.x", "hello".into()).await.expect("publish");
+    client
+        .publish("t.x", "hello".into())
+        .await
+        .expect("publish");
     let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await
         .expect("in time")
         .expect("a message");
     assert_eq!(&message.payload[..], b"hello");
-    for (label, ca) in [("system roots", None), ("another CA", Some(other.ca.as_path()))] {
+    for (label, ca) in [
+        ("system roots", None),
+        ("another CA", Some(other.ca.as_path())),
+    ] {
         let refused = tokio::time::timeout(Duration::from_secs(10), target(ca).connect("tls test"))
             .await
             .expect("answered in time");
@@ -219,7 +228,10 @@ async fn nats_over_tls() {
 /// (permission violations come back as `-ERR`).
 async fn recording_client(
     target: &NatsTarget,
-) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let client = target
         .options("perm test")
@@ -260,9 +272,12 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
     let dir = TempDir::new("nats-perms");
     let port = free_port();
     // deploy/nats/nats.conf as it is, but for where JetStream keeps its files.
-    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nats/nats.conf"))
-        .expect("deploy/nats/nats.conf")
-        .replace("/var/lib/nats-server", &dir.0.display().to_string());
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nats/nats.conf"
+    ))
+    .expect("deploy/nats/nats.conf")
+    .replace("/var/lib/nats-server", &dir.0.display().to_string());
     std::fs::write(dir.path("nats.conf"), conf).expect("config");
     let mut server = std::process::Command::new("nats-server");
     server
@@ -272,7 +287,10 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     for party in ["COMMAND", "PROJECTOR", "QUERY", "AGENT", "READER"] {
-        server.env(format!("COPILOT_NATS_{party}_PASSWORD"), format!("pw-{party}"));
+        server.env(
+            format!("COPILOT_NATS_{party}_PASSWORD"),
+            format!("pw-{party}"),
+        );
     }
     let _nats = common::servers::Server(server.spawn().expect("nats-server"));
     wait_for_port(port, "nats-server with permissions");
@@ -309,7 +327,11 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let service = tokio::spawn(command_service::run(config, store.clone(), until(stopped.clone())));
+    let service = tokio::spawn(command_service::run(
+        config,
+        store.clone(),
+        until(stopped.clone()),
+    ));
     let relay = tokio::spawn(projector::run(
         projector::ProjectorConfig {
             projections: Vec::new(),
@@ -324,7 +346,8 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
         until(stopped.clone()),
     ));
 
-    let (agent, mut agent_errors) = recording_client(&party("agent", "pw-AGENT", "_INBOX_agent")).await;
+    let (agent, mut agent_errors) =
+        recording_client(&party("agent", "pw-AGENT", "_INBOX_agent")).await;
     let request = |subject: &str, body: serde_json::Value, token: Option<&str>| {
         let agent = agent.clone();
         let subject = subject.to_string();
@@ -339,12 +362,17 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
             loop {
                 let reply = tokio::time::timeout(
                     Duration::from_secs(10),
-                    agent.request_with_headers(subject.clone(), headers.clone(), serde_json::to_vec(&body).expect("json").into()),
+                    agent.request_with_headers(
+                        subject.clone(),
+                        headers.clone(),
+                        serde_json::to_vec(&body).expect("json").into(),
+                    ),
                 )
                 .await;
                 match reply {
                     Ok(Ok(reply)) => {
-                        return serde_json::from_slice::<serde_json::Value>(&reply.payload).expect("result")
+                        return serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                            .expect("result")
                     }
                     // The service may not be listening yet.
                     _ if attempts < 50 => {
@@ -405,13 +433,19 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
     let events_stream = projector::relay::stream_name("copilot");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let relayed = loop {
-        if let Ok(mut stream) = async_nats::jetstream::new(reader.clone()).get_stream(&events_stream).await {
+        if let Ok(mut stream) = async_nats::jetstream::new(reader.clone())
+            .get_stream(&events_stream)
+            .await
+        {
             let messages = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
             if messages >= 2 {
                 break messages;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "the relay published nothing");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay published nothing"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(relayed >= 2);
@@ -422,7 +456,10 @@ async fn nats_permissions_give_each_party_only_its_part(pool: PgPool) {
         violation(&mut agent_errors, subject).await;
     }
     agent
-        .publish(format!("copilot.result.{}", Uuid::now_v7()), "forged".into())
+        .publish(
+            format!("copilot.result.{}", Uuid::now_v7()),
+            "forged".into(),
+        )
         .await
         .expect("publish is sent");
     violation(&mut agent_errors, "copilot.result.").await;
@@ -465,7 +502,10 @@ async fn failed_connections_never_show_a_password(pool: PgPool) {
     let db = common::database_url(&pool).await;
     let logged = run(vec![
         ("COPILOT_DATABASE_URL", db),
-        ("COPILOT_NATS_URL", format!("nats://agent:s3cretpw@127.0.0.1:{closed}")),
+        (
+            "COPILOT_NATS_URL",
+            format!("nats://agent:s3cretpw@127.0.0.1:{closed}"),
+        ),
     ])
     .await;
     assert!(logged.contains("agent:***@127.0.0.1"), "{logged}");

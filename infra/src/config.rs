@@ -759,7 +759,8 @@ mod tests {
     /// platforms hand secrets over; a missing file names the variable.
     #[test]
     fn secrets_are_read_from_files() {
-        let dir = std::env::temp_dir().join(format!("copilot-secrets-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("copilot-secrets-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -767,7 +768,10 @@ mod tests {
             path.display().to_string()
         };
         let token = write("token", "s3cret-bootstrap\n");
-        let url = write("url", "postgres://copilot_command:pw@db.internal:5432/copilot\n");
+        let url = write(
+            "url",
+            "postgres://copilot_command:pw@db.internal:5432/copilot\n",
+        );
         let password = write("nats", "nats-pw");
         let s = Settings::load_from(
             Some(Path::new("/dev/null")),
@@ -787,20 +791,32 @@ mod tests {
             s.database.command_url.as_ref().map(|u| u.expose_secret()),
             Some("postgres://copilot_command:pw@db.internal:5432/copilot")
         );
-        assert_eq!(s.nats.password.as_ref().map(|p| p.expose_secret()), Some("nats-pw"));
+        assert_eq!(
+            s.nats.password.as_ref().map(|p| p.expose_secret()),
+            Some("nats-pw")
+        );
         // The variable itself wins over its file.
         let s = Settings::load_from(
             Some(Path::new("/dev/null")),
-            &env(&[("COPILOT_BOOTSTRAP_TOKEN", "direct"), ("COPILOT_BOOTSTRAP_TOKEN_FILE", &token)]),
+            &env(&[
+                ("COPILOT_BOOTSTRAP_TOKEN", "direct"),
+                ("COPILOT_BOOTSTRAP_TOKEN_FILE", &token),
+            ]),
         )
         .expect("load");
-        assert_eq!(s.bootstrap_token.as_ref().map(|t| t.expose_secret()), Some("direct"));
+        assert_eq!(
+            s.bootstrap_token.as_ref().map(|t| t.expose_secret()),
+            Some("direct")
+        );
         let missing = Settings::load_from(
             Some(Path::new("/dev/null")),
             &env(&[("COPILOT_REDIS_URL_FILE", "/nonexistent/redis-url")]),
         )
         .expect_err("a missing file");
-        assert!(missing.to_string().contains("COPILOT_REDIS_URL_FILE"), "{missing}");
+        assert!(
+            missing.to_string().contains("COPILOT_REDIS_URL_FILE"),
+            "{missing}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -807,7 +807,10 @@ async fn https_answers_with_security_headers(pool: PgPool) {
             .map(str::to_string)
     };
     assert!(header(&health, "strict-transport-security").is_some_and(|v| v.contains("max-age=")));
-    assert_eq!(header(&health, "x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(
+        header(&health, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
     let page = stack
         .http
         .get(format!("{}/", stack.base))
@@ -815,9 +818,15 @@ async fn https_answers_with_security_headers(pool: PgPool) {
         .await
         .expect("page");
     let csp = header(&page, "content-security-policy").expect("a policy on the page");
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"),
+        "{csp}"
+    );
     // CORS: a configured origin may call the API from a browser, another not.
-    for (origin, allowed) in [("https://dash.example.com", true), ("https://evil.example", false)] {
+    for (origin, allowed) in [
+        ("https://dash.example.com", true),
+        ("https://evil.example", false),
+    ] {
         let preflight = stack
             .http
             .request(reqwest::Method::OPTIONS, format!("{}/v1/me", stack.base))

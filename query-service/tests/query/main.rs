@@ -5,11 +5,11 @@
 
 mod abuse;
 mod bad_requests;
-#[path = "../../../tests/common/certs.rs"]
-mod certs;
 mod bola;
 mod browser;
 mod cache;
+#[path = "../../../tests/common/certs.rs"]
+mod certs;
 mod consistency;
 mod endpoints;
 mod live;
