@@ -108,6 +108,21 @@ pub fn redis_config(settings: &Settings) -> projector::redis_model::RedisConfig 
     }
 }
 
+fn qdrant(
+    v: &infra::config::VectorSettings,
+    url: &str,
+    dimension: usize,
+) -> anyhow::Result<vectors::qdrant::QdrantStore> {
+    let connection = vectors::qdrant::QdrantConnection {
+        url,
+        api_key: v.qdrant_api_key.as_ref().map(|k| k.expose_secret()),
+        timeout: Some(v.qdrant_timeout),
+    };
+    Ok(vectors::qdrant::QdrantStore::connect(
+        connection, dimension, "",
+    )?)
+}
+
 /// The vector projection's store and embedder, if it is enabled.
 pub async fn vector_config(settings: &Settings) -> anyhow::Result<Option<projector::VectorConfig>> {
     let v = &settings.vectors;
@@ -120,8 +135,7 @@ pub async fn vector_config(settings: &Settings) -> anyhow::Result<Option<project
     Ok(Some(projector::VectorConfig {
         store: match &v.qdrant_url {
             Some(url) => {
-                let store = vectors::qdrant::QdrantStore::connect(url, dimension, "")?;
-                projector::vector_model::opener_of(std::sync::Arc::new(store))
+                projector::vector_model::opener_of(std::sync::Arc::new(qdrant(v, url, dimension)?))
             }
             None => projector::vector_model::edge_opener(v.dir.clone(), dimension),
         },
@@ -268,9 +282,8 @@ pub fn standalone_search(
     };
     let embedder = open_embedder(settings)?;
     let dimension = embedder.info().dimension;
-    let store = vectors::qdrant::QdrantStore::connect(url, dimension, "")?;
     Ok(Some(std::sync::Arc::new(query_service::Search {
-        store: projector::vector_model::opener_of(std::sync::Arc::new(store)),
+        store: projector::vector_model::opener_of(std::sync::Arc::new(qdrant(v, url, dimension)?)),
         embedder,
     })))
 }

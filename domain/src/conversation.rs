@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::ids::{MessageId, UserId};
 use crate::values::{
-    ConversationStatus, CostTotal, CostUsd, Embedding, Label, MessageRole, MessageText, Tags, Text,
-    Title,
+    ConversationStatus, CostTotal, CostUsd, Embedding, Label, MessageRole, MessageText,
+    ModelConfig, Tags, Text, Title,
 };
 use crate::{Aggregate, Context, DomainError, Personal};
 
@@ -20,6 +20,7 @@ pub struct Conversation;
 pub struct Start {
     pub title: Option<Title>,
     pub model: Option<Label>,
+    pub model_config: Option<ModelConfig>,
     #[serde(default)]
     pub tags: Tags,
     pub context: Option<Value>,
@@ -70,6 +71,9 @@ pub struct Started {
     pub owner_id: UserId,
     pub title: Option<Personal<String>>,
     pub model: Option<String>,
+    /// Absent in events written before conversations had one.
+    #[serde(default)]
+    pub model_config: Option<ModelConfig>,
     pub tags: Vec<String>,
     pub context: Option<Value>,
     pub started_at: DateTime<Utc>,
@@ -160,10 +164,14 @@ impl Aggregate for Conversation {
                 DomainError::Forbidden("conversations belong to a signed-in user".into())
             })?;
             ctx.actor.require_owner_or_admin(owner_id)?;
+            if let Some(config) = &start.model_config {
+                config.check()?;
+            }
             return Ok(vec![Event::Started(Started {
                 owner_id,
                 title: start.title.map(|t| Personal::new(t.into_inner())),
                 model: start.model.map(Label::into_inner),
+                model_config: start.model_config,
                 tags: start.tags.iter().map(str::to_string).collect(),
                 context: start.context,
                 started_at: ctx.now,

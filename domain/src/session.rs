@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
-use crate::values::{Email, Label, Password, Role, Text};
+use crate::values::{Email, JsonObject, Label, Password, Role, Text};
 use crate::{Aggregate, Context, DomainError, Personal, Secret};
 
 pub struct Session;
@@ -23,6 +23,9 @@ pub struct Start {
     pub device_fingerprint: Option<Label>,
     pub ip_address: Option<Label>,
     pub user_agent: Option<Text>,
+    /// What the client keeps with its session (the seed's session
+    /// context): an object of at most 16 KiB.
+    pub context: Option<JsonObject>,
 }
 
 pub use crate::Empty;
@@ -47,6 +50,9 @@ pub struct Started {
     /// again for the user); absent in events written before it was kept.
     #[serde(default)]
     pub mfa_step: Option<i64>,
+    /// Absent in events written before sessions had one.
+    #[serde(default)]
+    pub context: Option<Personal<serde_json::Value>>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -147,6 +153,7 @@ impl Aggregate for Session {
                 ip_address: start.ip_address.map(|ip| Personal::new(ip.into_inner())),
                 user_agent: start.user_agent.map(|ua| Personal::new(ua.into_inner())),
                 mfa_step,
+                context: start.context.map(|c| Personal::new(c.into_inner())),
                 started_at: ctx.now,
             })]);
         };

@@ -350,6 +350,181 @@ impl<'de, const MAX: i64> Deserialize<'de> for Money<MAX> {
     }
 }
 
+/// Free JSON a client attaches (a session's context): an object of at
+/// most [`JsonObject::MAX_BYTES`] bytes as JSON text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct JsonObject(Box<serde_json::Value>);
+
+impl JsonObject {
+    pub const MAX_BYTES: usize = 16 * 1024;
+
+    pub fn parse(value: serde_json::Value) -> Result<Self, ParseError> {
+        if !value.is_object() {
+            return Err(ParseError("must be an object".into()));
+        }
+        let size = value.to_string().len();
+        if size > Self::MAX_BYTES {
+            return Err(ParseError(format!(
+                "is {size} bytes as JSON, more than {}",
+                Self::MAX_BYTES
+            )));
+        }
+        Ok(JsonObject(Box::new(value)))
+    }
+
+    pub fn into_inner(self) -> serde_json::Value {
+        *self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        JsonObject::parse(serde_json::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a conversation's model is asked (the seed's "model
+/// configuration"): the common sampling parameters, each within the range
+/// model APIs accept. Unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Sequences that end the answer; whitespace is common ("\n\n"), so
+    /// these are not trimmed labels.
+    pub stop: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+impl ModelConfig {
+    pub const MAX_TOKENS: u32 = 1_000_000;
+    pub const MAX_STOP: usize = 4;
+    pub const MAX_STOP_CHARS: usize = 64;
+
+    /// The field that is out of range, and why.
+    pub fn check(&self) -> Result<(), DomainError> {
+        let range = |field: &str, value: Option<f64>, lo: f64, hi: f64| match value {
+            Some(v) if !(lo..=hi).contains(&v) => Err(DomainError::invalid(
+                format!("model_config.{field}"),
+                format!("must be from {lo} to {hi}"),
+            )),
+            _ => Ok(()),
+        };
+        range("temperature", self.temperature, 0.0, 2.0)?;
+        range("top_p", self.top_p, 0.0, 1.0)?;
+        range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        if self
+            .max_tokens
+            .is_some_and(|m| m == 0 || m > Self::MAX_TOKENS)
+        {
+            return Err(DomainError::invalid(
+                "model_config.max_tokens",
+                format!("must be from 1 to {}", Self::MAX_TOKENS),
+            ));
+        }
+        let stop = self.stop.as_deref().unwrap_or_default();
+        if stop.len() > Self::MAX_STOP {
+            return Err(DomainError::invalid(
+                "model_config.stop",
+                format!("at most {} sequences", Self::MAX_STOP),
+            ));
+        }
+        for (i, sequence) in stop.iter().enumerate() {
+            let chars = sequence.chars().count();
+            if chars == 0 || chars > Self::MAX_STOP_CHARS || sequence.contains('\0') {
+                return Err(DomainError::invalid(
+                    format!("model_config.stop[{i}]"),
+                    format!(
+                        "must have 1 to {} characters and no NUL",
+                        Self::MAX_STOP_CHARS
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A workflow's environment variables: names of `A-Z 0-9 _` (not starting
+/// with a digit, at most 64), values of at most 4,096 characters, at most
+/// 50 of them. Not for secrets: they are kept in the log and shown to
+/// every signed-in user, so names that say they hold one are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(transparent)]
+pub struct Environment(std::collections::BTreeMap<String, String>);
+
+impl Environment {
+    pub const MAX_VARS: usize = 50;
+    pub const MAX_NAME: usize = 64;
+    pub const MAX_VALUE: usize = 4096;
+    /// Parts of a name that say the value is a secret.
+    const SECRET_WORDS: [&'static str; 6] = [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "PRIVATE_KEY",
+    ];
+
+    pub fn parse(vars: std::collections::BTreeMap<String, String>) -> Result<Self, ParseError> {
+        if vars.len() > Self::MAX_VARS {
+            return Err(ParseError(format!("at most {} variables", Self::MAX_VARS)));
+        }
+        for (name, value) in &vars {
+            let good_name = !name.is_empty()
+                && name.len() <= Self::MAX_NAME
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !good_name {
+                return Err(ParseError(format!(
+                    "{name:?} is not a variable name (A-Z, 0-9 and _, not starting with a digit, at most {} characters)",
+                    Self::MAX_NAME
+                )));
+            }
+            if let Some(word) = Self::SECRET_WORDS.iter().find(|w| name.contains(*w)) {
+                return Err(ParseError(format!(
+                    "{name} looks like a secret ({word}): an environment is kept in the log and shown \
+                     to every signed-in user; pass the name of a secret in your secret store instead"
+                )));
+            }
+            if value.chars().count() > Self::MAX_VALUE || value.contains('\0') {
+                return Err(ParseError(format!(
+                    "the value of {name} must have at most {} characters and no NUL",
+                    Self::MAX_VALUE
+                )));
+            }
+        }
+        Ok(Environment(vars))
+    }
+
+    pub fn into_inner(self) -> std::collections::BTreeMap<String, String> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Environment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Environment::parse(std::collections::BTreeMap::deserialize(d)?)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A vector embedding; its dimension is checked against the configured one
 /// by [`Embedding::check_dimension`] before a command is decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

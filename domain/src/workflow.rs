@@ -1,10 +1,12 @@
 //! A workflow definition: versioned, activated before it can run.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::values::{Name, Tags, Text, WorkflowStatus};
+use crate::values::{Environment, Name, Tags, Text, WorkflowStatus};
 use crate::{Aggregate, Context, DomainError};
 
 pub struct Workflow;
@@ -23,6 +25,7 @@ pub struct Create {
     pub parameters: Option<Value>,
     #[serde(default)]
     pub tags: Tags,
+    pub environment: Option<Environment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -33,6 +36,7 @@ pub struct Update {
     pub triggers: Option<Value>,
     pub parameters: Option<Value>,
     pub tags: Option<Tags>,
+    pub environment: Option<Environment>,
 }
 
 pub use crate::Empty;
@@ -54,6 +58,9 @@ pub struct Created {
     pub triggers: Option<Value>,
     pub parameters: Option<Value>,
     pub tags: Vec<String>,
+    /// Absent in events written before workflows had environments.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
     pub version: u32,
     pub max_retries: u32,
     pub created_at: DateTime<Utc>,
@@ -67,6 +74,9 @@ pub struct Updated {
     pub triggers: Option<Value>,
     pub parameters: Option<Value>,
     pub tags: Option<Vec<String>>,
+    /// The whole new environment, when the update sets it.
+    #[serde(default)]
+    pub environment: Option<BTreeMap<String, String>>,
     pub max_retries: u32,
     pub updated_at: DateTime<Utc>,
 }
@@ -137,6 +147,10 @@ impl Aggregate for Workflow {
                 triggers: c.triggers,
                 parameters: c.parameters,
                 tags: c.tags.iter().map(str::to_string).collect(),
+                environment: c
+                    .environment
+                    .map(Environment::into_inner)
+                    .unwrap_or_default(),
                 version: 1,
                 max_retries,
                 created_at: ctx.now,
@@ -164,6 +178,7 @@ impl Aggregate for Workflow {
                     && u.triggers.is_none()
                     && u.parameters.is_none()
                     && u.tags.is_none()
+                    && u.environment.is_none()
                 {
                     return Err(DomainError::rejected(
                         "nothing_to_update",
@@ -181,6 +196,7 @@ impl Aggregate for Workflow {
                     triggers: u.triggers,
                     parameters: u.parameters,
                     tags: u.tags.map(|t| t.iter().map(str::to_string).collect()),
+                    environment: u.environment.map(Environment::into_inner),
                     max_retries,
                     updated_at: ctx.now,
                 })])

@@ -138,6 +138,12 @@ pub struct VectorSettings {
     pub dir: PathBuf,
     /// A Qdrant server to use instead of the embedded store.
     pub qdrant_url: Option<String>,
+    /// The Qdrant server's API key (sent on every request), if it has one.
+    pub qdrant_api_key: Option<SecretString>,
+    /// A request to the Qdrant server taking longer fails (and counts
+    /// against the projection's circuit breaker).
+    #[serde(with = "seconds")]
+    pub qdrant_timeout: Duration,
     /// `local` (all-MiniLM-L6-v2 on the CPU) or `http` (OpenAI-compatible).
     pub embedder: EmbedderKind,
     /// The local model's files; unset: the directory `deploy/model.sh` fills.
@@ -323,6 +329,8 @@ impl Default for VectorSettings {
             enabled: true,
             dir: PathBuf::from("./data/vectors"),
             qdrant_url: None,
+            qdrant_api_key: None,
+            qdrant_timeout: Duration::from_secs(10),
             embedder: EmbedderKind::Local,
             model_dir: None,
             http_url: None,
@@ -521,6 +529,13 @@ impl Settings {
         }
         if let Some(v) = get("COPILOT_QDRANT_URL") {
             self.vectors.qdrant_url = Some(v);
+        }
+        if let Some(v) = get("COPILOT_QDRANT_API_KEY") {
+            self.vectors.qdrant_api_key = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("COPILOT_QDRANT_TIMEOUT_SECS") {
+            self.vectors.qdrant_timeout =
+                Duration::from_secs(parse("COPILOT_QDRANT_TIMEOUT_SECS", &v)?);
         }
         if let Some(v) = get("COPILOT_PROJECTOR_VECTORS") {
             self.vectors.enabled = parse("COPILOT_PROJECTOR_VECTORS", &v)?;
@@ -952,12 +967,18 @@ mod tests {
             &env(&[
                 ("COPILOT_BOOTSTRAP_TOKEN", "hunter2"),
                 ("COPILOT_DATABASE_URL", "postgres://u:pw@h/db"),
+                ("COPILOT_QDRANT_API_KEY", "qdrant-key-1"),
+                ("COPILOT_QDRANT_TIMEOUT_SECS", "3"),
             ]),
         )
         .expect("load");
+        assert_eq!(s.vectors.qdrant_timeout, Duration::from_secs(3));
+        assert!(s.vectors.qdrant_api_key.is_some());
         let printed = format!("{s:?}");
         assert!(
-            !printed.contains("hunter2") && !printed.contains("pw@"),
+            !printed.contains("hunter2")
+                && !printed.contains("pw@")
+                && !printed.contains("qdrant-key-1"),
             "{printed}"
         );
     }

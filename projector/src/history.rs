@@ -368,6 +368,7 @@ impl History {
                     ip_address: Some(Personal::new("203.0.113.9".into())),
                     user_agent: Some(Personal::new("Mozilla/5.0".into())),
                     mfa_step: None,
+                    context: None,
                     started_at: at,
                 })],
             ));
@@ -419,6 +420,11 @@ impl History {
                 owner_id: UserId(owner),
                 title: Some(Personal::new(title)),
                 model: Some("gpt-4o".into()),
+                model_config: Some(domain::values::ModelConfig {
+                    temperature: Some(0.2),
+                    max_tokens: Some(2048),
+                    ..Default::default()
+                }),
                 tags: vec!["ops".into(), format!("team-{}", self.rng.below(5))],
                 context: Some(json!({"repo": "copilot", "branch": "main"})),
                 started_at: at,
@@ -540,6 +546,7 @@ impl History {
                 triggers: Some(json!({"on": "push"})),
                 parameters: None,
                 tags: vec!["ci".into()],
+                environment: [("REGION".to_string(), "eu-west-1".to_string())].into(),
                 version: 1,
                 max_retries: 2,
                 created_at: at,
@@ -567,6 +574,7 @@ impl History {
             triggers: None,
             parameters: None,
             tags: None,
+            environment: None,
             max_retries: 3,
             updated_at: at,
         });

@@ -2,9 +2,12 @@
 //!
 //! At least once and idempotent (each write is safe to repeat), under the
 //! deployment's key prefix:
-//! * `session:{id}` hash (user, role, expiry, device, start) expiring with
-//!   the session, and `user_sessions:{user}` listing them; removed when the
-//!   session ends or its user is locked, deleted or forgotten;
+//! * `session:{id}` hash (user, role, expiry, device, start, and the
+//!   client's session context as JSON) expiring with the session, and
+//!   `user_sessions:{user}` listing them; removed when the session ends or
+//!   its user is locked, deleted or forgotten. Read by agents and workers
+//!   that hold a session id and want its context without a database round
+//!   trip; the services authenticate from their own `auth:token:` copies;
 //! * response-cache invalidation: the keys listed in `cache:tag:{type}:{id}`
 //!   and `cache:tag:{type}:all` are deleted when an event touches that
 //!   resource or collection (the query service fills the tag sets); before
@@ -12,16 +15,20 @@
 //!   batch's last position (as a sort key), so the query service can tell
 //!   whether an answer it read is already older than an invalidation;
 //! * metrics streams `metrics:events`, `metrics:tokens`,
-//!   `metrics:incidents_opened`, `metrics:step_durations` (`MAXLEN ~ 10000`,
-//!   entry ids from the event's position, so a repeated write is refused,
-//!   and a consumer group `dashboard`);
+//!   `metrics:incidents_opened`, `metrics:step_durations`, kept to the
+//!   last 10,000 entries (`MAXLEN ~`) and the last 24 hours (each entry's
+//!   `at_ms`, trimmed on every batch; events older than that are not
+//!   added), entry ids from the event's position (so a repeated write is
+//!   refused), and a consumer group `dashboard`;
 //! * pub/sub `incidents:{id}`, `workflows:{id}`, `notifications:{user}`,
 //!   only for events recorded in the last five minutes (a rebuild does not
 //!   re-announce history);
-//! * the workflow task queue: `queue:workflow_tasks` (FIFO list) and
-//!   `queue:workflow_tasks:priority` (sorted set by priority), one task per
-//!   execution start or step retry, exactly once per event id
-//!   (`queue:seen:{event_id}`, kept 7 days).
+//! * the workflow task queue `queue:workflow_tasks`: one sorted set, each
+//!   task once, higher priority first and first in, first out within a
+//!   priority (score `(9 - priority) * 10^12 + n`, `n` from
+//!   `queue:workflow_tasks:seq`), so a worker takes the next task with
+//!   `BZPOPMIN`; one task per execution start or step retry, exactly once
+//!   per event id (`queue:seen:{event_id}`, kept 7 days).
 
 use chrono::{Duration, Utc};
 use domain::{execution, incident, session, user};
@@ -42,7 +49,15 @@ pub const METRIC_STREAMS: [&str; 4] = [
 ];
 pub const METRICS_GROUP: &str = "dashboard";
 const STREAM_MAXLEN: u32 = 10_000;
+/// How long metrics entries are kept.
+pub const STREAM_MAX_AGE: Duration = Duration::hours(24);
+/// Entries a trim removes at most per stream and batch (the rest go with
+/// the next batches).
+const TRIM_BATCH: u32 = 1_000;
 const DEDUPE_SECONDS: u32 = 7 * 24 * 3600;
+/// The task queue and its counter.
+pub const TASK_QUEUE: &str = "queue:workflow_tasks";
+const TASK_SEQ: &str = "queue:workflow_tasks:seq";
 
 /// Deletes the cached keys listed in each tag set, and the sets.
 const INVALIDATE: &str = r"
@@ -57,14 +72,47 @@ const XADD_ONCE: &str = r"
 local ok = pcall(redis.call, 'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 3))
 return ok and 1 or 0";
 
-/// Queues a task once per event id.
+/// Deletes the oldest entries whose `at_ms` is before ARGV[1] (at most
+/// ARGV[2]); entries without one (written before it was kept) go too.
+/// Entries are in log order, which follows time closely enough to stop at
+/// the first young one.
+const TRIM_OLD: &str = r"
+local cutoff = tonumber(ARGV[1])
+local removed = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])) do
+  local fields, at = entry[2], nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'at_ms' then at = tonumber(fields[i + 1]) end
+  end
+  if at ~= nil and at >= cutoff then break end
+  redis.call('XDEL', KEYS[1], entry[1])
+  removed = removed + 1
+end
+return removed";
+
+/// Queues a task once per event id: KEYS seen, queue, counter; ARGV
+/// dedupe seconds, task, priority.
 const ENQUEUE_ONCE: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  local n = redis.call('INCR', KEYS[3])
+  redis.call('ZADD', KEYS[2], (9 - tonumber(ARGV[3])) * 1000000000000 + n, ARGV[2])
   return 1
 end
 return 0";
+
+/// Moves tasks of the earlier layout (a list, and a copy of each in a
+/// priority set) into the queue, each once, in list order.
+const MIGRATE_QUEUE: &str = r"
+if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
+local tasks = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1], KEYS[2])
+for _, task in ipairs(tasks) do
+  local ok, decoded = pcall(cjson.decode, task)
+  local priority = ok and tonumber(decoded['priority']) or 0
+  local n = redis.call('INCR', KEYS[3])
+  redis.call('ZADD', KEYS[1], (9 - priority) * 1000000000000 + n, task)
+end
+return #tasks";
 
 /// Removes a user's session hashes and the set that lists them.
 const END_USER_SESSIONS: &str = r"
@@ -91,6 +139,20 @@ impl RedisModel {
             prefix: config.prefix.clone(),
         };
         model.create_groups().await?;
+        let moved: u64 = redis::cmd("EVAL")
+            .arg(MIGRATE_QUEUE)
+            .arg(3)
+            .arg(model.key(TASK_QUEUE))
+            .arg(model.key("queue:workflow_tasks:priority"))
+            .arg(model.key(TASK_SEQ))
+            .query_async(&mut model.conn)
+            .await?;
+        if moved > 0 {
+            tracing::info!(
+                tasks = moved,
+                "task queue moved to its one-structure layout"
+            );
+        }
         Ok(model)
     }
 
@@ -127,12 +189,15 @@ impl RedisModel {
             pipe.set(self.key(INVALIDATED_KEY), last.position.sort_key())
                 .ignore();
         }
+        let metrics_since = now - STREAM_MAX_AGE;
         for event in events {
             // Events this build cannot decode still invalidate caches and
             // count; the SQL projections report them as poison.
             let typed = decode(event).ok();
             self.invalidate(&mut pipe, event);
-            self.metrics(&mut pipe, event, typed.as_ref());
+            if event.recorded_at >= metrics_since {
+                self.metrics(&mut pipe, event, typed.as_ref());
+            }
             if let Some(typed) = &typed {
                 self.sessions(&mut pipe, event, typed);
                 self.tasks(&mut pipe, event, typed);
@@ -140,6 +205,15 @@ impl RedisModel {
                     self.publish(&mut pipe, event, typed);
                 }
             }
+        }
+        for stream in METRIC_STREAMS {
+            pipe.cmd("EVAL")
+                .arg(TRIM_OLD)
+                .arg(1)
+                .arg(self.key(stream))
+                .arg(metrics_since.timestamp_millis())
+                .arg(TRIM_BATCH)
+                .ignore();
         }
         pipe.query_async::<()>(&mut self.conn).await
     }
@@ -170,7 +244,9 @@ impl RedisModel {
             .arg(1)
             .arg(self.key(stream))
             .arg(STREAM_MAXLEN)
-            .arg(id);
+            .arg(id)
+            .arg("at_ms")
+            .arg(event.recorded_at.timestamp_millis());
         for (name, value) in fields {
             cmd.arg(*name).arg(value);
         }
@@ -274,6 +350,11 @@ impl RedisModel {
                     ],
                 )
                 .ignore();
+                // Personal data: absent once the user is forgotten (then
+                // the hash is gone too).
+                if let Some(context) = s.context.as_ref().and_then(|c| c.as_ref()) {
+                    pipe.hset(&key, "context", context.to_string()).ignore();
+                }
                 pipe.cmd("EXPIREAT").arg(&key).arg(expires).ignore();
                 pipe.sadd(&list, event.stream_id.to_string()).ignore();
                 // The list lives as long as its longest-lived session.
@@ -327,13 +408,13 @@ impl RedisModel {
             }),
             _ => return,
         };
-        let priority = task["priority"].as_u64().unwrap_or(0);
+        let priority = task["priority"].as_u64().unwrap_or(0).min(9);
         pipe.cmd("EVAL")
             .arg(ENQUEUE_ONCE)
             .arg(3)
             .arg(self.key(&format!("queue:seen:{}", event.event_id)))
-            .arg(self.key("queue:workflow_tasks"))
-            .arg(self.key("queue:workflow_tasks:priority"))
+            .arg(self.key(TASK_QUEUE))
+            .arg(self.key(TASK_SEQ))
             .arg(DEDUPE_SECONDS)
             .arg(task.to_string())
             .arg(priority)

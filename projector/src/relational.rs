@@ -55,6 +55,13 @@ impl Personals<'_> {
     fn opt(&self, owner: Uuid, value: Option<&Personal<String>>) -> Value {
         value.map_or(Value::Null, |v| self.of(owner, v))
     }
+
+    fn opt_json(&self, owner: Uuid, value: Option<&Personal<serde_json::Value>>) -> Value {
+        if self.0.contains(&owner) {
+            return Value::Null;
+        }
+        Value::opt_json(value.and_then(Personal::as_ref))
+    }
 }
 
 fn actor_id(event: &RecordedEvent) -> Option<Uuid> {
@@ -292,6 +299,7 @@ impl Relational {
                 row[t.index("started_at")] = Value::Ts(e.started_at);
                 row[t.index("last_seen_at")] = Value::Ts(e.started_at);
                 row[t.index("expires_at")] = Value::Ts(e.expires_at);
+                row[t.index("context")] = p.opt_json(e.user_id.0, e.context.as_ref());
                 return c.insert(t, row);
             }
             E::Touched(e) => c.set(t, id, "last_seen_at", Value::Ts(e.at)),
@@ -321,6 +329,12 @@ impl Relational {
                 row[t.index("user_id")] = Value::Uuid(e.owner_id.0);
                 row[t.index("title")] = p.opt(e.owner_id.0, e.title.as_ref());
                 row[t.index("model")] = Value::opt_text(e.model.as_deref());
+                row[t.index("model_config")] = e
+                    .model_config
+                    .as_ref()
+                    .and_then(|m| serde_json::to_value(m).ok())
+                    .as_ref()
+                    .map_or(Value::Null, Value::json);
                 row[t.index("tags")] = Value::TextArray(e.tags.clone());
                 row[t.index("context")] = Value::opt_json(e.context.as_ref());
                 row[t.index("created_at")] = Value::Ts(e.started_at);
@@ -393,6 +407,7 @@ impl Relational {
                 row[t.index("triggers")] = Value::opt_json(e.triggers.as_ref());
                 row[t.index("parameters")] = Value::opt_json(e.parameters.as_ref());
                 row[t.index("tags")] = Value::TextArray(e.tags.clone());
+                row[t.index("environment")] = Value::json(&serde_json::json!(e.environment));
                 row[t.index("version")] = Value::count(e.version);
                 row[t.index("max_retries")] = Value::count(e.max_retries);
                 row[t.index("created_by")] = Value::opt_uuid(actor);
@@ -416,6 +431,14 @@ impl Relational {
                 }
                 if let Some(tags) = &e.tags {
                     c.set(t, id, "tags", Value::TextArray(tags.clone()));
+                }
+                if let Some(environment) = &e.environment {
+                    c.set(
+                        t,
+                        id,
+                        "environment",
+                        Value::json(&serde_json::json!(environment)),
+                    );
                 }
                 c.set(t, id, "max_retries", Value::count(e.max_retries));
                 c.set(t, id, "updated_at", Value::Ts(e.updated_at));
@@ -651,8 +674,9 @@ async fn erase_personal_data(
     users: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     for statement in [
-        "UPDATE \"{s}\".sessions SET ip_address = NULL, user_agent = NULL
-          WHERE user_id = ANY($1) AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)",
+        "UPDATE \"{s}\".sessions SET ip_address = NULL, user_agent = NULL, context = NULL
+          WHERE user_id = ANY($1)
+            AND (ip_address IS NOT NULL OR user_agent IS NOT NULL OR context IS NOT NULL)",
         "UPDATE \"{s}\".conversations SET title = NULL WHERE user_id = ANY($1) AND title IS NOT NULL",
         "UPDATE \"{s}\".messages SET content = NULL, feedback = NULL
           WHERE user_id = ANY($1) AND (content IS NOT NULL OR feedback IS NOT NULL)",

@@ -50,6 +50,7 @@ pub static SESSIONS: TableDef = TableDef {
         "expires_at": T::Timestamptz,
         "ended_at": T::Timestamptz,
         "end_reason": T::Text,
+        "context": T::Jsonb,
     ],
 };
 
@@ -61,6 +62,7 @@ pub static CONVERSATIONS: TableDef = TableDef {
         "user_id": T::Uuid,
         "title": T::Text,
         "model": T::Text,
+        "model_config": T::Jsonb,
         "status": T::Enum("conversation_status") => Value::Label("active"),
         "tags": T::TextArray => Value::TextArray(Vec::new()),
         "context": T::Jsonb,
@@ -108,6 +110,7 @@ pub static WORKFLOWS: TableDef = TableDef {
         "triggers": T::Jsonb,
         "parameters": T::Jsonb,
         "tags": T::TextArray => Value::TextArray(Vec::new()),
+        "environment": T::Jsonb => Value::Json("{}".into()),
         "version": T::Int4,
         "max_retries": T::Int4,
         "status": T::Enum("workflow_status") => Value::Label("draft"),

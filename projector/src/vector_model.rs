@@ -295,6 +295,14 @@ impl VectorModel {
                 );
                 payload.insert("services".into(), json!(r.affected_services));
                 payload.insert("resolved_at".into(), json!(r.at));
+                payload.insert(
+                    "resolution".into(),
+                    json!({
+                        "root_cause": r.root_cause,
+                        "remediation_steps": r.remediation_steps,
+                        "time_to_resolve_ms": r.time_to_resolve_ms,
+                    }),
+                );
                 payload.insert("text".into(), json!(snippet(&text)));
                 vec![Op::Upsert(self.pending(
                     Collection::IncidentKnowledge,
@@ -640,6 +648,12 @@ fn with_lineage(op: Op, event: &RecordedEvent) -> Op {
                 .insert("source_event_id".into(), json!(event.event_id));
             p.payload
                 .insert("source_position".into(), json!(event.position.to_string()));
+            // The seed's `indexed_at`: when the log recorded what this point
+            // holds, so a rebuild writes the same time again.
+            if p.collection == Collection::Documentation {
+                p.payload
+                    .insert("indexed_at".into(), json!(event.recorded_at));
+            }
             Op::Upsert(p)
         }
         other => other,

@@ -39,6 +39,14 @@ pub use problem::{ApiError, Problem};
 pub use routes::live::MAX_STREAMS_PER_USER as LIVE_STREAMS_PER_USER;
 pub use search::Search;
 
+/// The statements whose plans the index tests check with `EXPLAIN`.
+pub mod statements {
+    pub use crate::routes::conversations::{
+        list_sql as conversations_list_sql, ListShape as ConversationsListShape,
+    };
+    pub use crate::routes::dashboard::ACTIVE_STEPS_SQL as active_steps_sql;
+}
+
 /// What the service needs besides its database pool.
 #[derive(Clone)]
 pub struct QueryConfig {

@@ -23,7 +23,7 @@ use crate::routes::{audit, conversations, dashboard, incidents, live, streams, u
         workflows::list, workflows::get, workflows::list_executions, workflows::get_execution,
         incidents::list, incidents::get, incidents::list_runbooks, incidents::get_runbook,
         audit::list, crate::search::search, dashboard::summary,
-        streams::command, streams::events, live::live,
+        streams::command, streams::events, live::live, live::presence,
         crate::health::healthz, crate::health::readyz,
     ),
     components(schemas(Problem)),

@@ -24,15 +24,14 @@ use qdrant_edge::{
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::collection::OptimizerSettings;
 use crate::store::check_dimension;
 use crate::{Collection, Condition, Filter, Hit, Point, SearchRequest, VectorError, VectorStore};
 
 /// The seed's HNSW parameters.
 const HNSW_M: usize = 16;
 const HNSW_EF_CONSTRUCT: usize = 100;
-/// Segments above this size (KB of vectors) get an HNSW index; below it an
-/// exhaustive scan is as fast. 384-dimension vectors: about 2,700 points.
-const INDEXING_THRESHOLD_KB: usize = 4_000;
+const HNSW_FULL_SCAN_THRESHOLD_KB: usize = 10_000;
 /// New points after which the optimisers run (until then new points sit in
 /// a plain segment, searched exhaustively: about a millisecond for 10k).
 const OPTIMIZE_AFTER_POINTS: usize = 10_000;
@@ -95,7 +94,7 @@ impl EdgeStore {
 
 fn open_shard(path: &Path, collection: Collection, dimension: usize) -> Result<Shard, VectorError> {
     let fail = |e: qdrant_edge::OperationError| engine(collection, e);
-    let config = edge_config(dimension);
+    let config = edge_config(collection, dimension);
     let engine = if path.join("edge_config.json").exists() || path.join("segments").exists() {
         let loaded = EdgeShard::load(path, None).map_err(fail)?;
         let stored = loaded
@@ -132,23 +131,40 @@ fn open_shard(path: &Path, collection: Collection, dimension: usize) -> Result<S
     })
 }
 
-fn edge_config(dimension: usize) -> EdgeConfig {
+/// The layout a new shard is created with (an existing shard keeps the one
+/// it was created with: `rebuild vectors` on a fresh directory applies a
+/// changed one). Vectors and payload of the conversations collection are
+/// memory-mapped from disk; the HNSW graphs stay in memory everywhere, as the
+/// seed says. Edge has no background flusher, so the seed's flush interval
+/// does not apply: the projector flushes after every batch it applies.
+fn edge_config(collection: Collection, dimension: usize) -> EdgeConfig {
     let hnsw = HnswIndexConfig {
         m: HNSW_M,
         ef_construct: HNSW_EF_CONSTRUCT,
+        full_scan_threshold: HNSW_FULL_SCAN_THRESHOLD_KB,
+        on_disk: Some(false),
         ..HnswIndexConfig::default()
     };
     let vector = EdgeVectorParams::builder(dimension, Distance::Cosine)
         .hnsw_config(hnsw)
+        .on_disk(collection.on_disk())
         .build();
+    let seed = OptimizerSettings::seed(dimension);
     EdgeConfig::builder()
         .vector("", vector)
+        .on_disk_payload(collection.on_disk())
         .hnsw_config(hnsw)
         .optimizers(EdgeOptimizersConfig {
-            indexing_threshold: Some(INDEXING_THRESHOLD_KB),
+            deleted_threshold: Some(seed.deleted_threshold),
+            max_segment_size: Some(kb(seed.max_segment_size_kb)),
+            indexing_threshold: Some(kb(seed.indexing_threshold_kb)),
             ..EdgeOptimizersConfig::default()
         })
         .build()
+}
+
+fn kb(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 fn json_path(collection: Collection, field: &str) -> Result<JsonPath, VectorError> {

@@ -3,21 +3,23 @@
 //! Writes wait for the server to apply them, so `flush` has nothing to do.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
-    Condition as QCondition, CountPointsBuilder, CreateCollectionBuilder,
+    Condition as QCondition, CountPointsBuilder, CreateCollection, CreateCollectionBuilder,
     CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter as QFilter,
-    GetPointsBuilder, HnswConfigDiffBuilder, PointId, PointStruct, ScrollPointsBuilder,
-    SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, Value as QValue,
-    VectorParamsBuilder,
+    GetPointsBuilder, HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct,
+    ScrollPointsBuilder, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
+    Value as QValue, VectorParamsBuilder,
 };
 use qdrant_client::{Payload, Qdrant};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::collection::OptimizerSettings;
 use crate::store::check_dimension;
 use crate::{Collection, Condition, Filter, Hit, Point, SearchRequest, VectorError, VectorStore};
 
@@ -29,9 +31,28 @@ pub struct QdrantStore {
     prefix: String,
 }
 
+/// How to reach the server.
+#[derive(Clone, Default)]
+pub struct QdrantConnection<'a> {
+    pub url: &'a str,
+    /// Sent as the `api-key` header on every request.
+    pub api_key: Option<&'a str>,
+    /// Per request; unset: the client's default.
+    pub timeout: Option<Duration>,
+}
+
 impl QdrantStore {
-    pub fn connect(url: &str, dimension: usize, prefix: &str) -> Result<QdrantStore, VectorError> {
-        let client = Qdrant::from_url(url)
+    pub fn connect(
+        connection: QdrantConnection<'_>,
+        dimension: usize,
+        prefix: &str,
+    ) -> Result<QdrantStore, VectorError> {
+        let url = connection.url;
+        let mut builder = Qdrant::from_url(url).api_key(connection.api_key.map(str::to_owned));
+        if let Some(timeout) = connection.timeout {
+            builder = builder.timeout(timeout).connect_timeout(timeout);
+        }
+        let client = builder
             .build()
             .map_err(|e| VectorError::Unavailable(format!("{url}: {e}")))?;
         Ok(QdrantStore {
@@ -62,6 +83,34 @@ impl QdrantStore {
         }
         Ok(())
     }
+}
+
+/// The seed's layout for one collection: cosine distance, HNSW m 16 and
+/// ef_construct 100 with the graph in memory, vectors and payload on disk for
+/// conversations only, and the seed's optimiser settings.
+fn create_collection(name: &str, collection: Collection, dimension: usize) -> CreateCollection {
+    let seed = OptimizerSettings::seed(dimension);
+    CreateCollectionBuilder::new(name)
+        .vectors_config(
+            VectorParamsBuilder::new(dimension as u64, Distance::Cosine)
+                .on_disk(collection.on_disk()),
+        )
+        .on_disk_payload(collection.on_disk())
+        .hnsw_config(
+            HnswConfigDiffBuilder::default()
+                .m(16)
+                .ef_construct(100)
+                .full_scan_threshold(10_000)
+                .on_disk(false),
+        )
+        .optimizers_config(
+            OptimizersConfigDiffBuilder::default()
+                .deleted_threshold(seed.deleted_threshold)
+                .max_segment_size(seed.max_segment_size_kb)
+                .indexing_threshold(seed.indexing_threshold_kb)
+                .flush_interval_sec(seed.flush_interval_sec),
+        )
+        .build()
 }
 
 fn fail(collection: Collection, e: qdrant_client::QdrantError) -> VectorError {
@@ -121,14 +170,7 @@ impl VectorStore for QdrantStore {
                     continue;
                 }
                 self.client
-                    .create_collection(
-                        CreateCollectionBuilder::new(&name)
-                            .vectors_config(VectorParamsBuilder::new(
-                                self.dimension as u64,
-                                Distance::Cosine,
-                            ))
-                            .hnsw_config(HnswConfigDiffBuilder::default().m(16).ef_construct(100)),
-                    )
+                    .create_collection(create_collection(&name, c, self.dimension))
                     .await
                     .map_err(|e| fail(c, e))?;
                 for field in c.indexed_fields() {
@@ -341,5 +383,34 @@ impl VectorStore for QdrantStore {
             }))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qdrant_client::qdrant::vectors_config::Config;
+
+    #[test]
+    fn collections_are_created_with_the_seed_layout() {
+        for c in Collection::ALL {
+            let request = create_collection("p_x", c, 384);
+            let on_disk = c == Collection::Conversations;
+            let Some(Config::Params(vectors)) = request.vectors_config.and_then(|v| v.config)
+            else {
+                panic!("{c}: no single vector params");
+            };
+            assert_eq!(vectors.size, 384);
+            assert_eq!(vectors.on_disk, Some(on_disk), "{c}");
+            assert_eq!(request.on_disk_payload, Some(on_disk), "{c}");
+            let hnsw = request.hnsw_config.expect("hnsw");
+            assert_eq!((hnsw.m, hnsw.ef_construct), (Some(16), Some(100)));
+            assert_eq!(hnsw.on_disk, Some(false));
+            let optimizers = request.optimizers_config.expect("optimizers");
+            assert_eq!(optimizers.deleted_threshold, Some(0.2));
+            assert_eq!(optimizers.max_segment_size, Some(300_000));
+            assert_eq!(optimizers.indexing_threshold, Some(30_000));
+            assert_eq!(optimizers.flush_interval_sec, Some(5));
+        }
     }
 }

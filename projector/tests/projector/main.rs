@@ -3,6 +3,7 @@
 mod audit_log;
 mod live;
 mod poison;
+mod redis_behaviours;
 mod redis_patterns;
 mod relay;
 mod replay;

@@ -140,6 +140,7 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
         let point = opened.get(*c, ids[0]).await.expect("get").expect("point");
         assert_lineage(&pool, &point).await;
     }
+    assert_seed_fields(&pool, opened.as_ref(), &live).await;
 
     // Messages are searchable by their owner only.
     let owner: Uuid = sqlx::query_scalar(
@@ -199,9 +200,67 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
         expected,
         "a rebuild equals the live points"
     );
+    assert_seed_fields(&pool, reopened.as_ref(), &expected).await;
     infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
         .await
         .expect("clean up");
+}
+
+/// The seed's payload fields: `indexed_at` on every documentation point (the
+/// time its source event was recorded) and `resolution` on every incident
+/// knowledge point (what the resolving event said).
+async fn assert_seed_fields(
+    pool: &PgPool,
+    store: &dyn VectorStore,
+    points: &[(Collection, Vec<Uuid>)],
+) {
+    for (c, ids) in points {
+        for id in ids {
+            let point = store.get(*c, *id).await.expect("get").expect("point");
+            let p = &point.payload;
+            let event_id: Uuid = p["source_event_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("source event id");
+            match c {
+                Collection::Documentation => {
+                    let recorded: chrono::DateTime<Utc> =
+                        sqlx::query_scalar("SELECT recorded_at FROM events WHERE event_id = $1")
+                            .bind(event_id)
+                            .fetch_one(pool)
+                            .await
+                            .expect("source event");
+                    let indexed: chrono::DateTime<Utc> = p["indexed_at"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| panic!("no indexed_at on {p:?}"));
+                    assert_eq!(indexed, recorded, "{p:?}");
+                }
+                Collection::IncidentKnowledge => {
+                    let (root_cause, steps): (Option<String>, Option<Vec<String>>) = sqlx::query_as(
+                        "SELECT root_cause, remediation_steps FROM read_model.incidents WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await
+                    .expect("incident row");
+                    let resolution = &p["resolution"];
+                    assert_eq!(
+                        resolution["root_cause"],
+                        serde_json::json!(root_cause),
+                        "{p:?}"
+                    );
+                    assert_eq!(
+                        resolution["remediation_steps"],
+                        serde_json::json!(steps.unwrap_or_default()),
+                        "{p:?}"
+                    );
+                    assert!(resolution["time_to_resolve_ms"].is_u64(), "{p:?}");
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 async fn assert_lineage(pool: &PgPool, point: &Hit) {

@@ -19,6 +19,8 @@ pub struct Conversation {
     pub user_id: Uuid,
     pub title: Option<String>,
     pub model: Option<String>,
+    /// How the model is asked: temperature, top_p, max_tokens, penalties, stop, seed.
+    pub model_config: Option<serde_json::Value>,
     /// `active`, `archived` or `deleted`.
     pub status: String,
     pub tags: Vec<String>,
@@ -53,9 +55,61 @@ pub struct Message {
 }
 
 const COLUMNS: &str =
-    "id, user_id, title, model, status::text AS status, tags, context, message_count,
+    "id, user_id, title, model, model_config, status::text AS status, tags, context, message_count,
     total_tokens, total_cost_usd::float8 AS total_cost_usd, last_message_at, created_at, updated_at,
     archived_at, deleted_at";
+
+/// Which filters a list request carries. Each shape is its own statement
+/// holding only the filters it has, so every one gets a plan on its index
+/// whichever plan (custom or generic) PostgreSQL settles on: optional
+/// filters written as `($n IS NULL OR …)` hide the selectivity from a
+/// generic plan, which then scans the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListShape {
+    /// A plain user's own conversations (on `conversations_user_created`);
+    /// otherwise everyone's, for an administrator (on `conversations_created`).
+    pub own: bool,
+    pub status: bool,
+    pub tag: bool,
+    pub after: bool,
+}
+
+/// The statement for `shape`; its parameters, in order: the user (when
+/// `own`), the status, the tag, the cursor's time and id, the limit.
+pub fn list_sql(shape: ListShape) -> String {
+    let mut filters = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if shape.own {
+        filters.push(format!("user_id = {}", next()));
+    }
+    if shape.status {
+        filters.push(format!("status::text = {}", next()));
+    }
+    if shape.tag {
+        filters.push(format!("tags @> ARRAY[{}::text]", next()));
+    }
+    if shape.after {
+        let (at, id) = (next(), next());
+        filters.push(format!(
+            "(created_at, id) < ({at}::timestamptz, {id}::uuid)"
+        ));
+    }
+    let limit = next();
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filters.join(" AND "))
+    };
+    format!(
+        "SELECT {COLUMNS} FROM read_model.conversations {filter}
+          ORDER BY created_at DESC, id DESC
+          LIMIT {limit}"
+    )
+}
 
 /// Conversations, newest first.
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
@@ -85,24 +139,27 @@ pub async fn list(
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
     };
-    let rows: Vec<Conversation> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM read_model.conversations
-          WHERE ($1 OR user_id = $2)
-            AND ($3::text IS NULL OR status::text = $3)
-            AND ($4::text IS NULL OR tags @> ARRAY[$4])
-            AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
-          ORDER BY created_at DESC, id DESC
-          LIMIT $7"
-    ))
-    .bind(caller.admin)
-    .bind(caller.user_id)
-    .bind(status)
-    .bind(tag)
-    .bind(after.map(|k| k.0))
-    .bind(after.map(|k| k.1))
-    .bind(limit + 1)
-    .fetch_all(&mut *read.tx)
-    .await?;
+    let shape = ListShape {
+        own: !caller.admin,
+        status: status.is_some(),
+        tag: tag.is_some(),
+        after: after.is_some(),
+    };
+    let sql = list_sql(shape);
+    let mut query = sqlx::query_as::<_, Conversation>(&sql);
+    if shape.own {
+        query = query.bind(caller.user_id);
+    }
+    if let Some(status) = status {
+        query = query.bind(status);
+    }
+    if let Some(tag) = tag {
+        query = query.bind(tag);
+    }
+    if let Some(TimeId(at, id)) = after {
+        query = query.bind(at).bind(id);
+    }
+    let rows = query.bind(limit + 1).fetch_all(&mut *read.tx).await?;
     state
         .page(
             read,

@@ -16,6 +16,7 @@ pub struct Summary {
     pub active_sessions: i64,
     pub open_incidents: Vec<SeverityCount>,
     pub running_executions: i64,
+    pub active_steps: ActiveSteps,
     pub today: Usage,
     pub last_7_days: Usage,
     pub projections: Vec<ProjectionLag>,
@@ -28,6 +29,22 @@ pub struct SeverityCount {
     pub unassigned: i64,
     pub oldest_opened_at: Option<DateTime<Utc>>,
 }
+
+/// Workflow steps in flight: running now, waiting to retry, and when the
+/// oldest of them started (a stuck step shows up here first).
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct ActiveSteps {
+    pub running: i64,
+    pub retrying: i64,
+    pub oldest_started_at: Option<DateTime<Utc>>,
+}
+
+/// The statement behind [`ActiveSteps`], on `steps_status_started`.
+pub const ACTIVE_STEPS_SQL: &str = "SELECT count(*) FILTER (WHERE status = 'running') AS running,
+        count(*) FILTER (WHERE status = 'retrying') AS retrying,
+        min(started_at) AS oldest_started_at
+   FROM read_model.step_executions
+  WHERE status IN ('running', 'retrying')";
 
 /// Conversations started, messages written, their tokens and cost.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -86,6 +103,7 @@ pub async fn summary(
     )
     .fetch_one(&mut *tx)
     .await?;
+    let active_steps: ActiveSteps = sqlx::query_as(ACTIVE_STEPS_SQL).fetch_one(&mut *tx).await?;
     let usage = |interval: &'static str| {
         format!(
             "SELECT (SELECT count(*) FROM read_model.conversations WHERE created_at >= {interval}) AS conversations,
@@ -119,6 +137,7 @@ pub async fn summary(
         active_sessions,
         open_incidents,
         running_executions,
+        active_steps,
         today,
         last_7_days,
         projections,

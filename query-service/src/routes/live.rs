@@ -2,6 +2,12 @@
 //! channels: every incident and workflow/execution change, and the
 //! caller's own notifications; a comment line every 15 s keeps proxies
 //! from closing an idle stream.
+//!
+//! Presence: each open stream is a member `<user_id>:<stream id>` of the
+//! Redis sorted set `presence:live`, scored by when it expires
+//! ([`PRESENCE_TTL`] after its last refresh, every [`RECHECK`]); it is
+//! removed when the stream ends, and expires by itself when the server
+//! went away without saying so. `GET /v1/live/presence` (admin) reads it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -12,7 +18,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use futures_util::{stream, StreamExt};
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::problem::{ApiError, ApiResult};
@@ -25,6 +35,126 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub const RECHECK: Duration = Duration::from_secs(2);
 /// Live streams open at once per user (each holds a Redis connection).
 pub const MAX_STREAMS_PER_USER: usize = 4;
+/// How long a stream counts as present after its last refresh.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
+/// The presence set's key (under the deployment's prefix).
+pub const PRESENCE_KEY: &str = "presence:live";
+
+/// One stream's entry in the presence set: refreshed while it is open,
+/// removed when it is dropped.
+struct Present {
+    conn: ConnectionManager,
+    key: String,
+    member: String,
+}
+
+impl Present {
+    async fn join(conn: Option<ConnectionManager>, prefix: &str, user: Uuid) -> Option<Present> {
+        let present = Present {
+            conn: conn?,
+            key: format!("{prefix}{PRESENCE_KEY}"),
+            member: format!("{user}:{}", Uuid::new_v4()),
+        };
+        present.refresh().await;
+        Some(present)
+    }
+
+    /// Best effort: presence is a view for people, and a stream goes on
+    /// without it when Redis is slow or down.
+    async fn refresh(&self) {
+        let expires = chrono::Utc::now().timestamp_millis()
+            + i64::try_from(PRESENCE_TTL.as_millis()).unwrap_or(i64::MAX);
+        let mut conn = self.conn.clone();
+        let added = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("ZADD")
+                .arg(&self.key)
+                .arg(expires)
+                .arg(&self.member)
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+        if !matches!(added, Ok(Ok(()))) {
+            tracing::debug!(member = %self.member, "presence not refreshed");
+        }
+    }
+}
+
+impl Drop for Present {
+    fn drop(&mut self) {
+        let (mut conn, key, member) = (
+            self.conn.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.member),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = redis::cmd("ZREM")
+                    .arg(key)
+                    .arg(member)
+                    .query_async::<()>(&mut conn)
+                    .await;
+            });
+        }
+    }
+}
+
+/// Who has live streams open now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Presence {
+    pub users: Vec<PresentUser>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresentUser {
+    pub user_id: Uuid,
+    /// Open `/v1/live` streams of the user (across every query server).
+    pub streams: u32,
+}
+
+/// The users with `/v1/live` open now, across every query server (admin).
+#[utoipa::path(get, path = "/v1/live/presence", tag = "dashboard",
+    responses((status = 200, body = Presence)))]
+pub async fn presence(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<Presence>> {
+    if !caller.admin {
+        return Err(ApiError::Forbidden);
+    }
+    let mut conn = state
+        .cache
+        .connection()
+        .ok_or_else(|| ApiError::unavailable("presence", "no Redis configured"))?;
+    let key = format!("{}{PRESENCE_KEY}", state.cache.prefix());
+    let now = chrono::Utc::now().timestamp_millis();
+    let (members,): (Vec<String>,) = redis::pipe()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(format!("({now}"))
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| ApiError::unavailable("Redis", e))?;
+    let mut streams: std::collections::BTreeMap<Uuid, u32> = Default::default();
+    for member in members {
+        let user = member.split_once(':').and_then(|(u, _)| u.parse().ok());
+        if let Some(user) = user {
+            *streams.entry(user).or_default() += 1;
+        }
+    }
+    Ok(Json(Presence {
+        users: streams
+            .into_iter()
+            .map(|(user_id, streams)| PresentUser { user_id, streams })
+            .collect(),
+    }))
+}
 
 /// The live streams each user has open.
 #[derive(Clone, Default)]
@@ -118,19 +248,26 @@ pub async fn live(
         Ok::<Event, Infallible>(Event::default().event(kind).data(data))
     });
     let events = stream::once(async move { Ok::<Event, Infallible>(ready) }).chain(messages);
-    let events = until_credential_ends(events.boxed(), state, authorization, slot);
+    let present = Present::join(
+        state.cache.connection(),
+        state.cache.prefix(),
+        caller.user_id,
+    )
+    .await;
+    let events = until_credential_ends(events.boxed(), state, authorization, (slot, present));
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
         .into_response())
 }
 
 /// `events` until the credential that opened the stream no longer holds
-/// (checked every [`RECHECK`]) or the client goes; the slot is freed then.
+/// (checked every [`RECHECK`], when presence is refreshed too) or the
+/// client goes; the slot and the presence entry are freed then.
 fn until_credential_ends(
     events: stream::BoxStream<'static, Result<Event, Infallible>>,
     state: AppState,
     authorization: String,
-    slot: StreamSlot,
+    slot: (StreamSlot, Option<Present>),
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,9 +280,12 @@ fn until_credential_ends(
                         return event.map(|e| (e, (events, recheck, state, authorization, slot)));
                     }
                     _ = recheck.tick() => {
+                        if let Some(present) = &slot.1 {
+                            present.refresh().await;
+                        }
                         if let Err(error) = state.auth.authenticate(Some(&authorization)).await {
                             if matches!(error, ApiError::Unauthorized(_)) {
-                                tracing::debug!(user = %slot.user, "live stream closed: its credential ended");
+                                tracing::debug!(user = %slot.0.user, "live stream closed: its credential ended");
                                 return None;
                             }
                         }

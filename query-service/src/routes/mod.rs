@@ -125,6 +125,7 @@ pub fn router(state: AppState, web: &WebSecurity) -> Router {
         .route("/v1/commands/{command_id}", get(streams::command))
         .route("/v1/streams/{id}/events", get(streams::events))
         .route("/v1/live", get(live::live))
+        .route("/v1/live/presence", get(live::presence))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

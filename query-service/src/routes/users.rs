@@ -139,6 +139,8 @@ pub struct Session {
     pub started_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// What the client keeps with its session (`session.start`'s `context`).
+    pub context: Option<serde_json::Value>,
 }
 
 /// The caller's own active sessions, newest first.
@@ -160,7 +162,7 @@ pub async fn list_sessions(
         .read(Some(&caller), Source::Relational, consistency)
         .await?;
     let rows: Vec<Session> = sqlx::query_as(
-        "SELECT id, role::text AS role, device_fingerprint, started_at, last_seen_at, expires_at
+        "SELECT id, role::text AS role, device_fingerprint, started_at, last_seen_at, expires_at, context
            FROM read_model.active_sessions
           WHERE user_id = $1
             AND ($2::timestamptz IS NULL OR (started_at, id) < ($2, $3))

@@ -20,6 +20,8 @@ pub struct Workflow {
     pub triggers: Option<serde_json::Value>,
     pub parameters: Option<serde_json::Value>,
     pub tags: Vec<String>,
+    /// Environment variables of the workflow's runs (not secrets).
+    pub environment: serde_json::Value,
     pub version: i32,
     pub max_retries: i32,
     /// `draft`, `active`, `inactive` or `deleted`.
@@ -31,7 +33,7 @@ pub struct Workflow {
 }
 
 const WORKFLOW_COLUMNS: &str =
-    "id, name, description, definition, triggers, parameters, tags, version,
+    "id, name, description, definition, triggers, parameters, tags, environment, version,
     max_retries, status::text AS status, created_by, created_at, updated_at, deleted_at";
 
 /// Workflow definitions, newest first.

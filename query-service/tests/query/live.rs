@@ -127,3 +127,82 @@ async fn live_updates_reach_the_right_users(pool: PgPool) {
     }
     stack.finish().await;
 }
+
+/// Presence (the seed's pub/sub section): who has `/v1/live` open, per user
+/// and stream, gone when they leave, and expiring when a server vanished
+/// without saying so. Only an administrator may ask.
+#[sqlx::test(migrations = "../migrations")]
+async fn presence_shows_who_is_watching_and_forgets_them_when_they_leave(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let (admin_id, admin) = stack.user("admin").await;
+    let (alice_id, alice) = stack.user("viewer").await;
+    let present = |body: &serde_json::Value, user: Uuid| {
+        body["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["user_id"] == json!(user))
+            .map(|u| u["streams"].as_u64().expect("streams"))
+    };
+
+    let none = stack.get("/v1/live/presence", &admin).await;
+    assert_eq!(none.status, 200, "{:?}", none.body);
+    assert_eq!(present(&none.body, alice_id), None);
+
+    let first = EventStream::open(&stack, &alice).await;
+    let second = EventStream::open(&stack, &alice).await;
+    let watching = stack.get("/v1/live/presence", &admin).await;
+    assert_eq!(
+        present(&watching.body, alice_id),
+        Some(2),
+        "{:?}",
+        watching.body
+    );
+    assert_eq!(present(&watching.body, admin_id), None);
+
+    // Not for everyone: a plain user may not see who is watching.
+    stack.get("/v1/live/presence", &alice).await.problem(403);
+
+    // A stream left behind by a server that went away: expired, not shown.
+    let key = format!("{}presence:live", stack.redis_prefix);
+    let ghost = Uuid::now_v7();
+    let mut redis = redis::Client::open(crate::REDIS)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let past = chrono::Utc::now().timestamp_millis() - 1_000;
+    let _: () = redis::cmd("ZADD")
+        .arg(&key)
+        .arg(past)
+        .arg(format!("{ghost}:{}", Uuid::new_v4()))
+        .query_async(&mut redis)
+        .await
+        .expect("zadd");
+    let shown = stack.get("/v1/live/presence", &admin).await;
+    assert_eq!(present(&shown.body, ghost), None, "{:?}", shown.body);
+
+    // Leaving: one stream closed, then the other.
+    drop(first);
+    let mut left = None;
+    for _ in 0..200 {
+        let body = stack.get("/v1/live/presence", &admin).await.body;
+        left = present(&body, alice_id);
+        if left == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, Some(1), "the closed stream is still present");
+    drop(second);
+    for _ in 0..200 {
+        let body = stack.get("/v1/live/presence", &admin).await.body;
+        left = present(&body, alice_id);
+        if left.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, None, "alice left but is still present");
+    stack.finish().await;
+}

@@ -12,10 +12,12 @@ mod cache;
 mod certs;
 mod consistency;
 mod endpoints;
+mod indexes;
 mod live;
 mod replica;
 mod schema;
 mod search;
+mod seed_columns;
 
 use std::time::Duration;
 
@@ -318,6 +320,23 @@ impl Stack {
         result.position.expect("accepted commands have a position")
     }
 
+    /// `session.start` (no credentials but the payload's).
+    pub async fn sign_in(&self, payload: Value) -> CommandResult {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let envelope = json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": payload});
+        let reply = self
+            .client
+            .request_with_headers(
+                format!("{}.rpc.session.start", self.nats_prefix),
+                headers,
+                serde_json::to_vec(&envelope).expect("json").into(),
+            )
+            .await
+            .expect("reply");
+        serde_json::from_slice(&reply.payload).expect("result")
+    }
+
     /// Registers a user (with the bootstrap token) and signs them in:
     /// (user id, session token).
     pub async fn user(&self, role: &str) -> (Uuid, String) {
@@ -331,20 +350,11 @@ impl Stack {
             &bootstrap,
         )
         .await;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
-        let envelope = json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(),
-            "payload": {"email": email, "password": "correct horse", "device_fingerprint": "test"}});
-        let reply = self
-            .client
-            .request_with_headers(
-                format!("{}.rpc.session.start", self.nats_prefix),
-                headers,
-                serde_json::to_vec(&envelope).expect("json").into(),
+        let started = self
+            .sign_in(
+                json!({"email": email, "password": "correct horse", "device_fingerprint": "test"}),
             )
-            .await
-            .expect("reply");
-        let started: CommandResult = serde_json::from_slice(&reply.payload).expect("result");
+            .await;
         assert_eq!(started.status, Status::Accepted, "{started:?}");
         let token = started
             .data

@@ -180,8 +180,38 @@ async fn a_qdrant_server_keeps_the_contract() -> anyhow::Result<()> {
         return Ok(());
     };
     let prefix = format!("t{}_", &Uuid::new_v4().simple().to_string()[..12]);
-    let store = vectors::qdrant::QdrantStore::connect(&url, DIM, &prefix)?;
+    let api_key = std::env::var("COPILOT_QDRANT_API_KEY").ok();
+    let connection = vectors::qdrant::QdrantConnection {
+        url: &url,
+        api_key: api_key.as_deref(),
+        timeout: Some(std::time::Duration::from_secs(10)),
+    };
+    let store = vectors::qdrant::QdrantStore::connect(connection, DIM, &prefix)?;
     let result = contract(&store).await;
     store.drop_collections().await?;
     result
+}
+
+/// The seed's storage layout: conversations memory-mapped from disk, the
+/// other collections in memory, and its optimiser settings, as persisted in
+/// each shard's configuration.
+#[tokio::test]
+async fn the_embedded_store_lays_out_collections_as_the_seed_says() -> anyhow::Result<()> {
+    let dir = TempDir::new("layout");
+    let _store = EdgeStore::open(dir.path(), 384).await?;
+    for c in Collection::ALL {
+        let file = dir.path().join(c.name()).join("edge_config.json");
+        let config: Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+        let on_disk = c == Collection::Conversations;
+        assert_eq!(config["vectors"][""]["on_disk"], json!(on_disk), "{c}");
+        assert_eq!(config["on_disk_payload"], json!(on_disk), "{c}");
+        assert_eq!(config["hnsw_config"]["on_disk"], json!(false), "{c}");
+        assert_eq!(config["hnsw_config"]["m"], json!(16), "{c}");
+        let optimizers = &config["optimizers"];
+        assert_eq!(optimizers["deleted_threshold"], json!(0.2), "{c}");
+        // 200,000 and 20,000 points of 384 f32 components, in KB.
+        assert_eq!(optimizers["max_segment_size"], json!(300_000), "{c}");
+        assert_eq!(optimizers["indexing_threshold"], json!(30_000), "{c}");
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
--- The relational read model, version 2: the seed's nine operational
+-- The relational read model, version 3: the seed's nine operational
 -- tables, its enum types, indexes, views, row-level security and grants.
 --
 -- The projector owns this schema: it applies this file to a schema it
@@ -12,6 +12,12 @@
 -- conversation cost totals are wide enough for any total the domain
 -- accepts; sessions keep no token hash (the auth index has it, and the
 -- read model holds no credential material).
+--
+-- Version 3: the seed's session context, conversation model configuration
+-- and workflow environment; an index each for a user's conversations by
+-- recency (replacing the one by last update, which no query ordered by)
+-- and for steps by status and time, and the cursor's tie-breaker in the
+-- index of everyone's conversations by recency.
 --
 -- Counters the seed kept with triggers (message counts, token and cost
 -- totals, runbook success rates) are written by the projection from the
@@ -61,6 +67,7 @@ CREATE TABLE sessions (
     expires_at         timestamptz NOT NULL,
     ended_at           timestamptz,
     end_reason         text,
+    context            jsonb,
     CHECK (expires_at >= started_at)
 );
 
@@ -69,6 +76,7 @@ CREATE TABLE conversations (
     user_id         uuid NOT NULL,
     title           text,
     model           text,
+    model_config    jsonb,
     status          conversation_status NOT NULL DEFAULT 'active',
     tags            text[] NOT NULL DEFAULT '{}',
     context         jsonb,
@@ -112,6 +120,7 @@ CREATE TABLE workflows (
     triggers    jsonb,
     parameters  jsonb,
     tags        text[] NOT NULL DEFAULT '{}',
+    environment jsonb NOT NULL DEFAULT '{}',
     version     integer NOT NULL CHECK (version >= 1),
     max_retries integer NOT NULL CHECK (max_retries >= 0),
     status      workflow_status NOT NULL DEFAULT 'draft',
@@ -202,7 +211,7 @@ CREATE TABLE runbooks (
 
 -- Dashboard views. security_invoker: the reader's row-level security applies.
 CREATE VIEW active_sessions WITH (security_invoker = true) AS
-    SELECT id, user_id, role, device_fingerprint, started_at, last_seen_at, expires_at
+    SELECT id, user_id, role, device_fingerprint, started_at, last_seen_at, expires_at, context
     FROM sessions
     WHERE ended_at IS NULL AND expires_at > now();
 
@@ -250,7 +259,8 @@ END $$;
 -- Indexes by owner stay with their tables even during a rebuild: erasing a
 -- forgotten user's data looks rows up by user_id.
 CREATE INDEX sessions_user ON sessions (user_id, started_at DESC);
-CREATE INDEX conversations_user_recent ON conversations (user_id, updated_at DESC);
+-- A user's conversations newest first, with a tag or not (GET /v1/conversations).
+CREATE INDEX conversations_user_created ON conversations (user_id, created_at DESC, id DESC);
 CREATE INDEX messages_user_recent ON messages (user_id, created_at DESC);
 
 -- @deferred-indexes
@@ -265,7 +275,8 @@ CREATE INDEX sessions_active ON sessions (expires_at) WHERE ended_at IS NULL;
 CREATE INDEX sessions_last_seen ON sessions (last_seen_at) WHERE ended_at IS NULL;
 CREATE INDEX conversations_active ON conversations (user_id) WHERE status = 'active';
 CREATE INDEX conversations_tags ON conversations USING gin (tags);
-CREATE INDEX conversations_created ON conversations (created_at DESC);
+-- Everyone's conversations newest first (an administrator's list).
+CREATE INDEX conversations_created ON conversations (created_at DESC, id DESC);
 CREATE INDEX messages_rated ON messages (rating) WHERE rating IS NOT NULL;
 CREATE INDEX workflows_name ON workflows (name) WHERE deleted_at IS NULL;
 CREATE INDEX workflows_active ON workflows (updated_at DESC) WHERE status = 'active';
@@ -277,6 +288,9 @@ CREATE INDEX executions_started_by ON workflow_executions (started_by, started_a
 CREATE INDEX executions_status ON workflow_executions (status, started_at DESC);
 CREATE INDEX steps_execution ON step_executions (execution_id, started_at);
 CREATE INDEX steps_failed ON step_executions (finished_at DESC) WHERE status = 'failed';
+-- Steps by status and time: the running and retrying ones and the oldest
+-- of them (GET /v1/dashboard/summary).
+CREATE INDEX steps_status_started ON step_executions (status, started_at);
 CREATE INDEX incidents_open ON incidents (severity, opened_at DESC) WHERE status NOT IN ('resolved', 'closed');
 CREATE INDEX incidents_services ON incidents USING gin (affected_services);
 CREATE INDEX incidents_assignee ON incidents (assignee_id) WHERE assignee_id IS NOT NULL;

@@ -1,0 +1,240 @@
+//! The seed's columns that the first slice lacked, each from the command
+//! through its event and the read model to the API: a session's context, a
+//! conversation's model configuration, a workflow's environment. Each is
+//! checked on the way in: a bad value is refused naming its field and
+//! changes nothing.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Stack;
+use command_service::Status;
+
+/// The payload of the event `event_type` in `stream`, as JSON.
+async fn event(pool: &PgPool, stream: Uuid, event_type: &str) -> Value {
+    let payload: Vec<u8> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE stream_id = $1 AND event_type = $2 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(stream)
+    .bind(event_type)
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("no {event_type} in {stream}: {e}"));
+    domain::codec::decode(&payload).expect("a MessagePack payload")
+}
+
+async fn events_in(pool: &PgPool, stream: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
+        .bind(stream)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// A command refused as invalid, naming `field`.
+fn refused(result: &command_service::CommandResult, field: &str) {
+    assert_eq!(result.status, Status::Invalid, "{result:?}");
+    let error = result.error.as_ref().expect("an error");
+    let named = error
+        .details
+        .as_ref()
+        .and_then(|d| d["field"].as_str())
+        .unwrap_or_default();
+    assert!(
+        named.contains(field) || error.message.contains(field),
+        "{field} not named in {error:?}"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_sessions_context_reaches_the_api_and_is_forgotten_with_its_user(pool: PgPool) {
+    let stack = Stack::start(pool.clone()).await;
+    let (_, admin) = stack.user("admin").await;
+    let user = Uuid::now_v7();
+    let email = format!("{}@example.com", Uuid::new_v4().simple());
+    stack
+        .ok(
+            "user.register",
+            user,
+            json!({"email": email, "display_name": "C", "password": "correct horse", "role": "viewer"}),
+            &admin,
+        )
+        .await;
+    let sign_in =
+        |context: Value| json!({"email": email, "password": "correct horse", "context": context});
+
+    // Not an object, and too large: refused, nothing written.
+    let before = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    refused(&stack.sign_in(sign_in(json!(["a"]))).await, "context");
+    let big = "x".repeat(17 * 1024);
+    refused(
+        &stack.sign_in(sign_in(json!({ "big": big }))).await,
+        "context",
+    );
+    let after = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(before, after, "a refused sign-in wrote events");
+
+    let context =
+        json!({"locale": "de-DE", "timezone": "Europe/Berlin", "workspace": {"repo": "infra"}});
+    let started = stack.sign_in(sign_in(context.clone())).await;
+    assert_eq!(started.status, Status::Accepted, "{started:?}");
+    let session = started.aggregate_id;
+    let token = started.data.as_ref().expect("data")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let position = started.position.expect("position");
+    assert!(
+        event(&pool, session, "session_started")
+            .await
+            .get("context")
+            .is_some_and(|c| !c.is_null()),
+        "the event carries the context"
+    );
+    let sessions = stack.get_at("/v1/sessions", &token, &position).await;
+    assert_eq!(sessions.status, 200, "{:?}", sessions.body);
+    let mine = &sessions.body["items"][0];
+    assert_eq!(mine["id"], json!(session));
+    assert_eq!(mine["context"], context);
+
+    // Personal data: forgetting the user erases it from the read model.
+    let forgot = stack.ok("user.forget", user, json!({}), &admin).await;
+    let me = stack.get_at("/v1/me", &admin, &forgot).await;
+    assert_eq!(me.status, 200);
+    let kept: Option<Value> =
+        sqlx::query_scalar("SELECT context FROM read_model.sessions WHERE id = $1")
+            .bind(session)
+            .fetch_one(&pool)
+            .await
+            .expect("session row");
+    assert_eq!(kept, None, "the context outlived its user");
+    stack.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_conversations_model_configuration_reaches_the_api(pool: PgPool) {
+    let stack = Stack::start(pool.clone()).await;
+    let (_, alice) = stack.user("operator").await;
+
+    for (bad, field) in [
+        (json!({"temperature": 2.5}), "model_config.temperature"),
+        (json!({"top_p": -0.1}), "model_config.top_p"),
+        (json!({"max_tokens": 0}), "model_config.max_tokens"),
+        (
+            json!({"stop": ["a", "b", "c", "d", "e"]}),
+            "model_config.stop",
+        ),
+        (json!({"temperatur": 1}), "model_config"),
+    ] {
+        let id = Uuid::now_v7();
+        let result = stack
+            .command(
+                "conversation.start",
+                id,
+                json!({"title": "t", "model": "gpt-4o", "model_config": bad}),
+                &alice,
+            )
+            .await;
+        refused(&result, field);
+        assert_eq!(events_in(&pool, id).await, 0, "{bad} wrote events");
+    }
+
+    let config = json!({"temperature": 0.2, "top_p": 0.9, "max_tokens": 2048,
+        "frequency_penalty": 0.5, "presence_penalty": -0.5, "stop": ["\n\n"], "seed": 7});
+    let id = Uuid::now_v7();
+    let position = stack
+        .ok(
+            "conversation.start",
+            id,
+            json!({"title": "t", "model": "gpt-4o", "model_config": config}),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        event(&pool, id, "conversation_started").await["model_config"],
+        config
+    );
+    let read = stack
+        .get_at(&format!("/v1/conversations/{id}"), &alice, &position)
+        .await;
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["model_config"], config);
+    assert_eq!(read.body["model"], json!("gpt-4o"));
+    stack.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_workflows_environment_reaches_the_api_and_refuses_secrets(pool: PgPool) {
+    let stack = Stack::start(pool.clone()).await;
+    let (_, alice) = stack.user("operator").await;
+    let create = |environment: Value| json!({"name": "deploy", "definition": {"steps": ["a"]}, "environment": environment});
+
+    let too_many: serde_json::Map<String, Value> =
+        (0..51).map(|i| (format!("V{i}"), json!("x"))).collect();
+    for bad in [
+        json!({"lower": "x"}),
+        json!({"1ST": "x"}),
+        json!({"DB_PASSWORD": "hunter2"}),
+        json!({"GITHUB_TOKEN": "ghp_x"}),
+        json!({"LONG": "x".repeat(4097)}),
+        json!({"NOT_TEXT": 5}),
+        Value::Object(too_many),
+    ] {
+        let id = Uuid::now_v7();
+        let result = stack
+            .command("workflow.create", id, create(bad.clone()), &alice)
+            .await;
+        refused(&result, "environment");
+        assert_eq!(events_in(&pool, id).await, 0, "{bad} wrote events");
+    }
+
+    let id = Uuid::now_v7();
+    let environment = json!({"REGION": "eu-west-1", "REPLICAS": "3"});
+    stack
+        .ok("workflow.create", id, create(environment.clone()), &alice)
+        .await;
+    assert_eq!(
+        event(&pool, id, "workflow_created").await["environment"],
+        environment
+    );
+    let updated = json!({"REGION": "eu-central-1"});
+    let position = stack
+        .ok(
+            "workflow.update",
+            id,
+            json!({"environment": updated}),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        event(&pool, id, "workflow_updated").await["environment"],
+        updated
+    );
+    let read = stack
+        .get_at(&format!("/v1/workflows/{id}"), &alice, &position)
+        .await;
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["environment"], updated);
+    // A refused update leaves the environment as it was.
+    let result = stack
+        .command(
+            "workflow.update",
+            id,
+            json!({"environment": {"API_KEY_X": "k"}}),
+            &alice,
+        )
+        .await;
+    refused(&result, "environment");
+    let read = stack
+        .get_at(&format!("/v1/workflows/{id}"), &alice, &position)
+        .await;
+    assert_eq!(read.body["environment"], updated);
+    stack.finish().await;
+}
