@@ -46,6 +46,16 @@ pub enum Operation {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditOperation),
+    /// Where every projection is (position, lag, lease holder, stopped),
+    /// the parked events, the NATS streams and consumers, Redis.
+    Status,
+    /// A projection stopped at a parked poison event.
+    #[command(subcommand)]
+    Projection(ProjectionOperation),
+    /// Send one command over NATS request/reply and print its result
+    /// (exits 1 unless it is accepted). The credential comes from
+    /// COPILOT_TOKEN (a session token or an API key).
+    Send(SendArgs),
     /// Measure a workload beside its raw baseline.
     Bench(BenchArgs),
     /// Accounts, from the machine that owns the database.
@@ -83,6 +93,46 @@ pub struct AdminCreateArgs {
     /// terminal) instead of generating one.
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionOperation {
+    /// Go on after the parked event at --position (it stays in the log and
+    /// in projection_errors, marked skipped); the running projector
+    /// continues within a second.
+    Skip(SkipArgs),
+    /// Try the parked event again (after a fix), without restarting.
+    Retry(RetryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SkipArgs {
+    /// relational or audit.
+    pub name: String,
+    /// The parked event's position (`generation.tx_id.seq`, as `status` shows).
+    #[arg(long)]
+    pub position: eventstore::Position,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// relational or audit.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The command type, e.g. `incident.open`.
+    pub command_type: String,
+    /// The payload, as JSON.
+    #[arg(long)]
+    pub json: String,
+    /// The aggregate the command is for (default: a new UUIDv7).
+    #[arg(long)]
+    pub aggregate: Option<uuid::Uuid>,
+    /// Its command id (default: a new UUIDv7); resending one replays its result.
+    #[arg(long)]
+    pub command_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Subcommand)]

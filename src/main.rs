@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod cli;
 mod demo;
+mod operate;
 mod ops;
 mod shutdown;
 mod up;
@@ -13,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use infra::Settings;
 
-use crate::cli::{AdminOperation, AuditOperation, Cli, Operation};
+use crate::cli::{AdminOperation, AuditOperation, Cli, Operation, ProjectionOperation};
 
 /// The services allocate and free many small, short-lived buffers per
 /// command (decoded envelopes, events, replies, task cells) from several
@@ -61,6 +62,14 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         Operation::Verify(args) => ops::verify(args, &settings).await,
         Operation::Audit(AuditOperation::Prune) => ops::audit_prune(&settings).await,
         Operation::Bench(args) => bench::run(args, &settings).await,
+        Operation::Status => operate::status(&settings).await,
+        Operation::Projection(ProjectionOperation::Skip(args)) => {
+            operate::skip(&args, &settings).await
+        }
+        Operation::Projection(ProjectionOperation::Retry(args)) => {
+            operate::retry(&args, &settings).await
+        }
+        Operation::Send(args) => operate::send(&args, &settings).await,
         Operation::Admin(AdminOperation::Create(args)) => {
             let created = admin::create(&args, &settings).await?;
             admin::print(&created, &settings)

@@ -32,6 +32,7 @@ pub mod copy;
 pub mod events;
 pub mod history;
 mod metrics;
+pub mod parked;
 mod projection;
 pub mod rebuild;
 pub mod redis_model;

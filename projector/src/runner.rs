@@ -57,8 +57,6 @@ impl Default for ProjectorConfig {
 
 enum Exit {
     Shutdown,
-    /// Stopped at a poison event; waits for shutdown.
-    Stopped,
     LeaseBusy,
 }
 
@@ -164,10 +162,6 @@ async fn supervise<F, Fut>(
         metrics().leader.with_label_values(&[name]).set(0);
         let wait = match ended {
             Ended::Exit(Exit::Shutdown) => return,
-            Ended::Exit(Exit::Stopped) => {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-                return;
-            }
             Ended::Exit(Exit::LeaseBusy) => lease_retry,
             Ended::Moved(detail) => {
                 metrics().errors.with_label_values(&[name, "moved"]).inc();
@@ -284,8 +278,24 @@ async fn lead(
                 if stopped {
                     metrics().stopped.with_label_values(&[name]).set(1);
                     tracing::error!(projection = name, %position, %reason,
-                        "poison event parked in projection_errors; projection stopped");
-                    return Ok(Exit::Stopped);
+                        "poison event parked in projection_errors; projection stopped \
+                         (`copilot-data projection skip|retry`)");
+                    // The lease is kept, so no other projector tries the
+                    // same event meanwhile.
+                    if !released(&mut conn, name, stop).await? {
+                        return Ok(Exit::Shutdown);
+                    }
+                    metrics().stopped.with_label_values(&[name]).set(0);
+                    position = checkpoint::load(&mut conn, name)
+                        .await?
+                        .unwrap_or(Position::START);
+                    projection = Projection::new(kind);
+                    tracing::info!(projection = name, %position, "released by an operator; going on");
+                    subscription = store
+                        .subscribe(position)
+                        .await
+                        .with_batch_size(config.batch_size);
+                    continue;
                 }
                 tracing::warn!(projection = name, %position, %reason,
                     "poison event parked in projection_errors and skipped");
@@ -300,6 +310,24 @@ async fn lead(
             last_lag_check = Instant::now();
             let behind = events_after(store, position).await?;
             metrics().lag_events.with_label_values(&[name]).set(behind);
+        }
+    }
+}
+
+/// Waits until an operator releases stopped projection `name` (true) or
+/// the process shuts down (false).
+async fn released(
+    conn: &mut PgConnection,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, ProjectionError> {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Ok(false),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if !crate::parked::is_stopped(conn, name).await? {
+            return Ok(true);
         }
     }
 }
