@@ -4,68 +4,14 @@
 //! (and refusing a position that is not the parked one), `projection
 //! retry` refusing when nothing is stopped.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eventstore::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, StoreOptions};
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 mod common;
-
-struct Env {
-    url: String,
-    prefix: String,
-    redis_prefix: String,
-    bootstrap: String,
-}
-
-impl Env {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
-        command
-            .args(args)
-            .env("COPILOT_DATABASE_URL", &self.url)
-            .env("COPILOT_NATS_PREFIX", &self.prefix)
-            .env("COPILOT_REDIS_PREFIX", &self.redis_prefix)
-            .env("COPILOT_BOOTSTRAP_TOKEN", &self.bootstrap)
-            .env("COPILOT_HTTP_ADDR", "127.0.0.1:0")
-            .env("COPILOT_METRICS_ADDR", "off")
-            .env("COPILOT_PROJECTOR_VECTORS", "false")
-            .env("COPILOT_PROJECTOR_RELAY", "false")
-            .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
-            .env("COPILOT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
-    fn up(&self) -> Child {
-        let mut command = self.command(&["up"]);
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-        command.spawn().expect("start copilot-data up")
-    }
-
-    /// Runs a command to its end: (succeeded, stdout, stderr).
-    async fn run(&self, args: &[&str], token: Option<&str>) -> (bool, String, String) {
-        let mut command = self.command(args);
-        if let Some(token) = token {
-            command.env("COPILOT_TOKEN", token);
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), command.output())
-            .await
-            .expect("finished in time")
-            .expect("ran");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
+use common::system::System;
 
 async fn wait_for(pool: &PgPool, what: &str, sql: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -84,42 +30,27 @@ async fn wait_for(pool: &PgPool, what: &str, sql: &str) {
 
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn send_status_and_skip_run_against_a_live_system(pool: PgPool) {
+    let env = System::start(&pool).await;
     let id = Uuid::new_v4().simple().to_string();
-    let env = Env {
-        url: common::database_url(&pool).await,
-        prefix: format!("op{}", &id[..10]),
-        redis_prefix: format!("op{}:", &id[..10]),
-        bootstrap: format!("boot-{id}"),
-    };
-    let mut up = env.up();
 
-    // `send`: one command from a shell (retried until `up` answers).
+    // `send`: one command from a shell.
     let admin = Uuid::now_v7();
     let register = serde_json::json!({"email": format!("{id}@example.test"), "display_name": "Ops",
         "password": "correct horse battery", "role": "admin"})
     .to_string();
     let admin_text = admin.to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (sent, stdout) = loop {
-        let (ok, stdout, stderr) = env
-            .run(
-                &[
-                    "send",
-                    "user.register",
-                    "--aggregate",
-                    &admin_text,
-                    "--json",
-                    &register,
-                ],
-                Some(&env.bootstrap),
-            )
-            .await;
-        if ok || stdout.contains("\"status\"") {
-            break (ok, stdout);
-        }
-        assert!(Instant::now() < deadline, "up never answered: {stderr}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (sent, stdout) = env
+        .send_when_up(
+            &[
+                "user.register",
+                "--aggregate",
+                &admin_text,
+                "--json",
+                &register,
+            ],
+            &env.bootstrap,
+        )
+        .await;
     assert!(sent, "user.register was not accepted: {stdout}");
     let result: serde_json::Value = serde_json::from_str(&stdout).expect("the result as JSON");
     assert_eq!(result["status"], "accepted");
@@ -243,13 +174,5 @@ async fn send_status_and_skip_run_against_a_live_system(pool: PgPool) {
         .expect("count");
     assert_eq!(skipped, 2);
 
-    let _ = up.kill().await;
-    let client = async_nats::connect("nats://127.0.0.1:4222")
-        .await
-        .expect("nats");
-    let js = async_nats::jetstream::new(client);
-    let (commands, results) = command_service::stream_names(&env.prefix);
-    let _ = js.delete_stream(commands).await;
-    let _ = js.delete_stream(results).await;
-    let _ = infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &env.redis_prefix).await;
+    env.finish().await;
 }

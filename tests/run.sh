@@ -11,6 +11,9 @@ export COPILOT_MODEL_DIR
 # Chromium + playwright-core for the dashboard test, schemathesis for the API.
 COPILOT_SCHEMATHESIS=$(deploy/test-tools.sh)
 export COPILOT_SCHEMATHESIS
+# nats-py and msgpack for the Python client example's test.
+COPILOT_PYTHON=$(deploy/python-client.sh)
+export COPILOT_PYTHON
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

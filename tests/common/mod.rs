@@ -4,6 +4,8 @@
 pub mod certs;
 #[allow(dead_code)]
 pub mod servers;
+#[allow(dead_code)]
+pub mod system;
 
 use sqlx::PgPool;
 

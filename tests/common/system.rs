@@ -1,0 +1,113 @@
+//! A whole `copilot-data up` on a test's own database, NATS prefix, Redis
+//! key prefix and HTTP port, and the binary's other commands against it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub struct System {
+    pub url: String,
+    pub prefix: String,
+    pub redis_prefix: String,
+    pub bootstrap: String,
+    pub http: String,
+    up: Option<Child>,
+}
+
+impl System {
+    /// Starts `up` (vectors and the relay off).
+    pub async fn start(pool: &PgPool) -> System {
+        let id = Uuid::new_v4().simple().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut system = System {
+            url: super::database_url(pool).await,
+            prefix: format!("sys{}", &id[..10]),
+            redis_prefix: format!("sys{}:", &id[..10]),
+            bootstrap: format!("boot-{id}"),
+            http: format!("127.0.0.1:{port}"),
+            up: None,
+        };
+        let mut up = system.command(&["up"]);
+        up.stdout(Stdio::null()).stderr(Stdio::null());
+        system.up = Some(up.spawn().expect("start copilot-data up"));
+        system
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
+        command
+            .args(args)
+            .env("COPILOT_DATABASE_URL", &self.url)
+            .env("COPILOT_NATS_PREFIX", &self.prefix)
+            .env("COPILOT_REDIS_PREFIX", &self.redis_prefix)
+            .env("COPILOT_BOOTSTRAP_TOKEN", &self.bootstrap)
+            .env("COPILOT_HTTP_ADDR", &self.http)
+            .env("COPILOT_METRICS_ADDR", "off")
+            .env("COPILOT_PROJECTOR_VECTORS", "false")
+            .env("COPILOT_PROJECTOR_RELAY", "false")
+            .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
+            .env("COPILOT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs one of the binary's commands to its end: (succeeded, stdout,
+    /// stderr); `token` is its COPILOT_TOKEN.
+    pub async fn run(&self, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+        let mut command = self.command(args);
+        if let Some(token) = token {
+            command.env("COPILOT_TOKEN", token);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("finished in time")
+            .expect("ran");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `send` until the system answers (it is still starting at first).
+    pub async fn send_when_up(&self, args: &[&str], token: &str) -> (bool, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut all = vec!["send"];
+            all.extend_from_slice(args);
+            let (ok, stdout, stderr) = self.run(&all, Some(token)).await;
+            if ok || stdout.contains("\"status\"") {
+                return (ok, stdout);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "up never answered: {stderr}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops `up` and removes its streams and Redis keys.
+    pub async fn finish(mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = up.kill().await;
+        }
+        if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
+            let js = async_nats::jetstream::new(client);
+            let (commands, results) = command_service::stream_names(&self.prefix);
+            let _ = js.delete_stream(commands).await;
+            let _ = js.delete_stream(results).await;
+        }
+        let _ =
+            infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &self.redis_prefix).await;
+    }
+}
