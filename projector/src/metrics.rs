@@ -19,6 +19,9 @@ pub struct Metrics {
     pub leader: IntGaugeVec,
     /// 1 when the projection stopped at a poison event.
     pub stopped: IntGaugeVec,
+    /// 1 while the circuit breaker of a service the vector projection calls
+    /// (`embedder`, `vector_store`) refuses calls.
+    pub circuit_open: IntGaugeVec,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -85,6 +88,14 @@ pub fn metrics() -> &'static Metrics {
                 labels,
             )
             .expect("valid metric"),
+            circuit_open: IntGaugeVec::new(
+                Opts::new(
+                    "copilot_circuit_open",
+                    "1 while the service's circuit breaker refuses calls",
+                ),
+                &["service"],
+            )
+            .expect("valid metric"),
         };
         let registry = infra::metrics::registry();
         for collector in [
@@ -95,6 +106,7 @@ pub fn metrics() -> &'static Metrics {
             Box::new(m.lag_events.clone()),
             Box::new(m.leader.clone()),
             Box::new(m.stopped.clone()),
+            Box::new(m.circuit_open.clone()),
         ] {
             let _ = registry.register(collector);
         }

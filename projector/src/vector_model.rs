@@ -600,9 +600,15 @@ impl VectorModel {
             Service::Embedder => &breakers.embedder,
             Service::Store => &breakers.store,
         };
+        let open = crate::metrics::metrics()
+            .circuit_open
+            .with_label_values(&[service.name()]);
         match breaker.allow().await {
             Ok((true, _)) => {}
-            Ok((false, _)) => return Err(VectorSinkError::CircuitOpen(service.name())),
+            Ok((false, _)) => {
+                open.set(1);
+                return Err(VectorSinkError::CircuitOpen(service.name()));
+            }
             // The breaker's own store is down: fail open, the call decides.
             Err(e) => {
                 tracing::warn!(service = service.name(), error = %e, "circuit breaker unavailable")
@@ -615,9 +621,10 @@ impl VectorModel {
         };
         match recorded {
             Ok(CircuitState::Open) => {
+                open.set(1);
                 tracing::warn!(service = service.name(), "circuit breaker open");
             }
-            Ok(_) => {}
+            Ok(_) => open.set(0),
             Err(e) => {
                 tracing::warn!(service = service.name(), error = %e, "circuit breaker unavailable")
             }

