@@ -201,16 +201,30 @@ pub fn projector_config(
 /// Every role in one process: the command service, the projector and the
 /// query service, which searches the projector's own vector store (the
 /// embedded store is locked to one process).
+/// On a database with no admin yet, says how to make the first one.
+async fn tell_how_to_get_in(pool: &sqlx::PgPool) {
+    let admins: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FROM auth_users WHERE role = 'admin' AND NOT locked AND NOT deleted",
+    )
+    .fetch_one(pool)
+    .await;
+    if matches!(admins, Ok(0)) {
+        tracing::warn!(
+            "no admin yet: run `copilot-data admin create --email you@example.com` on this machine; \
+             it prints a sign-in token for the dashboard"
+        );
+    }
+}
+
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let _metrics = serve_metrics(&settings).await?;
     // Migrations and the services' logins first, as the owner, once.
-    infra::postgres::prepare(&settings.database)
-        .await?
-        .close()
-        .await;
+    let owner = infra::postgres::prepare(&settings.database).await?;
+    tell_how_to_get_in(&owner).await;
+    owner.close().await;
     let vectors = vector_config(&settings).await?;
     let search = vectors.as_ref().map(|v| {
         std::sync::Arc::new(query_service::Search {

@@ -176,3 +176,28 @@ async fn send_status_and_skip_run_against_a_live_system(pool: PgPool) {
 
     env.finish().await;
 }
+
+/// On a database with no admin, `up` says how to make the first one.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn up_on_a_fresh_database_says_how_to_get_in(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    let env = System::prepare(&pool).await;
+    let mut up = env.command(&["up"]).spawn().expect("start up");
+    let stderr = up.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let said = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("no admin yet") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let _ = up.kill().await;
+    let said = said.expect("up did not say how to get in");
+    assert!(said.contains("copilot-data admin create --email"), "{said}");
+    env.finish().await;
+}

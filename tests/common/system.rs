@@ -20,23 +20,28 @@ pub struct System {
 impl System {
     /// Starts `up` (vectors and the relay off).
     pub async fn start(pool: &PgPool) -> System {
+        let mut system = System::prepare(pool).await;
+        let mut up = system.command(&["up"]);
+        up.stdout(Stdio::null()).stderr(Stdio::null());
+        system.up = Some(up.spawn().expect("start copilot-data up"));
+        system
+    }
+
+    /// Its names and settings, nothing started.
+    pub async fn prepare(pool: &PgPool) -> System {
         let id = Uuid::new_v4().simple().to_string();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut system = System {
+        System {
             url: super::database_url(pool).await,
             prefix: format!("sys{}", &id[..10]),
             redis_prefix: format!("sys{}:", &id[..10]),
             bootstrap: format!("boot-{id}"),
             http: format!("127.0.0.1:{port}"),
             up: None,
-        };
-        let mut up = system.command(&["up"]);
-        up.stdout(Stdio::null()).stderr(Stdio::null());
-        system.up = Some(up.spawn().expect("start copilot-data up"));
-        system
+        }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
