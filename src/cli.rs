@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "copilot-data",
     version,
-    about = "Event-sourced data layer of an LLM copilot agent"
+    about = "Event-sourced data layer of an LLM copilot agent",
+    after_help = "Settings: defaults, then the TOML file, then COPILOT_* variables (each also as \
+                  <NAME>_FILE). `copilot-data config check --explain` lists every variable."
 )]
 pub struct Cli {
     /// Configuration file (default: config/copilot.toml if it exists);
@@ -46,6 +48,9 @@ pub enum Operation {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditOperation),
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigOperation),
     /// Where every projection is (position, lag, lease holder, stopped),
     /// the parked events, the NATS streams and consumers, Redis.
     Status,
@@ -93,6 +98,17 @@ pub struct AdminCreateArgs {
     /// terminal) instead of generating one.
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigOperation {
+    /// Validate the configuration and print the effective settings, secrets
+    /// masked (exits non-zero, naming the variable or key, when invalid).
+    Check {
+        /// List every COPILOT_* variable and the setting it sets instead.
+        #[arg(long)]
+        explain: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,7 +14,9 @@ use anyhow::Context;
 use clap::Parser;
 use infra::Settings;
 
-use crate::cli::{AdminOperation, AuditOperation, Cli, Operation, ProjectionOperation};
+use crate::cli::{
+    AdminOperation, AuditOperation, Cli, ConfigOperation, Operation, ProjectionOperation,
+};
 
 /// The services allocate and free many small, short-lived buffers per
 /// command (decoded envelopes, events, replies, task cells) from several
@@ -62,6 +64,9 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         Operation::Verify(args) => ops::verify(args, &settings).await,
         Operation::Audit(AuditOperation::Prune) => ops::audit_prune(&settings).await,
         Operation::Bench(args) => bench::run(args, &settings).await,
+        Operation::Config(ConfigOperation::Check { explain }) => {
+            operate::config_check(&settings, explain)
+        }
         Operation::Status => operate::status(&settings).await,
         Operation::Projection(ProjectionOperation::Skip(args)) => {
             operate::skip(&args, &settings).await

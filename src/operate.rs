@@ -213,6 +213,28 @@ async fn redis_status(settings: &Settings) -> String {
     }
 }
 
+/// The settings were loaded (and checked) before any command runs.
+pub fn config_check(settings: &Settings, explain: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if explain {
+        writeln!(
+            out,
+            "Each variable sets one key of the TOML file; <NAME>_FILE reads the value from a file."
+        )?;
+        for var in infra::config::env::VARS {
+            let secret = if var.secret { "  (secret)" } else { "" };
+            writeln!(out, "{:<40} {}{secret}", var.name, var.key)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "configuration is valid; the effective settings (secrets masked):"
+    )?;
+    writeln!(out, "{settings:#?}")?;
+    Ok(())
+}
+
 pub async fn skip(args: &SkipArgs, settings: &Settings) -> anyhow::Result<()> {
     let kind = projector::parked::kind(&args.name)?;
     let store = up::open_store(settings, up::Role::Projector).await?;

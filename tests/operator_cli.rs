@@ -201,3 +201,55 @@ async fn up_on_a_fresh_database_says_how_to_get_in(pool: PgPool) {
     assert!(said.contains("copilot-data admin create --email"), "{said}");
     env.finish().await;
 }
+
+/// `config check` prints the effective settings with secrets masked, names
+/// a wrong variable, and `--explain` lists every variable.
+#[tokio::test]
+async fn config_check_masks_secrets_and_names_a_wrong_variable() {
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_copilot-data"));
+        command.args(args).env("COPILOT_LOG", "warn");
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output()
+    };
+    let out = run(
+        &["config", "check"],
+        &[
+            ("COPILOT_DATABASE_URL", "postgres://u:hunter2@db/copilot"),
+            ("COPILOT_HTTP_ADDR", "127.0.0.1:9333"),
+        ],
+    )
+    .await
+    .expect("ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:9333"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "a secret printed: {stdout}");
+
+    let out = run(
+        &["config", "check"],
+        &[("COPILOT_HTTP_CACHE_TTL_SECS", "soon")],
+    )
+    .await
+    .expect("ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("COPILOT_HTTP_CACHE_TTL_SECS"), "{stderr}");
+
+    let out = run(&["config", "check", "--explain"], &[])
+        .await
+        .expect("ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("COPILOT_HTTP_ADDR") && stdout.contains("http.addr"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("COPILOT_DATABASE_MIN_CONNECTIONS"),
+        "{stdout}"
+    );
+    let help = run(&["--help"], &[]).await.expect("ran");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("config check --explain"));
+}

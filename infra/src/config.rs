@@ -6,8 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::providers::{Format, Toml};
+use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+pub mod env;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/copilot.toml";
@@ -177,7 +181,8 @@ pub struct CommandSettings {
     pub embedding_dimension: usize,
     /// Commands handled at once per transport and instance.
     pub max_in_flight: usize,
-    /// Where `copilot-data command-service` serves `/metrics`; unset: nowhere.
+    /// Where the services serve `/metrics`; `"off"`: nowhere.
+    #[serde(deserialize_with = "addr_or_off")]
     pub metrics_addr: Option<SocketAddr>,
     /// User ids of trusted agents (front ends that sign their users in):
     /// their `Client-Ip`/`User-Agent` headers are recorded as fact, anyone
@@ -371,14 +376,23 @@ impl Settings {
         file: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut settings = match file {
-            Some(path) => Self::from_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?
-            }
-            None => Settings::default(),
+        let file = match file {
+            Some(path) => Some(path),
+            None => Some(Path::new(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
         };
-        settings.apply_env(env)?;
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        let env = with_files(env)?;
+        figment = figment.merge(env::Environment::new(&env));
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| from_figment(e, file.unwrap_or(Path::new("(none)"))))?;
         // The embedder decides the dimension of every vector, client-supplied
         // embeddings included.
         if settings.vectors.embedder == EmbedderKind::Http {
@@ -386,242 +400,6 @@ impl Settings {
         }
         settings.validate()?;
         Ok(settings)
-    }
-
-    fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
-    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
-        // Every variable may also be given as `<NAME>_FILE`, a file holding
-        // the value (how container platforms hand secrets over); a trailing
-        // line break is not part of it.
-        let files: HashMap<String, String> = env
-            .iter()
-            .filter_map(|(name, path)| Some((name.strip_suffix("_FILE")?, path)))
-            .filter(|(name, _)| !env.contains_key(*name))
-            .map(|(name, path)| {
-                std::fs::read_to_string(path)
-                    .map(|v| {
-                        (
-                            name.to_string(),
-                            v.trim_end_matches(['\n', '\r']).to_string(),
-                        )
-                    })
-                    .map_err(|e| ConfigError::Invalid {
-                        name: "<NAME>_FILE",
-                        message: format!("{name}_FILE={path}: {e}"),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        let get = |name: &str| {
-            env.get(name)
-                .or_else(|| files.get(name))
-                .filter(|v| !v.is_empty())
-                .cloned()
-        };
-        let path = |name: &str| get(name).map(PathBuf::from);
-        let secret = |name: &str| get(name).map(SecretString::from);
-        if let Some(v) = get("COPILOT_DATABASE_URL") {
-            self.database.url = SecretString::from(v);
-        }
-        for (name, slot) in [
-            (
-                "COPILOT_COMMAND_DATABASE_URL",
-                &mut self.database.command_url,
-            ),
-            (
-                "COPILOT_PROJECTOR_DATABASE_URL",
-                &mut self.database.projector_url,
-            ),
-            ("COPILOT_QUERY_DATABASE_URL", &mut self.database.query_url),
-            ("COPILOT_NATS_PASSWORD", &mut self.nats.password),
-            ("COPILOT_NATS_TOKEN", &mut self.nats.token),
-            ("COPILOT_NATS_NKEY_SEED", &mut self.nats.nkey_seed),
-        ] {
-            if let Some(v) = secret(name) {
-                *slot = Some(v);
-            }
-        }
-        for (name, slot) in [
-            (
-                "COPILOT_DATABASE_SSLROOTCERT",
-                &mut self.database.ssl_root_cert,
-            ),
-            ("COPILOT_DATABASE_SSLCERT", &mut self.database.ssl_cert),
-            ("COPILOT_DATABASE_SSLKEY", &mut self.database.ssl_key),
-            ("COPILOT_REDIS_TLS_CA", &mut self.redis.tls.ca),
-            ("COPILOT_REDIS_TLS_CERT", &mut self.redis.tls.cert),
-            ("COPILOT_REDIS_TLS_KEY", &mut self.redis.tls.key),
-            ("COPILOT_NATS_TLS_CA", &mut self.nats.tls.ca),
-            ("COPILOT_NATS_TLS_CERT", &mut self.nats.tls.cert),
-            ("COPILOT_NATS_TLS_KEY", &mut self.nats.tls.key),
-            ("COPILOT_NATS_CREDS", &mut self.nats.creds_file),
-            ("COPILOT_HTTP_TLS_CERT", &mut self.http.tls_cert),
-            ("COPILOT_HTTP_TLS_KEY", &mut self.http.tls_key),
-        ] {
-            if let Some(v) = path(name) {
-                *slot = Some(v);
-            }
-        }
-        if let Some(v) = get("COPILOT_DATABASE_SSLMODE") {
-            self.database.ssl_mode = Some(v);
-        }
-        if let Some(v) = get("COPILOT_REDIS_TLS_INSECURE") {
-            self.redis.tls_insecure = parse("COPILOT_REDIS_TLS_INSECURE", &v)?;
-        }
-        if let Some(v) = get("COPILOT_NATS_TLS") {
-            self.nats.tls_required = parse("COPILOT_NATS_TLS", &v)?;
-        }
-        if let Some(v) = get("COPILOT_NATS_USER") {
-            self.nats.user = Some(v);
-        }
-        if let Some(v) = get("COPILOT_NATS_INBOX_PREFIX") {
-            self.nats.inbox_prefix = Some(v);
-        }
-        if let Some(v) = get("COPILOT_HTTP_CORS_ORIGINS") {
-            self.http.cors_origins = v
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(str::to_string)
-                .collect();
-        }
-        if let Some(v) = get("COPILOT_DATABASE_MAX_CONNECTIONS") {
-            self.database.max_connections = parse("COPILOT_DATABASE_MAX_CONNECTIONS", &v)?;
-        }
-        if let Some(v) = get("COPILOT_REDIS_URL") {
-            self.redis.url = SecretString::from(v);
-        }
-        if let Some(v) = get("COPILOT_REDIS_PREFIX") {
-            self.redis.prefix = v;
-        }
-        if let Some(v) = get("COPILOT_NATS_URL") {
-            self.nats.url = v;
-        }
-        if let Some(v) = get("COPILOT_NATS_PREFIX") {
-            self.nats.prefix = v;
-        }
-        if let Some(v) = get("COPILOT_HTTP_ADDR") {
-            self.http.addr = parse("COPILOT_HTTP_ADDR", &v)?;
-        }
-        if let Some(v) = get("COPILOT_REPLICA_DATABASE_URL") {
-            self.http.replica_url = Some(SecretString::from(v));
-        }
-        if let Some(v) = get("COPILOT_HTTP_CACHE_TTL_SECS") {
-            self.http.cache_ttl = Duration::from_secs(parse("COPILOT_HTTP_CACHE_TTL_SECS", &v)?);
-        }
-        if let Some(v) = get("COPILOT_HTTP_RATE_LIMIT_PER_MINUTE") {
-            self.http.rate_limit_per_minute = parse("COPILOT_HTTP_RATE_LIMIT_PER_MINUTE", &v)?;
-        }
-        if let Some(v) = get("COPILOT_BOOTSTRAP_TOKEN") {
-            self.bootstrap_token = Some(SecretString::from(v));
-        }
-        if let Some(v) = get("COPILOT_VECTOR_DIR") {
-            self.vectors.dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("COPILOT_QDRANT_URL") {
-            self.vectors.qdrant_url = Some(v);
-        }
-        if let Some(v) = get("COPILOT_QDRANT_API_KEY") {
-            self.vectors.qdrant_api_key = Some(SecretString::from(v));
-        }
-        if let Some(v) = get("COPILOT_QDRANT_TIMEOUT_SECS") {
-            self.vectors.qdrant_timeout =
-                Duration::from_secs(parse("COPILOT_QDRANT_TIMEOUT_SECS", &v)?);
-        }
-        if let Some(v) = get("COPILOT_PROJECTOR_VECTORS") {
-            self.vectors.enabled = parse("COPILOT_PROJECTOR_VECTORS", &v)?;
-        }
-        if let Some(v) = get("COPILOT_EMBEDDER") {
-            self.vectors.embedder = match v.as_str() {
-                "local" => EmbedderKind::Local,
-                "http" => EmbedderKind::Http,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "COPILOT_EMBEDDER",
-                        message: format!("{v:?}: expected `local` or `http`"),
-                    })
-                }
-            };
-        }
-        if let Some(v) = get("COPILOT_MODEL_DIR") {
-            self.vectors.model_dir = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("COPILOT_EMBEDDER_URL") {
-            self.vectors.http_url = Some(v);
-        }
-        if let Some(v) = get("COPILOT_EMBEDDER_MODEL") {
-            self.vectors.http_model = v;
-        }
-        if let Some(v) = get("COPILOT_EMBEDDER_DIMENSION") {
-            self.vectors.http_dimension = parse("COPILOT_EMBEDDER_DIMENSION", &v)?;
-        }
-        if let Some(v) = get("COPILOT_EMBEDDER_API_KEY") {
-            self.vectors.http_api_key = Some(SecretString::from(v));
-        }
-        if let Some(v) = get("COPILOT_BREAKER_THRESHOLD") {
-            self.vectors.breaker_threshold = parse("COPILOT_BREAKER_THRESHOLD", &v)?;
-        }
-        if let Some(v) = get("COPILOT_BREAKER_TIMEOUT_MS") {
-            self.vectors.breaker_timeout =
-                Duration::from_millis(parse("COPILOT_BREAKER_TIMEOUT_MS", &v)?);
-        }
-        if let Some(v) = get("COPILOT_LOG") {
-            self.log = v;
-        }
-        if let Some(v) = get("COPILOT_METRICS_ADDR") {
-            self.commands.metrics_addr = if v == "off" {
-                None
-            } else {
-                Some(parse("COPILOT_METRICS_ADDR", &v)?)
-            };
-        }
-        if let Some(v) = get("COPILOT_TRUSTED_AGENTS") {
-            self.commands.trusted_agents = v
-                .split(',')
-                .map(str::trim)
-                .filter(|id| !id.is_empty())
-                .map(|id| parse("COPILOT_TRUSTED_AGENTS", id))
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(v) = get("COPILOT_RATE_LIMIT_PER_MINUTE") {
-            self.commands.rate_limit_per_minute = parse("COPILOT_RATE_LIMIT_PER_MINUTE", &v)?;
-        }
-        if let Some(v) = get("COPILOT_MAX_MESSAGE_BYTES") {
-            self.commands.max_message_bytes = parse("COPILOT_MAX_MESSAGE_BYTES", &v)?;
-        }
-        if let Some(v) = get("COPILOT_PROJECTOR_BATCH_SIZE") {
-            self.projector.batch_size = parse("COPILOT_PROJECTOR_BATCH_SIZE", &v)?;
-        }
-        if let Some(v) = get("COPILOT_PROJECTOR_SKIP_POISON") {
-            self.projector.skip_poison = parse("COPILOT_PROJECTOR_SKIP_POISON", &v)?;
-        }
-        if let Some(v) = get("COPILOT_PROJECTOR_REDIS") {
-            self.projector.redis = parse("COPILOT_PROJECTOR_REDIS", &v)?;
-        }
-        if let Some(v) = get("COPILOT_PROJECTOR_RELAY") {
-            self.projector.relay = parse("COPILOT_PROJECTOR_RELAY", &v)?;
-        }
-        if let Some(v) = get("COPILOT_PROJECTOR_LEASE_RETRY_MS") {
-            self.projector.lease_retry =
-                Duration::from_millis(parse("COPILOT_PROJECTOR_LEASE_RETRY_MS", &v)?);
-        }
-        if let Some(v) = get("COPILOT_MAX_PAYLOAD_BYTES") {
-            self.event_store.max_payload_bytes = parse("COPILOT_MAX_PAYLOAD_BYTES", &v)?;
-        }
-        if let Some(v) = get("COPILOT_GROUP_COMMITS_IN_FLIGHT") {
-            self.event_store.group_commits_in_flight =
-                parse("COPILOT_GROUP_COMMITS_IN_FLIGHT", &v)?;
-        }
-        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -715,14 +493,61 @@ impl Settings {
     }
 }
 
-fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value.parse().map_err(|e: T::Err| ConfigError::Invalid {
-        name,
-        message: format!("{value:?}: {e}"),
-    })
+/// Every variable may also be given as `<NAME>_FILE`, a file holding the
+/// value (how container platforms hand secrets over); a trailing line break
+/// is not part of it, and the variable itself wins over its file.
+fn with_files(env: &HashMap<String, String>) -> Result<HashMap<String, String>, ConfigError> {
+    let mut all = env.clone();
+    for (name, path) in env {
+        let Some(name) = name.strip_suffix("_FILE") else {
+            continue;
+        };
+        if env.get(name).is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+            name: "<NAME>_FILE",
+            message: format!("{name}_FILE={path}: {e}"),
+        })?;
+        all.insert(
+            name.to_owned(),
+            text.trim_end_matches(['\n', '\r']).to_owned(),
+        );
+    }
+    Ok(all)
+}
+
+/// Names the variable (or the file and key) a value came from.
+fn from_figment(error: figment::Error, file: &Path) -> ConfigError {
+    let key = error.path.join(".");
+    let from_env = error
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name == env::SOURCE);
+    match env::var_of(&key) {
+        Some(var) if from_env => ConfigError::Invalid {
+            name: var.name,
+            message: format!("{} ({key})", error.kind),
+        },
+        _ => ConfigError::Parse {
+            path: file.to_owned(),
+            message: if key.is_empty() {
+                error.kind.to_string()
+            } else {
+                format!("{key}: {}", error.kind)
+            },
+        },
+    }
+}
+
+fn addr_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (or \"off\")")))
 }
 
 mod seconds {
@@ -958,6 +783,106 @@ mod tests {
         let s = Settings::load_from(Some(&example), &env(&[])).expect("example parses");
         assert_eq!(s.event_store.poll_interval, Duration::from_millis(500));
         assert_eq!(s.database.idle_timeout, Duration::from_secs(600));
+    }
+
+    /// Every setting can be set from the environment, each variable sets
+    /// its own key, and a secret never prints.
+    #[test]
+    fn every_setting_comes_from_its_variable() {
+        let example = |v: &env::Var| -> String {
+            match v.key {
+                k if k.ends_with("url") && k.starts_with("database") => {
+                    format!("postgres://u:{}@db/x", v.name.len())
+                }
+                "http.replica_url" => "postgres://u:replica-pw@replica/x".into(),
+                "redis.url" => "redis://:redis-pw@cache:6379".into(),
+                "database.ssl_mode" => "verify-full".into(),
+                "database.max_connections" => "77".into(),
+                "database.min_connections" => "7".into(),
+                "nats.prefix" => "envprefix".into(),
+                "http.addr" => "127.0.0.1:9123".into(),
+                "commands.metrics_addr" => "127.0.0.1:9124".into(),
+                "http.cors_origins" => "https://a.example, https://b.example".into(),
+                "commands.trusted_agents" => "018f0000-0000-7000-8000-000000000001".into(),
+                "vectors.embedder" => "http".into(),
+                "vectors.http_dimension" | "commands.embedding_dimension" => "1536".into(),
+                "log" => "warn,copilot=debug".into(),
+                _ => match v.kind {
+                    env::Kind::Scalar
+                        if v.key.ends_with("insecure")
+                            || v.key.ends_with("required")
+                            || v.key.ends_with("enabled")
+                            || v.key.ends_with("poison")
+                            || v.key.ends_with("relay")
+                            || v.key.ends_with("redis") =>
+                    {
+                        "true".into()
+                    }
+                    env::Kind::Scalar => format!("{}", 4000 + v.name.len() * 7 % 97),
+                    _ => format!("/etc/copilot/{}", v.name.to_lowercase()),
+                },
+            }
+        };
+        let mut vars: HashMap<String, String> = env::VARS
+            .iter()
+            .map(|v| (v.name.to_owned(), example(v)))
+            .collect();
+        // One through a file, as a container platform hands it over.
+        let file = std::env::temp_dir().join(format!("copilot-token-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&file, "from-a-file\n").expect("write");
+        vars.remove("COPILOT_BOOTSTRAP_TOKEN");
+        vars.insert(
+            "COPILOT_BOOTSTRAP_TOKEN_FILE".into(),
+            file.display().to_string(),
+        );
+        let s = Settings::load_from(Some(Path::new("/dev/null")), &vars).expect("every variable");
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(
+            s.bootstrap_token.as_ref().map(|t| t.expose_secret()),
+            Some("from-a-file")
+        );
+        assert_eq!(s.database.max_connections, 77);
+        assert_eq!(s.database.min_connections, 7);
+        assert_eq!(s.http.cors_origins.len(), 2);
+        assert_eq!(s.commands.trusted_agents.len(), 1);
+        assert_eq!(s.commands.metrics_addr.map(|a| a.port()), Some(9124));
+        assert_eq!(s.vectors.embedder, EmbedderKind::Http);
+        let printed = format!("{s:#?}");
+        for v in env::VARS
+            .iter()
+            .filter(|v| v.name != "COPILOT_BOOTSTRAP_TOKEN")
+        {
+            let value = example(v);
+            let number = || value.parse::<u64>().unwrap_or_default();
+            let shown = match v.kind {
+                env::Kind::List => value
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                _ if v.name.ends_with("_MS") => format!("{:?}", Duration::from_millis(number())),
+                _ if v.name.ends_with("_SECS") => format!("{:?}", Duration::from_secs(number())),
+                _ => value.clone(),
+            };
+            if v.secret {
+                assert!(!printed.contains(&value), "{} printed: {printed}", v.name);
+            } else {
+                assert!(
+                    printed.contains(&shown),
+                    "{} ({shown}) not in {printed}",
+                    v.name
+                );
+            }
+        }
+        assert!(!printed.contains("from-a-file"));
+        // "off" turns the metrics endpoint off.
+        let off = Settings::load_from(
+            Some(Path::new("/dev/null")),
+            &env(&[("COPILOT_METRICS_ADDR", "off")]),
+        )
+        .expect("off");
+        assert_eq!(off.commands.metrics_addr, None);
     }
 
     #[test]
