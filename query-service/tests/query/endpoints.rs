@@ -357,10 +357,9 @@ async fn every_endpoint_for_an_admin_and_a_user(pool: PgPool) {
         let text = serde_json::to_string_pretty(&openapi.body).expect("json");
         std::fs::write(committed, text + "\n").expect("write docs/openapi.json");
     }
-    let file: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(committed).expect("docs/openapi.json"),
-    )
-    .expect("docs/openapi.json is JSON");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(committed).expect("docs/openapi.json"))
+            .expect("docs/openapi.json is JSON");
     assert!(
         file == openapi.body,
         "docs/openapi.json differs from what the service serves: run with COPILOT_UPDATE_OPENAPI=1"
