@@ -11,19 +11,27 @@ COPILOT_INSTALL_SERVICES=${COPILOT_INSTALL_SERVICES:-1} deploy/services.sh
 # The local embedding model, unless one is configured elsewhere.
 COPILOT_MODEL_DIR=${COPILOT_MODEL_DIR:-$(deploy/model.sh)}
 export COPILOT_MODEL_DIR
-cargo build --release --locked
-bin=${CARGO_TARGET_DIR:-target}/release/copilot-data
+# COPILOT_BIN: a binary already built (the first-run test uses its own).
+if [[ -z ${COPILOT_BIN:-} ]]; then
+    cargo build --release --locked
+    COPILOT_BIN=${CARGO_TARGET_DIR:-target}/release/copilot-data
+fi
+bin=$COPILOT_BIN
+# What this start keeps between runs (COPILOT_DATA_DIR, default ./data).
+data=${COPILOT_DATA_DIR:-data}
+mkdir -p "$data"
 # Each service runs as its own least-privilege database login; `migrate`
 # (as the owner) creates them. Their passwords are made once and kept here.
-mkdir -p data
-secrets=data/logins.env
+owner_url=${COPILOT_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/copilot}
+server_and_db=${owner_url#*@}
+secrets=$data/logins.env
 if [[ ! -f $secrets ]]; then
     (
         umask 077
         for role in command projector query; do
             password=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
-            printf 'COPILOT_%s_DATABASE_URL=postgres://copilot_%s_svc:%s@127.0.0.1:5432/copilot\n' \
-                "${role^^}" "$role" "$password"
+            printf 'COPILOT_%s_DATABASE_URL=postgres://copilot_%s_svc%s:%s@%s\n' \
+                "${role^^}" "$role" "${COPILOT_LOGIN_SUFFIX:-}" "$password" "$server_and_db"
         done > "$secrets"
     )
 fi
@@ -36,21 +44,21 @@ set +a
 # token needed); its password is kept in data/admin-password. Every start
 # prints a fresh sign-in token for the dashboard.
 admin_email=${COPILOT_ADMIN_EMAIL:-admin@copilot.local}
-if [[ ! -f data/admin-password ]]; then
+if [[ ! -f $data/admin-password ]]; then
     (
         umask 077
-        "$bin" admin create --email "$admin_email" >data/admin-created.txt
-        sed -n 's/^password (shown once): //p' data/admin-created.txt >data/admin-password
-        rm -f data/admin-created.txt
+        "$bin" admin create --email "$admin_email" >"$data/admin-created.txt"
+        sed -n 's/^password (shown once): //p' "$data/admin-created.txt" >"$data/admin-password"
+        rm -f "$data/admin-created.txt"
     )
 fi
-token=$("$bin" admin token --email "$admin_email" <data/admin-password)
+token=$("$bin" admin token --email "$admin_email" <"$data/admin-password")
 addr=${COPILOT_HTTP_ADDR:-127.0.0.1:8080}
 cat <<MSG
 
   copilot-data is starting. Sign in to the dashboard at http://$addr/
   as $admin_email with this token (valid 24 h; run deploy/start.sh again,
-  or \`copilot-data admin token --email $admin_email <data/admin-password\`,
+  or \`copilot-data admin token --email $admin_email <$data/admin-password\`,
   for a new one):
 
   $token
