@@ -1,11 +1,13 @@
-//! Prometheus metrics: one registry for the process, and a small `/metrics`
-//! endpoint for roles that have no HTTP server of their own.
+//! Prometheus metrics: one registry for the process, and a `/metrics`
+//! endpoint (axum) for roles that have no HTTP server of their own.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use axum::http::header;
+use axum::routing::get;
+use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// The process-wide registry every component registers its metrics in.
@@ -23,37 +25,26 @@ pub fn render() -> String {
     String::from_utf8(buffer).unwrap_or_default()
 }
 
-/// Serves `GET /metrics` on `addr` until the task is dropped. Any other
-/// path is 404. Returns the bound address (useful with port 0).
+/// Serves `GET /metrics` (and `GET /healthz`, for liveness probes) on
+/// `addr` until the task is dropped. Returns the bound address (useful
+/// with port 0).
 pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
     let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut request = [0u8; 1024];
-                let Ok(n) = socket.read(&mut request).await else {
-                    return;
-                };
-                let head = String::from_utf8_lossy(&request[..n]);
-                let response = if head.starts_with("GET /metrics ")
-                    || head.starts_with("GET /metrics?")
-                {
-                    let body = render();
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_string()
-                };
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::warn!(%error, "the metrics endpoint stopped");
         }
     });
     Ok((bound, task))
@@ -62,6 +53,7 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn serves_the_registry_in_text_format() {
@@ -76,13 +68,21 @@ mod tests {
             .expect("bind");
         let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
         socket
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .expect("write");
         let mut response = String::new();
         socket.read_to_string(&mut response).await.expect("read");
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains("infra_test_total 3"), "{response}");
+        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        socket
+            .write_all(b"GET /nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         task.abort();
     }
 }
