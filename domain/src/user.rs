@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::context::Actor;
 use crate::ids::{ApiKeyId, UserId};
-use crate::values::{DisplayName, Email, Label, Name, Password, Role, Scope, Text};
+use crate::values::{DisplayName, Email, Name, Password, Role, Scope, Text, TotpSecret};
 use crate::{Aggregate, Context, DomainError, Personal, Secret};
 
 pub struct User;
@@ -49,7 +49,7 @@ pub struct ChangePassword {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnableMfa {
-    pub secret: Label,
+    pub secret: TotpSecret,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -525,6 +525,40 @@ impl<'de> Deserialize<'de> for Environment {
     }
 }
 
+/// A TOTP secret being enrolled: base32 (RFC 4648, padding optional) of at
+/// least 128 bits, as RFC 4226 asks, upper-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct TotpSecret(String);
+
+impl TotpSecret {
+    pub const MIN_BYTES: usize = 16;
+
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let text = text.trim().to_ascii_uppercase();
+        let bytes = totp_rs::Secret::Encoded(text.clone())
+            .to_bytes()
+            .map_err(|_| ParseError("must be base32 (A-Z, 2-7)".into()))?;
+        if bytes.len() < Self::MIN_BYTES || text.len() > 128 {
+            return Err(ParseError(format!(
+                "must hold {} to 80 bytes (26 to 128 base32 characters)",
+                Self::MIN_BYTES
+            )));
+        }
+        Ok(TotpSecret(text))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for TotpSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TotpSecret::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A vector embedding; its dimension is checked against the configured one
 /// by [`Embedding::check_dimension`] before a command is decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -565,6 +599,18 @@ impl Eq for Embedding {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totp_secrets_are_base32_of_at_least_128_bits() {
+        let good = TotpSecret::parse(" jbswy3dpehpk3pxpjbswy3dpehpk3pxp ").expect("160 bits");
+        assert_eq!(good.into_inner(), "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP");
+        assert!(
+            TotpSecret::parse("JBSWY3DPEHPK3PXP").is_err(),
+            "80 bits is too few"
+        );
+        assert!(TotpSecret::parse("not base32 at all 0189!!!!!!!!").is_err());
+        assert!(TotpSecret::parse(&"A".repeat(200)).is_err(), "too long");
+    }
 
     #[test]
     fn emails_parse_lower_cased_and_reject_garbage() {

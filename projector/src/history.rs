@@ -313,7 +313,7 @@ impl History {
                 at,
             }),
             2 => user::Event::MfaEnabled(user::MfaEnabled {
-                secret: Secret::new(Personal::new("JBSWY3DPEHPK3PXP".into())),
+                secret: Secret::new(Personal::new("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".into())),
                 at,
             }),
             3 => user::Event::ApiKeyIssued(user::ApiKeyIssued {

@@ -82,7 +82,7 @@ fn credential_commands(target_key: Uuid) -> Vec<(&'static str, Value, bool)> {
         ("user.revoke_api_key", json!({"key_id": target_key}), false),
         (
             "user.enable_mfa",
-            json!({"secret": "JBSWY3DPEHPK3PXP"}),
+            json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}),
             false,
         ),
         ("user.disable_mfa", json!({}), false),
@@ -311,7 +311,7 @@ async fn sign_ins_are_limited_per_email_and_per_address(pool: PgPool) {
     app.finish().await;
 }
 
-const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXP";
+const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 
 /// A user with MFA on; returns the e-mail.
 async fn with_mfa(app: &App) -> String {

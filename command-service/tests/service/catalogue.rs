@@ -94,7 +94,7 @@ async fn every_command_type_is_accepted_over_both_transports(pool: PgPool) {
     run.send(
         "user.enable_mfa",
         admin_id,
-        json!({"secret": "JBSWY3DPEHPK3PXP"}),
+        json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}),
         &token,
     )
     .await;

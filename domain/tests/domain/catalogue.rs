@@ -18,7 +18,10 @@ pub fn sample_payloads() -> Vec<(&'static str, Value)> {
             "user.change_password",
             json!({"current_password": "correct horse", "new_password": "battery staple"}),
         ),
-        ("user.enable_mfa", json!({"secret": "JBSWY3DPEHPK3PXP"})),
+        (
+            "user.enable_mfa",
+            json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}),
+        ),
         ("user.disable_mfa", json!({})),
         (
             "user.issue_api_key",

@@ -142,7 +142,7 @@ fn profile_role_password_and_mfa() {
     push(
         id,
         &mut past,
-        Command::EnableMfa(json(json!({"secret": "JBSWY3DPEHPK3PXP"}))),
+        Command::EnableMfa(json(json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}))),
         &me,
     );
     assert_code(

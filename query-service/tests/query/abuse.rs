@@ -691,7 +691,7 @@ async fn the_raw_log_shows_no_secrets(pool: PgPool) {
         .ok(
             "user.enable_mfa",
             user,
-            json!({"secret": "JBSWY3DPEHPK3PXP"}),
+            json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}),
             &token,
         )
         .await;
@@ -715,7 +715,7 @@ async fn the_raw_log_shows_no_secrets(pool: PgPool) {
             .await;
         assert_eq!(events.status, 200, "{:?}", events.body);
         let text = events.body.to_string();
-        for secret in ["$argon2id", "JBSWY3DPEHPK3PXP"] {
+        for secret in ["$argon2id", "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"] {
             assert!(!text.contains(secret), "{secret} shown: {text}");
         }
         assert!(text.contains("[secret]"), "{text}");
