@@ -302,7 +302,7 @@ pub async fn ensure_logins(pool: &PgPool, logins: &[Login]) -> Result<(), DbSetu
         .fetch_one(pool)
         .await
         .map_err(failed)?;
-        sqlx::query(&alter).execute(pool).await.map_err(failed)?;
+        catalog_write(pool, &alter).await.map_err(failed)?;
         let grant: String =
             sqlx::query_scalar("SELECT format('GRANT %I TO %I', $1::text, $2::text)")
                 .bind(login.role)
@@ -310,13 +310,36 @@ pub async fn ensure_logins(pool: &PgPool, logins: &[Login]) -> Result<(), DbSetu
                 .fetch_one(pool)
                 .await
                 .map_err(failed)?;
-        match sqlx::query(&grant).execute(pool).await {
-            Ok(_) => {}
+        match catalog_write(pool, &grant).await {
+            Ok(()) => {}
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {}
             Err(e) => return Err(failed(e)),
         }
     }
     Ok(())
+}
+
+/// Runs a statement that updates a shared catalog row (a role). Two
+/// sessions changing the same role at once make one of them fail with
+/// "tuple concurrently updated" (XX000) rather than wait; roles belong to
+/// the whole cluster, so no database's lock can order them: the loser
+/// tries again.
+async fn catalog_write(pool: &PgPool, sql: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 0u64;
+    loop {
+        match sqlx::query(sql).execute(pool).await {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("XX000")
+                    && e.message().contains("concurrently updated")
+                    && attempt < 10 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(()),
+        }
+    }
 }
 
 /// Where a connection goes, for messages: host, port, database and login
@@ -344,6 +367,32 @@ mod tests {
         let pool = replica_pool("postgres://postgres@127.0.0.1:1/copilot", &settings)
             .expect("a lazy pool");
         assert_eq!(pool.size(), 0);
+    }
+
+    /// Several processes making the same login at once all succeed (roles
+    /// are cluster-wide: concurrent changes of one fail rather than wait).
+    #[sqlx::test(migrator = "crate::postgres::MIGRATOR")]
+    async fn logins_can_be_ensured_from_many_processes_at_once(pool: PgPool) {
+        let name = format!(
+            "copilot_t_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let login = || Login {
+            name: name.clone(),
+            password: Some(secrecy::SecretString::from("pw-1")),
+            role: "copilot_command",
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let (pool, logins) = (pool.clone(), vec![login()]);
+            tasks.spawn(async move { ensure_logins(&pool, &logins).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("ensured");
+        }
+        for sql in [format!("DROP OWNED BY {name}"), format!("DROP ROLE {name}")] {
+            sqlx::query(&sql).execute(&pool).await.expect(&sql);
+        }
     }
 
     /// The services' logins and the app-facing roles have only what they

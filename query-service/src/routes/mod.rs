@@ -22,6 +22,7 @@ use axum::Router;
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use sha2::Digest as _;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -130,6 +131,9 @@ pub fn router(state: AppState, web: &WebSecurity) -> Router {
         .method_not_allowed_fallback(|| async { MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
+        // gzip when the client asks for it; never for event streams (the
+        // default predicate leaves `text/event-stream` and small bodies alone).
+        .layer(CompressionLayer::new())
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
