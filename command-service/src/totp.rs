@@ -18,6 +18,27 @@ fn totp(secret: &str) -> Option<TOTP> {
         .then(|| TOTP::new_unchecked(Algorithm::SHA1, DIGITS, 1, STEP_SECONDS as u64, key))
 }
 
+/// A new secret for enrolment: 160 random bits (RFC 4226's recommended
+/// length), base32.
+pub fn new_secret() -> String {
+    Secret::Raw(infra::auth::random_bytes::<20>().to_vec())
+        .to_encoded()
+        .to_string()
+}
+
+/// The `otpauth://` URI authenticator apps enrol from (a QR code of it).
+pub fn otpauth_uri(secret: &str, account: &str) -> String {
+    let label: String =
+        url::form_urlencoded::byte_serialize(format!("{ISSUER}:{account}").as_bytes())
+            .collect::<String>()
+            .replace("%3A", ":");
+    format!(
+        "otpauth://totp/{label}?secret={secret}&issuer={ISSUER}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECONDS}"
+    )
+}
+
+const ISSUER: &str = "copilot-data";
+
 /// The time step `code` is valid for with the base32 `secret` at `now`
 /// (±1 step of drift), or `None`. The step is what a sign-in remembers, so
 /// the same code is refused a second time.

@@ -212,6 +212,8 @@ pub struct Context {
     pub token_hash: Option<String>,
     /// user.issue_api_key: the new key's id, hash and display prefix.
     pub new_api_key: Option<NewApiKey>,
+    /// user.enable_mfa without a secret: the one the service made (base32).
+    pub new_mfa_secret: Option<String>,
     /// execution.start: the workflow the run belongs to.
     pub workflow: Option<WorkflowFacts>,
     /// The dimension of the configured embedder.
@@ -235,6 +237,7 @@ impl Context {
             login: None,
             token_hash: None,
             new_api_key: None,
+            new_mfa_secret: None,
             workflow: None,
             embedding_dimension: 384,
         }

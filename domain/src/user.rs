@@ -49,7 +49,9 @@ pub struct ChangePassword {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnableMfa {
-    pub secret: TotpSecret,
+    /// The client's own secret; without one the service makes one and
+    /// answers it (and its `otpauth://` URI) once, over request/reply.
+    pub secret: Option<TotpSecret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -321,8 +323,15 @@ impl Aggregate for User {
                         "MFA is already enabled",
                     ));
                 }
+                let secret = match m.secret {
+                    Some(secret) => secret.into_inner(),
+                    None => ctx
+                        .new_mfa_secret
+                        .clone()
+                        .ok_or_else(|| DomainError::invalid("secret", "was not generated"))?,
+                };
                 Ok(vec![Event::MfaEnabled(MfaEnabled {
-                    secret: Secret::new(Personal::new(m.secret.into_inner())),
+                    secret: Secret::new(Personal::new(secret)),
                     at: ctx.now,
                 })])
             }

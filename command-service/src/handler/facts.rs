@@ -39,6 +39,20 @@ impl Handler {
                 });
                 ctx.password_hash = Some(hash(c.new_password.as_str().to_string()).await?);
             }
+            CommandRef::User(user::Command::EnableMfa(m)) if m.secret.is_none() => {
+                let email: Option<String> =
+                    sqlx::query_scalar("SELECT email FROM auth_users WHERE user_id = $1")
+                        .bind(ctx.aggregate_id)
+                        .fetch_optional(self.pool())
+                        .await?;
+                let secret = crate::totp::new_secret();
+                let account = email.unwrap_or_else(|| ctx.aggregate_id.to_string());
+                facts.data = Some(json!({
+                    "secret": secret,
+                    "otpauth_uri": crate::totp::otpauth_uri(&secret, &account),
+                }));
+                ctx.new_mfa_secret = Some(secret);
+            }
             CommandRef::User(user::Command::IssueApiKey(_)) => {
                 let key_id = Uuid::now_v7();
                 let issued = infra::auth::with_argon2(move || infra::auth::new_api_key(key_id))

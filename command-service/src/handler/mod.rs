@@ -50,7 +50,9 @@ pub struct Incoming<'a> {
 }
 
 /// Commands whose accepted answer carries a secret (a session token, a new
-/// API key): taken over request/reply only, whose reply is not stored.
+/// API key): taken over request/reply only, whose reply is not stored. So
+/// is `user.enable_mfa` without a secret of the client's (it answers the one
+/// the service makes).
 pub const ANSWER_CARRIES_SECRET: [&str; 2] = ["session.start", "user.issue_api_key"];
 
 /// The client's address and program as recorded in event metadata.
@@ -309,7 +311,13 @@ impl Handler {
                     );
                 }
             };
-        if incoming.answer_kept && ANSWER_CARRIES_SECRET.contains(&incoming.command_type) {
+        let makes_a_secret = matches!(
+            &command,
+            Command::User(domain::user::Command::EnableMfa(m)) if m.secret.is_none()
+        );
+        if incoming.answer_kept
+            && (ANSWER_CARRIES_SECRET.contains(&incoming.command_type) || makes_a_secret)
+        {
             return CommandResult::failed(
                 envelope.command_id,
                 envelope.aggregate_id,

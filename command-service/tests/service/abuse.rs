@@ -328,6 +328,53 @@ async fn with_mfa(app: &App) -> String {
     email
 }
 
+/// Enrolment without a secret of the client's: the service makes one (160
+/// bits) and answers it with its `otpauth://` URI, over request/reply only
+/// (a JetStream result would keep it); codes from it sign in.
+#[sqlx::test(migrations = "../migrations")]
+async fn mfa_enrolment_answers_a_new_secret_once(pool: PgPool) {
+    let app = App::spawn(pool).await;
+    let (id, email) = app.register("operator").await;
+    let boot = app.bootstrap.clone();
+    let before = app.event_count().await;
+    let kept = app
+        .js("user.enable_mfa", &envelope(id, json!({})), Some(&boot))
+        .await;
+    assert_eq!(code(&kept), Some("request_reply_only"), "{kept:?}");
+    assert_eq!(app.event_count().await, before);
+
+    let enabled = app
+        .rpc("user.enable_mfa", &envelope(id, json!({})), Some(&boot))
+        .await;
+    assert_eq!(enabled.status, Status::Accepted, "{enabled:?}");
+    let data = enabled.data.as_ref().expect("data");
+    let secret = data["secret"].as_str().expect("secret");
+    assert_eq!(secret.trim_end_matches('=').len(), 32, "160 bits in base32");
+    let uri = data["otpauth_uri"].as_str().expect("uri");
+    let account = email.replace('@', "%40");
+    assert!(
+        uri.starts_with(&format!(
+            "otpauth://totp/copilot-data:{account}?secret={secret}&issuer=copilot-data"
+        )),
+        "{uri}"
+    );
+    let code_now = command_service::totp::generate(secret, chrono::Utc::now()).expect("code");
+    let signed_in = app.sign_in(&email, "correct horse", Some(&code_now)).await;
+    assert_eq!(signed_in.status, Status::Accepted, "{signed_in:?}");
+    // A secret of the client's that is too short is refused, naming it.
+    let (other, _) = app.register("operator").await;
+    let short = app
+        .rpc(
+            "user.enable_mfa",
+            &envelope(other, json!({"secret": "JBSWY3DPEHPK3PXP"})),
+            Some(&boot),
+        )
+        .await;
+    assert_eq!(short.status, Status::Invalid, "{short:?}");
+    assert!(format!("{short:?}").contains("secret"), "{short:?}");
+    app.finish().await;
+}
+
 /// Wrong MFA codes count toward the lock like wrong passwords.
 #[sqlx::test(migrations = "../migrations")]
 async fn wrong_mfa_codes_count_toward_the_lock(pool: PgPool) {
