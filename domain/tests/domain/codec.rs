@@ -84,7 +84,7 @@ fn every_event_type_round_trips_through_messagepack_and_json() {
         user::Command::ChangePassword(json(
             json!({"current_password": "correct horse", "new_password": "battery staple"}),
         )),
-        user::Command::EnableMfa(json(json!({"secret": "S"}))),
+        user::Command::EnableMfa(json(json!({"secret": "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"}))),
         user::Command::DisableMfa(Default::default()),
         user::Command::IssueApiKey(json(json!({"name": "k", "scopes": ["read"]}))),
         user::Command::RecordLogin(RecordLogin {

@@ -149,7 +149,7 @@ fn profile_role_password_and_mfa() {
         decide(
             id,
             &past,
-            Command::EnableMfa(json(json!({"secret": "x"}))),
+            Command::EnableMfa(json(json!({"secret": "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"}))),
             &me,
         ),
         "mfa_already_enabled",
