@@ -17,7 +17,8 @@
 -- and workflow environment; an index each for a user's conversations by
 -- recency (replacing the one by last update, which no query ordered by)
 -- and for steps by status and time, and the cursor's tie-breaker in the
--- index of everyone's conversations by recency.
+-- index of everyone's conversations by recency; an execution's step figures
+-- count each step once, by its latest attempt, with retries apart.
 --
 -- Counters the seed kept with triggers (message counts, token and cost
 -- totals, runbook success rates) are written by the projection from the
@@ -144,7 +145,10 @@ CREATE TABLE workflow_executions (
     started_by       uuid,
     steps_total      integer NOT NULL DEFAULT 0,
     steps_succeeded  integer NOT NULL DEFAULT 0,
-    steps_failed     integer NOT NULL DEFAULT 0,
+    -- Steps whose latest attempt failed (a retried step is not failed).
+    steps_failed     integer NOT NULL DEFAULT 0 CHECK (steps_failed >= 0),
+    -- Retries of failed steps, counted apart from the steps themselves.
+    step_retries     integer NOT NULL DEFAULT 0 CHECK (step_retries >= 0),
     started_at       timestamptz NOT NULL,
     finished_at      timestamptz,
     duration_ms      bigint CHECK (duration_ms >= 0),

@@ -480,6 +480,7 @@ impl Relational {
                 row[s.index("attempt")] = Value::count(e.attempt);
                 row[s.index("input")] = Value::opt_json(e.input.as_ref());
                 row[s.index("started_at")] = Value::Ts(e.started_at);
+                c.add(t, id, "steps_total", 1);
                 return c.insert(s, row);
             }
             E::StepCompleted(e) => {
@@ -503,6 +504,10 @@ impl Relational {
                 c.add(t, id, "steps_failed", 1);
             }
             E::StepRetried(e) => {
+                // Only a failed step is retried: it is running again, not
+                // failed, and the retry is counted on its own.
+                c.add(t, id, "steps_failed", -1);
+                c.add(t, id, "step_retries", 1);
                 let step = RowKey::child(id, e.step_id.0);
                 c.set(s, step, "status", Value::Label("running"));
                 c.set(s, step, "attempt", Value::count(e.attempt));

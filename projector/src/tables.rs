@@ -139,6 +139,7 @@ pub static EXECUTIONS: TableDef = TableDef {
         "steps_total": T::Int4 => Value::I32(0),
         "steps_succeeded": T::Int4 => Value::I32(0),
         "steps_failed": T::Int4 => Value::I32(0),
+        "step_retries": T::Int4 => Value::I32(0),
         "started_at": T::Timestamptz,
         "finished_at": T::Timestamptz,
         "duration_ms": T::Int8,

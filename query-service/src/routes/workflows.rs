@@ -123,8 +123,12 @@ pub struct Execution {
     pub started_by: Option<Uuid>,
     pub steps_total: i32,
     pub steps_succeeded: i32,
+    /// Steps whose latest attempt failed (a retried step is not counted).
     pub steps_failed: i32,
-    /// Finished steps (succeeded or failed) over steps started, 0 to 1.
+    /// Retries of failed steps (not counted as steps).
+    pub step_retries: i32,
+    /// Steps finished by their latest attempt (succeeded or failed) over
+    /// steps started, 0 to 1.
     pub progress: f64,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -153,8 +157,9 @@ pub struct Step {
 
 const EXECUTION_COLUMNS: &str = "id, workflow_id, workflow_version, status::text AS status, trigger_source,
     inputs, outputs, error, priority, max_retries, started_by, steps_total, steps_succeeded, steps_failed,
+    step_retries,
     CASE WHEN steps_total = 0 THEN 0::float8
-         ELSE (steps_succeeded + steps_failed)::float8 / steps_total END AS progress,
+         ELSE least(1, (steps_succeeded + steps_failed)::float8 / steps_total) END AS progress,
     started_at, finished_at, duration_ms";
 
 async fn with_steps(tx: &mut sqlx::PgConnection, executions: &mut [Execution]) -> ApiResult<()> {

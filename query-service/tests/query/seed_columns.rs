@@ -335,3 +335,90 @@ async fn what_the_seeds_triggers_did_comes_from_the_events(pool: PgPool) {
     );
     stack.finish().await;
 }
+
+/// An execution's figures count each step once, by its latest attempt: a
+/// step that failed and was retried before succeeding is one succeeded step
+/// and one retry, never a failed step too, and progress stays within 0–1.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_executions_figures_count_each_step_once(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let (_, alice) = stack.user("operator").await;
+    let workflow = Uuid::now_v7();
+    stack
+        .ok(
+            "workflow.create",
+            workflow,
+            json!({"name": "w", "definition": {"steps": ["a", "b", "c"]}}),
+            &alice,
+        )
+        .await;
+    stack
+        .ok("workflow.activate", workflow, json!({}), &alice)
+        .await;
+    let run = Uuid::now_v7();
+    stack
+        .ok(
+            "execution.start",
+            run,
+            json!({"workflow_id": workflow, "trigger_source": "test"}),
+            &alice,
+        )
+        .await;
+    let figures = |position: String| {
+        let stack = &stack;
+        let alice = &alice;
+        async move {
+            let read = stack
+                .get_at(&format!("/v1/executions/{run}"), alice, &position)
+                .await;
+            assert_eq!(read.status, 200, "{:?}", read.body);
+            let b = &read.body;
+            (
+                b["steps_total"].as_i64().unwrap_or(-1),
+                b["steps_succeeded"].as_i64().unwrap_or(-1),
+                b["steps_failed"].as_i64().unwrap_or(-1),
+                b["step_retries"].as_i64().unwrap_or(-1),
+                b["progress"].as_f64().unwrap_or(-1.0),
+            )
+        }
+    };
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let step = |kind: &'static str, id: Uuid, extra: Value| {
+        let mut payload = json!({"step_id": id});
+        if let (Some(p), Value::Object(more)) = (payload.as_object_mut(), extra) {
+            p.extend(more);
+        }
+        (format!("execution.{kind}"), payload)
+    };
+    for (kind, id, extra) in [
+        ("start_step", a, json!({"name": "a"})),
+        ("complete_step", a, json!({})),
+        ("start_step", b, json!({"name": "b"})),
+        (
+            "fail_step",
+            b,
+            json!({"error": "timeout", "retryable": true}),
+        ),
+    ] {
+        let (command, payload) = step(kind, id, extra);
+        stack.ok(&command, run, payload, &alice).await;
+    }
+    // Two steps started, both finished by their latest attempt.
+    let (command, payload) = step("start_step", c, json!({"name": "c"}));
+    let at = stack.ok(&command, run, payload, &alice).await;
+    assert_eq!(figures(at).await, (3, 1, 1, 0, 2.0 / 3.0));
+    let (command, payload) = step("retry_step", b, json!({}));
+    let at = stack.ok(&command, run, payload, &alice).await;
+    assert_eq!(
+        figures(at).await,
+        (3, 1, 0, 1, 1.0 / 3.0),
+        "a retried step is not failed"
+    );
+    for id in [b, c] {
+        let (command, payload) = step("complete_step", id, json!({}));
+        stack.ok(&command, run, payload, &alice).await;
+    }
+    let done = stack.ok("execution.complete", run, json!({}), &alice).await;
+    assert_eq!(figures(done).await, (3, 3, 0, 1, 1.0));
+    stack.finish().await;
+}
