@@ -36,7 +36,8 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         "{:<12} {:<24} {:>8} {:>10}  {:<24} state",
         "projection", "position", "behind", "lag", "lease holder"
     )?;
-    for p in projections(&store).await? {
+    let projections = projections(&store).await?;
+    for p in &projections {
         let (behind, lag) = match p.position {
             Some(position) => behind(&store, position).await?,
             None => (0, None),
@@ -58,7 +59,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
                 .map_or("running".to_owned(), |s| format!("STOPPED: {s}")),
         )?;
     }
-    let parked = parked(&store).await?;
+    let parked = parked(&store, &projections).await?;
     if !parked.is_empty() {
         writeln!(out)?;
         writeln!(
@@ -133,14 +134,15 @@ async fn behind(store: &EventStore, position: Position) -> anyhow::Result<(i64, 
     let lag = (chrono::Utc::now() - oldest.recorded_at)
         .num_milliseconds()
         .max(0);
-    let batch = store
-        .read_all_after(position, BEHIND_LIMIT as usize)
-        .await?;
-    Ok((batch.events.len() as i64, Some(lag)))
+    let behind = projector::events_after(store, position, BEHIND_LIMIT).await?;
+    Ok((behind, Some(lag)))
 }
 
 /// Parked events a projection has not gone past yet.
-async fn parked(store: &EventStore) -> anyhow::Result<Vec<(String, String, String, String)>> {
+async fn parked(
+    store: &EventStore,
+    projections: &[ProjectionRow],
+) -> anyhow::Result<Vec<(String, String, String, String)>> {
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT projection, position, event_type, reason FROM projection_errors
           WHERE NOT skipped ORDER BY id",
@@ -149,7 +151,10 @@ async fn parked(store: &EventStore) -> anyhow::Result<Vec<(String, String, Strin
     .await?;
     let mut open = Vec::new();
     for row in rows {
-        let checkpoint = eventstore::checkpoint::load(store.pool(), &row.0).await?;
+        let checkpoint = projections
+            .iter()
+            .find(|p| p.name == row.0)
+            .and_then(|p| p.position);
         let at: Option<Position> = row.1.parse().ok();
         if at.is_some_and(|at| checkpoint.is_none_or(|c| c < at)) {
             open.push(row);

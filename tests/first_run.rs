@@ -29,26 +29,17 @@ async fn start_sh_prints_a_token_that_signs_in_to_the_dashboard(pool: PgPool) {
     let suffix = format!("_t{}", &id[..10]);
     let data = std::env::temp_dir().join(format!("copilot-first-run-{id}"));
     let email = format!("first-{}@example.test", &id[..10]);
-    let mut start = tokio::process::Command::new(format!("{root}/deploy/start.sh"))
+    let mut start = tokio::process::Command::new(format!("{root}/deploy/start.sh"));
+    system.configure(&mut start);
+    let mut start = start
         .env("COPILOT_BIN", env!("CARGO_BIN_EXE_copilot-data"))
         .env("COPILOT_DATA_DIR", &data)
         .env("COPILOT_LOGIN_SUFFIX", &suffix)
         .env("COPILOT_ADMIN_EMAIL", &email)
         .env("COPILOT_INSTALL_SERVICES", "0")
-        .env("COPILOT_DATABASE_URL", &system.url)
-        .env("COPILOT_NATS_PREFIX", &system.prefix)
-        .env("COPILOT_REDIS_PREFIX", &system.redis_prefix)
-        .env("COPILOT_HTTP_ADDR", &system.http)
-        .env("COPILOT_METRICS_ADDR", "off")
-        .env("COPILOT_PROJECTOR_VECTORS", "false")
-        .env("COPILOT_PROJECTOR_RELAY", "false")
-        .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
-        .env("COPILOT_LOG", "warn")
+        // The first admin needs no bootstrap token on this machine.
         .env_remove("COPILOT_BOOTSTRAP_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("deploy/start.sh");
     let mut lines = BufReader::new(start.stdout.take().expect("stdout")).lines();

@@ -308,7 +308,7 @@ async fn lead(
         }
         if last_lag_check.elapsed() > Duration::from_secs(5) {
             last_lag_check = Instant::now();
-            let behind = events_after(store, position).await?;
+            let behind = events_after(store, position, 1_000_000).await?;
             metrics().lag_events.with_label_values(&[name]).set(behind);
         }
     }
@@ -537,14 +537,20 @@ pub async fn catch_up_sink(
 }
 
 /// Events after `position`, counted up to a cap (this is a gauge, not a report).
-async fn events_after(store: &EventStore, position: Position) -> Result<i64, sqlx::Error> {
+/// Events in the log after `position`, counted up to `limit`.
+pub async fn events_after(
+    store: &EventStore,
+    position: Position,
+    limit: i64,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
-          LIMIT 1000000) behind",
+          LIMIT $4) behind",
     )
     .bind(position.generation)
     .bind(position.tx_id)
     .bind(position.seq)
+    .bind(limit)
     .fetch_one(store.pool())
     .await
 }

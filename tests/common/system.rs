@@ -46,8 +46,15 @@ impl System {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
+        command.args(args);
+        self.configure(&mut command);
         command
-            .args(args)
+    }
+
+    /// Points `command` (the binary, or a script that runs it) at this
+    /// system: its database, prefixes, port and bootstrap token.
+    pub fn configure(&self, command: &mut Command) {
+        command
             .env("COPILOT_DATABASE_URL", &self.url)
             .env("COPILOT_NATS_PREFIX", &self.prefix)
             .env("COPILOT_REDIS_PREFIX", &self.redis_prefix)
@@ -62,7 +69,6 @@ impl System {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        command
     }
 
     /// Runs one of the binary's commands to its end: (succeeded, stdout,
