@@ -75,11 +75,14 @@ return ok and 1 or 0";
 /// Deletes the oldest entries whose `at_ms` is before ARGV[1] (at most
 /// ARGV[2]); entries without one (written before it was kept) go too.
 /// Entries are in log order, which follows time closely enough to stop at
-/// the first young one.
+/// the first young one. One entry is read at a time: this runs with every
+/// batch, and usually the oldest entry is young and the only one read.
 const TRIM_OLD: &str = r"
-local cutoff = tonumber(ARGV[1])
+local cutoff, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local removed = 0
-for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])) do
+while removed < limit do
+  local entry = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  if entry == nil then break end
   local fields, at = entry[2], nil
   for i = 1, #fields, 2 do
     if fields[i] == 'at_ms' then at = tonumber(fields[i + 1]) end
