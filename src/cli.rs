@@ -45,6 +45,19 @@ pub enum Operation {
     /// checkpoint and compare them table by table; exits non-zero on any
     /// difference.
     Verify(ProjectionArgs),
+    /// Write the event log and the command side's tables as an archive
+    /// (gzip, AES-256-GCM, sha256 per part, a manifest) to a folder or an
+    /// s3:// URL, from one snapshot while writers go on.
+    Export(ArchiveArgs),
+    /// Load an archive into an empty database (one transaction: anything
+    /// altered, missing or under another key is refused and nothing is
+    /// written), then rebuild the read models with `restore-check`.
+    Import(ArchiveArgs),
+    /// After a restore: check the log is whole (contiguous stream versions,
+    /// one outcome per command id, the archive's checksums with --archive),
+    /// rebuild every SQL projection from it and verify them; exits non-zero
+    /// on any failure.
+    RestoreCheck(RestoreCheckArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditOperation),
@@ -149,6 +162,31 @@ pub struct SendArgs {
     /// Its command id (default: a new UUIDv7); resending one replays its result.
     #[arg(long)]
     pub command_id: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// A local folder or s3://bucket/prefix (S3 settings from the AWS_*
+    /// variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    pub location: String,
+    /// The archive key: a file of 64 hexadecimal digits (openssl rand -hex 32).
+    #[arg(long, env = "COPILOT_ARCHIVE_KEY_FILE", value_name = "FILE")]
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreCheckArgs {
+    /// Also compare the log with this archive's manifest (the archive an
+    /// import came from).
+    #[arg(long, requires = "key_file")]
+    pub archive: Option<String>,
+    /// The archive's key file.
+    #[arg(long, env = "COPILOT_ARCHIVE_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Events per transaction of the rebuild.
+    #[arg(long, default_value_t = 5000)]
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Subcommand)]

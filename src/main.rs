@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod operate;
 mod ops;
+mod recovery;
 mod shutdown;
 mod up;
 
@@ -62,6 +63,9 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         }
         Operation::Replay(args) => ops::replay(args, &settings).await,
         Operation::Verify(args) => ops::verify(args, &settings).await,
+        Operation::Export(args) => recovery::export(&args, &settings).await,
+        Operation::Import(args) => recovery::import(&args, &settings).await,
+        Operation::RestoreCheck(args) => recovery::restore_check(&args, &settings).await,
         Operation::Audit(AuditOperation::Prune) => ops::audit_prune(&settings).await,
         Operation::Bench(args) => bench::run(args, &settings).await,
         Operation::Config(ConfigOperation::Check { explain }) => {

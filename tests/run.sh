@@ -11,6 +11,9 @@ export COPILOT_MODEL_DIR
 # Chromium + playwright-core for the dashboard test, schemathesis for the API.
 COPILOT_SCHEMATHESIS=$(deploy/test-tools.sh)
 export COPILOT_SCHEMATHESIS
+# pgBackRest and SeaweedFS (an S3-compatible server) for the recovery tests.
+COPILOT_WEED=$(deploy/backup-tools.sh)
+export COPILOT_WEED
 # nats-py and msgpack for the Python client example's test.
 COPILOT_PYTHON=$(deploy/python-client.sh)
 export COPILOT_PYTHON

@@ -125,8 +125,28 @@ impl PgCluster {
             .status()
             .expect("initdb");
         assert!(status.success(), "initdb failed");
-        let port = free_port();
         let (extra, hba) = configure(&dir);
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("hba");
+        }
+        PgCluster::launch(dir, bin, &extra)
+    }
+
+    /// A cluster from a data directory `fill` writes into the path it is
+    /// given (a restore), started with `extra` settings on a port of its own.
+    pub fn restored(fill: impl FnOnce(&Path), extra: &str) -> PgCluster {
+        let dir = TempDir::new("pg");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir.0)
+            .status();
+        fill(&dir.path("data"));
+        PgCluster::launch(dir, pg_bin(), extra)
+    }
+
+    fn launch(dir: TempDir, bin: PathBuf, extra: &str) -> PgCluster {
+        let data = dir.path("data");
+        let port = free_port();
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n{extra}\n",
             dir.0.display()
@@ -134,9 +154,6 @@ impl PgCluster {
         let mut existing = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
         existing.push_str(&conf);
         std::fs::write(data.join("postgresql.conf"), existing).expect("conf");
-        if let Some(hba) = hba {
-            std::fs::write(data.join("pg_hba.conf"), hba).expect("hba");
-        }
         let _ = Command::new("chown")
             .args(["-R", "postgres"])
             .arg(&dir.0)
@@ -146,7 +163,7 @@ impl PgCluster {
             .arg(&data)
             .arg("-l")
             .arg(dir.path("log"))
-            .args(["-w", "start"])
+            .args(["-w", "-t", "120", "start"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -157,6 +174,114 @@ impl PgCluster {
             std::fs::read_to_string(dir.path("log")).unwrap_or_default()
         );
         PgCluster { port, dir, bin }
+    }
+
+    /// Stops it at once (as a crash would) and removes its data directory:
+    /// the cluster is lost.
+    pub fn lose(&self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(self.dir.path("data"));
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Its server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("log")).unwrap_or_default()
+    }
+}
+
+/// Runs `program` with `args` as the `postgres` user (as PostgreSQL's own
+/// tools must), panicking with its output if it fails.
+pub fn run_as_postgres(program: &str, args: &[&str]) -> String {
+    let out = as_postgres(Path::new(program))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed: {text}");
+    text
+}
+
+/// SeaweedFS (`weed mini`, COPILOT_WEED or on PATH): an S3-compatible
+/// object store with a bucket `backups`, serving S3 over HTTP and over
+/// HTTPS with `certs`' server certificate, on ports of its own.
+pub struct Weed {
+    pub s3_http: u16,
+    pub s3_https: u16,
+    pub access_key: String,
+    pub secret_key: String,
+    _server: Server,
+    _dir: TempDir,
+}
+
+impl Weed {
+    pub fn start(cert: &Path, key: &Path) -> Weed {
+        let program = std::env::var("COPILOT_WEED").unwrap_or_else(|_| "weed".to_string());
+        let dir = TempDir::new("weed");
+        let access_key = "copilot-backup".to_string();
+        let secret_key = format!("secret-{}", uuid::Uuid::new_v4().simple());
+        let config = dir.path("s3.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"identities": [{"name": "backup",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]})
+            .to_string(),
+        )
+        .expect("s3 config");
+        std::fs::create_dir_all(dir.path("data")).expect("weed data");
+        let p = || free_port().to_string();
+        let (s3_http, s3_https) = (free_port(), free_port());
+        let args: Vec<String> = vec![
+            "mini".into(),
+            format!("-dir={}", dir.path("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-master.port={}", p()),
+            format!("-master.port.grpc={}", p()),
+            format!("-volume.port={}", p()),
+            format!("-volume.port.grpc={}", p()),
+            format!("-filer.port={}", p()),
+            format!("-filer.port.grpc={}", p()),
+            format!("-s3.port={s3_http}"),
+            format!("-s3.port.grpc={}", p()),
+            format!("-s3.port.https={s3_https}"),
+            format!("-s3.cert.file={}", cert.display()),
+            format!("-s3.key.file={}", key.display()),
+            format!("-s3.config={}", config.display()),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-webdav=false".into(),
+            "-admin.ui=false".into(),
+            format!("-admin.port={}", p()),
+            format!("-admin.port.grpc={}", p()),
+            "-bucket=backups".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = spawn(&program, &args);
+        wait_for_port(s3_http, "SeaweedFS S3");
+        wait_for_port(s3_https, "SeaweedFS S3 (TLS)");
+        Weed {
+            s3_http,
+            s3_https,
+            access_key,
+            secret_key,
+            _server: server,
+            _dir: dir,
+        }
     }
 }
 

