@@ -59,8 +59,10 @@ echo "deploy/systemd: systemd-analyze verify"
 units=$(mktemp -d)
 trap 'rm -rf "$units"' EXIT
 # The binary is not installed here: verify against an executable stand-in.
-for unit in deploy/systemd/*; do
-  sed "s#/usr/local/bin/copilot-data#$(command -v true)#" "$unit" > "$units/$(basename "$unit")"
+for unit in deploy/systemd/* deploy/backup/*.service deploy/backup/*.timer; do
+  sed -e "s#/usr/local/bin/copilot-data#$(command -v true)#" \
+      -e "s#/usr/local/lib/copilot-data/rto-drill.sh#$(command -v true)#" \
+      -e "s#/usr/bin/pgbackrest#$(command -v true)#" "$unit" > "$units/$(basename "$unit")"
 done
 systemd-analyze verify "$units"/*
 

@@ -168,7 +168,8 @@ pub struct SendArgs {
 pub struct ArchiveArgs {
     /// A local folder or s3://bucket/prefix (S3 settings from the AWS_*
     /// variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
-    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP). For export, `{timestamp}` in it
+    /// becomes the UTC time (20261206T010000Z).
     pub location: String,
     /// The archive key: a file of 64 hexadecimal digits (openssl rand -hex 32).
     #[arg(long, env = "COPILOT_ARCHIVE_KEY_FILE", value_name = "FILE")]

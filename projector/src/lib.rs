@@ -29,6 +29,7 @@ pub mod audit;
 mod batch;
 pub mod changes;
 pub mod copy;
+mod embedding_cache;
 pub mod events;
 pub mod history;
 mod metrics;

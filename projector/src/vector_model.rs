@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 use vectors::{Collection, EmbedError, Embedder, Filter, Point, VectorError, VectorStore};
 
+use crate::embedding_cache;
 use crate::events::{decode, DomainEvent};
 
 /// Text stored in a point's payload for display (messages excepted).
@@ -101,6 +102,8 @@ pub enum VectorSinkError {
     EventStore(#[from] eventstore::StoreError),
     #[error("Redis (circuit breakers): {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("embedding cache: {0}")]
+    EmbeddingCache(#[from] sqlx::Error),
 }
 
 /// What one event does to the collections.
@@ -109,6 +112,8 @@ enum Op {
     Delete(Collection, Uuid),
     /// Deletes every point the filter matches, at this place in the log.
     DeleteMatching(Collection, Filter),
+    /// Deletes the kept embeddings of a forgotten user's texts.
+    ForgetEmbeddings(Uuid),
 }
 
 struct Pending {
@@ -218,6 +223,10 @@ impl VectorModel {
                         })
                         .await?;
                     }
+                    Op::ForgetEmbeddings(owner) => {
+                        self.flush(std::mem::take(&mut pending)).await?;
+                        embedding_cache::forget(self.events.pool(), owner).await?;
+                    }
                 }
             }
         }
@@ -270,13 +279,15 @@ impl VectorModel {
                 _ => Vec::new(),
             },
             DomainEvent::User(user::Event::Forgotten(_) | user::Event::Deleted(_)) => {
-                if matches!(typed, DomainEvent::User(user::Event::Forgotten(_))) {
-                    self.forgotten.insert(id);
-                }
-                vec![Op::DeleteMatching(
+                let mut ops = vec![Op::DeleteMatching(
                     Collection::Conversations,
                     Filter::equals("owner_user_id", id.to_string()),
-                )]
+                )];
+                if matches!(typed, DomainEvent::User(user::Event::Forgotten(_))) {
+                    self.forgotten.insert(id);
+                    ops.push(Op::ForgetEmbeddings(id));
+                }
+                ops
             }
             DomainEvent::Incident(incident::Event::Resolved(r)) => {
                 let text = format!(
@@ -528,24 +539,37 @@ impl VectorModel {
                 Last::Delete => deletes.entry(collection).or_default().push(id),
             }
         }
-        let texts: Vec<String> = upserts
+        let info = self.config.embedder.info().clone();
+        // Texts the configured model embedded before come from the cache;
+        // only the others run the model (once per distinct text).
+        let wanted: Vec<embedding_cache::Wanted> = upserts
             .iter()
             .filter(|p| p.vector.is_none())
-            .map(|p| p.text.clone())
+            .map(|p| embedding_cache::Wanted::new(&p.text, owner_of_point(p)))
             .collect();
-        let mut embedded = if texts.is_empty() {
-            Vec::new()
-        } else {
-            self.guarded_embed(texts).await?
+        let mut vectors = embedding_cache::load(self.events.pool(), &info, &wanted).await?;
+        let mut missing: Vec<&embedding_cache::Wanted> = Vec::new();
+        for w in &wanted {
+            if !vectors.contains_key(&w.hash) && !missing.iter().any(|m| m.hash == w.hash) {
+                missing.push(w);
+            }
         }
-        .into_iter();
-        let info = self.config.embedder.info();
+        if !missing.is_empty() {
+            let texts = missing.iter().map(|w| w.text.clone()).collect();
+            let embedded = self.guarded_embed(texts).await?;
+            embedding_cache::store(self.events.pool(), &info, &missing, &embedded).await?;
+            for (w, v) in missing.iter().zip(embedded) {
+                vectors.insert(w.hash, v);
+            }
+        }
         let mut points: BTreeMap<Collection, Vec<Point>> = BTreeMap::new();
+        let mut wanted_in_order = wanted.iter();
         for mut p in upserts {
             let (vector, model, version) = match p.vector.take() {
                 Some(v) => (v, "client".to_owned(), String::new()),
                 None => {
-                    let Some(v) = embedded.next() else {
+                    let found = wanted_in_order.next().and_then(|w| vectors.get(&w.hash));
+                    let Some(v) = found.cloned() else {
                         return Err(EmbedError::BadAnswer("fewer vectors than texts".into()).into());
                     };
                     (v, info.name.clone(), info.version.clone())
@@ -665,6 +689,14 @@ fn with_lineage(op: Op, event: &RecordedEvent) -> Op {
         }
         other => other,
     }
+}
+
+/// The user whose personal text a point holds (a message's owner).
+fn owner_of_point(p: &Pending) -> Option<Uuid> {
+    p.payload
+        .get("owner_user_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 fn snippet(text: &str) -> String {

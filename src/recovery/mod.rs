@@ -27,7 +27,12 @@ async fn owner_connection(settings: &Settings) -> anyhow::Result<sqlx::PgConnect
 
 pub async fn export(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     let key = archive::ArchiveKey::read(&args.key_file)?;
-    let location = archive::Location::parse(&args.location)?;
+    // A scheduled export names each day's archive by itself.
+    let place = args.location.replace(
+        "{timestamp}",
+        &chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
+    );
+    let location = archive::Location::parse(&place)?;
     let mut conn = owner_connection(settings).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&mut conn)
@@ -49,7 +54,7 @@ pub async fn export(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<(
         m.parts.len(),
         report.stored_bytes as f64 / (1024.0 * 1024.0),
         started.elapsed().as_secs_f64(),
-        args.location
+        place
     )?;
     Ok(())
 }

@@ -93,6 +93,26 @@ async fn expected_ids(pool: &PgPool) -> Vec<(Collection, Vec<Uuid>)> {
         .collect()
 }
 
+/// The local model, counting the texts it is asked to embed.
+struct Counting {
+    inner: Arc<MiniLm>,
+    texts: std::sync::atomic::AtomicUsize,
+}
+
+impl Embedder for Counting {
+    fn info(&self) -> &vectors::ModelInfo {
+        self.inner.info()
+    }
+
+    fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, vectors::EmbedError>> {
+        self.texts.fetch_add(texts.len(), Ordering::SeqCst);
+        self.inner.embed(texts)
+    }
+}
+
 async fn open_edge(dir: &Path) -> Arc<dyn VectorStore> {
     Arc::new(EdgeStore::open(dir, 384).await.expect("edge store"))
 }
@@ -102,9 +122,13 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let dir = TempDir::new();
     let prefix = redis_prefix();
+    let counting = Arc::new(Counting {
+        inner: model(),
+        texts: Default::default(),
+    });
     let vectors = VectorConfig {
         store: edge_opener(dir.0.clone(), 384),
-        embedder: model(),
+        embedder: counting.clone(),
         breakers: Some(breakers(&prefix, 5, Duration::from_secs(30))),
     };
     let config = ProjectorConfig {
@@ -134,6 +158,17 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
     )
     .await;
     assert!(forgotten > 0, "the history forgets someone");
+    let first_embedded = counting.texts.load(Ordering::SeqCst);
+    assert!(first_embedded > 0);
+    let kept = support::count(&pool, "SELECT count(*) FROM embedding_cache").await;
+    assert!(kept > 0, "embeddings are kept");
+    let kept_of_forgotten = support::count(
+        &pool,
+        "SELECT count(*) FROM embedding_cache e JOIN read_model.users u ON u.id = e.owner_user_id
+          WHERE u.forgotten_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(kept_of_forgotten, 0, "nothing kept of a forgotten user's texts");
 
     // Lineage: model, version, and the event that made the point.
     for (c, ids) in &live {
@@ -158,13 +193,15 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
     let mut request = SearchRequest::new(query[0].clone(), 50);
     request.filter = Filter::equals("owner_user_id", owner.to_string());
     let hits = opened
-        .search(Collection::Conversations, request)
+        .search(Collection::Conversations, request.clone())
         .await
         .expect("search");
     assert!(!hits.is_empty());
     assert!(hits
         .iter()
         .all(|h| h.payload["owner_user_id"] == serde_json::json!(owner)));
+    let scored = |hits: &[Hit]| hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>();
+    let before = scored(&hits);
     // Close the store (every handle) before it is opened afresh.
     let VectorConfig {
         store: first_opener,
@@ -200,6 +237,16 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
         expected,
         "a rebuild equals the live points"
     );
+    assert_eq!(
+        counting.texts.load(Ordering::SeqCst),
+        first_embedded,
+        "a rebuild reloads kept vectors: the model embeds nothing again"
+    );
+    let again = reopened
+        .search(Collection::Conversations, request)
+        .await
+        .expect("search");
+    assert_eq!(scored(&again), before, "the same vectors, reloaded: the same scores");
     assert_seed_fields(&pool, reopened.as_ref(), &expected).await;
     infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
         .await
