@@ -274,6 +274,10 @@ pub enum Workload {
     /// vector store on --points points: upsert rate, HNSW search p50/p99
     /// and recall@10, beside exact search.
     Vectors,
+    /// The vector projection of a generated log holding --real embeddable
+    /// items: rebuilt from the start with the kept embeddings, beside its
+    /// first projection (every text embedded).
+    VectorRebuild,
     /// 32 clients reading three query API endpoints, cached and uncached,
     /// beside a bare Redis GET and the endpoint's bare SQL.
     Query,

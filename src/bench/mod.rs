@@ -10,6 +10,7 @@ mod query;
 mod replay;
 mod report;
 mod scratch;
+mod vector_rebuild;
 mod vectors;
 
 use infra::Settings;
@@ -37,6 +38,7 @@ async fn measure(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<re
         Workload::Commands => commands::run(args, settings).await,
         Workload::Replay => replay::run(args, settings).await,
         Workload::Vectors => vectors::run(args, settings).await,
+        Workload::VectorRebuild => vector_rebuild::run(args, settings).await,
         Workload::Query => query::run(args, settings).await,
     }
 }

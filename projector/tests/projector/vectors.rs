@@ -168,7 +168,10 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
           WHERE u.forgotten_at IS NOT NULL",
     )
     .await;
-    assert_eq!(kept_of_forgotten, 0, "nothing kept of a forgotten user's texts");
+    assert_eq!(
+        kept_of_forgotten, 0,
+        "nothing kept of a forgotten user's texts"
+    );
 
     // Lineage: model, version, and the event that made the point.
     for (c, ids) in &live {
@@ -246,7 +249,11 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
         .search(Collection::Conversations, request)
         .await
         .expect("search");
-    assert_eq!(scored(&again), before, "the same vectors, reloaded: the same scores");
+    assert_eq!(
+        scored(&again),
+        before,
+        "the same vectors, reloaded: the same scores"
+    );
     assert_seed_fields(&pool, reopened.as_ref(), &expected).await;
     infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
         .await
