@@ -4,34 +4,15 @@
 //! sign-ins, its memory stays bounded.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 mod common;
 
 const COMMANDS: usize = 300;
-
-fn start(database_url: &str, prefix: &str, bootstrap: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_copilot-data"))
-        .arg("command-service")
-        .env("COPILOT_DATABASE_URL", database_url)
-        .env("COPILOT_NATS_PREFIX", prefix)
-        .env("COPILOT_BOOTSTRAP_TOKEN", bootstrap)
-        .env("COPILOT_RATE_LIMIT_PER_MINUTE", "0")
-        .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
-        .env("COPILOT_LOG", "warn")
-        .env("COPILOT_METRICS_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start copilot-data command-service")
-}
 
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn sigkill_with_commands_in_flight_loses_and_doubles_nothing(pool: PgPool) {
@@ -48,7 +29,7 @@ async fn sigkill_with_commands_in_flight_loses_and_doubles_nothing(pool: PgPool)
         .expect("subscribe");
     let (commands_stream, results_stream) = command_service::stream_names(&prefix);
 
-    let mut service = start(&url, &prefix, &bootstrap);
+    let mut service = common::command_service(&url, &prefix, &bootstrap);
     let deadline = Instant::now() + Duration::from_secs(60);
     while js.get_stream(&commands_stream).await.is_err() {
         assert!(
@@ -97,7 +78,7 @@ async fn sigkill_with_commands_in_flight_loses_and_doubles_nothing(pool: PgPool)
     let _ = service.wait().await;
     let killed_at = answered.len();
 
-    let mut service = start(&url, &prefix, &bootstrap);
+    let mut service = common::command_service(&url, &prefix, &bootstrap);
     let deadline = Instant::now() + Duration::from_secs(120);
     while answered.len() < COMMANDS && Instant::now() < deadline {
         if let Ok(Some(message)) =
@@ -170,7 +151,7 @@ async fn a_sign_in_flood_keeps_memory_bounded(pool: PgPool) {
         .await
         .expect("NATS");
     // No rate limit: every attempt reaches the password check.
-    let service = start(&url, &prefix, &bootstrap);
+    let service = common::command_service(&url, &prefix, &bootstrap);
     let pid = service.id().expect("pid");
     let request = |subject: String, token: Option<String>, body: serde_json::Value| {
         let client = client.clone();

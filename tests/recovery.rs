@@ -37,23 +37,6 @@ struct Sent {
 
 type Ledger = Arc<Mutex<Vec<Sent>>>;
 
-fn command_service(database_url: &str, prefix: &str, bootstrap: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_copilot-data"))
-        .arg("command-service")
-        .env("COPILOT_DATABASE_URL", database_url)
-        .env("COPILOT_NATS_PREFIX", prefix)
-        .env("COPILOT_BOOTSTRAP_TOKEN", bootstrap)
-        .env("COPILOT_RATE_LIMIT_PER_MINUTE", "0")
-        .env("COPILOT_DATABASE_MAX_CONNECTIONS", "8")
-        .env("COPILOT_LOG", "warn")
-        .env("COPILOT_METRICS_ADDR", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start copilot-data command-service")
-}
-
 async fn open_incident(
     client: &async_nats::Client,
     prefix: &str,
@@ -92,7 +75,7 @@ impl Writers {
     async fn start(database_url: &str, agents: usize) -> (Writers, String) {
         let prefix = format!("rec{}", &Uuid::new_v4().simple().to_string()[..12]);
         let bootstrap = format!("boot-{}", Uuid::new_v4());
-        let service = command_service(database_url, &prefix, &bootstrap);
+        let service = common::command_service(database_url, &prefix, &bootstrap);
         let client = async_nats::connect("nats://127.0.0.1:4222")
             .await
             .expect("NATS");

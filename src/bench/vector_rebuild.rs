@@ -4,14 +4,12 @@
 //! embeddings. `--real` sets how many embeddable items the log holds (texts
 //! of messages, resolved incidents, runbooks and documents).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use eventstore::{EventStore, StoreOptions};
 use infra::Settings;
 use projector::history::History;
 use projector::{Sink, VectorConfig};
-use vectors::embed::MiniLm;
 
 use super::report::Figure;
 use super::scratch::ScratchDb;
@@ -40,12 +38,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         }
     };
     let events = crate::ops::log_size(&store).await?;
-    let dir = settings
-        .vectors
-        .model_dir
-        .clone()
-        .unwrap_or_else(MiniLm::default_dir);
-    let model = Arc::new(MiniLm::load(&dir)?);
+    let model = super::vectors::local_model(settings)?;
     let points =
         std::env::temp_dir().join(format!("copilot-bench-rebuild-{}", uuid::Uuid::new_v4()));
     let config = VectorConfig {

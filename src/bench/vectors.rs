@@ -132,13 +132,18 @@ fn bar(len: u64, label: &str) -> ProgressBar {
     bar
 }
 
-pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
+/// The local model the settings name (or the default place).
+pub fn local_model(settings: &Settings) -> anyhow::Result<Arc<MiniLm>> {
     let dir = settings
         .vectors
         .model_dir
         .clone()
         .unwrap_or_else(MiniLm::default_dir);
-    let model = Arc::new(MiniLm::load(&dir)?);
+    Ok(Arc::new(MiniLm::load(&dir)?))
+}
+
+pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
+    let model = local_model(settings)?;
     let real = args.real.max(2);
     let points_wanted = args.points.max(real);
     let mut figures = Vec::new();

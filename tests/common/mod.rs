@@ -19,3 +19,23 @@ pub async fn database_url(pool: &PgPool) -> String {
         .expect("db");
     format!("postgres://postgres@127.0.0.1:5432/{database}")
 }
+
+#[allow(dead_code)]
+/// `copilot-data command-service` on `database_url`, its streams under
+/// `prefix`, no rate limit; killed when dropped.
+pub fn command_service(database_url: &str, prefix: &str, bootstrap: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_copilot-data"))
+        .arg("command-service")
+        .env("COPILOT_DATABASE_URL", database_url)
+        .env("COPILOT_NATS_PREFIX", prefix)
+        .env("COPILOT_BOOTSTRAP_TOKEN", bootstrap)
+        .env("COPILOT_RATE_LIMIT_PER_MINUTE", "0")
+        .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
+        .env("COPILOT_LOG", "warn")
+        .env("COPILOT_METRICS_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start copilot-data command-service")
+}

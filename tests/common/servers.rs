@@ -179,6 +179,11 @@ impl PgCluster {
     /// Stops it at once (as a crash would) and removes its data directory:
     /// the cluster is lost.
     pub fn lose(&self) {
+        self.stop_immediately();
+        let _ = std::fs::remove_dir_all(self.dir.path("data"));
+    }
+
+    fn stop_immediately(&self) {
         let _ = as_postgres(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path("data"))
@@ -186,7 +191,6 @@ impl PgCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(self.dir.path("data"));
     }
 
     pub fn url(&self, database: &str) -> String {
@@ -287,12 +291,6 @@ impl Weed {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path("data"))
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.stop_immediately();
     }
 }
