@@ -461,6 +461,21 @@ mod tests {
                     !check(table, role, "audit.audit_logs").await,
                     "{role} may write the audit log"
                 );
+                // Vectors of people's texts: the vector projection's alone.
+                assert!(
+                    !check(
+                        "SELECT has_table_privilege($1, $2, 'SELECT')",
+                        role,
+                        "embedding_cache"
+                    )
+                    .await,
+                    "{role} reads kept embeddings"
+                );
+            } else {
+                assert!(
+                    check(table, role, "embedding_cache").await,
+                    "the projector keeps embeddings"
+                );
             }
         }
         // By trying, as each login.
