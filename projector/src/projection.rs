@@ -12,7 +12,7 @@ use crate::ProjectionError;
 
 /// The schemas the projector builds, one file per version (see the file's
 /// header); only the current version is kept.
-const RELATIONAL_DDL: &str = include_str!("../schema/relational_v3.sql");
+const RELATIONAL_DDL: &str = include_str!("../schema/relational_v4.sql");
 const AUDIT_DDL: &str = include_str!("../schema/audit_v1.sql");
 const DEFERRED_INDEXES: &str = "-- @deferred-indexes";
 
@@ -48,7 +48,7 @@ impl Kind {
     /// older version is rebuilt blue/green before it is written to.
     pub fn schema_version(self) -> i32 {
         match self {
-            Kind::Relational => 3,
+            Kind::Relational => 4,
             Kind::Audit => 1,
         }
     }

@@ -45,6 +45,7 @@ pub mod statements {
         list_sql as conversations_list_sql, ListShape as ConversationsListShape,
     };
     pub use crate::routes::dashboard::ACTIVE_STEPS_SQL as active_steps_sql;
+    pub use crate::routes::series::series_sql;
 }
 
 /// What the service needs besides its database pool.

@@ -12,7 +12,9 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::Problem;
-use crate::routes::{audit, conversations, dashboard, incidents, live, streams, users, workflows};
+use crate::routes::{
+    audit, conversations, dashboard, incidents, live, series, streams, users, workflows,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,7 +24,7 @@ use crate::routes::{audit, conversations, dashboard, incidents, live, streams, u
         conversations::list, conversations::get, conversations::messages,
         workflows::list, workflows::get, workflows::list_executions, workflows::get_execution,
         incidents::list, incidents::get, incidents::list_runbooks, incidents::get_runbook,
-        audit::list, crate::search::search, dashboard::summary,
+        audit::list, crate::search::search, dashboard::summary, series::series,
         streams::command, streams::events, live::live, live::presence,
         crate::health::healthz, crate::health::readyz,
     ),

@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod dashboard;
 pub mod incidents;
 pub mod live;
+pub mod series;
 pub mod streams;
 pub mod users;
 pub mod workflows;
@@ -123,6 +124,7 @@ pub fn router(state: AppState, web: &WebSecurity) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/search", post(crate::search::search))
         .route("/v1/dashboard/summary", get(dashboard::summary))
+        .route("/v1/series/{metric}", get(series::series))
         .route("/v1/commands/{command_id}", get(streams::command))
         .route("/v1/streams/{id}/events", get(streams::events))
         .route("/v1/live", get(live::live))

@@ -145,6 +145,25 @@ async fn the_dashboard_queries_run_on_their_indexes(pool: PgPool) {
         "steps_status_started",
     );
 
+    // The time series: a day's range on each metric's time column.
+    for (metric, index) in [
+        ("conversations", "conversations_created"),
+        ("executions_started", "executions_started"),
+        ("executions_finished", "executions_finished"),
+    ] {
+        let sql = query_service::statements::series_sql(metric).expect("a metric");
+        assert_uses(
+            &plans(
+                &pool,
+                sql,
+                "float8, timestamptz, timestamptz",
+                "3600, now() - interval '1 day', now()",
+            )
+            .await,
+            index,
+        );
+    }
+
     // The summary reports them.
     let (_, admin) = stack.user("admin").await;
     let summary = stack.get("/v1/dashboard/summary", &admin).await;

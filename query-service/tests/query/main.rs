@@ -18,6 +18,7 @@ mod replica;
 mod schema;
 mod search;
 mod seed_columns;
+mod series;
 
 use std::time::Duration;
 

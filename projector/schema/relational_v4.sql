@@ -1,4 +1,4 @@
--- The relational read model, version 3: the seed's nine operational
+-- The relational read model, version 4: the seed's nine operational
 -- tables, its enum types, indexes, views, row-level security and grants.
 --
 -- The projector owns this schema: it applies this file to a schema it
@@ -19,6 +19,10 @@
 -- and for steps by status and time, and the cursor's tie-breaker in the
 -- index of everyone's conversations by recency; an execution's step figures
 -- count each step once, by its latest attempt, with retries apart.
+--
+-- Version 4: indexes on the time columns the time series group by
+-- (GET /v1/series/{metric}): messages' and executions' times, incidents'
+-- resolution.
 --
 -- Counters the seed kept with triggers (message counts, token and cost
 -- totals, runbook success rates) are written by the projection from the
@@ -300,6 +304,11 @@ CREATE INDEX incidents_services ON incidents USING gin (affected_services);
 CREATE INDEX incidents_assignee ON incidents (assignee_id) WHERE assignee_id IS NOT NULL;
 CREATE INDEX incidents_opened ON incidents (opened_at DESC);
 CREATE INDEX incidents_status ON incidents (status, severity);
+-- The time series (v4): each metric's time column, for every caller's range.
+CREATE INDEX messages_created ON messages (created_at);
+CREATE INDEX incidents_resolved ON incidents (resolved_at) WHERE resolved_at IS NOT NULL;
+CREATE INDEX executions_started ON workflow_executions (started_at);
+CREATE INDEX executions_finished ON workflow_executions (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX runbooks_name ON runbooks (name) WHERE archived_at IS NULL;
 CREATE INDEX runbooks_tags ON runbooks USING gin (tags);
 CREATE INDEX runbooks_triggers ON runbooks USING gin (trigger_conditions jsonb_path_ops);

@@ -1,0 +1,192 @@
+//! `GET /v1/series/{metric}`: the buckets sum to the totals and to what the
+//! lists count; a plain user's series hold only their own rows; the bucket
+//! and range are validated and bounded, each bad parameter a problem that
+//! names it.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Stack;
+
+fn count_of(points: &Value) -> i64 {
+    points
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|p| p["count"].as_i64().expect("count"))
+        .sum()
+}
+
+/// Each label set's points sum to its total.
+fn assert_buckets_sum_to_totals(series: &Value) {
+    for total in series["totals"].as_array().expect("totals") {
+        let labels = &total["labels"];
+        let points: Vec<&Value> = series["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .filter(|p| &p["labels"] == labels)
+            .collect();
+        let count: i64 = points
+            .iter()
+            .map(|p| p["count"].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(count, total["count"].as_i64().unwrap_or(-1), "{labels}");
+        if let Some(tokens) = total["tokens"].as_i64() {
+            let sum: i64 = points
+                .iter()
+                .map(|p| p["tokens"].as_i64().unwrap_or(0))
+                .sum();
+            assert_eq!(sum, tokens, "{labels} tokens");
+        }
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn series_sum_to_totals_and_show_each_caller_only_theirs(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let (_, alice) = stack.user("operator").await;
+    let (_, bob) = stack.user("operator").await;
+    let (_, admin) = stack.user("admin").await;
+    let mut last = String::new();
+    for (token, messages) in [(&alice, 3), (&bob, 2)] {
+        let conversation = Uuid::now_v7();
+        stack
+            .ok(
+                "conversation.start",
+                conversation,
+                json!({"title": "t"}),
+                token,
+            )
+            .await;
+        for i in 0..messages {
+            last = stack
+                .ok(
+                    "conversation.append_message",
+                    conversation,
+                    json!({"message_id": Uuid::now_v7(), "role": if i % 2 == 0 { "user" } else { "assistant" },
+                           "content": format!("message {i}"), "tokens_in": 10, "tokens_out": 5, "cost_usd": 0.25}),
+                    token,
+                )
+                .await;
+        }
+    }
+    for severity in ["high", "high", "low"] {
+        last = stack
+            .ok(
+                "incident.open",
+                Uuid::now_v7(),
+                json!({"title": "disk full", "description": "d", "severity": severity, "affected_services": ["api"]}),
+                &admin,
+            )
+            .await;
+    }
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (chrono::Utc::now() + chrono::Duration::minutes(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let query = format!(
+        "bucket=1m&from={}&to={}",
+        from.replace('+', "%2B"),
+        to.replace('+', "%2B")
+    );
+
+    // Alice: her three messages (15 tokens each), nobody else's.
+    let mine = stack
+        .get_at(&format!("/v1/series/messages?{query}"), &alice, &last)
+        .await;
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    assert_eq!(count_of(&mine.body["points"]), 3, "{}", mine.body);
+    assert_buckets_sum_to_totals(&mine.body);
+    let tokens: i64 = mine.body["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .map(|t| t["tokens"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(tokens, 45);
+    assert_eq!(mine.body["bucket_seconds"], 60);
+    // The admin: everyone's five, by role.
+    let all = stack
+        .get_at(&format!("/v1/series/messages?{query}"), &admin, &last)
+        .await;
+    assert_eq!(count_of(&all.body["points"]), 5, "{}", all.body);
+    assert_buckets_sum_to_totals(&all.body);
+    let roles: Vec<&str> = all.body["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .filter_map(|t| t["labels"]["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["assistant", "user"]);
+    // Conversations: Alice sees hers only.
+    let conversations = stack
+        .get_at(&format!("/v1/series/conversations?{query}"), &alice, &last)
+        .await;
+    assert_eq!(count_of(&conversations.body["points"]), 1);
+    // Incidents opened, by severity, as the list counts them.
+    let opened = stack
+        .get_at(
+            &format!("/v1/series/incidents_opened?{query}"),
+            &admin,
+            &last,
+        )
+        .await;
+    assert_buckets_sum_to_totals(&opened.body);
+    let by_severity: Vec<(String, i64)> = opened.body["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .map(|t| {
+            (
+                t["labels"]["severity"].as_str().unwrap_or("").to_string(),
+                t["count"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_severity,
+        [("high".to_string(), 2), ("low".to_string(), 1)]
+    );
+    let listed = stack.get("/v1/incidents?limit=200", &admin).await;
+    assert_eq!(listed.ids().len() as i64, count_of(&opened.body["points"]));
+    // Nothing resolved yet: an empty series, not an error.
+    let resolved = stack
+        .get_at(
+            &format!("/v1/series/incidents_resolved?{query}"),
+            &admin,
+            &last,
+        )
+        .await;
+    assert_eq!(resolved.status, 200);
+    assert_eq!(resolved.body["points"], json!([]));
+    stack.finish().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn bad_series_parameters_are_problems_naming_them(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let (_, alice) = stack.user("operator").await;
+    for (path, parameter) in [
+        ("/v1/series/passwords", "metric"),
+        ("/v1/series/messages?bucket=2h", "bucket"),
+        ("/v1/series/messages?from=yesterday", "from"),
+        ("/v1/series/messages?to=2026-13-01T00:00:00Z", "to"),
+        (
+            "/v1/series/messages?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
+            "from",
+        ),
+        // 1-minute buckets over a month: more than the 1,000 allowed.
+        (
+            "/v1/series/messages?bucket=1m&from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+            "from",
+        ),
+        ("/v1/series/messages?limit=5", "query"),
+    ] {
+        let reply = stack.get(path, &alice).await;
+        let problem = reply.problem(400);
+        assert_eq!(problem["parameter"], parameter, "{path}: {problem}");
+    }
+    stack.finish().await;
+}
