@@ -36,6 +36,10 @@ try {
     { timeout: 20000 },
   );
   const open = await page.textContent("#open-incidents-count");
+  // The charts are drawn (uPlot, served by the query service), and the
+  // incident chart counts the new incident.
+  await page.waitForFunction(() => document.querySelectorAll("#charts .uplot").length === 3, null, { timeout: 15000 });
+  await page.waitForFunction(() => document.getElementById("chart-incidents-total").textContent === "(1)", null, { timeout: 15000 });
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`updated open=${open}`);
 } finally {
