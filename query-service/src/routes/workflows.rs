@@ -111,6 +111,8 @@ pub async fn get(
 pub struct Execution {
     pub id: Uuid,
     pub workflow_id: Uuid,
+    /// The workflow's name (none when the caller may not see the workflow).
+    pub workflow_name: Option<String>,
     pub workflow_version: i32,
     /// `pending`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
@@ -121,14 +123,19 @@ pub struct Execution {
     pub priority: i16,
     pub max_retries: i32,
     pub started_by: Option<Uuid>,
+    /// Steps started (each once, however often it was retried).
     pub steps_total: i32,
+    /// Steps the workflow's definition lists (`definition.steps`), when the
+    /// run is of the workflow's current version: "N of M" before every step
+    /// has started.
+    pub steps_planned: Option<i32>,
     pub steps_succeeded: i32,
     /// Steps whose latest attempt failed (a retried step is not counted).
     pub steps_failed: i32,
     /// Retries of failed steps (not counted as steps).
     pub step_retries: i32,
     /// Steps finished by their latest attempt (succeeded or failed) over
-    /// steps started, 0 to 1.
+    /// the steps planned or started, whichever is more; 0 to 1.
     pub progress: f64,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -155,12 +162,25 @@ pub struct Step {
     pub duration_ms: Option<i64>,
 }
 
-const EXECUTION_COLUMNS: &str = "id, workflow_id, workflow_version, status::text AS status, trigger_source,
-    inputs, outputs, error, priority, max_retries, started_by, steps_total, steps_succeeded, steps_failed,
-    step_retries,
-    CASE WHEN steps_total = 0 THEN 0::float8
-         ELSE least(1, (steps_succeeded + steps_failed)::float8 / steps_total) END AS progress,
-    started_at, finished_at, duration_ms";
+/// An execution's columns (`e`), with its workflow's name (`w`) and the
+/// steps its definition plans (`p`), joined by [`EXECUTIONS_FROM`].
+const EXECUTION_COLUMNS: &str = "e.id, e.workflow_id, w.name AS workflow_name, e.workflow_version,
+    e.status::text AS status, e.trigger_source,
+    e.inputs, e.outputs, e.error, e.priority, e.max_retries, e.started_by,
+    e.steps_total, p.planned AS steps_planned, e.steps_succeeded, e.steps_failed, e.step_retries,
+    CASE WHEN greatest(e.steps_total, coalesce(p.planned, 0)) = 0 THEN 0::float8
+         ELSE least(1, (e.steps_succeeded + e.steps_failed)::float8
+                       / greatest(e.steps_total, coalesce(p.planned, 0))) END AS progress,
+    e.started_at, e.finished_at, e.duration_ms";
+
+/// Executions and the workflow each ran: its name, and the steps its
+/// definition lists (`definition.steps`) when the run is of the current
+/// version (older definitions are not kept in the read model).
+const EXECUTIONS_FROM: &str = "read_model.workflow_executions e
+    LEFT JOIN read_model.workflows w ON w.id = e.workflow_id
+    CROSS JOIN LATERAL (SELECT CASE WHEN w.version = e.workflow_version
+                                     AND jsonb_typeof(w.definition->'steps') = 'array'
+                                    THEN jsonb_array_length(w.definition->'steps') END AS planned) p";
 
 async fn with_steps(tx: &mut sqlx::PgConnection, executions: &mut [Execution]) -> ApiResult<()> {
     let ids: Vec<Uuid> = executions.iter().map(|e| e.id).collect();
@@ -214,11 +234,11 @@ pub async fn list_executions(
         Cached::Hit(hit) => return Ok(hit),
     };
     let rows: Vec<Execution> = sqlx::query_as(&format!(
-        "SELECT {EXECUTION_COLUMNS} FROM read_model.workflow_executions
-          WHERE ($1::uuid IS NULL OR workflow_id = $1)
-            AND ($2::text IS NULL OR status::text = $2)
-            AND ($3::timestamptz IS NULL OR (started_at, id) < ($3, $4))
-          ORDER BY started_at DESC, id DESC
+        "SELECT {EXECUTION_COLUMNS} FROM {EXECUTIONS_FROM}
+          WHERE ($1::uuid IS NULL OR e.workflow_id = $1)
+            AND ($2::text IS NULL OR e.status::text = $2)
+            AND ($3::timestamptz IS NULL OR (e.started_at, e.id) < ($3, $4))
+          ORDER BY e.started_at DESC, e.id DESC
           LIMIT $5"
     ))
     .bind(workflow)
@@ -257,7 +277,7 @@ pub async fn get_execution(
         Cached::Hit(hit) => return Ok(hit),
     };
     let found: Option<Execution> = sqlx::query_as(&format!(
-        "SELECT {EXECUTION_COLUMNS} FROM read_model.workflow_executions WHERE id = $1"
+        "SELECT {EXECUTION_COLUMNS} FROM {EXECUTIONS_FROM} WHERE e.id = $1"
     ))
     .bind(id)
     .fetch_optional(&mut *read.tx)

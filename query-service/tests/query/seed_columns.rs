@@ -393,16 +393,26 @@ async fn an_executions_figures_count_each_step_once(pool: PgPool) {
     for (kind, id, extra) in [
         ("start_step", a, json!({"name": "a"})),
         ("complete_step", a, json!({})),
-        ("start_step", b, json!({"name": "b"})),
-        (
-            "fail_step",
-            b,
-            json!({"error": "timeout", "retryable": true}),
-        ),
     ] {
         let (command, payload) = step(kind, id, extra);
         stack.ok(&command, run, payload, &alice).await;
     }
+    // One step of the three the workflow plans has run: "1 of 3", a third
+    // done (not all of the one started).
+    let (command, payload) = step("start_step", b, json!({"name": "b"}));
+    let at = stack.ok(&command, run, payload, &alice).await;
+    let read = stack
+        .get_at(&format!("/v1/executions/{run}"), &alice, &at)
+        .await;
+    assert_eq!(read.body["steps_planned"], 3, "{:?}", read.body);
+    assert_eq!(read.body["workflow_name"], "w");
+    assert_eq!(figures(at).await, (2, 1, 0, 0, 1.0 / 3.0));
+    let (command, payload) = step(
+        "fail_step",
+        b,
+        json!({"error": "timeout", "retryable": true}),
+    );
+    stack.ok(&command, run, payload, &alice).await;
     // Two steps started, both finished by their latest attempt.
     let (command, payload) = step("start_step", c, json!({"name": "c"}));
     let at = stack.ok(&command, run, payload, &alice).await;
