@@ -1,11 +1,12 @@
 // Drives the dashboard page in Debian's Chromium:
-//   node dashboard.mjs <base url> <token> <incident title> [screenshot.png]
+//   node dashboard.mjs <base url> <token> <incident title> [screenshot directory]
 // Signs in with the token, checks the summary is shown, prints
 // "signed-in", then waits until an incident with the given title appears
 // (opened by the caller after reading "signed-in"), prints "updated".
 import { chromium } from "playwright-core";
 
-const [base, token, title, screenshot] = process.argv.slice(2);
+const [base, token, title, shots] = process.argv.slice(2);
+const shot = async (page, name) => { if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true }); };
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 
 // Over HTTPS, the test's server key (its certificate is from the test's own CA).
@@ -40,8 +41,36 @@ try {
   // incident chart counts the new incident.
   await page.waitForFunction(() => document.querySelectorAll("#charts .uplot").length === 3, null, { timeout: 15000 });
   await page.waitForFunction(() => document.getElementById("chart-incidents-total").textContent === "(1)", null, { timeout: 15000 });
-  if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  await shot(page, "dashboard");
   console.log(`updated open=${open}`);
+
+  // The detail views: an incident's timeline, an execution's steps (by
+  // mouse), a conversation's messages (by keyboard: focus and Enter).
+  const detail = async (kind, min) => {
+    await page.waitForFunction(
+      ([k, n]) => document.getElementById("detail").dataset.kind === k
+        && document.querySelectorAll("#detail-items li").length >= n,
+      [kind, min], { timeout: 15000 });
+    return page.$$eval("#detail-items li", (l) => l.length);
+  };
+  await page.click(`#incidents li button:has-text("${title}")`);
+  const timeline = await detail("incident", 1);
+  await shot(page, "incident");
+  await page.click("#executions li button");
+  const steps = await detail("execution", 1);
+  await shot(page, "execution");
+  await page.focus("#conversations li button");
+  await page.keyboard.press("Enter");
+  const messages = await detail("conversation", 2);
+  await shot(page, "conversation");
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#detail", { state: "hidden", timeout: 5000 });
+  // Phone width: nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(300);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await shot(page, "phone");
+  console.log(`details incident=${timeline > 0} execution=${steps} conversation=${messages} phone-overflow=${overflow > 1}`);
 } finally {
   await browser.close();
 }

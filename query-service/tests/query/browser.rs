@@ -34,6 +34,72 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
     assert!(stack.base.starts_with("https://"));
     let (_, alice) = stack.user("operator").await;
     let title = format!("Disk full {}", Uuid::new_v4().simple());
+    // Something for each detail view: a running execution of a
+    // three-step workflow, and a conversation of two messages.
+    let workflow = Uuid::now_v7();
+    stack
+        .ok(
+            "workflow.create",
+            workflow,
+            json!({"name": "restart api", "definition": {"steps": ["drain", "restart", "verify"]}}),
+            &alice,
+        )
+        .await;
+    stack
+        .ok("workflow.activate", workflow, json!({}), &alice)
+        .await;
+    let run = Uuid::now_v7();
+    stack
+        .ok(
+            "execution.start",
+            run,
+            json!({"workflow_id": workflow, "trigger_source": "dashboard test"}),
+            &alice,
+        )
+        .await;
+    let step = Uuid::now_v7();
+    stack
+        .ok(
+            "execution.start_step",
+            run,
+            json!({"step_id": step, "name": "drain"}),
+            &alice,
+        )
+        .await;
+    stack
+        .ok(
+            "execution.complete_step",
+            run,
+            json!({"step_id": step}),
+            &alice,
+        )
+        .await;
+    let conversation = Uuid::now_v7();
+    stack
+        .ok(
+            "conversation.start",
+            conversation,
+            json!({"title": "why is the api slow?"}),
+            &alice,
+        )
+        .await;
+    for (role, content) in [
+        ("user", "why is the api slow?"),
+        ("assistant", "the disk is full"),
+    ] {
+        stack
+            .ok(
+                "conversation.append_message",
+                conversation,
+                json!({"message_id": Uuid::now_v7(), "role": role, "content": content}),
+                &alice,
+            )
+            .await;
+    }
+    // Screenshots for a person to look at, beside the test binaries.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    eprintln!("dashboard screenshots: {}", shots.display());
     let (certs, _) = stack.tls.as_ref().expect("HTTPS");
     let mut child = tokio::process::Command::new("node")
         // Chromium trusts the server's key (the test CA's certificate for it).
@@ -42,7 +108,7 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
         .arg(&stack.base)
         .arg(&alice)
         .arg(&title)
-        .arg(std::env::temp_dir().join("copilot-dashboard.png"))
+        .arg(&shots)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -73,6 +139,15 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
     assert_eq!(
         updated, "updated open=1",
         "the new incident appears without a reload"
+    );
+    let details = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("details within a minute")
+        .expect("read")
+        .expect("a line");
+    assert_eq!(
+        details, "details incident=true execution=1 conversation=2 phone-overflow=false",
+        "each detail view opens (the conversation by keyboard); nothing overflows a phone's width"
     );
     let status = child.wait().await.expect("node exits");
     assert!(status.success(), "the browser script failed");
