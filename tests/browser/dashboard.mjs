@@ -5,7 +5,7 @@
 // (opened by the caller after reading "signed-in"), prints "updated".
 import { chromium } from "playwright-core";
 
-const [base, token, title, shots] = process.argv.slice(2);
+const [base, token, title, shots, adminToken] = process.argv.slice(2);
 const shot = async (page, name) => { if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true }); };
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 
@@ -71,6 +71,40 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   await shot(page, "phone");
   console.log(`details incident=${timeline > 0} execution=${steps} conversation=${messages} phone-overflow=${overflow > 1}`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // Search over the caller's own conversations (embedded by the vector
+  // projection, which may still be catching up: searched until found).
+  await page.selectOption("#search-collection", "conversations");
+  await page.fill("#search-query", "disk full");
+  let own = false;
+  for (let i = 0; i < 40 && !own; i++) {
+    await page.click("#search-form button");
+    await page.waitForTimeout(500);
+    own = await page.$$eval("#search-results li", (l) => l.some((n) => n.textContent.includes("the disk is full")));
+  }
+  await shot(page, "search");
+
+  // The audit log, for an admin: filtered to incidents.
+  let filtered = false;
+  if (adminToken) {
+    await page.click("#signout");
+    // Nothing of the last user stays on the page.
+    const left = await page.$$eval("#search-results li, #conversations li, #detail-items li", (l) => l.length);
+    if (left !== 0) throw new Error(`${left} entries of the signed-out user are still shown`);
+    await page.fill("#token", adminToken);
+    await page.click("#signin-button");
+    await page.waitForSelector("#audit:not([hidden])", { timeout: 15000 });
+    await page.selectOption("#audit-resource", "incident");
+    await page.click("#audit-form button");
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll("#audit-rows tr")];
+      return rows.length > 0 && rows.every((r) => r.children[3] && r.children[3].textContent.startsWith("incident "));
+    }, null, { timeout: 15000 });
+    filtered = true;
+    await shot(page, "audit");
+  }
+  console.log(`searched own-message=${own} audit-filtered=${filtered}`);
 } finally {
   await browser.close();
 }

@@ -38,7 +38,7 @@ pub struct AuditRow {
     params(("actor_id" = Option<Uuid>, Query, description = "the acting user"),
            ("resource_type" = Option<String>, Query, description = "a stream type: user, session, conversation, workflow, execution, incident, runbook, knowledge"),
            ("resource_id" = Option<Uuid>, Query),
-           ("action" = Option<String>, Query, description = "an event type, e.g. incident.opened"),
+           ("action" = Option<String>, Query, description = "an event type, e.g. incident_opened"),
            ("from" = Option<DateTime<Utc>>, Query, description = "occurred at or after (RFC 3339)"),
            ("to" = Option<DateTime<Utc>>, Query, description = "occurred before (RFC 3339)"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 200),

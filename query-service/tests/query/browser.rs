@@ -23,16 +23,18 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/browser/node_modules/playwright-core")).exists(),
         "playwright-core is missing: run tests/run.sh (or `npm ci` in tests/browser) and install Debian's chromium"
     );
+    let (search, vectors_dir) = Options::with_search();
     let stack = Stack::start_with(
         pool,
         Options {
             https: true,
-            ..Options::default()
+            ..search
         },
     )
     .await;
     assert!(stack.base.starts_with("https://"));
     let (_, alice) = stack.user("operator").await;
+    let (_, admin) = stack.user("admin").await;
     let title = format!("Disk full {}", Uuid::new_v4().simple());
     // Something for each detail view: a running execution of a
     // three-step workflow, and a conversation of two messages.
@@ -109,6 +111,7 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
         .arg(&alice)
         .arg(&title)
         .arg(&shots)
+        .arg(&admin)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -149,7 +152,17 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
         details, "details incident=true execution=1 conversation=2 phone-overflow=false",
         "each detail view opens (the conversation by keyboard); nothing overflows a phone's width"
     );
+    let found = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
+        .await
+        .expect("search and audit within 90 s")
+        .expect("read")
+        .expect("a line");
+    assert_eq!(
+        found, "searched own-message=true audit-filtered=true",
+        "search finds the user's own message; the admin's audit filter shows only incident rows"
+    );
     let status = child.wait().await.expect("node exits");
     assert!(status.success(), "the browser script failed");
     stack.finish().await;
+    let _ = std::fs::remove_dir_all(vectors_dir);
 }
