@@ -2,7 +2,8 @@
 //! for the dashboard's charts and for external dashboards. Answered from
 //! the read model (each metric's time column indexed), as the caller may
 //! see it (row-level security makes a plain user's series their own),
-//! cached like every other read.
+//! cached like every other read. `commands` counts commands by outcome
+//! from the log and the stored rejections (a plain user's own).
 
 use axum::extract::{Path, State};
 use chrono::{DateTime, Duration, Utc};
@@ -33,9 +34,30 @@ struct Metric {
     /// seconds), `$2` (from, inclusive), `$3` (to, exclusive).
     sql: &'static str,
     cache_tags: &'static [&'static str],
+    /// `$4` is the caller's id for a plain user (their own rows only, where
+    /// row-level security does not apply), NULL for an admin.
+    by_actor: bool,
 }
 
-const METRICS: [Metric; 6] = [
+const METRICS: [Metric; 7] = [
+    Metric {
+        name: "commands",
+        sql: "SELECT date_bin(make_interval(secs => $1), c.at, timestamptz 'epoch') AS bucket,
+                     jsonb_build_object('status', c.status) AS labels,
+                     count(*) AS count, NULL::int8 AS tokens, NULL::float8 AS cost_usd
+                FROM (SELECT e.recorded_at AS at, 'accepted'::text AS status, e.metadata->>'actor' AS actor
+                        FROM events e
+                       WHERE e.command_id IS NOT NULL AND e.recorded_at >= $2 AND e.recorded_at < $3
+                      UNION ALL
+                      SELECT r.recorded_at, r.status, r.actor FROM command_results r
+                       WHERE r.recorded_at >= $2 AND r.recorded_at < $3) c
+               WHERE $4::text IS NULL OR c.actor = $4
+               GROUP BY 1, 2",
+        // A rejection appends nothing, so no projection tells the cache:
+        // such answers live for the cache's time to live.
+        cache_tags: &["session:all", "conversation:all", "incident:all", "execution:all"],
+        by_actor: true,
+    },
     Metric {
         name: "messages",
         sql: "SELECT date_bin(make_interval(secs => $1), created_at, timestamptz 'epoch') AS bucket,
@@ -47,6 +69,7 @@ const METRICS: [Metric; 6] = [
                WHERE created_at >= $2 AND created_at < $3
                GROUP BY 1, 2",
         cache_tags: &["conversation:all"],
+        by_actor: false,
     },
     Metric {
         name: "conversations",
@@ -58,6 +81,7 @@ const METRICS: [Metric; 6] = [
                WHERE created_at >= $2 AND created_at < $3
                GROUP BY 1, 2",
         cache_tags: &["conversation:all"],
+        by_actor: false,
     },
     Metric {
         name: "incidents_opened",
@@ -68,6 +92,7 @@ const METRICS: [Metric; 6] = [
                WHERE opened_at >= $2 AND opened_at < $3
                GROUP BY 1, 2",
         cache_tags: &["incident:all"],
+        by_actor: false,
     },
     Metric {
         name: "incidents_resolved",
@@ -78,6 +103,7 @@ const METRICS: [Metric; 6] = [
                WHERE resolved_at >= $2 AND resolved_at < $3
                GROUP BY 1, 2",
         cache_tags: &["incident:all"],
+        by_actor: false,
     },
     Metric {
         name: "executions_started",
@@ -89,6 +115,7 @@ const METRICS: [Metric; 6] = [
                WHERE e.started_at >= $2 AND e.started_at < $3
                GROUP BY 1, 2",
         cache_tags: &["execution:all"],
+        by_actor: false,
     },
     Metric {
         name: "executions_finished",
@@ -101,6 +128,7 @@ const METRICS: [Metric; 6] = [
                WHERE e.finished_at >= $2 AND e.finished_at < $3
                GROUP BY 1, 2",
         cache_tags: &["execution:all"],
+        by_actor: false,
     },
 ];
 
@@ -208,7 +236,7 @@ impl Range {
 
 /// Counts (and tokens and cost, where they apply) per time bucket.
 #[utoipa::path(get, path = "/v1/series/{metric}", tag = "dashboard",
-    params(("metric" = String, Path, description = "messages | conversations | incidents_opened | incidents_resolved | executions_started | executions_finished"),
+    params(("metric" = String, Path, description = "commands | messages | conversations | incidents_opened | incidents_resolved | executions_started | executions_finished"),
            ("bucket" = Option<String>, Query, description = "1m | 5m | 15m | 1h (default) | 6h | 1d | 7d"),
            ("from" = Option<String>, Query, description = "RFC 3339; default 24 buckets before `to`"),
            ("to" = Option<String>, Query, description = "RFC 3339; default now")),
@@ -243,15 +271,20 @@ pub async fn series(
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
     };
-    let points: Vec<SeriesPoint> = sqlx::query_as(&format!(
+    let sql = format!(
         "SELECT bucket, labels, count, tokens, cost_usd FROM ({}) s ORDER BY bucket, labels",
         metric.sql
-    ))
-    .bind(range.seconds as f64)
-    .bind(range.from)
-    .bind(range.to)
-    .fetch_all(&mut *read.tx)
-    .await?;
+    );
+    let points = sqlx::query_as::<_, SeriesPoint>(&sql)
+        .bind(range.seconds as f64)
+        .bind(range.from)
+        .bind(range.to);
+    let points: Vec<SeriesPoint> = if metric.by_actor {
+        let own = (!caller.admin).then(|| caller.user_id.to_string());
+        points.bind(own).fetch_all(&mut *read.tx).await?
+    } else {
+        points.fetch_all(&mut *read.tx).await?
+    };
     read.tx.commit().await?;
     let mut totals: Vec<SeriesTotal> = Vec::new();
     for p in &points {

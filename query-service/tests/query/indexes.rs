@@ -81,7 +81,19 @@ async fn the_dashboard_queries_run_on_their_indexes(pool: PgPool) {
                               WHEN i % 777 = 0 THEN 'retrying' ELSE 'succeeded' END)::read_model.step_status,
                 1, now() - i * interval '1 minute'
            FROM generate_series(1, {ROWS}) AS i;
-         ANALYZE read_model.conversations, read_model.workflow_executions, read_model.step_executions;"
+         ANALYZE read_model.conversations, read_model.workflow_executions, read_model.step_executions;
+         -- Commands over 100 days in the log (below every checkpoint: no
+         -- projection reads them) and rejections beside them.
+         INSERT INTO events (stream_id, version, generation, tx_id, seq, event_id, stream_type,
+                             event_type, schema_version, payload, metadata, recorded_at,
+                             command_id, command_events)
+         SELECT gen_random_uuid(), 1, 1, 1, -i, gen_random_uuid(), 'test', 'test', 1, '\\x00',
+                '{{}}', now() - ({ROWS} - i) * interval '7 minutes', gen_random_uuid(), 1
+           FROM generate_series(1, {ROWS}) AS i;
+         INSERT INTO command_results (command_id, command_type, actor, status, result, recorded_at)
+         SELECT gen_random_uuid(), 'test', 'x', 'rejected', '{{}}', now() - i * interval '7 minutes'
+           FROM generate_series(1, {ROWS}) AS i;
+         ANALYZE events, command_results;"
     ))
     .execute(&pool)
     .await
@@ -144,6 +156,18 @@ async fn the_dashboard_queries_run_on_their_indexes(pool: PgPool) {
         &plans(&pool, query_service::statements::active_steps_sql, "", "").await,
         "steps_status_started",
     );
+
+    // The commands series reads both places by time (the log by its BRIN).
+    let commands = query_service::statements::series_sql("commands").expect("a metric");
+    let plan = plans(
+        &pool,
+        commands,
+        "float8, timestamptz, timestamptz, text",
+        "3600, now() - interval '1 day', now(), NULL",
+    )
+    .await;
+    assert_uses(&plan, "events_recorded_at");
+    assert_uses(&plan, "command_results_recorded_at");
 
     // The time series: a day's range on each metric's time column.
     for (metric, index) in [

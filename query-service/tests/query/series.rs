@@ -45,8 +45,8 @@ fn assert_buckets_sum_to_totals(series: &Value) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn series_sum_to_totals_and_show_each_caller_only_theirs(pool: PgPool) {
-    let stack = Stack::start(pool).await;
-    let (_, alice) = stack.user("operator").await;
+    let stack = Stack::start(pool.clone()).await;
+    let (alice_id, alice) = stack.user("operator").await;
     let (_, bob) = stack.user("operator").await;
     let (_, admin) = stack.user("admin").await;
     let mut last = String::new();
@@ -151,6 +151,67 @@ async fn series_sum_to_totals_and_show_each_caller_only_theirs(pool: PgPool) {
     );
     let listed = stack.get("/v1/incidents?limit=200", &admin).await;
     assert_eq!(listed.ids().len() as i64, count_of(&opened.body["points"]));
+    // Commands by outcome: Alice's own (one of them rejected), and
+    // everyone's for the admin, as the log and the stored rejections hold.
+    let rejected = stack
+        .command(
+            "conversation.append_message",
+            Uuid::now_v7(),
+            json!({"message_id": Uuid::now_v7(), "role": "user", "content": "to nowhere"}),
+            &alice,
+        )
+        .await;
+    assert_ne!(rejected.status, command_service::Status::Accepted);
+    let by_status = |body: &Value| -> Vec<(String, i64)> {
+        body["totals"]
+            .as_array()
+            .expect("totals")
+            .iter()
+            .map(|t| {
+                (
+                    t["labels"]["status"].as_str().unwrap_or("").to_string(),
+                    t["count"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let accepted_of = |actor: Option<String>| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM events WHERE command_id IS NOT NULL
+                    AND ($1::text IS NULL OR metadata->>'actor' = $1)",
+            )
+            .bind(actor)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    let own = stack
+        .get(&format!("/v1/series/commands?{query}"), &alice)
+        .await;
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    assert_buckets_sum_to_totals(&own.body);
+    let own_accepted = accepted_of(Some(alice_id.to_string())).await;
+    assert!(own_accepted >= 4);
+    assert_eq!(
+        by_status(&own.body),
+        [
+            ("accepted".to_string(), own_accepted),
+            ("rejected".to_string(), 1)
+        ]
+    );
+    let everyone = stack
+        .get(&format!("/v1/series/commands?{query}"), &admin)
+        .await;
+    assert_buckets_sum_to_totals(&everyone.body);
+    let statuses = by_status(&everyone.body);
+    assert_eq!(
+        statuses[0],
+        ("accepted".to_string(), accepted_of(None).await)
+    );
+
     // Nothing resolved yet: an empty series, not an error.
     let resolved = stack
         .get_at(
