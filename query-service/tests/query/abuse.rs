@@ -827,9 +827,24 @@ async fn https_answers_with_security_headers(pool: PgPool) {
         .await
         .expect("page");
     let csp = header(&page, "content-security-policy").expect("a policy on the page");
+    // Scripts: the page's own inline one by its hash and the vendored
+    // charting library from the service itself; nothing inline otherwise.
     assert!(
-        csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"),
+        csp.contains("default-src 'none'")
+            && csp.contains("script-src 'self' 'sha256-")
+            && !csp.contains("unsafe"),
         "{csp}"
+    );
+    let library = stack
+        .http
+        .get(format!("{}/static/uplot.js", stack.base))
+        .send()
+        .await
+        .expect("the charting library");
+    assert_eq!(library.status(), 200);
+    assert_eq!(
+        header(&library, "content-type").as_deref(),
+        Some("text/javascript; charset=utf-8")
     );
     // CORS: a configured origin may call the API from a browser, another not.
     for (origin, allowed) in [
