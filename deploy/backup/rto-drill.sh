@@ -49,6 +49,8 @@ now() { date +%s.%N; }
 since() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # SeaweedFS does not stop on SIGTERM.
+    [[ -n ${weed_pid:-} ]] && kill -9 "$weed_pid" 2>/dev/null || true
     if [[ -n ${COPILOT_NATS_PREFIX:-} ]]; then
         # The drill's JetStream streams (by the JetStream API's own subject)
         # and Redis keys.
@@ -114,7 +116,7 @@ mkdir -p "$WORK/weed"
     -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false \
     -admin.port="$(free_port)" -admin.port.grpc="$(free_port)" -bucket=backups \
     > "$WORK/weed.log" 2>&1 &
-pids+=($!)
+weed_pid=$!
 wait_port "$S3_PORT"
 
 # The primary, archiving through the shipped configuration.
