@@ -594,7 +594,12 @@ impl Relational {
                 c.set(t, id, "updated_at", Value::Ts(e.at));
             }
             E::Reopened(e) => {
+                // Open again: no longer resolved or closed (the resolution
+                // stays in the timeline; a new one sets these again).
                 c.set(t, id, "status", Value::Label("investigating"));
+                c.set(t, id, "resolved_at", Value::Null);
+                c.set(t, id, "time_to_resolve_ms", Value::Null);
+                c.set(t, id, "closed_at", Value::Null);
                 c.add(t, id, "reopen_count", 1);
                 c.set(t, id, "updated_at", Value::Ts(e.at));
             }

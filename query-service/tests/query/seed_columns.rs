@@ -280,6 +280,47 @@ async fn what_the_seeds_triggers_did_comes_from_the_events(pool: PgPool) {
     assert_eq!(read.status, 200, "{:?}", read.body);
     assert!(read.body["time_to_resolve_ms"].is_u64(), "{:?}", read.body);
     assert_eq!(read.body["updated_at"], read.body["resolved_at"]);
+    // Reopened: no longer resolved, so neither resolved_at nor the time to
+    // resolve (nor the resolved series) count it until it is resolved again.
+    stack
+        .ok("incident.close", incident, json!({}), &alice)
+        .await;
+    let reopened = stack
+        .ok(
+            "incident.reopen",
+            incident,
+            json!({"reason": "it came back"}),
+            &alice,
+        )
+        .await;
+    let read = stack
+        .get_at(&format!("/v1/incidents/{incident}"), &alice, &reopened)
+        .await;
+    assert_eq!(read.body["status"], "investigating");
+    assert_eq!(read.body["reopen_count"], 1);
+    for field in ["resolved_at", "time_to_resolve_ms", "closed_at"] {
+        assert!(read.body[field].is_null(), "{field}: {:?}", read.body);
+    }
+    let series = stack
+        .get_at("/v1/series/incidents_resolved", &alice, &reopened)
+        .await;
+    assert_eq!(series.body["points"], json!([]), "{:?}", series.body);
+    let again = stack
+        .ok(
+            "incident.resolve",
+            incident,
+            json!({"root_cause": "a full disk, again", "remediation_steps": ["alert on disk use"]}),
+            &alice,
+        )
+        .await;
+    let read = stack
+        .get_at(&format!("/v1/incidents/{incident}"), &alice, &again)
+        .await;
+    assert!(read.body["resolved_at"].is_string() && read.body["time_to_resolve_ms"].is_u64());
+    let series = stack
+        .get_at("/v1/series/incidents_resolved", &alice, &again)
+        .await;
+    assert_eq!(series.body["totals"][0]["count"], 1, "{:?}", series.body);
 
     let workflow = Uuid::now_v7();
     stack
