@@ -505,16 +505,17 @@ async fn open_part(
     Ok(text)
 }
 
-/// Loads an archive into the empty, migrated database `conn` is connected
-/// to, in one transaction: any failure (a part altered, missing or not
-/// opening, a count that differs) leaves the database as it was.
+/// Loads the archive whose authenticated manifest ([`read_manifest`]) is
+/// `manifest` into the empty, migrated database `conn` is connected to, in
+/// one transaction: any failure (a part altered, missing or not opening, a
+/// count that differs) leaves the database as it was.
 pub async fn import(
     conn: &mut PgConnection,
     location: &Location,
     key: &ArchiveKey,
+    manifest: &Manifest,
     progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<Manifest> {
-    let manifest = read_manifest(location, key).await?;
+) -> anyhow::Result<()> {
     let mut tx = conn.begin().await?;
     for table in TABLES.iter().filter(|t| t.name != "store_generations") {
         let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM public.{}", table.name))
@@ -543,7 +544,7 @@ pub async fn import(
         );
         let mut loaded = 0u64;
         for part in manifest.parts.iter().filter(|p| p.table == table.name) {
-            let text = open_part(location, key, &manifest, part).await?;
+            let text = open_part(location, key, manifest, part).await?;
             let mut copy = tx.copy_in_raw(&statement).await?;
             copy.send(text).await?;
             loaded += copy.finish().await?;
@@ -564,5 +565,5 @@ pub async fn import(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(manifest)
+    Ok(())
 }

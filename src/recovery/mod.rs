@@ -67,9 +67,11 @@ pub async fn import(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<(
         .await
         .context("import refused; nothing was written")?;
     let bar = progress_bar(manifest.events, "import");
-    archive::import(&mut conn, &location, &key, &|n| bar.set_position(n))
-        .await
-        .context("import refused; nothing was written")?;
+    archive::import(&mut conn, &location, &key, &manifest, &|n| {
+        bar.set_position(n)
+    })
+    .await
+    .context("import refused; nothing was written")?;
     bar.finish_and_clear();
     conn.close().await?;
     // Opening the store starts a new generation when this cluster's
