@@ -548,12 +548,12 @@ impl VectorModel {
             .map(|p| embedding_cache::Wanted::new(&p.text, owner_of_point(p)))
             .collect();
         let mut vectors = embedding_cache::load(self.events.pool(), &info, &wanted).await?;
-        let mut missing: Vec<&embedding_cache::Wanted> = Vec::new();
-        for w in &wanted {
-            if !vectors.contains_key(&w.hash) && !missing.iter().any(|m| m.hash == w.hash) {
-                missing.push(w);
-            }
-        }
+        // Each distinct text once (a batch may repeat one).
+        let mut seen = HashSet::new();
+        let missing: Vec<&embedding_cache::Wanted> = wanted
+            .iter()
+            .filter(|w| !vectors.contains_key(&w.hash) && seen.insert(w.hash))
+            .collect();
         if !missing.is_empty() {
             let texts = missing.iter().map(|w| w.text.clone()).collect();
             let embedded = self.guarded_embed(texts).await?;
