@@ -20,7 +20,7 @@ use uuid::Uuid;
 mod common;
 
 use common::certs::Certs;
-use common::servers::{run_as_postgres, PgCluster, TempDir, Weed};
+use common::servers::{try_as_postgres, PgCluster, TempDir, Weed};
 
 const STANZA: &str = "copilot";
 /// The test cluster's archive_timeout: the most WAL a lost primary may
@@ -242,10 +242,16 @@ pg1-socket-path={socket}
 }
 
 fn pgbackrest(conf: &str, args: &[&str]) -> String {
+    try_pgbackrest(conf, args).unwrap_or_else(|out| panic!("pgbackrest {args:?}: {out}"))
+}
+
+/// pgBackRest on the test's stanza, as `postgres`: its output, `Ok` if it
+/// succeeded.
+fn try_pgbackrest(conf: &str, args: &[&str]) -> Result<String, String> {
     let mut all = vec![format!("--config={conf}"), format!("--stanza={STANZA}")];
     all.extend(args.iter().map(|a| a.to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    run_as_postgres("pgbackrest", &all)
+    try_as_postgres("pgbackrest", &all)
 }
 
 /// A cluster restored by pgBackRest with `options`, started (archiving
@@ -321,24 +327,10 @@ async fn point_in_time_and_latest_restores_keep_every_acknowledged_command() {
     // The bucket is created as SeaweedFS starts; the stanza waits for it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut all = vec![
-            format!("--config={conf}"),
-            format!("--stanza={STANZA}"),
-            "stanza-create".into(),
-        ];
-        let out = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--", "pgbackrest"])
-            .args(all.drain(..))
-            .output()
-            .expect("pgbackrest");
-        if out.status.success() {
-            break;
+        match try_pgbackrest(&conf, &["stanza-create"]) {
+            Ok(_) => break,
+            Err(out) => assert!(Instant::now() < deadline, "stanza-create: {out}"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "stanza-create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     pgbackrest(&conf, &["check"]);
@@ -592,6 +584,24 @@ async fn an_export_under_load_imports_identically_and_refuses_any_alteration(poo
     )
     .await;
     assert!(!ok && out.contains("does not open with this key"), "{out}");
+    assert_eq!(event_count(&target_url).await, 0, "nothing written");
+
+    // A key file that is not 64 hex digits, and a location that is neither
+    // a folder nor s3://: refused before anything is read or written.
+    let short = tmp.path("short.key");
+    std::fs::write(&short, "abc123\n").expect("key");
+    let short_env = [("COPILOT_ARCHIVE_KEY_FILE", short.display().to_string())];
+    let elsewhere = tmp.path("elsewhere");
+    let elsewhere_text = elsewhere.display().to_string();
+    let (ok, out) = run_cli(&url, &["export", &elsewhere_text], &short_env).await;
+    assert!(!ok && out.contains("64 hexadecimal digits"), "{out}");
+    assert!(!elsewhere.exists(), "nothing written");
+    let (ok, out) = run_cli(&target_url, &["import", &folder_text], &short_env).await;
+    assert!(!ok && out.contains("64 hexadecimal digits"), "{out}");
+    let (ok, out) = run_cli(&url, &["export", "ftp://host/archive"], &key_env).await;
+    assert!(!ok && out.contains("a local path or an s3:// URL"), "{out}");
+    let (ok, out) = run_cli(&url, &["export", "s3:///no-bucket"], &key_env).await;
+    assert!(!ok && out.contains("names a bucket"), "{out}");
     assert_eq!(event_count(&target_url).await, 0, "nothing written");
 
     // Untouched again, it imports.

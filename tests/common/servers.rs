@@ -204,8 +204,8 @@ impl PgCluster {
 }
 
 /// Runs `program` with `args` as the `postgres` user (as PostgreSQL's own
-/// tools must), panicking with its output if it fails.
-pub fn run_as_postgres(program: &str, args: &[&str]) -> String {
+/// tools must): its output, as `Ok` if it succeeded.
+pub fn try_as_postgres(program: &str, args: &[&str]) -> Result<String, String> {
     let out = as_postgres(Path::new(program))
         .args(args)
         .output()
@@ -215,8 +215,11 @@ pub fn run_as_postgres(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{program} {args:?} failed: {text}");
-    text
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 /// SeaweedFS (`weed mini`, COPILOT_WEED or on PATH): an S3-compatible
