@@ -598,6 +598,15 @@ async fn an_export_under_load_imports_identically_and_refuses_any_alteration(poo
     assert!(!elsewhere.exists(), "nothing written");
     let (ok, out) = run_cli(&target_url, &["import", &folder_text], &short_env).await;
     assert!(!ok && out.contains("64 hexadecimal digits"), "{out}");
+    let missing = tmp.path("no-such-archive");
+    let (ok, out) = run_cli(
+        &target_url,
+        &["import", &missing.display().to_string()],
+        &key_env,
+    )
+    .await;
+    assert!(!ok && out.contains("no such folder"), "{out}");
+    assert!(!missing.exists(), "a mistyped folder is not created");
     let (ok, out) = run_cli(&url, &["export", "ftp://host/archive"], &key_env).await;
     assert!(!ok && out.contains("a local path or an s3:// URL"), "{out}");
     let (ok, out) = run_cli(&url, &["export", "s3:///no-bucket"], &key_env).await;

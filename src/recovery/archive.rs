@@ -185,7 +185,18 @@ pub struct Location {
 }
 
 impl Location {
-    pub fn parse(text: &str) -> anyhow::Result<Location> {
+    /// The place to write an archive to (a missing folder is created).
+    pub fn to_write(text: &str) -> anyhow::Result<Location> {
+        Location::parse(text, true)
+    }
+
+    /// The place to read an archive from (a missing folder is an error,
+    /// not a new empty one).
+    pub fn to_read(text: &str) -> anyhow::Result<Location> {
+        Location::parse(text, false)
+    }
+
+    fn parse(text: &str, create: bool) -> anyhow::Result<Location> {
         if let Some(rest) = text.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -209,8 +220,12 @@ impl Location {
         } else if text.contains("://") {
             bail!("{text}: an archive is a local path or an s3:// URL")
         } else {
-            std::fs::create_dir_all(text)
-                .with_context(|| format!("creating the archive folder {text}"))?;
+            if create {
+                std::fs::create_dir_all(text)
+                    .with_context(|| format!("creating the archive folder {text}"))?;
+            } else if !Path::new(text).is_dir() {
+                bail!("{text}: no such folder");
+            }
             let store = object_store::local::LocalFileSystem::new_with_prefix(text)
                 .with_context(|| format!("opening the archive folder {text}"))?;
             Ok(Location {

@@ -32,7 +32,7 @@ pub async fn export(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<(
         "{timestamp}",
         &chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
     );
-    let location = archive::Location::parse(&place)?;
+    let location = archive::Location::to_write(&place)?;
     let mut conn = owner_connection(settings).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&mut conn)
@@ -61,7 +61,7 @@ pub async fn export(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<(
 
 pub async fn import(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     let key = archive::ArchiveKey::read(&args.key_file)?;
-    let location = archive::Location::parse(&args.location)?;
+    let location = archive::Location::to_read(&args.location)?;
     let mut conn = owner_connection(settings).await?;
     let manifest = archive::read_manifest(&location, &key)
         .await
@@ -105,7 +105,7 @@ pub async fn restore_check(args: &RestoreCheckArgs, settings: &Settings) -> anyh
             bail!("--archive needs --key-file (or COPILOT_ARCHIVE_KEY_FILE)");
         };
         let key = archive::ArchiveKey::read(key_file)?;
-        let manifest = archive::read_manifest(&archive::Location::parse(location)?, &key).await?;
+        let manifest = archive::read_manifest(&archive::Location::to_read(location)?, &key).await?;
         findings.extend(check::manifest_findings(&mut conn, &manifest).await?);
     }
     conn.close().await?;
