@@ -35,6 +35,15 @@ if [[ ! -f $secrets ]]; then
         done > "$secrets"
     )
 fi
+# The master key that wraps every user's data key (crypto-shredding: see
+# docs/recovery.md). Made once; keep a copy apart from the database's
+# backups, which are unreadable without it.
+if [[ -z ${COPILOT_MASTER_KEY:-} && -z ${COPILOT_MASTER_KEY_FILE:-} ]]; then
+    if [[ ! -f $data/master.key ]]; then
+        (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$data/master.key")
+    fi
+    export COPILOT_MASTER_KEY_FILE=$data/master.key
+fi
 set -a
 # shellcheck source=/dev/null
 . "$secrets"

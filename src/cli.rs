@@ -64,6 +64,9 @@ pub enum Operation {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigOperation),
+    /// The data keys that seal each user's personal data (crypto-shredding).
+    #[command(subcommand)]
+    Keys(KeysOperation),
     /// Where every projection is (position, lag, lease holder, stopped),
     /// the parked events, the NATS streams and consumers, Redis.
     Status,
@@ -82,6 +85,16 @@ pub enum Operation {
     /// A simulated agent: users signing in, conversations, workflow runs,
     /// incidents and documents, sent as commands over NATS at a chosen rate.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysOperation {
+    /// Data keys per master key (by fingerprint), and destroyed ones.
+    Status,
+    /// Re-wrap every data key, and re-seal every TOTP seed, under the
+    /// current master key (the first of COPILOT_MASTER_KEY); events are not
+    /// rewritten. Afterwards the old key can be removed from the list.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,7 +16,7 @@ use clap::Parser;
 use infra::Settings;
 
 use crate::cli::{
-    AdminOperation, AuditOperation, Cli, ConfigOperation, Operation, ProjectionOperation,
+    AdminOperation, AuditOperation, Cli, ConfigOperation, KeysOperation, Operation, ProjectionOperation,
 };
 
 /// The services allocate and free many small, short-lived buffers per
@@ -43,7 +43,7 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         Operation::Migrate => {
             let pool = infra::postgres::prepare(&settings.database).await?;
             // Opening the store also starts a new generation after a restore.
-            let store = eventstore::EventStore::connect(pool, up::store_options(&settings)).await?;
+            let store = eventstore::EventStore::connect(pool, up::store_options(&settings)?).await?;
             tracing::info!(generation = store.generation().await?, "database migrated");
             Ok(())
         }
@@ -72,6 +72,8 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
             operate::config_check(&settings, explain)
         }
         Operation::Status => operate::status(&settings).await,
+        Operation::Keys(KeysOperation::Status) => operate::keys_status(&settings).await,
+        Operation::Keys(KeysOperation::Rotate) => operate::keys_rotate(&settings).await,
         Operation::Projection(ProjectionOperation::Skip(args)) => {
             operate::skip(&args, &settings).await
         }

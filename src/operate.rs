@@ -296,3 +296,51 @@ pub async fn send(args: &SendArgs, settings: &Settings) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The data keys of the database owner's view (`keys status`).
+async fn owner_keys(settings: &Settings) -> anyhow::Result<eventstore::data_keys::DataKeys> {
+    let master = up::master_keys(settings)?.context(
+        "no master key is configured (COPILOT_MASTER_KEY or COPILOT_MASTER_KEY_FILE)",
+    )?;
+    let pool = infra::postgres::prepare(&settings.database).await?;
+    Ok(eventstore::data_keys::DataKeys::new(pool, master))
+}
+
+/// `copilot-data keys status`.
+pub async fn keys_status(settings: &Settings) -> anyhow::Result<()> {
+    let keys = owner_keys(settings).await?;
+    let counts = keys.counts().await?;
+    let configured = keys.master().ids();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "master keys configured (current first): {}", configured.join(", "))?;
+    for (id, n) in &counts.by_master {
+        let note = if id == keys.master().current_id() {
+            "current"
+        } else if configured.contains(id) {
+            "to rotate"
+        } else {
+            "NOT CONFIGURED: these keys cannot be opened"
+        };
+        writeln!(out, "  {id}: {n} data keys ({note})")?;
+    }
+    writeln!(out, "destroyed (users forgotten): {}", counts.destroyed)?;
+    Ok(())
+}
+
+/// `copilot-data keys rotate`.
+pub async fn keys_rotate(settings: &Settings) -> anyhow::Result<()> {
+    let keys = owner_keys(settings).await?;
+    let started = Instant::now();
+    let done = keys
+        .rotate(|n| tracing::info!(data_keys = n, "re-wrapped so far"))
+        .await?;
+    writeln!(
+        std::io::stdout(),
+        "re-wrapped {} data keys and {} TOTP seeds under {} in {:.1} s",
+        done.data_keys,
+        done.secrets,
+        keys.master().current_id(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}

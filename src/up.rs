@@ -5,20 +5,32 @@
 use std::future::Future;
 
 use anyhow::Context;
+use eventstore::data_keys::MasterKeys;
 use eventstore::{EventStore, StoreOptions};
 use infra::Settings;
 use secrecy::ExposeSecret;
 
-pub fn store_options(settings: &Settings) -> StoreOptions {
+pub fn store_options(settings: &Settings) -> anyhow::Result<StoreOptions> {
     let es = &settings.event_store;
-    StoreOptions {
+    Ok(StoreOptions {
         max_payload_bytes: es.max_payload_bytes,
         max_events_per_append: es.max_events_per_append,
         poll_interval: es.poll_interval,
         batch_size: es.batch_size,
         max_concurrent_batches: es.group_commits_in_flight,
+        master_keys: master_keys(settings)?,
         ..StoreOptions::default()
-    }
+    })
+}
+
+/// The configured master keys (`COPILOT_MASTER_KEY[_FILE]`), if any.
+pub fn master_keys(settings: &Settings) -> anyhow::Result<Option<MasterKeys>> {
+    settings
+        .master_key
+        .as_ref()
+        .map(|text| MasterKeys::parse(text.expose_secret()))
+        .transpose()
+        .context("COPILOT_MASTER_KEY")
 }
 
 /// A service role, for the database login it runs as.
@@ -48,7 +60,14 @@ pub async fn role_pool(settings: &Settings, role: Role) -> anyhow::Result<sqlx::
 
 pub async fn open_store(settings: &Settings, role: Role) -> anyhow::Result<EventStore> {
     let pool = role_pool(settings, role).await?;
-    let store = EventStore::connect(pool, store_options(settings)).await?;
+    let store = EventStore::connect(pool, store_options(settings)?).await?;
+    match store.data_keys() {
+        Some(keys) => tracing::info!(master_key = keys.master().current_id(), "personal data is sealed"),
+        None => tracing::warn!(
+            "no master key (COPILOT_MASTER_KEY_FILE): personal data is written in the clear \
+             and user.forget cannot erase it from the log"
+        ),
+    }
     tracing::info!(
         generation = store.generation().await?,
         head = %store.head_position().await?,
@@ -312,6 +331,7 @@ pub fn query_config(
     config.nats = Some((&settings.nats).into());
     config.tls = http.tls_cert.clone().zip(http.tls_key.clone());
     config.cors_origins = http.cors_origins.clone();
+    config.master_keys = master_keys(settings)?;
     config.replica = http
         .replica_url
         .as_ref()

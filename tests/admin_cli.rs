@@ -21,6 +21,7 @@ async fn admin(database_url: &str, args: &[&str], stdin: Option<&str>) -> Run {
         .arg("admin")
         .args(args)
         .env("COPILOT_DATABASE_URL", database_url)
+        .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
         .env("COPILOT_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -71,6 +71,7 @@ fn bench(args: &[&str], url: String) -> Command {
         .arg("bench")
         .args(args)
         .env("COPILOT_DATABASE_URL", url)
+        .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
         .env("COPILOT_LOG", "warn")
         .kill_on_drop(true);
     command

@@ -27,6 +27,7 @@ fn start_with(url: &str, redis_prefix: Option<&str>) -> Child {
     command
         .arg("projector")
         .env("COPILOT_DATABASE_URL", url)
+        .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
         .env("COPILOT_DATABASE_MAX_CONNECTIONS", "6")
         .env("COPILOT_PROJECTOR_BATCH_SIZE", "150")
         .env("COPILOT_PROJECTOR_LEASE_RETRY_MS", "100")
@@ -53,6 +54,7 @@ fn start_vectors(url: &str, dir: &std::path::Path, prefix: &str) -> Child {
     command
         .arg("projector")
         .env("COPILOT_DATABASE_URL", url)
+        .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
         .env("COPILOT_DATABASE_MAX_CONNECTIONS", "6")
         // Small batches: a batch of long messages takes seconds to embed.
         .env("COPILOT_PROJECTOR_BATCH_SIZE", "12")

@@ -153,6 +153,7 @@ async fn run_cli(url: &str, args: &[&str], envs: &[(&str, String)]) -> (bool, St
     command
         .args(args)
         .env("COPILOT_DATABASE_URL", url)
+        .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
         .env("COPILOT_LOG", "warn")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null());

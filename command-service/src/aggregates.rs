@@ -1,6 +1,7 @@
 //! What the handler needs of each aggregate beyond the domain.
 
 use futures_util::future::BoxFuture;
+use eventstore::data_keys::DataKeys;
 use uuid::Uuid;
 
 use domain::{
@@ -27,8 +28,10 @@ pub(crate) trait Handled: Aggregate<Command: Clone, State: Send + Sync + 'static
         CommandRef::Other
     }
 
+    /// `keys` seal the secrets the projection keeps (see `inline`).
     fn project<'c>(
         _conn: &'c mut sqlx::PgConnection,
+        _keys: Option<&'c DataKeys>,
         _id: Uuid,
         _events: &'c [Self::Event],
     ) -> BoxFuture<'c, Result<(), InlineError>> {
@@ -51,10 +54,11 @@ impl Handled for user::User {
 
     fn project<'c>(
         conn: &'c mut sqlx::PgConnection,
+        keys: Option<&'c DataKeys>,
         id: Uuid,
         events: &'c [user::Event],
     ) -> BoxFuture<'c, Result<(), InlineError>> {
-        Box::pin(crate::inline::apply_user(conn, id, events))
+        Box::pin(crate::inline::apply_user(conn, keys, id, events))
     }
 
     fn auth_subject(id: Uuid, events: &[user::Event]) -> Option<Uuid> {
@@ -84,6 +88,7 @@ impl Handled for session::Session {
 
     fn project<'c>(
         conn: &'c mut sqlx::PgConnection,
+        _keys: Option<&'c DataKeys>,
         id: Uuid,
         events: &'c [session::Event],
     ) -> BoxFuture<'c, Result<(), InlineError>> {

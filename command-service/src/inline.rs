@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::{session, user, DomainError};
+use eventstore::data_keys::DataKeys;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -22,8 +23,11 @@ pub enum InlineError {
 /// The constraint that keeps e-mails unique among accounts not forgotten.
 const EMAIL_KEY: &str = "auth_users_email_key";
 
+/// `keys` (when a master key is configured) seal the TOTP seed the index
+/// keeps: it is read back only to check a sign-in's code.
 pub async fn apply_user(
     conn: &mut PgConnection,
+    keys: Option<&DataKeys>,
     user_id: Uuid,
     events: &[user::Event],
 ) -> Result<(), InlineError> {
@@ -59,17 +63,12 @@ pub async fn apply_user(
                 .await?
             }
             user::Event::MfaEnabled(e) => {
-                set(
-                    conn,
-                    user_id,
-                    "mfa_secret = $2",
-                    e.secret
-                        .expose()
-                        .as_ref()
-                        .map(String::as_str)
-                        .unwrap_or_default(),
-                )
-                .await?
+                let seed = e.secret.expose().as_ref().map(String::as_str);
+                let kept = match (keys, seed) {
+                    (Some(keys), Some(seed)) => keys.seal_secret(seed),
+                    (_, seed) => seed.unwrap_or_default().to_owned(),
+                };
+                set(conn, user_id, "mfa_secret = $2", &kept).await?
             }
             user::Event::MfaDisabled(_) => flag(conn, user_id, "mfa_secret = NULL").await?,
             user::Event::Locked(_) => flag(conn, user_id, "locked = true").await?,

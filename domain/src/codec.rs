@@ -24,6 +24,8 @@ pub enum CodecError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("cannot decode event: {0}")]
     Decode(String),
+    #[error("cannot seal personal data: {0}")]
+    Sealing(String),
 }
 
 /// What generic code (the command service, projections) needs of an

@@ -152,6 +152,15 @@ impl Aggregate for Conversation {
     type Command = Command;
     type Event = Event;
 
+    /// A conversation's texts belong to its owner.
+    fn data_subject(_aggregate_id: uuid::Uuid, state: &State, event: &Event) -> Option<uuid::Uuid> {
+        match event {
+            Event::Started(e) => Some(e.owner_id.0),
+            _ if state.exists => Some(state.owner_id.0),
+            _ => None,
+        }
+    }
+
     fn decide(state: &State, command: Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
         if let Command::Start(start) = command {
             if state.exists {

@@ -168,6 +168,14 @@ impl Aggregate for Incident {
     type Command = Command;
     type Event = Event;
 
+    /// A note's text belongs to whoever wrote it.
+    fn data_subject(_aggregate_id: uuid::Uuid, _state: &State, event: &Event) -> Option<uuid::Uuid> {
+        match event {
+            Event::NoteAdded(e) => e.author.map(|a| a.0),
+            _ => None,
+        }
+    }
+
     fn decide(state: &State, command: Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
         ctx.actor.require_writer()?;
         use IncidentStatus as S;

@@ -69,6 +69,23 @@ pub trait Aggregate {
     /// The state after `event`.
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 
+    /// The person whose key seals `event`'s personal fields (see
+    /// [`personal`]), appended to `aggregate_id` in `state`; `None`: the
+    /// event holds nothing personal of anyone.
+    fn data_subject(
+        _aggregate_id: uuid::Uuid,
+        _state: &Self::State,
+        _event: &Self::Event,
+    ) -> Option<uuid::Uuid> {
+        None
+    }
+
+    /// The person whose key seals the personal fields of `state` in a
+    /// snapshot.
+    fn state_subject(_aggregate_id: uuid::Uuid, _state: &Self::State) -> Option<uuid::Uuid> {
+        None
+    }
+
     /// Folds events into a state, from the beginning.
     fn replay<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self::State
     where

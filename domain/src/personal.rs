@@ -58,8 +58,28 @@ enum Showing {
     Public,
 }
 
+/// Turns a personal value's MessagePack encoding into its sealed form, or
+/// `None` when the value must not be kept (its owner was forgotten).
+type Seal = std::rc::Rc<dyn Fn(&[u8]) -> Option<Vec<u8>>>;
+
 thread_local! {
     static SHOWING: std::cell::Cell<Showing> = const { std::cell::Cell::new(Showing::All) };
+    static SEALING: std::cell::RefCell<Option<Seal>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (an event's or a state's encoding for the log) with every
+/// personal value written as the bytes `seal` makes of its MessagePack
+/// encoding (its data subject's key, see `eventstore::data_keys`), or as
+/// `nil` where `seal` gives nothing. Readers of the log get the values
+/// opened again before they decode them.
+pub fn sealed_with<R>(
+    seal: impl Fn(&[u8]) -> Option<Vec<u8>> + 'static,
+    f: impl FnOnce() -> R,
+) -> R {
+    let before = SEALING.with(|s| s.replace(Some(std::rc::Rc::new(seal))));
+    let result = f();
+    SEALING.with(|s| *s.borrow_mut() = before);
+    result
 }
 
 /// What a personal value serialises as inside [`redacted`].
@@ -136,7 +156,16 @@ impl<T: Serialize> Serialize for Personal<T> {
             Personal::Value(_) if SHOWING.with(std::cell::Cell::get) == Showing::Public => {
                 s.serialize_str(REDACTED)
             }
-            Personal::Value(v) => v.serialize(s),
+            Personal::Value(v) => match SEALING.with(|cell| cell.borrow().clone()) {
+                Some(seal) => {
+                    let plain = crate::codec::encode(v).map_err(serde::ser::Error::custom)?;
+                    match seal(&plain) {
+                        Some(sealed) => s.serialize_bytes(&sealed),
+                        None => s.serialize_none(),
+                    }
+                }
+                None => v.serialize(s),
+            },
             Personal::Erased => s.serialize_none(),
         }
     }
@@ -148,5 +177,54 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Personal<T> {
             Some(v) => Personal::Value(v),
             None => Personal::Erased,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Note {
+        author: String,
+        text: Personal<String>,
+        secret: Secret<Personal<String>>,
+    }
+
+    fn note() -> Note {
+        Note {
+            author: "ops".into(),
+            text: Personal::new("call Ada at home".into()),
+            secret: Secret::new(Personal::new("JBSWY3DPEHPK3PXP".into())),
+        }
+    }
+
+    #[test]
+    fn sealing_replaces_every_personal_value_with_what_the_sealer_makes() {
+        let sealed = sealed_with(
+            |plain| Some([b"S:".as_slice(), plain].concat()),
+            || crate::codec::encode(&note()),
+        )
+        .expect("encodes");
+        let as_value: rmpv::Value = rmpv::decode::read_value(&mut sealed.as_slice()).expect("msgpack");
+        let fields = as_value.as_map().expect("a map");
+        let field = |name: &str| &fields.iter().find(|(k, _)| k.as_str() == Some(name)).expect(name).1;
+        assert_eq!(field("author").as_str(), Some("ops"));
+        // The personal values are binary (the sealed bytes), not text.
+        let text = field("text").as_slice().expect("binary");
+        assert!(text.starts_with(b"S:"));
+        assert!(field("secret").as_slice().expect("binary").starts_with(b"S:"));
+        // Outside the scope values are written as they are again.
+        let plain = crate::codec::encode(&note()).expect("encodes");
+        assert_eq!(crate::codec::decode::<Note>(&plain).expect("decodes"), note());
+    }
+
+    #[test]
+    fn a_sealer_that_keeps_nothing_erases() {
+        let erased = sealed_with(|_| None, || crate::codec::encode(&note())).expect("encodes");
+        let read: Note = crate::codec::decode(&erased).expect("decodes");
+        assert!(read.text.is_erased());
+        assert!(read.secret.expose().is_erased());
+        assert_eq!(read.author, "ops");
     }
 }

@@ -93,6 +93,14 @@ impl Aggregate for Session {
     type Command = Command;
     type Event = Event;
 
+    /// A session's address, program and context belong to its user.
+    fn data_subject(_aggregate_id: uuid::Uuid, state: &State, event: &Event) -> Option<uuid::Uuid> {
+        match event {
+            Event::Started(e) => Some(e.user_id.0),
+            _ => state.user_id.map(|u| u.0),
+        }
+    }
+
     fn decide(state: &State, command: Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
         let Some(user_id) = state.user_id else {
             let Command::Start(start) = command else {

@@ -226,6 +226,15 @@ impl Aggregate for User {
     type Command = Command;
     type Event = Event;
 
+    /// A user's events hold their own data.
+    fn data_subject(aggregate_id: uuid::Uuid, _state: &State, _event: &Event) -> Option<uuid::Uuid> {
+        Some(aggregate_id)
+    }
+
+    fn state_subject(aggregate_id: uuid::Uuid, _state: &State) -> Option<uuid::Uuid> {
+        Some(aggregate_id)
+    }
+
     fn decide(state: &State, command: Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
         let user_id = UserId(ctx.aggregate_id);
         use Command as C;

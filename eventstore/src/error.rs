@@ -14,6 +14,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the event store is shut down")]
     Closed,
+    /// Sealed personal data cannot be opened (a master key missing or
+    /// wrong): an operator's matter, never retried.
+    #[error("data keys: {0}")]
+    Keys(String),
 }
 
 impl StoreError {
@@ -22,7 +26,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => is_transient(e),
-            StoreError::Corrupt(_) | StoreError::Closed => false,
+            StoreError::Corrupt(_) | StoreError::Closed | StoreError::Keys(_) => false,
         }
     }
 }

@@ -76,6 +76,7 @@ mod append;
 pub mod checkpoint;
 pub mod coalesce;
 pub mod committers;
+pub mod data_keys;
 mod error;
 mod generation;
 mod group_commit;
@@ -126,6 +127,10 @@ pub struct StoreOptions {
     pub max_concurrent_batches: usize,
     /// Group commit: the most events written in one transaction.
     pub max_batch_events: usize,
+    /// The master keys that wrap the data keys of personal data (see
+    /// [`data_keys`]); `None`: personal data is written in the clear and
+    /// sealed data cannot be read.
+    pub master_keys: Option<data_keys::MasterKeys>,
 }
 
 impl Default for StoreOptions {
@@ -137,6 +142,7 @@ impl Default for StoreOptions {
             batch_size: 1000,
             max_concurrent_batches: 1,
             max_batch_events: 2000,
+            master_keys: None,
         }
     }
 }
@@ -154,6 +160,7 @@ struct Inner {
     options: StoreOptions,
     notifier: notify::Notifier,
     committer: group_commit::GroupCommit,
+    data_keys: Option<Arc<data_keys::DataKeys>>,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -178,8 +185,13 @@ impl EventStore {
         ));
         let committer =
             group_commit::GroupCommit::spawn(Arc::clone(&committers), notifier.clone(), &options);
+        let data_keys = options
+            .master_keys
+            .clone()
+            .map(|master| Arc::new(data_keys::DataKeys::new(pool.clone(), master)));
         Ok(EventStore {
             inner: Arc::new(Inner {
+                data_keys,
                 pool,
                 committers,
                 options,
@@ -201,6 +213,20 @@ impl EventStore {
 
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
+    }
+
+    /// The data keys of personal data, when a master key is configured.
+    pub fn data_keys(&self) -> Option<&Arc<data_keys::DataKeys>> {
+        self.inner.data_keys.as_ref()
+    }
+
+    /// Opens the sealed personal values of events read from the log (see
+    /// [`data_keys`]): every reader of the store gets plain payloads.
+    pub async fn open(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
+        match &self.inner.data_keys {
+            Some(keys) => keys.open_events(events).await,
+            None => data_keys::refuse_sealed(events),
+        }
     }
 
     /// Tells subscribers that events were committed, for appends made

@@ -56,7 +56,9 @@ impl EventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(decode_row).collect()
+        let mut events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        self.open(&mut events).await?;
+        Ok(events)
     }
 
     /// The current version of a stream, `None` if it does not exist.
@@ -81,7 +83,7 @@ impl EventStore {
         // The upper bound is evaluated once per statement (InitPlans), and both
         // bounds are row comparisons on the index, so this is a range scan.
         // Rows are decoded as they arrive, overlapping with the server's work.
-        let events: Vec<RecordedEvent> = sqlx::query(&format!(
+        let mut events: Vec<RecordedEvent> = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events
               WHERE (generation, tx_id, seq) > ($1, $2, $3)
                 AND (generation, tx_id) < ((SELECT max(generation) FROM store_generations),
@@ -98,6 +100,7 @@ impl EventStore {
         .and_then(|row| std::future::ready(decode_row(&row)))
         .try_collect()
         .await?;
+        self.open(&mut events).await?;
         Ok(ReadBatch {
             caught_up: events.len() < limit,
             events,

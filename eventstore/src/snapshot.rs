@@ -32,7 +32,14 @@ impl EventStore {
         .bind(stream_id)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|(version, schema_version, state)| Snapshot {
+        let Some((version, schema_version, mut state)) = row else {
+            return Ok(None);
+        };
+        // A snapshot holds personal data sealed like the events it sums up.
+        if let Some(keys) = self.data_keys() {
+            keys.open_payload(&mut state).await?;
+        }
+        Ok(Some(Snapshot {
             stream_id,
             version: version.unsigned_abs(),
             schema_version,

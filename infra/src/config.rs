@@ -43,6 +43,10 @@ pub struct Settings {
     pub projector: ProjectorSettings,
     /// Acts as an admin credential for commands; unset disables it.
     pub bootstrap_token: Option<SecretString>,
+    /// The master keys that wrap every user's data key (64 hexadecimal
+    /// digits each, the current one first; see `eventstore::data_keys`).
+    /// Unset: personal data is written to the log in the clear.
+    pub master_key: Option<SecretString>,
     /// The tracing filter (`COPILOT_LOG`).
     pub log: String,
 }
@@ -259,6 +263,7 @@ impl Default for Settings {
             commands: CommandSettings::default(),
             projector: ProjectorSettings::default(),
             bootstrap_token: None,
+            master_key: None,
             log: "info".to_string(),
         }
     }

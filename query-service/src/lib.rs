@@ -68,6 +68,9 @@ pub struct QueryConfig {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Origins allowed to call the API from a browser (CORS).
     pub cors_origins: Vec<String>,
+    /// The master keys that open personal data in the raw log (see
+    /// `eventstore::data_keys`); `None`: sealed values show as `null`.
+    pub master_keys: Option<eventstore::data_keys::MasterKeys>,
 }
 
 impl QueryConfig {
@@ -88,6 +91,7 @@ impl QueryConfig {
             search: None,
             tls: None,
             cors_origins: Vec::new(),
+            master_keys: None,
         }
     }
 }
@@ -180,7 +184,12 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
         },
         None => None,
     };
+    let data_keys = config
+        .master_keys
+        .clone()
+        .map(|master| Arc::new(eventstore::data_keys::DataKeys::new(pool.clone(), master)));
     let state = state::AppState {
+        data_keys,
         db: Arc::new(db::Db {
             primary: pool.clone(),
             replica: config.replica.clone(),

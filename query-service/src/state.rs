@@ -33,6 +33,8 @@ pub struct AppState {
     /// The live streams each user has open (capped).
     pub live_streams: crate::routes::live::OpenStreams,
     pub request_timeout: Duration,
+    /// Open the personal data of the raw log for admins.
+    pub data_keys: Option<Arc<eventstore::data_keys::DataKeys>>,
 }
 
 /// What [`AppState::cached_or_read`] found: the cached answer, or a read

@@ -37,7 +37,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let prefix = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
     let streams = Scratch::streams(&settings.nats.url, &prefix);
     let bootstrap = format!("bench-{}", Uuid::new_v4());
-    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
+    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)?).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = ServiceConfig {
         nats: (&settings.nats).into(),

@@ -46,7 +46,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let streams = Scratch::streams(&settings.nats.url, &nats_prefix);
     let redis_keys = Scratch::redis_keys(&redis_url, &redis_prefix);
     let bootstrap = format!("bench-{}", Uuid::new_v4());
-    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)).await?;
+    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)?).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

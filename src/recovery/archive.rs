@@ -39,14 +39,21 @@ const PART_BYTES: usize = 16 * 1024 * 1024;
 const MANIFEST: &str = "manifest.json";
 const TAG: &str = "manifest.tag";
 
-/// What an archive holds, in the order it is loaded: the log, then the
+/// What an archive holds, in the order it is loaded: the data keys the
+/// log's personal values are sealed with (wrapped by the master key, which
+/// no archive holds; a forgotten user's is a tombstone, loaded before the
+/// log so the forget's trigger finds it), the log, then the
 /// command side's own tables (outcomes of rejected commands, and the
 /// inline projections of credentials, which a running command service
 /// needs at once). The read models are rebuilt from the log instead.
-pub const TABLES: [Exported; 6] = [
+pub const TABLES: [Exported; 7] = [
     Exported {
         name: "store_generations",
         order: "generation",
+    },
+    Exported {
+        name: "data_keys",
+        order: "subject",
     },
     Exported {
         name: "events",

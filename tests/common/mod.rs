@@ -20,6 +20,12 @@ pub async fn database_url(pool: &PgPool) -> String {
     format!("postgres://postgres@127.0.0.1:5432/{database}")
 }
 
+/// The master key of the processes these tests start (personal data is
+/// sealed as in a deployment).
+#[allow(dead_code)]
+pub const TEST_MASTER_KEY: &str =
+    "1f4e7a2c9b3d6e0f8a5c2b7d4e1f9a3c6b0d8e2f5a7c1b4d9e3f6a0c8b2d5e7f";
+
 #[allow(dead_code)]
 /// `copilot-data command-service` on `database_url`, its streams under
 /// `prefix`, no rate limit; killed when dropped.
@@ -29,6 +35,7 @@ pub fn command_service(database_url: &str, prefix: &str, bootstrap: &str) -> tok
         .env("COPILOT_DATABASE_URL", database_url)
         .env("COPILOT_NATS_PREFIX", prefix)
         .env("COPILOT_BOOTSTRAP_TOKEN", bootstrap)
+        .env("COPILOT_MASTER_KEY", TEST_MASTER_KEY)
         .env("COPILOT_RATE_LIMIT_PER_MINUTE", "0")
         .env("COPILOT_DATABASE_MAX_CONNECTIONS", "12")
         .env("COPILOT_LOG", "warn")

@@ -20,9 +20,29 @@ pub struct System {
 impl System {
     /// Starts `up` (vectors and the relay off).
     pub async fn start(pool: &PgPool) -> System {
+        System::start_with(pool, &[], None).await
+    }
+
+    /// Starts `up` with `env` on top of the usual settings, its output
+    /// (both streams) written to `log` if given.
+    pub async fn start_with(
+        pool: &PgPool,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> System {
         let mut system = System::prepare(pool).await;
         let mut up = system.command(&["up"]);
-        up.stdout(Stdio::null()).stderr(Stdio::null());
+        up.envs(env.iter().copied());
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("the log file");
+                let copy = file.try_clone().expect("the log file");
+                up.stdout(Stdio::from(file)).stderr(Stdio::from(copy));
+            }
+            None => {
+                up.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
         system.up = Some(up.spawn().expect("start copilot-data up"));
         system
     }
@@ -59,6 +79,7 @@ impl System {
             .env("COPILOT_NATS_PREFIX", &self.prefix)
             .env("COPILOT_REDIS_PREFIX", &self.redis_prefix)
             .env("COPILOT_BOOTSTRAP_TOKEN", &self.bootstrap)
+            .env("COPILOT_MASTER_KEY", super::TEST_MASTER_KEY)
             .env("COPILOT_HTTP_ADDR", &self.http)
             .env("COPILOT_METRICS_ADDR", "off")
             .env("COPILOT_PROJECTOR_VECTORS", "false")

@@ -87,8 +87,14 @@ impl Handler {
                         let ok = verify(password, row.password_hash.clone()).await;
                         ctx.password_verified = Some(ok);
                         let mfa_step = match (&row.mfa_secret, &s.mfa_code) {
-                            (Some(secret), Some(code)) if ok => {
-                                crate::totp::matching_step(secret, code.as_str(), ctx.now)
+                            (Some(kept), Some(code)) if ok => {
+                                let seed = match self.store.data_keys() {
+                                    Some(keys) => keys
+                                        .open_secret(kept)
+                                        .map_err(|e| HandleError::Store(e.to_string()))?,
+                                    None => kept.clone(),
+                                };
+                                crate::totp::matching_step(&seed, code.as_str(), ctx.now)
                             }
                             _ => None,
                         };
@@ -152,9 +158,19 @@ impl Handler {
             ) else {
                 return;
             };
+            let Ok(sealers) = super::sealing::Sealers::make(
+                self.store.data_keys().map(|k| &**k),
+                vec![user_id],
+            )
+            .await
+            else {
+                return;
+            };
             let mut encoded = Vec::new();
             for event in &events {
-                let Ok(payload) = event.encode() else { return };
+                let Ok(payload) = sealers.encode(Some(user_id), event) else {
+                    return;
+                };
                 encoded.push(NewEvent::new(
                     event.event_type(),
                     event.schema_version(),
@@ -183,7 +199,12 @@ impl Handler {
             };
             match tx.append(&request).await {
                 Ok(_) => {
-                    if user::User::project(tx.conn(), user_id, &events)
+                    if user::User::project(
+                        tx.conn(),
+                        self.store.data_keys().map(|k| &**k),
+                        user_id,
+                        &events,
+                    )
                         .await
                         .is_ok()
                         && tx.commit().await.is_ok()

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 mod facts;
 mod prepared;
+mod sealing;
 
 pub(crate) use prepared::Prepared;
 
@@ -686,8 +687,14 @@ impl Handler {
                     ));
                 }
             }
-            let request = append_request::<A>(envelope, version, &events, &ctx.actor)
+            let subjects =
+                sealing::subjects::<A>(envelope.aggregate_id, &state, &events, &ctx.actor);
+            let sealers = sealing::Sealers::make(self.store.data_keys().map(|k| &**k), subjects)
+                .await
                 .map_err(|e| HandleError::Store(e.to_string()))?;
+            let request =
+                append_request::<A>(envelope, (&state, version), &events, &ctx.actor, &sealers)
+                    .map_err(|e| HandleError::Store(e.to_string()))?;
             let appended = match guard {
                 Some(guard) => match self.guarded.append(request, guard.clone()).await {
                     Ok(outcome) => Ok(outcome),
@@ -727,6 +734,13 @@ impl Handler {
                 }
                 Ok(outcome) => {
                     self.bump_epoch(auth_subject).await;
+                    // The forget destroyed the key in its transaction; this
+                    // process stops using its copy at once.
+                    if let Some(keys) = self.store.data_keys() {
+                        if events.iter().any(|e| e.event_type() == "user_forgotten") {
+                            keys.forgot(envelope.aggregate_id);
+                        }
+                    }
                     let next = events.iter().fold(state, |s, e| A::evolve(s, e));
                     self.maybe_snapshot::<A>(
                         envelope.aggregate_id,
@@ -826,7 +840,20 @@ impl Handler {
         if !snapshot_due(first, last) {
             return;
         }
-        let Ok(bytes) = domain::codec::encode(state) else {
+        // Sealed like the events it sums up; without the key at hand the
+        // snapshot waits for a later append.
+        let keys = self.store.data_keys();
+        let encoded = match (keys, A::state_subject(stream_id, state)) {
+            (Some(keys), Some(subject)) => match keys.cached_sealer(subject) {
+                Some(sealer) => domain::personal::sealed_with(
+                    move |plain| sealer.seal(plain),
+                    || domain::codec::encode(state),
+                ),
+                None => return,
+            },
+            _ => domain::codec::encode(state),
+        };
+        let Ok(bytes) = encoded else {
             return;
         };
         let store = self.store.clone();
@@ -879,7 +906,14 @@ impl Handler {
                 return Ok(Appended::DecidedBefore);
             }
         }
-        match A::project(tx.conn(), request.stream_id, events).await {
+        match A::project(
+            tx.conn(),
+            self.store.data_keys().map(|k| &**k),
+            request.stream_id,
+            events,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(InlineError::Refused(refusal)) => return Ok(Appended::Refused(refusal)),
             Err(InlineError::Db(e)) => return Err(eventstore::StoreError::from(e).into()),
@@ -966,18 +1000,23 @@ enum Appended {
 /// at `version`, with the command's ids and client in its metadata.
 fn append_request<A: Aggregate>(
     envelope: &Envelope,
-    version: u64,
+    (state, version): (&A::State, u64),
     events: &[A::Event],
     actor: &Actor,
+    sealers: &sealing::Sealers,
 ) -> Result<AppendRequest, domain::codec::CodecError> {
+    let id = envelope.aggregate_id;
     let mut encoded = Vec::with_capacity(events.len());
     for event in events {
         encoded.push(NewEvent::new(
             event.event_type(),
             event.schema_version(),
-            event.encode()?,
+            sealers.encode(A::data_subject(id, state, event), event)?,
         ));
     }
+    let client = sealing::metadata_subject::<A>(id, state, events, actor);
+    let vouched = |value: &Option<String>| envelope.client_vouched.then(|| value.clone()).flatten();
+    let claimed = |value: &Option<String>| (!envelope.client_vouched).then(|| value.clone()).flatten();
     Ok(AppendRequest {
         stream_id: envelope.aggregate_id,
         stream_type: A::STREAM_TYPE.to_string(),
@@ -992,20 +1031,10 @@ fn append_request<A: Aggregate>(
             correlation_id: envelope.correlation_id,
             causation_id: envelope.causation_id,
             actor: Some(actor.label()),
-            ip: envelope
-                .client_vouched
-                .then(|| envelope.client_ip.clone())
-                .flatten(),
-            user_agent: envelope
-                .client_vouched
-                .then(|| envelope.user_agent.clone())
-                .flatten(),
-            claimed_ip: (!envelope.client_vouched)
-                .then(|| envelope.client_ip.clone())
-                .flatten(),
-            claimed_user_agent: (!envelope.client_vouched)
-                .then(|| envelope.user_agent.clone())
-                .flatten(),
+            ip: sealers.text(client, vouched(&envelope.client_ip))?,
+            user_agent: sealers.text(client, vouched(&envelope.user_agent))?,
+            claimed_ip: sealers.text(client, claimed(&envelope.client_ip))?,
+            claimed_user_agent: sealers.text(client, claimed(&envelope.user_agent))?,
         },
     })
 }

@@ -18,7 +18,7 @@ use domain::{Aggregate, Command, Context};
 use eventstore::{AppendOutcome, AppendRequest};
 use uuid::Uuid;
 
-use super::{append_request, client_info, rate_limited, Handler, Incoming};
+use super::{append_request, client_info, rate_limited, sealing, Handler, Incoming};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
 use crate::guarded::Guard;
@@ -195,7 +195,15 @@ impl Handler {
         if A::auth_subject(envelope.aggregate_id, &events).is_some() {
             return put_back(state);
         }
-        let Ok(request) = append_request::<A>(envelope, version, &events, &ctx.actor) else {
+        let subjects = sealing::subjects::<A>(envelope.aggregate_id, &state, &events, &ctx.actor);
+        let Some(sealers) =
+            sealing::Sealers::cached(self.store.data_keys().map(|k| &**k), subjects)
+        else {
+            return put_back(state);
+        };
+        let Ok(request) =
+            append_request::<A>(envelope, (&state, version), &events, &ctx.actor, &sealers)
+        else {
             return put_back(state);
         };
         if self.store.validate(&request).is_err() {

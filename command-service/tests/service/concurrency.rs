@@ -33,7 +33,7 @@ async fn fifty_concurrent_commands_on_one_aggregate_all_land_in_order(pool: PgPo
         "contiguous versions, none lost"
     );
 
-    let store = eventstore::EventStore::connect(pool, eventstore::StoreOptions::default())
+    let store = eventstore::EventStore::connect(pool, crate::store_options())
         .await
         .expect("store");
     let stored = store.read_stream(conversation, 1, 100).await.expect("read");

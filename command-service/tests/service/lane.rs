@@ -41,7 +41,7 @@ fn lane_accepted() -> u64 {
 
 /// The conversation's state as folded from its stored events.
 async fn folded(pool: &PgPool, conversation: Uuid) -> (u64, domain::conversation::State) {
-    let store = eventstore::EventStore::connect(pool.clone(), eventstore::StoreOptions::default())
+    let store = eventstore::EventStore::connect(pool.clone(), crate::store_options())
         .await
         .expect("store");
     let stored = store

@@ -25,6 +25,22 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+
+/// The master key of every store in these tests: the command service seals
+/// personal data with it as in a deployment, and every reader opens it.
+pub const TEST_MASTER_KEY: &str = "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
+
+pub fn store_options() -> StoreOptions {
+    StoreOptions {
+        master_keys: Some(master_keys()),
+        ..StoreOptions::default()
+    }
+}
+
+pub fn master_keys() -> eventstore::data_keys::MasterKeys {
+    eventstore::data_keys::MasterKeys::parse(TEST_MASTER_KEY).expect("the test master key")
+}
+
 pub const NATS: &str = "nats://127.0.0.1:4222";
 
 pub struct App {
@@ -70,7 +86,7 @@ impl App {
         let login = infra::postgres::pool_as(&pool, "copilot_test_command", 10)
             .await
             .expect("the command service's login");
-        let store = EventStore::connect(login, StoreOptions::default())
+        let store = EventStore::connect(login, store_options())
             .await
             .expect("store");
         let client = async_nats::connect(NATS)

@@ -216,6 +216,7 @@ pub const VARS: &[Var] = &[
     var("COPILOT_PROJECTOR_RELAY", "projector.relay", Scalar),
     var("COPILOT_PROJECTOR_REDIS", "projector.redis", Scalar),
     secret("COPILOT_BOOTSTRAP_TOKEN", "bootstrap_token"),
+    secret("COPILOT_MASTER_KEY", "master_key"),
     var("COPILOT_LOG", "log", Text),
 ];
 

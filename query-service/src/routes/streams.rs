@@ -39,6 +39,12 @@ pub fn payload_json(stored: domain::any_event::Stored<'_>) -> serde_json::Value 
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// A payload that cannot be opened is the operator's matter (a master key
+/// missing), not the caller's.
+fn keys_error(error: eventstore::StoreError) -> ApiError {
+    ApiError::unavailable("the data keys", error)
+}
+
 type EventRow = (
     Uuid,
     Uuid,
@@ -95,7 +101,13 @@ pub async fn events(
     if rows.is_empty() && after.is_none() {
         return Err(ApiError::NotFound("stream"));
     }
-    let (rows, next_cursor) = page(rows, limit, |r| Seq(r.3));
+    let (mut rows, next_cursor) = page(rows, limit, |r| Seq(r.3));
+    if let Some(keys) = &state.data_keys {
+        for row in &mut rows {
+            keys.open_payload(&mut row.10).await.map_err(keys_error)?;
+            keys.open_json(&mut row.11).await.map_err(keys_error)?;
+        }
+    }
     let items = rows
         .into_iter()
         .map(

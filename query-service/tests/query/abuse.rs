@@ -53,7 +53,7 @@ async fn assert_no_projection_errors(pool: &PgPool) {
 
 /// Every SQL projection equals a rebuild of it from the log.
 async fn assert_rebuild_equals_live(pool: &PgPool) {
-    let store = eventstore::EventStore::connect(pool.clone(), eventstore::StoreOptions::default())
+    let store = eventstore::EventStore::connect(pool.clone(), crate::store_options())
         .await
         .expect("store");
     let comparisons = projector::rebuild::verify(&store, &projector::Kind::ALL, 1000, &|_| {})

@@ -32,6 +32,22 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+
+/// The master key of every store in these tests: the command service seals
+/// personal data with it as in a deployment, and every reader opens it.
+pub const TEST_MASTER_KEY: &str = "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
+
+pub fn store_options() -> StoreOptions {
+    StoreOptions {
+        master_keys: Some(master_keys()),
+        ..StoreOptions::default()
+    }
+}
+
+pub fn master_keys() -> eventstore::data_keys::MasterKeys {
+    eventstore::data_keys::MasterKeys::parse(TEST_MASTER_KEY).expect("the test master key")
+}
+
 pub const NATS: &str = "nats://127.0.0.1:4222";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -147,7 +163,7 @@ impl Stack {
         };
         if options.writers {
             let store =
-                EventStore::connect(login("copilot_test_command").await, StoreOptions::default())
+                EventStore::connect(login("copilot_test_command").await, store_options())
                     .await
                     .expect("store");
             let config = ServiceConfig {
@@ -178,10 +194,7 @@ impl Stack {
                 vectors: options.vectors.clone(),
                 ..projector::ProjectorConfig::default()
             };
-            let s = EventStore::connect(
-                login("copilot_test_projector").await,
-                StoreOptions::default(),
-            )
+            let s = EventStore::connect(login("copilot_test_projector").await, store_options())
             .await
             .expect("projector's store");
             let rx = stopped.clone();
@@ -201,6 +214,7 @@ impl Stack {
         config.rate_limit_per_minute = options.rate_limit_per_minute;
         config.search = options.search.clone();
         config.cors_origins = options.cors_origins.clone();
+        config.master_keys = Some(master_keys());
         let tls = options.https.then(|| {
             let dir = std::env::temp_dir().join(format!("query-tls-{}", Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).expect("cert dir");
