@@ -16,7 +16,8 @@ use clap::Parser;
 use infra::Settings;
 
 use crate::cli::{
-    AdminOperation, AuditOperation, Cli, ConfigOperation, KeysOperation, Operation, ProjectionOperation,
+    AdminOperation, AuditOperation, Cli, ConfigOperation, KeysOperation, Operation,
+    ProjectionOperation,
 };
 
 /// The services allocate and free many small, short-lived buffers per
@@ -43,7 +44,8 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
         Operation::Migrate => {
             let pool = infra::postgres::prepare(&settings.database).await?;
             // Opening the store also starts a new generation after a restore.
-            let store = eventstore::EventStore::connect(pool, up::store_options(&settings)?).await?;
+            let store =
+                eventstore::EventStore::connect(pool, up::store_options(&settings)?).await?;
             tracing::info!(generation = store.generation().await?, "database migrated");
             Ok(())
         }

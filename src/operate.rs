@@ -232,11 +232,23 @@ pub fn config_check(settings: &Settings, explain: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let master = up::master_keys(settings)?;
     writeln!(
         out,
         "configuration is valid; the effective settings (secrets masked):"
     )?;
     writeln!(out, "{settings:#?}")?;
+    match master {
+        Some(keys) => writeln!(
+            out,
+            "master keys (fingerprints, current first): {}",
+            keys.ids().join(", ")
+        )?,
+        None => writeln!(
+            out,
+            "WARNING: no master key (COPILOT_MASTER_KEY_FILE): personal data is written in the clear"
+        )?,
+    }
     Ok(())
 }
 
@@ -299,9 +311,8 @@ pub async fn send(args: &SendArgs, settings: &Settings) -> anyhow::Result<()> {
 
 /// The data keys of the database owner's view (`keys status`).
 async fn owner_keys(settings: &Settings) -> anyhow::Result<eventstore::data_keys::DataKeys> {
-    let master = up::master_keys(settings)?.context(
-        "no master key is configured (COPILOT_MASTER_KEY or COPILOT_MASTER_KEY_FILE)",
-    )?;
+    let master = up::master_keys(settings)?
+        .context("no master key is configured (COPILOT_MASTER_KEY or COPILOT_MASTER_KEY_FILE)")?;
     let pool = infra::postgres::prepare(&settings.database).await?;
     Ok(eventstore::data_keys::DataKeys::new(pool, master))
 }
@@ -312,7 +323,11 @@ pub async fn keys_status(settings: &Settings) -> anyhow::Result<()> {
     let counts = keys.counts().await?;
     let configured = keys.master().ids();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "master keys configured (current first): {}", configured.join(", "))?;
+    writeln!(
+        out,
+        "master keys configured (current first): {}",
+        configured.join(", ")
+    )?;
     for (id, n) in &counts.by_master {
         let note = if id == keys.master().current_id() {
             "current"

@@ -62,7 +62,10 @@ pub async fn open_store(settings: &Settings, role: Role) -> anyhow::Result<Event
     let pool = role_pool(settings, role).await?;
     let store = EventStore::connect(pool, store_options(settings)?).await?;
     match store.data_keys() {
-        Some(keys) => tracing::info!(master_key = keys.master().current_id(), "personal data is sealed"),
+        Some(keys) => tracing::info!(
+            master_key = keys.master().current_id(),
+            "personal data is sealed"
+        ),
         None => tracing::warn!(
             "no master key (COPILOT_MASTER_KEY_FILE): personal data is written in the clear \
              and user.forget cannot erase it from the log"

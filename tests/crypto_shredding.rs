@@ -292,17 +292,22 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .expect("scan");
-        assert_eq!(raw, 0, "a personal text of {} is in the log in the clear", who.marker);
-        assert!(decoded(&store, who.conversation).await.contains(&who.marker));
+        assert_eq!(
+            raw, 0,
+            "a personal text of {} is in the log in the clear",
+            who.marker
+        );
+        assert!(decoded(&store, who.conversation)
+            .await
+            .contains(&who.marker));
         assert!(decoded(&store, who.id).await.contains(&who.marker));
     }
-    let shown: Vec<String> = sqlx::query_scalar(
-        "SELECT content FROM read_model.messages WHERE conversation_id = $1",
-    )
-    .bind(alice.conversation)
-    .fetch_all(&pool)
-    .await
-    .expect("messages");
+    let shown: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM read_model.messages WHERE conversation_id = $1")
+            .bind(alice.conversation)
+            .fetch_all(&pool)
+            .await
+            .expect("messages");
     assert!(shown.iter().any(|m| m.contains(&alice.marker)), "{shown:?}");
 
     // Forgotten: the key goes in the forget's own transaction.
@@ -314,7 +319,10 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .expect("alice's key row");
-    assert!(destroyed.0.is_none() && destroyed.1.is_some(), "the key outlived the forget");
+    assert!(
+        destroyed.0.is_none() && destroyed.1.is_some(),
+        "the key outlived the forget"
+    );
     caught_up(&pool).await;
 
     // The log, decoded with the master key: erased for her, whole for him.
@@ -329,33 +337,47 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
     .expect("store");
     for stream in [alice.id, alice.conversation] {
         let text = decoded(&fresh, stream).await;
-        assert!(!text.contains(&alice.marker), "readable after the forget: {text}");
+        assert!(
+            !text.contains(&alice.marker),
+            "readable after the forget: {text}"
+        );
     }
-    assert!(decoded(&fresh, bob.conversation).await.contains(&bob.marker));
+    assert!(decoded(&fresh, bob.conversation)
+        .await
+        .contains(&bob.marker));
     assert!(decoded(&fresh, bob.id).await.contains(&bob.marker));
 
     // Every table (log, command side, read models, audit), Redis, the relay.
-    assert_eq!(tables_showing(&pool, &alice.marker).await, Vec::<String>::new());
+    assert_eq!(
+        tables_showing(&pool, &alice.marker).await,
+        Vec::<String>::new()
+    );
     assert!(!tables_showing(&pool, &bob.marker).await.is_empty());
     let redis = redis_dump(&env.redis_prefix).await;
     assert!(!redis.contains(&alice.marker), "Redis keeps her: {redis}");
     let relay = relay_dump(&env.prefix).await;
     assert!(!relay.is_empty(), "the relay published the log");
     for who in [&alice, &bob] {
-        assert!(!relay.contains(&who.marker), "the relay shows {}", who.marker);
+        assert!(
+            !relay.contains(&who.marker),
+            "the relay shows {}",
+            who.marker
+        );
     }
 
     // A full rebuild of every SQL projection brings nothing of her back.
     let (ok, _, stderr) = env.run(&["replay"], None).await;
     assert!(ok, "replay: {stderr}");
-    assert_eq!(tables_showing(&pool, &alice.marker).await, Vec::<String>::new());
-    let bobs: Vec<String> = sqlx::query_scalar(
-        "SELECT content FROM read_model.messages WHERE conversation_id = $1",
-    )
-    .bind(bob.conversation)
-    .fetch_all(&pool)
-    .await
-    .expect("messages");
+    assert_eq!(
+        tables_showing(&pool, &alice.marker).await,
+        Vec::<String>::new()
+    );
+    let bobs: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM read_model.messages WHERE conversation_id = $1")
+            .bind(bob.conversation)
+            .fetch_all(&pool)
+            .await
+            .expect("messages");
     assert!(bobs.iter().any(|m| m.contains(&bob.marker)), "{bobs:?}");
 
     // A fresh export, imported elsewhere and read with the master key.
@@ -393,9 +415,16 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
         )
         .await
         .expect("the copy's store");
-        assert!(!decoded(&store, alice.conversation).await.contains(&alice.marker));
-        assert!(decoded(&store, bob.conversation).await.contains(&bob.marker));
-        assert_eq!(tables_showing(&copy, &alice.marker).await, Vec::<String>::new());
+        assert!(!decoded(&store, alice.conversation)
+            .await
+            .contains(&alice.marker));
+        assert!(decoded(&store, bob.conversation)
+            .await
+            .contains(&bob.marker));
+        assert_eq!(
+            tables_showing(&copy, &alice.marker).await,
+            Vec::<String>::new()
+        );
         copy.close().await;
     }
     sqlx::query(&format!("DROP DATABASE {copy_db} WITH (FORCE)"))
@@ -411,4 +440,11 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
     assert!(!logged.contains(common::TEST_MASTER_KEY));
     assert!(!logged.contains(&alice.marker) && !logged.contains(&bob.marker));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The store writes, and the domain reads, the same marker for a value
+/// whose key is gone.
+#[test]
+fn the_store_and_the_domain_agree_on_the_erased_marker() {
+    assert_eq!(domain::personal::ERASED, eventstore::data_keys::ERASED);
 }

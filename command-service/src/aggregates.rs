@@ -1,7 +1,7 @@
 //! What the handler needs of each aggregate beyond the domain.
 
-use futures_util::future::BoxFuture;
 use eventstore::data_keys::DataKeys;
+use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
 use domain::{

@@ -169,7 +169,11 @@ impl Aggregate for Incident {
     type Event = Event;
 
     /// A note's text belongs to whoever wrote it.
-    fn data_subject(_aggregate_id: uuid::Uuid, _state: &State, event: &Event) -> Option<uuid::Uuid> {
+    fn data_subject(
+        _aggregate_id: uuid::Uuid,
+        _state: &State,
+        event: &Event,
+    ) -> Option<uuid::Uuid> {
         match event {
             Event::NoteAdded(e) => e.author.map(|a| a.0),
             _ => None,

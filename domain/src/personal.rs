@@ -149,19 +149,20 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
 }
 
 /// Serialised as the bare value, or `null` when erased (or [`REDACTED`]
-/// inside [`redacted`]).
+/// inside [`redacted`], erased or not).
 impl<T: Serialize> Serialize for Personal<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Personal::Value(_) if SHOWING.with(std::cell::Cell::get) == Showing::Public => {
-                s.serialize_str(REDACTED)
-            }
+            // Erased too: the public form of an event (the audit log, the
+            // relay) is the same before and after its owner is forgotten,
+            // so a rebuild equals what was written live.
+            _ if SHOWING.with(std::cell::Cell::get) == Showing::Public => s.serialize_str(REDACTED),
             Personal::Value(v) => match SEALING.with(|cell| cell.borrow().clone()) {
                 Some(seal) => {
                     let plain = crate::codec::encode(v).map_err(serde::ser::Error::custom)?;
                     match seal(&plain) {
                         Some(sealed) => s.serialize_bytes(&sealed),
-                        None => s.serialize_none(),
+                        None => s.serialize_str(ERASED),
                     }
                 }
                 None => v.serialize(s),
@@ -171,11 +172,35 @@ impl<T: Serialize> Serialize for Personal<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Personal<T> {
+/// What the log holds where a personal value can no longer be read (its
+/// owner's key was destroyed): `eventstore::data_keys` writes it when it
+/// opens such a value, and the sealer writes it for a forgotten owner. A
+/// value rather than `nil`, so an optional personal field reads back as
+/// present and erased, as it was written, not as never given.
+pub const ERASED: &str = "\u{0}copilot-data:erased\u{0}";
+
+/// The types a personal value may have, and how each recognises [`ERASED`].
+pub trait PersonalValue {
+    fn is_erased_marker(&self) -> bool;
+}
+
+impl PersonalValue for String {
+    fn is_erased_marker(&self) -> bool {
+        self == ERASED
+    }
+}
+
+impl PersonalValue for serde_json::Value {
+    fn is_erased_marker(&self) -> bool {
+        self.as_str() == Some(ERASED)
+    }
+}
+
+impl<'de, T: Deserialize<'de> + PersonalValue> Deserialize<'de> for Personal<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(match Option::<T>::deserialize(d)? {
-            Some(v) => Personal::Value(v),
-            None => Personal::Erased,
+            Some(v) if !v.is_erased_marker() => Personal::Value(v),
+            _ => Personal::Erased,
         })
     }
 }
@@ -206,17 +231,30 @@ mod tests {
             || crate::codec::encode(&note()),
         )
         .expect("encodes");
-        let as_value: rmpv::Value = rmpv::decode::read_value(&mut sealed.as_slice()).expect("msgpack");
+        let as_value: rmpv::Value =
+            rmpv::decode::read_value(&mut sealed.as_slice()).expect("msgpack");
         let fields = as_value.as_map().expect("a map");
-        let field = |name: &str| &fields.iter().find(|(k, _)| k.as_str() == Some(name)).expect(name).1;
+        let field = |name: &str| {
+            &fields
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(name))
+                .expect(name)
+                .1
+        };
         assert_eq!(field("author").as_str(), Some("ops"));
         // The personal values are binary (the sealed bytes), not text.
         let text = field("text").as_slice().expect("binary");
         assert!(text.starts_with(b"S:"));
-        assert!(field("secret").as_slice().expect("binary").starts_with(b"S:"));
+        assert!(field("secret")
+            .as_slice()
+            .expect("binary")
+            .starts_with(b"S:"));
         // Outside the scope values are written as they are again.
         let plain = crate::codec::encode(&note()).expect("encodes");
-        assert_eq!(crate::codec::decode::<Note>(&plain).expect("decodes"), note());
+        assert_eq!(
+            crate::codec::decode::<Note>(&plain).expect("decodes"),
+            note()
+        );
     }
 
     #[test]
@@ -226,5 +264,27 @@ mod tests {
         assert!(read.text.is_erased());
         assert!(read.secret.expose().is_erased());
         assert_eq!(read.author, "ops");
+    }
+
+    #[test]
+    fn an_optional_erased_value_reads_back_present_and_erased() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Titled {
+            title: Option<Personal<String>>,
+            context: Option<Personal<serde_json::Value>>,
+        }
+        let erased = crate::codec::encode(&serde_json::json!({"title": ERASED, "context": ERASED}))
+            .expect("encodes");
+        let read: Titled = crate::codec::decode(&erased).expect("decodes");
+        assert!(read.title.as_ref().is_some_and(Personal::is_erased));
+        assert!(read.context.as_ref().is_some_and(Personal::is_erased));
+        // Its public form equals that of the value it replaced.
+        let public = redacted(|| serde_json::to_value(&read)).expect("json");
+        assert_eq!(public["title"], REDACTED);
+        let never: Titled = crate::codec::decode(
+            &crate::codec::encode(&serde_json::json!({"title": null})).expect("encodes"),
+        )
+        .expect("decodes");
+        assert!(never.title.is_none());
     }
 }

@@ -227,7 +227,11 @@ impl Aggregate for User {
     type Event = Event;
 
     /// A user's events hold their own data.
-    fn data_subject(aggregate_id: uuid::Uuid, _state: &State, _event: &Event) -> Option<uuid::Uuid> {
+    fn data_subject(
+        aggregate_id: uuid::Uuid,
+        _state: &State,
+        _event: &Event,
+    ) -> Option<uuid::Uuid> {
         Some(aggregate_id)
     }
 

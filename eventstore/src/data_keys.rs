@@ -12,7 +12,7 @@
 //! Every read through the store opens sealed values in place before the
 //! caller sees the payload ([`DataKeys::open_events`]): readers decode
 //! plain MessagePack as before, and a value whose key was destroyed reads
-//! as `nil`, which the domain's `Personal` type decodes as erased. The
+//! as [`ERASED`], which the domain's `Personal` type decodes as erased. The
 //! `user_forgotten` event destroys the key in its own transaction (a
 //! trigger, `migrations/0014_data_keys.sql`), whatever path appends it.
 //!
@@ -41,6 +41,9 @@ use crate::{RecordedEvent, StoreError};
 
 /// The first bytes of a sealed personal value.
 pub const SEALED_MAGIC: [u8; 4] = *b"CDS1";
+/// What a value whose key was destroyed reads as (`domain::personal::ERASED`,
+/// which decodes as an erased personal value).
+pub const ERASED: &str = "\u{0}copilot-data:erased\u{0}";
 /// The event that destroys its stream's (its user's) data key.
 const FORGOTTEN: &str = "user_forgotten";
 /// The prefix of a sealed text (metadata, secrets kept as text).
@@ -309,7 +312,8 @@ impl DataKeys {
 
     /// The sealer of `subject`'s personal data if this process holds it.
     pub fn cached_sealer(&self, subject: Uuid) -> Option<Sealer> {
-        self.cached(subject).map(|cipher| Sealer { subject, cipher })
+        self.cached(subject)
+            .map(|cipher| Sealer { subject, cipher })
     }
 
     /// The sealer of `subject`'s personal data, making their data key on
@@ -511,7 +515,7 @@ impl DataKeys {
                     Ok(opened) => *v = opened,
                     Err(e) => failure = Some(StoreError::Corrupt(format!("sealed value: {e}"))),
                 },
-                Ok(None) => *v = rmpv::Value::Nil,
+                Ok(None) => *v = rmpv::Value::from(ERASED),
                 Err(e) => failure = Some(e),
             }
         });
@@ -583,7 +587,8 @@ impl DataKeys {
             .map_err(|_| StoreError::Corrupt("a sealed secret is not base64".into()))?;
         let plain = open_with(master, id.as_bytes(), &sealed)
             .ok_or_else(|| StoreError::Corrupt("a sealed secret does not open: altered".into()))?;
-        String::from_utf8(plain).map_err(|_| StoreError::Corrupt("a sealed secret is not text".into()))
+        String::from_utf8(plain)
+            .map_err(|_| StoreError::Corrupt("a sealed secret is not text".into()))
     }
 
     fn sealed_by_current(&self, stored: &str) -> bool {
@@ -638,12 +643,14 @@ impl DataKeys {
                 continue;
             }
             let resealed = self.seal_secret(&self.open_secret(&stored)?);
-            sqlx::query("UPDATE auth_users SET mfa_secret = $2 WHERE user_id = $1 AND mfa_secret = $3")
-                .bind(user_id)
-                .bind(resealed)
-                .bind(&stored)
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "UPDATE auth_users SET mfa_secret = $2 WHERE user_id = $1 AND mfa_secret = $3",
+            )
+            .bind(user_id)
+            .bind(resealed)
+            .bind(&stored)
+            .execute(&self.pool)
+            .await?;
             done.secrets += 1;
         }
         Ok(done)
@@ -755,7 +762,10 @@ mod tests {
             MasterKeys::parse("abc"),
             Err(KeyError::MasterKeyFormat(1))
         ));
-        assert!(matches!(MasterKeys::parse(" \n"), Err(KeyError::NoMasterKey)));
+        assert!(matches!(
+            MasterKeys::parse(" \n"),
+            Err(KeyError::NoMasterKey)
+        ));
     }
 
     #[test]
@@ -765,10 +775,13 @@ mod tests {
         let data_key = [7u8; 32];
         let wrapped = keys.wrap(subject, &data_key);
         assert_eq!(
-            keys.unwrap(keys.current_id(), subject, &wrapped).expect("opens"),
+            keys.unwrap(keys.current_id(), subject, &wrapped)
+                .expect("opens"),
             data_key
         );
-        assert!(keys.unwrap(keys.current_id(), Uuid::now_v7(), &wrapped).is_err());
+        assert!(keys
+            .unwrap(keys.current_id(), Uuid::now_v7(), &wrapped)
+            .is_err());
         let other = MasterKeys::parse(KEY_B).expect("key");
         assert!(other.unwrap(keys.current_id(), subject, &wrapped).is_err());
     }

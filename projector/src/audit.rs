@@ -15,6 +15,7 @@ use crate::events::DomainEvent;
 use crate::table::Value;
 use crate::tables::AUDIT_LOGS;
 use crate::ProjectionError;
+use domain::user;
 
 /// Months of audit log kept; older partitions are dropped.
 pub const RETENTION_MONTHS: u32 = 12;
@@ -79,8 +80,34 @@ impl Audit {
         if !rows.is_empty() {
             copy_rows(conn, schema, &AUDIT_LOGS, rows).await?;
         }
+        let forgotten: Vec<Uuid> = events
+            .iter()
+            .filter(|(_, e)| matches!(e, DomainEvent::User(user::Event::Forgotten(_))))
+            .map(|(recorded, _)| recorded.stream_id)
+            .collect();
+        if !forgotten.is_empty() {
+            erase_addresses(conn, schema, &forgotten).await?;
+        }
         Ok(())
     }
+}
+
+/// The addresses and programs the audit log recorded for actions of users
+/// now forgotten: erased (the one change the log allows, migration 0015),
+/// as a rebuild shows them once their key is destroyed.
+async fn erase_addresses(
+    conn: &mut PgConnection,
+    schema: &str,
+    users: &[Uuid],
+) -> Result<(), ProjectionError> {
+    sqlx::query(&format!(
+        "UPDATE \"{schema}\".audit_logs SET ip_address = NULL, user_agent = NULL
+          WHERE actor_user_id = ANY($1) AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)"
+    ))
+    .bind(users)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn audit_row(recorded: &RecordedEvent, event: &DomainEvent) -> Result<Vec<Value>, String> {

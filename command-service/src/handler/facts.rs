@@ -158,11 +158,9 @@ impl Handler {
             ) else {
                 return;
             };
-            let Ok(sealers) = super::sealing::Sealers::make(
-                self.store.data_keys().map(|k| &**k),
-                vec![user_id],
-            )
-            .await
+            let Ok(sealers) =
+                super::sealing::Sealers::make(self.store.data_keys().map(|k| &**k), vec![user_id])
+                    .await
             else {
                 return;
             };
@@ -205,8 +203,8 @@ impl Handler {
                         user_id,
                         &events,
                     )
-                        .await
-                        .is_ok()
+                    .await
+                    .is_ok()
                         && tx.commit().await.is_ok()
                     {
                         self.bump_epoch(locks).await;

@@ -1016,7 +1016,8 @@ fn append_request<A: Aggregate>(
     }
     let client = sealing::metadata_subject::<A>(id, state, events, actor);
     let vouched = |value: &Option<String>| envelope.client_vouched.then(|| value.clone()).flatten();
-    let claimed = |value: &Option<String>| (!envelope.client_vouched).then(|| value.clone()).flatten();
+    let claimed =
+        |value: &Option<String>| (!envelope.client_vouched).then(|| value.clone()).flatten();
     Ok(AppendRequest {
         stream_id: envelope.aggregate_id,
         stream_type: A::STREAM_TYPE.to_string(),

@@ -10,6 +10,24 @@ use uuid::Uuid;
 
 use crate::{config, envelope, fresh_prefix, App};
 
+/// Metadata as stored holds the client's address and program sealed with
+/// the actor's key (never in the clear); opened here as a reader would.
+async fn opened(pool: &PgPool, mut stored: Value) -> Value {
+    for field in ["ip", "user_agent", "claimed_ip", "claimed_user_agent"] {
+        if let Some(text) = stored.get(field).and_then(Value::as_str) {
+            assert!(
+                text.starts_with("sealed:"),
+                "{field} in the clear: {stored}"
+            );
+        }
+    }
+    eventstore::data_keys::DataKeys::new(pool.clone(), crate::master_keys())
+        .open_json(&mut stored)
+        .await
+        .expect("opens");
+    stored
+}
+
 async fn send(app: &App, token: &str, ip: &str, agent: &str) -> Uuid {
     let incident = Uuid::now_v7();
     let body = envelope(
@@ -39,13 +57,14 @@ async fn client_address_and_program_are_recorded(pool: PgPool) {
     let metadata = |stream: Uuid| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, serde_json::Value>(
+            let stored = sqlx::query_scalar::<_, serde_json::Value>(
                 "SELECT metadata FROM events WHERE stream_id = $1",
             )
             .bind(stream)
             .fetch_one(&pool)
             .await
-            .expect("event")
+            .expect("event");
+            opened(&pool, stored).await
         }
     };
     let recorded = metadata(good).await;
@@ -105,6 +124,7 @@ async fn client_headers_are_claims_unless_a_trusted_agent_sends_them(pool: PgPoo
                 .fetch_one(&app.pool)
                 .await
                 .expect("metadata");
+        let metadata = opened(&app.pool, metadata).await;
         let (fact, claim) = if vouched {
             ("ip", "claimed_ip")
         } else {

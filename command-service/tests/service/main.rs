@@ -25,10 +25,10 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-
 /// The master key of every store in these tests: the command service seals
 /// personal data with it as in a deployment, and every reader opens it.
-pub const TEST_MASTER_KEY: &str = "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
+pub const TEST_MASTER_KEY: &str =
+    "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
 
 pub fn store_options() -> StoreOptions {
     StoreOptions {

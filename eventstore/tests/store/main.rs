@@ -2,6 +2,7 @@
 //! migrated database from `#[sqlx::test]`.
 
 mod append;
+mod data_keys;
 mod gap_safety;
 mod generation;
 mod limits;

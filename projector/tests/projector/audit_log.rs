@@ -61,9 +61,16 @@ async fn one_row_per_event_and_immutable_for_the_app_role(pool: PgPool) {
             .map(|c| c.to_string());
         assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
     }
-    // Even the owner cannot change a row: the trigger refuses.
+    // Even the owner cannot change a row: the trigger refuses. The one
+    // change allowed is erasing an address and program (user.forget).
+    sqlx::query("UPDATE audit.audit_logs SET ip_address = NULL, user_agent = NULL")
+        .execute(&pool)
+        .await
+        .expect("erasing addresses is allowed");
     for statement in [
         "UPDATE audit.audit_logs SET action = 'edited'",
+        "UPDATE audit.audit_logs SET ip_address = '192.0.2.1'",
+        "UPDATE audit.audit_logs SET ip_address = NULL, action = 'edited'",
         "DELETE FROM audit.audit_logs",
         "TRUNCATE audit.audit_logs",
     ] {

@@ -32,10 +32,10 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-
 /// The master key of every store in these tests: the command service seals
 /// personal data with it as in a deployment, and every reader opens it.
-pub const TEST_MASTER_KEY: &str = "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
+pub const TEST_MASTER_KEY: &str =
+    "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
 
 pub fn store_options() -> StoreOptions {
     StoreOptions {
@@ -162,10 +162,9 @@ impl Stack {
             }
         };
         if options.writers {
-            let store =
-                EventStore::connect(login("copilot_test_command").await, store_options())
-                    .await
-                    .expect("store");
+            let store = EventStore::connect(login("copilot_test_command").await, store_options())
+                .await
+                .expect("store");
             let config = ServiceConfig {
                 nats: NATS.into(),
                 prefix: nats_prefix.clone(),
@@ -195,8 +194,8 @@ impl Stack {
                 ..projector::ProjectorConfig::default()
             };
             let s = EventStore::connect(login("copilot_test_projector").await, store_options())
-            .await
-            .expect("projector's store");
+                .await
+                .expect("projector's store");
             let rx = stopped.clone();
             tasks.push(tokio::spawn(async move {
                 projector::run(projector_config, s, until(rx))

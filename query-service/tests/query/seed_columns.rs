@@ -13,7 +13,7 @@ use command_service::Status;
 
 /// The payload of the event `event_type` in `stream`, as JSON.
 async fn event(pool: &PgPool, stream: Uuid, event_type: &str) -> Value {
-    let payload: Vec<u8> = sqlx::query_scalar(
+    let mut payload: Vec<u8> = sqlx::query_scalar(
         "SELECT payload FROM events WHERE stream_id = $1 AND event_type = $2 ORDER BY version DESC LIMIT 1",
     )
     .bind(stream)
@@ -21,6 +21,11 @@ async fn event(pool: &PgPool, stream: Uuid, event_type: &str) -> Value {
     .fetch_one(pool)
     .await
     .unwrap_or_else(|e| panic!("no {event_type} in {stream}: {e}"));
+    // Personal fields are sealed in the row; opened as every reader does.
+    eventstore::data_keys::DataKeys::new(pool.clone(), crate::master_keys())
+        .open_payload(&mut payload)
+        .await
+        .expect("opens");
     domain::codec::decode(&payload).expect("a MessagePack payload")
 }
 
