@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::system::System;
 use eventstore::data_keys::MasterKeys;
 use eventstore::{EventStore, StoreOptions};
@@ -205,24 +203,9 @@ async fn relay_dump(prefix: &str) -> String {
     dump
 }
 
-async fn wait_until(pool: &PgPool, what: &str, sql: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done: bool = sqlx::query_scalar(sql)
-            .fetch_one(pool)
-            .await
-            .unwrap_or(false);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Every SQL projection and the relay have read the whole log.
 async fn caught_up(pool: &PgPool) {
-    wait_until(
+    common::wait_for(
         pool,
         "the projections to catch up",
         // relational, audit, relay, redis
@@ -231,6 +214,19 @@ async fn caught_up(pool: &PgPool) {
                                                      ORDER BY generation DESC, tx_id DESC, seq DESC LIMIT 1)",
     )
     .await;
+}
+
+/// A store on `pool` that opens sealed values with the test master key.
+async fn keyed_store(pool: &PgPool) -> EventStore {
+    EventStore::connect(
+        pool.clone(),
+        StoreOptions {
+            master_keys: Some(MasterKeys::parse(common::TEST_MASTER_KEY).expect("the test key")),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect("store")
 }
 
 /// The personal texts of `stream`'s events as a reader with the master key
@@ -270,16 +266,7 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
     let alice = person(&env, "alice").await;
     let bob = person(&env, "bob").await;
     caught_up(&pool).await;
-    let master = MasterKeys::parse(common::TEST_MASTER_KEY).expect("the test key");
-    let store = EventStore::connect(
-        pool.clone(),
-        StoreOptions {
-            master_keys: Some(master),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .expect("store");
+    let store = keyed_store(&pool).await;
 
     // Sealed from the start: the raw rows never hold a personal text, the
     // services read them through their keys.
@@ -326,15 +313,7 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
     caught_up(&pool).await;
 
     // The log, decoded with the master key: erased for her, whole for him.
-    let fresh = EventStore::connect(
-        pool.clone(),
-        StoreOptions {
-            master_keys: Some(MasterKeys::parse(common::TEST_MASTER_KEY).expect("key")),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .expect("store");
+    let fresh = keyed_store(&pool).await;
     for stream in [alice.id, alice.conversation] {
         let text = decoded(&fresh, stream).await;
         assert!(
@@ -406,15 +385,7 @@ async fn a_forgotten_users_personal_data_cannot_be_read_anywhere(pool: PgPool) {
     );
     {
         let copy = sqlx::PgPool::connect(&copy_url).await.expect("the copy");
-        let store = EventStore::connect(
-            copy.clone(),
-            StoreOptions {
-                master_keys: Some(MasterKeys::parse(common::TEST_MASTER_KEY).expect("key")),
-                ..StoreOptions::default()
-            },
-        )
-        .await
-        .expect("the copy's store");
+        let store = keyed_store(&copy).await;
         assert!(!decoded(&store, alice.conversation)
             .await
             .contains(&alice.marker));

@@ -4,7 +4,7 @@
 //! (and refusing a position that is not the parked one), `projection
 //! retry` refusing when nothing is stopped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eventstore::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, StoreOptions};
 use sqlx::PgPool;
@@ -12,21 +12,7 @@ use uuid::Uuid;
 
 mod common;
 use common::system::System;
-
-async fn wait_for(pool: &PgPool, what: &str, sql: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done: bool = sqlx::query_scalar(sql)
-            .fetch_one(pool)
-            .await
-            .unwrap_or(false);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::wait_for;
 
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn send_status_and_skip_run_against_a_live_system(pool: PgPool) {

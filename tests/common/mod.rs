@@ -46,3 +46,23 @@ pub fn command_service(database_url: &str, prefix: &str, bootstrap: &str) -> tok
         .spawn()
         .expect("start copilot-data command-service")
 }
+
+/// Waits (at most a minute) until `sql` (one boolean) is true.
+#[allow(dead_code)]
+pub async fn wait_for(pool: &PgPool, what: &str, sql: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done: bool = sqlx::query_scalar(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(false);
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
