@@ -29,6 +29,10 @@
 //!   endless sequence of batches, woken by `LISTEN/NOTIFY` and by polling.
 //! * [`checkpoint`] saves a reader's position inside the caller's transaction;
 //!   [`EventStore::save_snapshot`] keeps the state of a long stream.
+//! * [`data_keys`]: with a master key configured, personal values in
+//!   payloads, snapshots and metadata are sealed with their owner's data
+//!   key by the writer and opened by every read of the store; a
+//!   `user_forgotten` event destroys the key in its own transaction.
 //!
 //! # The global order, and why it never skips an event
 //!
