@@ -263,12 +263,8 @@ impl DataKeys {
             return Ok(());
         }
         self.load(subjects).await?;
-        for (i, mut value) in parsed {
-            self.open_value(&mut value)?;
-            let mut payload = Vec::with_capacity(events[i].payload.len());
-            rmpv::encode::write_value(&mut payload, &value)
-                .map_err(|e| StoreError::Corrupt(format!("re-encoding an opened payload: {e}")))?;
-            events[i].payload = payload;
+        for (i, value) in parsed {
+            events[i].payload = self.opened(value)?;
         }
         for event in events.iter_mut() {
             let m = &mut event.metadata;
@@ -291,15 +287,21 @@ impl DataKeys {
         if !contains(payload, &SEALED_MAGIC) {
             return Ok(());
         }
-        let mut value = parse(payload)?;
+        let value = parse(payload)?;
         let mut subjects = Vec::new();
         collect_subjects(&value, &mut subjects);
         self.load(subjects).await?;
-        self.open_value(&mut value)?;
-        payload.clear();
-        rmpv::encode::write_value(payload, &value)
-            .map_err(|e| StoreError::Corrupt(format!("re-encoding an opened payload: {e}")))?;
+        *payload = self.opened(value)?;
         Ok(())
+    }
+
+    /// The MessagePack of `value` with its sealed values opened (keys loaded).
+    fn opened(&self, mut value: rmpv::Value) -> Result<Vec<u8>, StoreError> {
+        self.open_value(&mut value)?;
+        let mut payload = Vec::new();
+        rmpv::encode::write_value(&mut payload, &value)
+            .map_err(|e| StoreError::Corrupt(format!("re-encoding an opened payload: {e}")))?;
+        Ok(payload)
     }
 
     /// Opens the sealed texts among the top-level fields of a JSON object
