@@ -32,6 +32,7 @@ pub mod copy;
 mod embedding_cache;
 pub mod events;
 pub mod history;
+mod lag_history;
 mod metrics;
 pub mod parked;
 mod projection;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::audit::retention_start;
 use crate::batch::{self, Outcome, PoisonPolicy, Target};
+use crate::lag_history::{self, LagHistory};
 use crate::metrics::metrics;
 use crate::projection::{Kind, Projection};
 use crate::redis_model::{RedisConfig, RedisModel};
@@ -234,10 +235,19 @@ async fn lead(
         .await
         .with_batch_size(config.batch_size);
     let mut last_lag_check = Instant::now();
+    let mut history = LagHistory::new(name);
+    let mut flush = tokio::time::interval(lag_history::FLUSH_EVERY);
     loop {
         let events = tokio::select! {
             batch = subscription.next_batch() => batch?,
-            _ = stop.changed() => return Ok(Exit::Shutdown),
+            _ = stop.changed() => {
+                history.flush(&mut conn).await?;
+                return Ok(Exit::Shutdown);
+            }
+            _ = flush.tick() => {
+                history.flush(&mut conn).await?;
+                continue;
+            }
         };
         let started = Instant::now();
         let outcome = batch::project(
@@ -260,12 +270,7 @@ async fn lead(
                 m.batch_seconds
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
-                if let Some(last) = events.last() {
-                    let lag = (Utc::now() - last.recorded_at).num_milliseconds().max(0);
-                    m.lag_seconds
-                        .with_label_values(&[name])
-                        .set(lag as f64 / 1000.0);
-                }
+                history.record(events.iter().map(|e| e.recorded_at), Utc::now());
                 tracing::debug!(projection = name, events = events.len(), %position, "batch applied");
             }
             Outcome::Parked {
@@ -468,10 +473,19 @@ async fn sink_while_leading(
     // A reset (`replay --projection redis`) moves the checkpoint while this
     // writer may be idle: look now and then, not only when events come.
     let mut check = tokio::time::interval(RESET_CHECK);
+    let mut history = LagHistory::new(name);
+    let mut flush = tokio::time::interval(lag_history::FLUSH_EVERY);
     loop {
         let events = tokio::select! {
             batch = subscription.next_batch() => batch?,
-            _ = stop.changed() => return Ok(Exit::Shutdown),
+            _ = stop.changed() => {
+                history.flush(&mut conn).await?;
+                return Ok(Exit::Shutdown);
+            }
+            _ = flush.tick() => {
+                history.flush(&mut conn).await?;
+                continue;
+            }
             _ = check.tick() => {
                 let at = checkpoint::load(&mut conn, name).await?.unwrap_or(Position::START);
                 if at != position {
@@ -488,6 +502,7 @@ async fn sink_while_leading(
         checkpoint::save(&mut *tx, name, last.position).await?;
         tx.commit().await?;
         position = last.position;
+        history.record(events.iter().map(|e| e.recorded_at), Utc::now());
         let m = metrics();
         m.events
             .with_label_values(&[name])
@@ -536,8 +551,8 @@ pub async fn catch_up_sink(
     }
 }
 
-/// Events after `position`, counted up to a cap (this is a gauge, not a report).
-/// Events in the log after `position`, counted up to `limit`.
+/// Events in the log after `position`, counted up to `limit` (for a gauge,
+/// not a report).
 pub async fn events_after(
     store: &EventStore,
     position: Position,

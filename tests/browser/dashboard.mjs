@@ -39,7 +39,7 @@ try {
   const open = await page.textContent("#open-incidents-count");
   // The charts are drawn (uPlot, served by the query service), and the
   // incident chart counts the new incident.
-  await page.waitForFunction(() => document.querySelectorAll("#charts .uplot").length === 3, null, { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelectorAll("#charts .uplot").length === 4, null, { timeout: 15000 });
   await page.waitForFunction(() => document.getElementById("chart-incidents-total").textContent === "(1)", null, { timeout: 15000 });
   await shot(page, "dashboard");
   console.log(`updated open=${open}`);
@@ -89,7 +89,7 @@ try {
     await shot(page, "search");
 
     // The audit log, for an admin: filtered to incidents.
-    let filtered = false;
+    let filtered = false, lagChart = false;
     if (adminToken) {
       await page.click("#signout");
       // Nothing of the last user stays on the page.
@@ -106,8 +106,17 @@ try {
       }, null, { timeout: 15000 });
       filtered = true;
       await shot(page, "audit");
+      // The lag chart draws each SQL projection's longest delay per hour
+      // (figures written while the test ran).
+      await page.waitForFunction(() => {
+        const legend = [...document.querySelectorAll("#chart-lag .u-legend th")].map((n) => n.textContent);
+        return legend.some((t) => t.includes("relational")) && legend.some((t) => t.includes("audit"))
+          && /^\(longest \d+\.\d{3} s\)$/.test(document.getElementById("chart-lag-total").textContent);
+      }, null, { timeout: 15000 });
+      lagChart = true;
+      await page.locator("#charts").screenshot({ path: `${shots}/charts.png` });
     }
-    console.log(`searched own-message=${own} audit-filtered=${filtered}`);
+    console.log(`searched own-message=${own} audit-filtered=${filtered} lag-chart=${lagChart}`);
   }
 } finally {
   await browser.close();

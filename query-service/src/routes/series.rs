@@ -3,7 +3,10 @@
 //! the read model (each metric's time column indexed), as the caller may
 //! see it (row-level security makes a plain user's series their own),
 //! cached like every other read. `commands` counts commands by outcome
-//! from the log and the stored rejections (a plain user's own).
+//! from the log and the stored rejections (a plain user's own);
+//! `projection_lag` reads what each projection's leader records of how
+//! long after its append each event was applied (the same for every
+//! caller, as the summary's projection table is).
 
 use axum::extract::{Path, State};
 use chrono::{DateTime, Duration, Utc};
@@ -26,12 +29,16 @@ const BUCKETS: [(&str, i64); 7] = [
 ];
 /// At most this many buckets per answer.
 pub const MAX_BUCKETS: i64 = 1_000;
+/// At most this many points (buckets × label sets) per answer: many
+/// workflows over many buckets would otherwise make an answer of any size.
+pub const MAX_POINTS: usize = 10_000;
 
 /// One metric: the statement that groups its rows into buckets.
 struct Metric {
     name: &'static str,
-    /// `SELECT bucket, labels, count, tokens, cost_usd` over `$1` (bucket
-    /// seconds), `$2` (from, inclusive), `$3` (to, exclusive).
+    /// `SELECT bucket, labels, count, tokens, cost_usd` (and, for lag,
+    /// `lag_max_seconds, lag_mean_seconds`) over `$1` (bucket seconds), `$2`
+    /// (from, inclusive), `$3` (to, exclusive).
     sql: &'static str,
     cache_tags: &'static [&'static str],
     /// `$4` is the caller's id for a plain user (their own rows only, where
@@ -39,7 +46,7 @@ struct Metric {
     by_actor: bool,
 }
 
-const METRICS: [Metric; 7] = [
+const METRICS: [Metric; 8] = [
     Metric {
         name: "commands",
         sql: "SELECT date_bin(make_interval(secs => $1), c.at, timestamptz 'epoch') AS bucket,
@@ -130,6 +137,21 @@ const METRICS: [Metric; 7] = [
         cache_tags: &["execution:all"],
         by_actor: false,
     },
+    Metric {
+        name: "projection_lag",
+        sql: "SELECT date_bin(make_interval(secs => $1), minute, timestamptz 'epoch') AS bucket,
+                     jsonb_build_object('projection', projection) AS labels,
+                     sum(events)::int8 AS count, NULL::int8 AS tokens, NULL::float8 AS cost_usd,
+                     max(lag_ms_max)::float8 / 1000 AS lag_max_seconds,
+                     sum(lag_ms_sum)::float8 / sum(events) / 1000 AS lag_mean_seconds
+                FROM projection_lag
+               WHERE minute >= $2 AND minute < $3
+               GROUP BY 1, 2",
+        // Written every few seconds, not by events: lives for the cache's
+        // time to live.
+        cache_tags: &[],
+        by_actor: false,
+    },
 ];
 
 /// The statement of `metric` (`$1` bucket seconds, `$2` from, `$3` to),
@@ -169,15 +191,58 @@ pub struct SeriesPoint {
     /// Tokens (in + out), for `messages` and `conversations`.
     pub tokens: Option<i64>,
     pub cost_usd: Option<f64>,
+    /// For `projection_lag` (where `count` is events applied): the longest
+    /// and the mean time from an event's append to its application.
+    #[sqlx(default)]
+    pub lag_max_seconds: Option<f64>,
+    #[sqlx(default)]
+    pub lag_mean_seconds: Option<f64>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SeriesTotal {
     #[schema(value_type = Object)]
     pub labels: serde_json::Value,
     pub count: i64,
     pub tokens: Option<i64>,
     pub cost_usd: Option<f64>,
+    pub lag_max_seconds: Option<f64>,
+    pub lag_mean_seconds: Option<f64>,
+}
+
+impl SeriesTotal {
+    /// Each label set's points summed (lag: the largest, and the mean
+    /// weighted by events), in the order the label sets first appear.
+    fn of(points: &[SeriesPoint]) -> Vec<SeriesTotal> {
+        let mut totals: Vec<SeriesTotal> = Vec::new();
+        for p in points {
+            match totals.iter_mut().find(|t| t.labels == p.labels) {
+                Some(t) => {
+                    let before = t.count as f64;
+                    t.count += p.count;
+                    t.tokens = t.tokens.zip(p.tokens).map(|(a, b)| a + b);
+                    t.cost_usd = t.cost_usd.zip(p.cost_usd).map(|(a, b)| a + b);
+                    t.lag_max_seconds = t
+                        .lag_max_seconds
+                        .zip(p.lag_max_seconds)
+                        .map(|(a, b)| a.max(b));
+                    t.lag_mean_seconds = t
+                        .lag_mean_seconds
+                        .zip(p.lag_mean_seconds)
+                        .map(|(a, b)| (a * before + b * p.count as f64) / t.count as f64);
+                }
+                None => totals.push(SeriesTotal {
+                    labels: p.labels.clone(),
+                    count: p.count,
+                    tokens: p.tokens,
+                    cost_usd: p.cost_usd,
+                    lag_max_seconds: p.lag_max_seconds,
+                    lag_mean_seconds: p.lag_mean_seconds,
+                }),
+            }
+        }
+        totals
+    }
 }
 
 /// The range and bucket a request asks for, checked and bounded.
@@ -236,7 +301,7 @@ impl Range {
 
 /// Counts (and tokens and cost, where they apply) per time bucket.
 #[utoipa::path(get, path = "/v1/series/{metric}", tag = "dashboard",
-    params(("metric" = String, Path, description = "commands | messages | conversations | incidents_opened | incidents_resolved | executions_started | executions_finished"),
+    params(("metric" = String, Path, description = "commands | messages | conversations | incidents_opened | incidents_resolved | executions_started | executions_finished | projection_lag"),
            ("bucket" = Option<String>, Query, description = "1m | 5m | 15m | 1h (default) | 6h | 1d | 7d"),
            ("from" = Option<String>, Query, description = "RFC 3339; default 24 buckets before `to`"),
            ("to" = Option<String>, Query, description = "RFC 3339; default now")),
@@ -272,8 +337,9 @@ pub async fn series(
         Cached::Hit(hit) => return Ok(hit),
     };
     let sql = format!(
-        "SELECT bucket, labels, count, tokens, cost_usd FROM ({}) s ORDER BY bucket, labels",
-        metric.sql
+        "SELECT * FROM ({}) s ORDER BY bucket, labels LIMIT {}",
+        metric.sql,
+        MAX_POINTS + 1
     );
     let points = sqlx::query_as::<_, SeriesPoint>(&sql)
         .bind(range.seconds as f64)
@@ -286,22 +352,15 @@ pub async fn series(
         points.fetch_all(&mut *read.tx).await?
     };
     read.tx.commit().await?;
-    let mut totals: Vec<SeriesTotal> = Vec::new();
-    for p in &points {
-        match totals.iter_mut().find(|t| t.labels == p.labels) {
-            Some(t) => {
-                t.count += p.count;
-                t.tokens = t.tokens.zip(p.tokens).map(|(a, b)| a + b);
-                t.cost_usd = t.cost_usd.zip(p.cost_usd).map(|(a, b)| a + b);
-            }
-            None => totals.push(SeriesTotal {
-                labels: p.labels.clone(),
-                count: p.count,
-                tokens: p.tokens,
-                cost_usd: p.cost_usd,
-            }),
-        }
+    if points.len() > MAX_POINTS {
+        return Err(ApiError::bad(
+            "from",
+            format!(
+                "the range holds more than {MAX_POINTS} points (buckets × label sets); choose a larger bucket or a shorter range"
+            ),
+        ));
     }
+    let totals = SeriesTotal::of(&points);
     let series = Series {
         metric: metric.name.to_string(),
         bucket: range.bucket.to_string(),

@@ -158,8 +158,9 @@ async fn the_dashboard_signs_in_and_updates_live(pool: PgPool) {
         .expect("read")
         .expect("a line");
     assert_eq!(
-        found, "searched own-message=true audit-filtered=true",
-        "search finds the user's own message; the admin's audit filter shows only incident rows"
+        found, "searched own-message=true audit-filtered=true lag-chart=true",
+        "search finds the user's own message; the admin's audit filter shows only incident rows; \
+         the lag chart draws both SQL projections"
     );
     let status = child.wait().await.expect("node exits");
     assert!(status.success(), "the browser script failed");

@@ -251,3 +251,157 @@ async fn bad_series_parameters_are_problems_naming_them(pool: PgPool) {
     }
     stack.finish().await;
 }
+
+/// The lag series counts every event each projection applied once, with
+/// its largest and mean delay, and is the same for every caller.
+#[sqlx::test(migrations = "../migrations")]
+async fn projection_lag_counts_each_applied_event_once(pool: PgPool) {
+    let stack = Stack::start(pool.clone()).await;
+    let (_, alice) = stack.user("operator").await;
+    let (_, admin) = stack.user("admin").await;
+    let conversation = Uuid::now_v7();
+    stack
+        .ok(
+            "conversation.start",
+            conversation,
+            json!({"title": "t"}),
+            &alice,
+        )
+        .await;
+    let mut last = String::new();
+    for i in 0..5 {
+        last = stack
+            .ok(
+                "conversation.append_message",
+                conversation,
+                json!({"message_id": Uuid::now_v7(), "role": "user", "content": format!("m{i}")}),
+                &alice,
+            )
+            .await;
+    }
+    // Both SQL projections have applied everything once this answers.
+    assert_eq!(
+        stack
+            .get_at("/v1/conversations", &alice, &last)
+            .await
+            .status,
+        200
+    );
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    let applied = |body: &Value, projection: &str| -> Option<Value> {
+        body["totals"]
+            .as_array()?
+            .iter()
+            .find(|t| t["labels"]["projection"] == projection)
+            .cloned()
+    };
+    // Figures are written every two seconds; each try asks for another
+    // range so no cached answer is reused.
+    let mut tries = 0;
+    let series = loop {
+        tries += 1;
+        let from = (chrono::Utc::now() - chrono::Duration::minutes(30 + tries))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let reply = stack
+            .get(
+                &format!("/v1/series/projection_lag?bucket=1m&from={from}"),
+                &admin,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let done = ["relational", "audit"]
+            .iter()
+            .all(|p| applied(&reply.body, p).and_then(|t| t["count"].as_i64()) == Some(logged));
+        if done || tries > 50 {
+            break reply.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_buckets_sum_to_totals(&series);
+    for projection in ["relational", "audit"] {
+        let total = applied(&series, projection).expect("a total");
+        assert_eq!(total["count"].as_i64(), Some(logged), "{series}");
+        let max = total["lag_max_seconds"].as_f64().expect("max");
+        let mean = total["lag_mean_seconds"].as_f64().expect("mean");
+        assert!((0.0..=max).contains(&mean), "{total}");
+        // The largest of the points is the total's largest.
+        let points_max = series["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .filter(|p| p["labels"]["projection"] == projection)
+            .filter_map(|p| p["lag_max_seconds"].as_f64())
+            .fold(0.0_f64, f64::max);
+        assert_eq!(points_max, max);
+    }
+    // Nothing personal in it: a plain user may read it, and reads the same.
+    let from = series["from"].as_str().expect("from").replace('+', "%2B");
+    let to = series["to"].as_str().expect("to").replace('+', "%2B");
+    let mine = stack
+        .get(
+            &format!("/v1/series/projection_lag?bucket=1m&from={from}&to={to}"),
+            &alice,
+        )
+        .await;
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    for projection in ["relational", "audit"] {
+        assert_eq!(
+            applied(&mine.body, projection).map(|t| t["count"].clone()),
+            Some(json!(logged))
+        );
+    }
+    stack.finish().await;
+}
+
+/// A range with more points (buckets × label sets) than an answer may hold
+/// is a problem asking for a larger bucket; the larger bucket answers.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_series_of_too_many_points_asks_for_a_larger_bucket(pool: PgPool) {
+    let stack = Stack::start(pool.clone()).await;
+    let (_, admin) = stack.user("admin").await;
+    // Eleven projections' figures in each of 1,000 minutes: 11,000 points
+    // at one-minute buckets.
+    sqlx::query(
+        "INSERT INTO projection_lag (projection, minute, events, lag_ms_sum, lag_ms_max)
+         SELECT 'p' || p, timestamptz '2026-01-01T00:00:00Z' + m * interval '1 minute', 2, 10, 7
+           FROM generate_series(1, 11) AS p, generate_series(0, 999) AS m",
+    )
+    .execute(&pool)
+    .await
+    .expect("figures");
+    let range = "from=2026-01-01T00:00:00Z&to=2026-01-01T16:40:00Z";
+    let reply = stack
+        .get(
+            &format!("/v1/series/projection_lag?bucket=1m&{range}"),
+            &admin,
+        )
+        .await;
+    let problem = reply.problem(400);
+    assert_eq!(problem["parameter"], "from", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("larger bucket")),
+        "{problem}"
+    );
+    let hourly = stack
+        .get(
+            &format!("/v1/series/projection_lag?bucket=1h&{range}"),
+            &admin,
+        )
+        .await;
+    assert_eq!(hourly.status, 200, "{:?}", hourly.body);
+    assert_buckets_sum_to_totals(&hourly.body);
+    let totals = hourly.body["totals"].as_array().expect("totals");
+    assert_eq!(totals.len(), 11);
+    for total in totals {
+        assert_eq!(total["count"], 2_000, "{total}");
+        assert_eq!(total["lag_max_seconds"], 0.007, "{total}");
+        let mean = total["lag_mean_seconds"].as_f64().expect("mean");
+        assert!((mean - 0.005).abs() < 1e-12, "{total}");
+    }
+    stack.finish().await;
+}
