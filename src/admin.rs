@@ -71,6 +71,7 @@ impl Local {
                 authorization: authorization.as_deref(),
                 client_ip: None,
                 user_agent: Some("copilot-data admin"),
+                traceparent: None,
                 answer_kept: false,
             })
             .await;

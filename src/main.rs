@@ -32,6 +32,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
     infra::telemetry::init(&settings.log, cli.log_json);
+    // Outside the runtime: the exporter sends from a thread of its own,
+    // and flushes what is queued when dropped, after the runtime.
+    let _traces = match settings.otlp_endpoint.as_deref() {
+        Some(endpoint) => {
+            infra::traces::export(endpoint, "copilot-data").context("starting trace export")?
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -36,6 +36,9 @@ pub struct Envelope {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub client_vouched: bool,
+    /// The agent's span, from a W3C `traceparent` header naming this
+    /// command's trace (see `infra::traces`).
+    pub parent_span: Option<[u8; 8]>,
 }
 
 /// Why a message could not be read: the field and what is wrong with it.
@@ -216,6 +219,7 @@ impl<P> Raw<P> {
             client_ip: None,
             user_agent: None,
             client_vouched: false,
+            parent_span: None,
         }
     }
 }

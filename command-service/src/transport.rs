@@ -202,6 +202,7 @@ fn incoming<'a>(message: &'a Message, prefix: &str) -> Incoming<'a> {
         authorization: header(headers, "Authorization"),
         client_ip: header(headers, "Client-Ip"),
         user_agent: header(headers, "User-Agent"),
+        traceparent: header(headers, "traceparent"),
         answer_kept: false,
     }
 }
@@ -325,6 +326,7 @@ async fn process(
             authorization: header(headers, "Authorization"),
             client_ip: header(headers, "Client-Ip"),
             user_agent: header(headers, "User-Agent"),
+            traceparent: header(headers, "traceparent"),
             answer_kept: true,
         })
         .await;

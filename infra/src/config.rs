@@ -49,6 +49,9 @@ pub struct Settings {
     pub master_key: Option<SecretString>,
     /// The tracing filter (`COPILOT_LOG`).
     pub log: String,
+    /// Export traces (OTLP over HTTP) to this collector URL, for example
+    /// `http://collector:4318/v1/traces`; unset: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,6 +268,7 @@ impl Default for Settings {
             bootstrap_token: None,
             master_key: None,
             log: "info".to_string(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod redact;
 pub mod redis_conn;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 
 pub use config::{ConfigError, Settings};
 

@@ -27,6 +27,7 @@
 
 pub mod audit;
 mod batch;
+mod batch_spans;
 pub mod changes;
 pub mod copy;
 mod embedding_cache;

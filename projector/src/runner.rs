@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::audit::retention_start;
 use crate::batch::{self, Outcome, PoisonPolicy, Target};
+use crate::batch_spans;
 use crate::lag_history::{self, LagHistory};
 use crate::metrics::metrics;
 use crate::projection::{Kind, Projection};
@@ -271,6 +272,7 @@ async fn lead(
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
                 history.record(events.iter().map(|e| e.recorded_at), Utc::now());
+                batch_spans::record(name, &events, started);
                 tracing::debug!(projection = name, events = events.len(), %position, "batch applied");
             }
             Outcome::Parked {
@@ -503,6 +505,7 @@ async fn sink_while_leading(
         tx.commit().await?;
         position = last.position;
         history.record(events.iter().map(|e| e.recorded_at), Utc::now());
+        batch_spans::record(name, &events, started);
         let m = metrics();
         m.events
             .with_label_values(&[name])

@@ -45,6 +45,8 @@ pub struct Incoming<'a> {
     pub client_ip: Option<&'a str>,
     /// The optional `User-Agent` header, cut to 256 characters.
     pub user_agent: Option<&'a str>,
+    /// The optional W3C `traceparent` header.
+    pub traceparent: Option<&'a str>,
     /// Whether the answer is kept where others may read it (a JetStream
     /// result): commands whose answer carries a secret are refused then.
     pub answer_kept: bool,
@@ -57,6 +59,48 @@ pub struct Incoming<'a> {
 pub const ANSWER_CARRIES_SECRET: [&str; 2] = ["session.start", "user.issue_api_key"];
 
 /// The client's address and program as recorded in event metadata.
+/// What the request's headers add to its envelope: the client's address
+/// and program, and the agent's trace (a `traceparent` without a
+/// correlation id makes its trace id the correlation id, so the events and
+/// every projection's spans join the agent's trace).
+fn from_headers(envelope: &mut Envelope, incoming: &Incoming<'_>) {
+    (envelope.client_ip, envelope.user_agent) = client_info(incoming);
+    if let Some(parent) = incoming
+        .traceparent
+        .and_then(infra::traces::TraceParent::parse)
+    {
+        let trace = *envelope.correlation_id.get_or_insert(parent.trace_id);
+        if trace == parent.trace_id {
+            envelope.parent_span = Some(parent.span_id);
+        }
+    }
+}
+
+/// Records a handled command's span, if traces are exported.
+fn trace_command(
+    ids: (Uuid, Option<Uuid>, Option<[u8; 8]>),
+    command_type: &str,
+    result: &CommandResult,
+    started: std::time::Instant,
+) {
+    if !infra::traces::exporting() {
+        return;
+    }
+    let ended = std::time::SystemTime::now();
+    let (command_id, correlation_id, parent_span) = ids;
+    infra::traces::command(infra::traces::CommandSpan {
+        command_type,
+        command_id,
+        correlation_id,
+        aggregate_id: result.aggregate_id,
+        parent_span,
+        status: result.status.as_str(),
+        position: result.position.as_deref(),
+        started: ended - started.elapsed(),
+        ended,
+    });
+}
+
 fn client_info(incoming: &Incoming<'_>) -> (Option<String>, Option<String>) {
     let ip = incoming
         .client_ip
@@ -331,20 +375,29 @@ impl Handler {
                 Some(json!({"field": "type"})),
             );
         }
-        (envelope.client_ip, envelope.user_agent) = client_info(&incoming);
+        from_headers(&mut envelope, &incoming);
         let span = tracing::info_span!("command", command_id = %envelope.command_id, command_type = incoming.command_type,
             correlation_id = ?envelope.correlation_id, aggregate_id = %envelope.aggregate_id);
+        let ids = (
+            envelope.command_id,
+            envelope.correlation_id,
+            envelope.parent_span,
+        );
+        let started = std::time::Instant::now();
         // The span follows the future across awaits (entering it here would
         // mark whatever else ran on this thread meanwhile).
-        self.handle_decoded(
-            envelope,
-            command,
-            incoming.command_type,
-            incoming.authorization,
-            attempt,
-        )
-        .instrument(span)
-        .await
+        let result = self
+            .handle_decoded(
+                envelope,
+                command,
+                incoming.command_type,
+                incoming.authorization,
+                attempt,
+            )
+            .instrument(span)
+            .await;
+        trace_command(ids, incoming.command_type, &result, started);
+        result
     }
 
     async fn handle_decoded(

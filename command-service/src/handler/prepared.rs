@@ -18,7 +18,9 @@ use domain::{Aggregate, Command, Context};
 use eventstore::{AppendOutcome, AppendRequest};
 use uuid::Uuid;
 
-use super::{append_request, client_info, rate_limited, sealing, Handler, Incoming};
+use super::{
+    append_request, from_headers, rate_limited, sealing, trace_command, Handler, Incoming,
+};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
 use crate::guarded::Guard;
@@ -35,6 +37,8 @@ pub(crate) struct Prepared {
     command_id: Uuid,
     command_type: String,
     started: Instant,
+    /// The agent's span, for the command's trace.
+    parent_span: Option<[u8; 8]>,
     event_types: Vec<&'static str>,
     state: Box<dyn Decided>,
     _turn: Turn,
@@ -82,6 +86,7 @@ where
 impl Prepared {
     /// The command's answer once its append is stored.
     pub(crate) fn accepted(self, handler: &Handler, outcome: &AppendOutcome) -> CommandResult {
+        let ids = self.trace_ids();
         self.state.appended(handler, outcome);
         let result = CommandResult {
             command_id: self.command_id,
@@ -102,14 +107,26 @@ impl Prepared {
             .with_label_values(&["lane"])
             .inc();
         handler.observe(&self.command_type, Status::Accepted, self.started);
+        trace_command(ids, &self.command_type, &result, self.started);
         result
+    }
+
+    fn trace_ids(&self) -> (Uuid, Option<Uuid>, Option<[u8; 8]>) {
+        (
+            self.command_id,
+            self.entry.0.metadata.correlation_id,
+            self.parent_span,
+        )
     }
 
     /// Refused by the rate limit before anything was written.
     pub(crate) fn rate_limited(self, handler: &Handler, retry_after: Duration) -> CommandResult {
+        let ids = self.trace_ids();
         self.state.put_back(handler);
         handler.observe(&self.command_type, Status::RateLimited, self.started);
-        rate_limited(self.command_id, self.entry.0.stream_id, retry_after)
+        let result = rate_limited(self.command_id, self.entry.0.stream_id, retry_after);
+        trace_command(ids, &self.command_type, &result, self.started);
+        result
     }
 
     /// Not appended here: the state goes back to the cache as it was (the
@@ -139,7 +156,7 @@ impl Handler {
                 .verified(incoming.authorization, incoming.command_type, now)?;
         let (mut envelope, command) =
             envelope::decode(encoding, incoming.command_type, incoming.payload).ok()?;
-        (envelope.client_ip, envelope.user_agent) = client_info(incoming);
+        from_headers(&mut envelope, incoming);
         envelope.client_vouched = self.settings.vouches(&actor);
         // Signed in: the lane takes no anonymous command.
         let principal = actor.label();
@@ -216,6 +233,7 @@ impl Handler {
             command_id: envelope.command_id,
             command_type: lane.command_type.to_string(),
             started: lane.started,
+            parent_span: envelope.parent_span,
             event_types: events.iter().map(|e| e.event_type()).collect(),
             state: Box::new(Decision::<A> {
                 stream_id: envelope.aggregate_id,

@@ -218,6 +218,7 @@ pub const VARS: &[Var] = &[
     secret("COPILOT_BOOTSTRAP_TOKEN", "bootstrap_token"),
     secret("COPILOT_MASTER_KEY", "master_key"),
     var("COPILOT_LOG", "log", Text),
+    var("COPILOT_OTLP_ENDPOINT", "otlp_endpoint", Text),
 ];
 
 /// The variable that sets `key` (a dotted path), if one does.
