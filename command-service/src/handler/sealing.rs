@@ -110,7 +110,9 @@ impl Sealers {
         let Some(text) = text else { return Ok(None) };
         Ok(match self.sealer(subject)? {
             Some(sealer) => sealer.seal_text(&text),
-            None => Some(text),
+            // Kept in the clear, a text that reads as sealed would be
+            // taken for one by every reader: a client's claim is dropped.
+            None => Some(text).filter(|t| !eventstore::data_keys::looks_sealed(t)),
         })
     }
 
@@ -121,5 +123,31 @@ impl Sealers {
         self.by_subject.get(&subject).map(Some).ok_or_else(|| {
             domain::codec::CodecError::Sealing(format!("no data key was made for {subject}"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clear_client_text_that_reads_as_sealed_is_not_kept() {
+        // No master key (or no subject to seal for): texts stay in the
+        // clear, except one every reader would take for a sealed value.
+        let clear = Sealers::default();
+        assert_eq!(
+            clear.text(None, Some("curl/8".into())).expect("text"),
+            Some("curl/8".into())
+        );
+        assert_eq!(
+            clear.text(None, Some("sealed:AAAA".into())).expect("text"),
+            None
+        );
+        assert_eq!(
+            clear
+                .text(Some(Uuid::now_v7()), Some("sealed:AAAA".into()))
+                .expect("text"),
+            None
+        );
     }
 }

@@ -42,12 +42,11 @@ use uuid::Uuid;
 
 pub use master::{KeyError, MasterKeys};
 pub use rotation::{KeyCounts, Rotated};
-pub use sealed::{refuse_sealed, Sealer, SEALED_MAGIC};
+pub use sealed::{looks_sealed, refuse_sealed, Sealer, SEALED_MAGIC};
 
 use master::{open_with, seal_with};
 use sealed::{
     blob_subject, collect_subjects, contains, metadata_texts, parse, text_blob, text_subject, walk,
-    SEALED_TEXT,
 };
 
 use crate::{RecordedEvent, StoreError};
@@ -274,7 +273,9 @@ impl DataKeys {
                 &mut m.claimed_ip,
                 &mut m.claimed_user_agent,
             ] {
-                if let Some(text) = field.as_deref().filter(|t| t.starts_with(SEALED_TEXT)) {
+                // Only a real sealed text: one that merely starts like
+                // one is a client's text.
+                if let Some(text) = field.as_deref().filter(|t| text_subject(t).is_some()) {
                     *field = self.open_text(text)?;
                 }
             }
@@ -310,10 +311,9 @@ impl DataKeys {
         let Some(object) = value.as_object_mut() else {
             return Ok(());
         };
-        let sealed = |v: &serde_json::Value| v.as_str().is_some_and(|t| t.starts_with(SEALED_TEXT));
+        let sealed = |v: &serde_json::Value| v.as_str().and_then(text_subject).is_some();
         let subjects: Vec<Uuid> = object
             .values()
-            .filter(|v| sealed(v))
             .filter_map(|v| v.as_str().and_then(text_subject))
             .collect();
         if subjects.is_empty() {

@@ -60,18 +60,36 @@ impl Sealer {
 
 /// Refuses a payload holding sealed values when no master key is
 /// configured, rather than hand out ciphertext as if it were the value.
+/// Only a real sealed value counts (a MessagePack binary with the sealed
+/// header, a metadata text that decodes to one): a person's text that
+/// merely contains the magic bytes or starts with `sealed:` is data.
 pub fn refuse_sealed(events: &[RecordedEvent]) -> Result<(), StoreError> {
-    let sealed = events.iter().any(|e| {
-        contains(&e.payload, &SEALED_MAGIC)
-            || metadata_texts(&e.metadata)
-                .into_iter()
-                .flatten()
-                .any(|t| t.starts_with(SEALED_TEXT))
-    });
-    if sealed {
-        return Err(StoreError::Keys(KeyError::NoMasterKey.to_string()));
+    for event in events {
+        let sealed_text = metadata_texts(&event.metadata)
+            .into_iter()
+            .flatten()
+            .any(|t| text_subject(t).is_some());
+        if sealed_text || holds_sealed_value(&event.payload)? {
+            return Err(StoreError::Keys(KeyError::NoMasterKey.to_string()));
+        }
     }
     Ok(())
+}
+
+/// Whether a MessagePack document holds a sealed value.
+fn holds_sealed_value(payload: &[u8]) -> Result<bool, StoreError> {
+    if !contains(payload, &SEALED_MAGIC) {
+        return Ok(false);
+    }
+    let mut subjects = Vec::new();
+    collect_subjects(&parse(payload)?, &mut subjects);
+    Ok(!subjects.is_empty())
+}
+
+/// Whether `text` would be read as a sealed text: such a text, written
+/// in the clear (a client's claim with no key to seal it), is not kept.
+pub fn looks_sealed(text: &str) -> bool {
+    text.starts_with(SEALED_TEXT)
 }
 
 pub(super) fn metadata_texts(m: &crate::Metadata) -> [Option<&str>; 4] {
