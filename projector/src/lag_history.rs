@@ -21,6 +21,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// Minutes older than this are deleted by the writer.
 pub const RETENTION_DAYS: i32 = 30;
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Minute {
@@ -35,6 +36,7 @@ pub struct LagHistory {
     projection: &'static str,
     pending: BTreeMap<DateTime<Utc>, Minute>,
     last_prune: Option<Instant>,
+    last_backlog: Option<Instant>,
 }
 
 impl LagHistory {
@@ -43,6 +45,7 @@ impl LagHistory {
             projection,
             pending: BTreeMap::new(),
             last_prune: None,
+            last_backlog: None,
         }
     }
 
@@ -117,6 +120,34 @@ impl LagHistory {
             .execute(&mut *conn)
             .await?;
             self.last_prune = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+impl LagHistory {
+    /// Every few seconds: the events in the log after `position` as the
+    /// backlog gauge, and a lag gauge of zero once there are none (the gauge
+    /// otherwise keeps the last batch's figure while the projection idles).
+    pub async fn gauge_backlog(
+        &mut self,
+        store: &eventstore::EventStore,
+        position: eventstore::Position,
+    ) -> Result<(), sqlx::Error> {
+        if self
+            .last_backlog
+            .is_some_and(|at| at.elapsed() < BACKLOG_EVERY)
+        {
+            return Ok(());
+        }
+        self.last_backlog = Some(Instant::now());
+        let behind = crate::runner::events_after(store, position, 1_000_000).await?;
+        let m = metrics();
+        m.lag_events
+            .with_label_values(&[self.projection])
+            .set(behind);
+        if behind == 0 {
+            m.lag_seconds.with_label_values(&[self.projection]).set(0.0);
         }
         Ok(())
     }

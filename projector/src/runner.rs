@@ -235,7 +235,6 @@ async fn lead(
         .subscribe(position)
         .await
         .with_batch_size(config.batch_size);
-    let mut last_lag_check = Instant::now();
     let mut history = LagHistory::new(name);
     let mut flush = tokio::time::interval(lag_history::FLUSH_EVERY);
     loop {
@@ -247,6 +246,7 @@ async fn lead(
             }
             _ = flush.tick() => {
                 history.flush(&mut conn).await?;
+                history.gauge_backlog(store, position).await?;
                 continue;
             }
         };
@@ -312,11 +312,6 @@ async fn lead(
                     .await
                     .with_batch_size(config.batch_size);
             }
-        }
-        if last_lag_check.elapsed() > Duration::from_secs(5) {
-            last_lag_check = Instant::now();
-            let behind = events_after(store, position, 1_000_000).await?;
-            metrics().lag_events.with_label_values(&[name]).set(behind);
         }
     }
 }
@@ -486,6 +481,7 @@ async fn sink_while_leading(
             }
             _ = flush.tick() => {
                 history.flush(&mut conn).await?;
+                history.gauge_backlog(store, position).await?;
                 continue;
             }
             _ = check.tick() => {

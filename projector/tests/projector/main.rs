@@ -1,6 +1,7 @@
 //! Projector tests, each against its own PostgreSQL database.
 
 mod audit_log;
+mod lag;
 mod live;
 mod poison;
 mod redis_behaviours;
