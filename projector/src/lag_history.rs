@@ -126,10 +126,22 @@ impl LagHistory {
 }
 
 impl LagHistory {
+    /// What the leader does every [`FLUSH_EVERY`] at `position`: writes the
+    /// figures and sets the backlog gauges.
+    pub async fn report(
+        &mut self,
+        conn: &mut PgConnection,
+        store: &eventstore::EventStore,
+        position: eventstore::Position,
+    ) -> Result<(), sqlx::Error> {
+        self.flush(conn).await?;
+        self.gauge_backlog(store, position).await
+    }
+
     /// Every few seconds: the events in the log after `position` as the
     /// backlog gauge, and a lag gauge of zero once there are none (the gauge
     /// otherwise keeps the last batch's figure while the projection idles).
-    pub async fn gauge_backlog(
+    async fn gauge_backlog(
         &mut self,
         store: &eventstore::EventStore,
         position: eventstore::Position,

@@ -245,8 +245,7 @@ async fn lead(
                 return Ok(Exit::Shutdown);
             }
             _ = flush.tick() => {
-                history.flush(&mut conn).await?;
-                history.gauge_backlog(store, position).await?;
+                history.report(&mut conn, store, position).await?;
                 continue;
             }
         };
@@ -480,8 +479,7 @@ async fn sink_while_leading(
                 return Ok(Exit::Shutdown);
             }
             _ = flush.tick() => {
-                history.flush(&mut conn).await?;
-                history.gauge_backlog(store, position).await?;
+                history.report(&mut conn, store, position).await?;
                 continue;
             }
             _ = check.tick() => {

@@ -406,21 +406,7 @@ async fn every_endpoint_for_an_admin_and_a_user(pool: PgPool) {
 async fn pagination_walks_long_lists_without_duplicates_or_gaps(pool: PgPool) {
     let stack = Stack::start(pool).await;
     let (_, alice) = stack.user("operator").await;
-    let conversation = Uuid::now_v7();
-    stack
-        .ok("conversation.start", conversation, json!({}), &alice)
-        .await;
-    let mut last = String::new();
-    for i in 0..57 {
-        last = stack
-            .ok(
-                "conversation.append_message",
-                conversation,
-                json!({"message_id": Uuid::now_v7(), "role": "user", "content": format!("m{i}")}),
-                &alice,
-            )
-            .await;
-    }
+    let (conversation, mut last) = stack.conversation_with(&alice, 57).await;
     let mut incidents = HashSet::new();
     for i in 0..23 {
         let id = Uuid::now_v7();

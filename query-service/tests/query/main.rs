@@ -334,6 +334,26 @@ impl Stack {
         result.position.expect("accepted commands have a position")
     }
 
+    /// A conversation of the caller's with `messages` user messages
+    /// (`m0`, `m1`, …): its id and the last command's position.
+    pub async fn conversation_with(&self, token: &str, messages: usize) -> (Uuid, String) {
+        let conversation = Uuid::now_v7();
+        let mut last = self
+            .ok("conversation.start", conversation, json!({}), token)
+            .await;
+        for i in 0..messages {
+            last = self
+                .ok(
+                    "conversation.append_message",
+                    conversation,
+                    json!({"message_id": Uuid::now_v7(), "role": "user", "content": format!("m{i}")}),
+                    token,
+                )
+                .await;
+        }
+        (conversation, last)
+    }
+
     /// `session.start` (no credentials but the payload's).
     pub async fn sign_in(&self, payload: Value) -> CommandResult {
         let mut headers = async_nats::HeaderMap::new();

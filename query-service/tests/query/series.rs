@@ -259,26 +259,7 @@ async fn projection_lag_counts_each_applied_event_once(pool: PgPool) {
     let stack = Stack::start(pool.clone()).await;
     let (_, alice) = stack.user("operator").await;
     let (_, admin) = stack.user("admin").await;
-    let conversation = Uuid::now_v7();
-    stack
-        .ok(
-            "conversation.start",
-            conversation,
-            json!({"title": "t"}),
-            &alice,
-        )
-        .await;
-    let mut last = String::new();
-    for i in 0..5 {
-        last = stack
-            .ok(
-                "conversation.append_message",
-                conversation,
-                json!({"message_id": Uuid::now_v7(), "role": "user", "content": format!("m{i}")}),
-                &alice,
-            )
-            .await;
-    }
+    let (_, last) = stack.conversation_with(&alice, 5).await;
     // Both SQL projections have applied everything once this answers.
     assert_eq!(
         stack
