@@ -35,9 +35,8 @@ fn main() -> anyhow::Result<()> {
     // Outside the runtime: the exporter sends from a thread of its own,
     // and flushes what is queued when dropped, after the runtime.
     let _traces = match settings.otlp_endpoint.as_deref() {
-        Some(endpoint) => {
-            infra::traces::export(endpoint, "copilot-data").context("starting trace export")?
-        }
+        Some(endpoint) => infra::traces::export(endpoint, "copilot-data")
+            .context("starting trace export (otlp_endpoint, COPILOT_OTLP_ENDPOINT)")?,
         None => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
