@@ -198,9 +198,12 @@ impl Embedder for MiniLm {
             if texts.is_empty() {
                 return Ok(Vec::new());
             }
-            tokio::task::spawn_blocking(move || model.embed(&texts))
-                .await
-                .map_err(|e| EmbedError::Inference(e.to_string()))?
+            // On the embedder's own low-priority threads (see `threads`).
+            tokio::task::spawn_blocking(move || {
+                super::threads::pool().install(|| model.embed(&texts))
+            })
+            .await
+            .map_err(|e| EmbedError::Inference(e.to_string()))?
         }
         .boxed()
     }

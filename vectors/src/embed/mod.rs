@@ -3,6 +3,7 @@
 
 mod http;
 mod minilm;
+mod threads;
 
 use futures_util::future::BoxFuture;
 
