@@ -198,12 +198,9 @@ impl Embedder for MiniLm {
             if texts.is_empty() {
                 return Ok(Vec::new());
             }
-            // On the embedder's own low-priority threads (see `threads`).
-            tokio::task::spawn_blocking(move || {
-                super::threads::pool().install(|| model.embed(&texts))
-            })
-            .await
-            .map_err(|e| EmbedError::Inference(e.to_string()))?
+            tokio::task::spawn_blocking(move || model.embed(&texts))
+                .await
+                .map_err(|e| EmbedError::Inference(e.to_string()))?
         }
         .boxed()
     }

@@ -3,7 +3,6 @@
 
 mod http;
 mod minilm;
-mod threads;
 
 use futures_util::future::BoxFuture;
 
