@@ -83,7 +83,7 @@ impl LagHistory {
     /// Adds what was gathered to `projection_lag` (and deletes minutes past
     /// retention, hourly). The figures are kept for the next try if the
     /// write fails.
-    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if !self.pending.is_empty() {
             let (mut minutes, mut events, mut sums, mut maxes) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -126,16 +126,24 @@ impl LagHistory {
 }
 
 impl LagHistory {
-    /// What the leader does every [`FLUSH_EVERY`] at `position`: writes the
-    /// figures and sets the backlog gauges.
+    /// What the leader does every [`FLUSH_EVERY`] at `position` (and once
+    /// more when it stops): writes the figures and sets the backlog gauges.
+    /// A report that fails is logged and tried again; it never stops the
+    /// projection it reports on.
     pub async fn report(
         &mut self,
         conn: &mut PgConnection,
         store: &eventstore::EventStore,
         position: eventstore::Position,
-    ) -> Result<(), sqlx::Error> {
-        self.flush(conn).await?;
-        self.gauge_backlog(store, position).await
+    ) {
+        let reported = match self.flush(conn).await {
+            Ok(()) => self.gauge_backlog(store, position).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = reported {
+            tracing::warn!(projection = self.projection, %error,
+                "cannot record the projection's lag figures; trying again");
+        }
     }
 
     /// Every few seconds: the events in the log after `position` as the

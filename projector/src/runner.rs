@@ -241,11 +241,11 @@ async fn lead(
         let events = tokio::select! {
             batch = subscription.next_batch() => batch?,
             _ = stop.changed() => {
-                history.flush(&mut conn).await?;
+                history.report(&mut conn, store, position).await;
                 return Ok(Exit::Shutdown);
             }
             _ = flush.tick() => {
-                history.report(&mut conn, store, position).await?;
+                history.report(&mut conn, store, position).await;
                 continue;
             }
         };
@@ -475,11 +475,11 @@ async fn sink_while_leading(
         let events = tokio::select! {
             batch = subscription.next_batch() => batch?,
             _ = stop.changed() => {
-                history.flush(&mut conn).await?;
+                history.report(&mut conn, store, position).await;
                 return Ok(Exit::Shutdown);
             }
             _ = flush.tick() => {
-                history.report(&mut conn, store, position).await?;
+                history.report(&mut conn, store, position).await;
                 continue;
             }
             _ = check.tick() => {

@@ -103,3 +103,31 @@ async fn lag_history_counts_each_event_and_gauges_settle_at_zero(pool: PgPool) {
             .expect("del");
     }
 }
+
+/// Figures that cannot be written (here: their table is gone) are logged
+/// and tried again; the projections they report on go on.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn a_failing_lag_report_stops_no_projection(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    sqlx::query("DROP TABLE projection_lag")
+        .execute(&pool)
+        .await
+        .expect("drop");
+    let running = support::spawn(&store, support::config());
+    let mut history = History::new(12);
+    support::append(&store, &mut history, 100).await;
+    // Past a few reports (every two seconds) and then more events.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    support::append(&store, &mut history, 100).await;
+    support::caught_up(&store).await;
+    running.stop().await;
+    // No projection failed (and restarted) on the way.
+    let failures: f64 = infra::metrics::registry()
+        .gather()
+        .into_iter()
+        .filter(|family| family.name() == "copilot_projection_errors_total")
+        .flat_map(|family| family.get_metric().to_vec())
+        .map(|m| m.get_counter().get_value())
+        .sum();
+    assert_eq!(failures, 0.0);
+}
