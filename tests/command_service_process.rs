@@ -206,6 +206,11 @@ async fn a_sign_in_flood_keeps_memory_bounded(pool: PgPool) {
     let answers = futures_util::future::join_all(attempts).await;
     let peak = peak_rss_kib(pid);
     drop(service);
+    // The streams the service made for its prefix go with it.
+    let js = async_nats::jetstream::new(client.clone());
+    let (commands_stream, results_stream) = command_service::stream_names(&prefix);
+    let _ = js.delete_stream(&commands_stream).await;
+    let _ = js.delete_stream(&results_stream).await;
     let refused = answers
         .iter()
         .flatten()
