@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use eventstore::RecordedEvent;
 use sqlx::PgConnection;
 
 use crate::metrics::metrics;
@@ -49,9 +50,16 @@ impl LagHistory {
         }
     }
 
+    /// What the leader does after committing a batch it began at
+    /// `started`: notes its lag and records its spans (see `batch_spans`).
+    pub fn applied(&mut self, events: &[RecordedEvent], started: Instant) {
+        self.record(events.iter().map(|e| e.recorded_at), Utc::now());
+        crate::batch_spans::record(self.projection, events, started);
+    }
+
     /// Notes events recorded at `recorded` and applied (committed) at
     /// `applied_at`, and sets the lag gauge to the newest one's.
-    pub fn record(
+    fn record(
         &mut self,
         recorded: impl IntoIterator<Item = DateTime<Utc>>,
         applied_at: DateTime<Utc>,
@@ -123,9 +131,7 @@ impl LagHistory {
         }
         Ok(())
     }
-}
 
-impl LagHistory {
     /// What the leader does every [`FLUSH_EVERY`] at `position` (and once
     /// more when it stops): writes the figures and sets the backlog gauges.
     /// A report that fails is logged and tried again; it never stops the

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use crate::audit::retention_start;
 use crate::batch::{self, Outcome, PoisonPolicy, Target};
-use crate::batch_spans;
 use crate::lag_history::{self, LagHistory};
 use crate::metrics::metrics;
 use crate::projection::{Kind, Projection};
@@ -270,8 +269,7 @@ async fn lead(
                 m.batch_seconds
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
-                history.record(events.iter().map(|e| e.recorded_at), Utc::now());
-                batch_spans::record(name, &events, started);
+                history.applied(&events, started);
                 tracing::debug!(projection = name, events = events.len(), %position, "batch applied");
             }
             Outcome::Parked {
@@ -498,8 +496,7 @@ async fn sink_while_leading(
         checkpoint::save(&mut *tx, name, last.position).await?;
         tx.commit().await?;
         position = last.position;
-        history.record(events.iter().map(|e| e.recorded_at), Utc::now());
-        batch_spans::record(name, &events, started);
+        history.applied(&events, started);
         let m = metrics();
         m.events
             .with_label_values(&[name])

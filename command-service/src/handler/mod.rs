@@ -58,7 +58,6 @@ pub struct Incoming<'a> {
 /// the service makes).
 pub const ANSWER_CARRIES_SECRET: [&str; 2] = ["session.start", "user.issue_api_key"];
 
-/// The client's address and program as recorded in event metadata.
 /// What the request's headers add to its envelope: the client's address
 /// and program, and the agent's trace (a `traceparent` without a
 /// correlation id makes its trace id the correlation id, so the events and
@@ -101,6 +100,7 @@ fn trace_command(
     });
 }
 
+/// The client's address and program as recorded in event metadata.
 fn client_info(incoming: &Incoming<'_>) -> (Option<String>, Option<String>) {
     let ip = incoming
         .client_ip
