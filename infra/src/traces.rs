@@ -253,6 +253,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_endpoint_is_refused_naming_it_and_nothing_is_exported() {
+        for (endpoint, reason) in [
+            ("not a url", "relative URL without a base"),
+            // A host and port alone read as a URL of scheme "collector".
+            ("collector:4318", "must be an http or https URL"),
+            ("ftp://collector/v1/traces", "must be an http or https URL"),
+        ] {
+            let error = export(endpoint, "test").err().expect("refused");
+            let text = error.to_string();
+            assert!(text.contains(endpoint) && text.contains(reason), "{text}");
+        }
+        assert!(!exporting());
+    }
+
+    #[test]
     fn a_commands_trace_is_its_correlation_and_its_span_its_id() {
         let command = Uuid::now_v7();
         let correlation = Uuid::new_v4();
