@@ -9,10 +9,12 @@
 //! projection's checkpoint is read in the same snapshot as the rows, so
 //! `X-Projection-Position` is exactly the position the answer reflects.
 
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use eventstore::Position;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Executor as _, PgConnection, PgPool, Postgres, Row};
 
 use crate::auth::Principal;
 use crate::metrics::metrics;
@@ -64,8 +66,47 @@ pub struct Db {
 
 /// A transaction reading `source` as of `position`.
 pub struct ReadTx {
-    pub tx: Transaction<'static, Postgres>,
+    pub tx: ReadConn,
     pub position: Position,
+}
+
+/// A pooled connection inside a read's transaction. A read that is dropped
+/// before [`ReadConn::commit`] (an error, a timeout) closes its connection
+/// instead of handing it back: it still acts as its caller, so it must not
+/// serve anyone else.
+pub struct ReadConn {
+    conn: PoolConnection<Postgres>,
+    open: bool,
+}
+
+impl ReadConn {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        (&mut *self.conn).execute("COMMIT").await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Deref for ReadConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for ReadConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for ReadConn {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl Db {
@@ -150,31 +191,39 @@ async fn head(pool: &PgPool) -> Result<Position, sqlx::Error> {
     )
 }
 
+/// Opens the read in one round trip: one simple-query message begins the
+/// transaction, takes on the caller's role and id, and reads the
+/// checkpoint in the snapshot every later statement sees. Its only
+/// interpolated values are a role from this function, a formatted UUID
+/// and a checkpoint name from [`Source`]: nothing a client wrote.
 async fn open(
     pool: &PgPool,
     principal: Option<&Principal>,
     source: Source,
 ) -> Result<ReadTx, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
     let (role, user) = match principal {
-        Some(p) if p.admin => ("copilot_admin", p.user_id.to_string()),
-        Some(p) => ("copilot_app", p.user_id.to_string()),
-        None => ("copilot_app", String::new()),
+        Some(p) if p.admin => ("copilot_admin", Some(p.user_id)),
+        Some(p) => ("copilot_app", Some(p.user_id)),
+        None => ("copilot_app", None),
     };
-    let row: (Option<i32>, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT c.generation, c.tx_id, c.seq
-           FROM (SELECT set_config('role', $1, true), set_config('app.user_id', $2, true)) AS acting
-           LEFT JOIN projection_checkpoints c ON c.name = $3",
-    )
-    .bind(role)
-    .bind(user)
-    .bind(source.name())
-    .fetch_one(&mut *tx)
-    .await?;
-    let position = match row {
+    let user = user.map(|u| u.hyphenated().to_string()).unwrap_or_default();
+    let mut tx = ReadConn {
+        conn: pool.acquire().await?,
+        open: true,
+    };
+    let setup = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+         SELECT c.generation, c.tx_id, c.seq
+           FROM (SELECT set_config('role', '{role}', true), set_config('app.user_id', '{user}', true)) AS acting
+           LEFT JOIN projection_checkpoints c ON c.name = '{}'",
+        source.name()
+    );
+    // A query without arguments goes as one simple-query message, which
+    // may hold several statements.
+    let row = (&mut *tx.conn).fetch_one(setup.as_str()).await?;
+    let checkpoint: (Option<i32>, Option<i64>, Option<i64>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let position = match checkpoint {
         (Some(generation), Some(tx_id), Some(seq)) => Position {
             generation,
             tx_id,
@@ -183,4 +232,74 @@ async fn open(
         _ => Position::START,
     };
     Ok(ReadTx { tx, position })
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::values::Role;
+    use sqlx::postgres::PgPoolOptions;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// Who a connection acts as: its role and `app.user_id`.
+    async fn acting(conn: &mut PgConnection) -> (String, String) {
+        sqlx::query_as(
+            "SELECT current_user::text, coalesce(current_setting('app.user_id', true), '')",
+        )
+        .fetch_one(conn)
+        .await
+        .expect("who")
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_read_acts_as_its_caller_and_leaves_no_caller_on_the_pool(pool: PgPool) {
+        let one = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .expect("pool of one");
+        let (login, _) = acting(&mut *one.acquire().await.expect("conn")).await;
+        let alice = Principal {
+            user_id: Uuid::now_v7(),
+            role: Role::Operator,
+            admin: false,
+        };
+        let expected = ("copilot_app".to_string(), alice.user_id.to_string());
+
+        let mut read = open(&one, Some(&alice), Source::Relational)
+            .await
+            .expect("open");
+        assert_eq!(read.position, Position::START);
+        assert_eq!(acting(&mut read.tx).await, expected);
+        read.tx.commit().await.expect("commit");
+        let after = acting(&mut *one.acquire().await.expect("conn")).await;
+        assert_eq!(after, (login.clone(), String::new()), "after a commit");
+
+        // The checkpoint is read with the rows, as an admin reads too.
+        sqlx::query("INSERT INTO projection_checkpoints (name, generation, tx_id, seq) VALUES ('relational', 2, 70000, 3)")
+            .execute(&one)
+            .await
+            .expect("checkpoint");
+        let admin = Principal {
+            admin: true,
+            ..alice.clone()
+        };
+        let mut read = open(&one, Some(&admin), Source::Relational)
+            .await
+            .expect("open");
+        assert_eq!(read.position.to_string(), "2.70000.3");
+        assert_eq!(acting(&mut read.tx).await.0, "copilot_admin");
+        read.tx.commit().await.expect("commit");
+
+        // A read dropped half-way (an error, a timeout) must not hand its
+        // connection, still acting as Alice, to the next request.
+        let mut read = open(&one, Some(&alice), Source::Relational)
+            .await
+            .expect("open");
+        assert_eq!(acting(&mut read.tx).await, expected);
+        drop(read);
+        let after = acting(&mut *one.acquire().await.expect("conn")).await;
+        assert_eq!(after, (login, String::new()), "after a dropped read");
+    }
 }
