@@ -11,20 +11,23 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-const SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, t[1] .. t[2] .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {1, limit - count - 1, 0}
+/// The check as a Lua function, `sliding_window(key, window_ms, limit,
+/// member)` → `{allowed (0|1), remaining, retry_after_ms}`, for scripts
+/// that check the limit along with other work in the same round trip.
+pub const SLIDING_WINDOW_LUA: &str = r#"
+local function sliding_window(key, window, limit, member)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count < limit then
+    redis.call('ZADD', key, now, t[1] .. t[2] .. member)
+    redis.call('PEXPIRE', key, window)
+    return {1, limit - count - 1, 0}
+  end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {0, 0, math.max(1, tonumber(oldest[2]) + window - now)}
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, 0, math.max(1, tonumber(oldest[2]) + window - now)}
 "#;
 
 /// The answer for one request.
@@ -61,7 +64,9 @@ impl SlidingWindow {
             key_prefix: key_prefix.into(),
             limit: limit.max(1),
             window: window.max(Duration::from_millis(1)),
-            script: Script::new(SCRIPT),
+            script: Script::new(&format!(
+                "{SLIDING_WINDOW_LUA}return sliding_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])"
+            )),
         }
     }
 
@@ -95,18 +100,32 @@ impl SlidingWindow {
     }
 
     fn invocation(&self, principal: &str) -> redis::ScriptInvocation<'_> {
-        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let [window_ms, limit, member] = self.lua_args();
         let mut invocation = self.script.key(format!("{}{principal}", self.key_prefix));
+        invocation.arg(window_ms).arg(limit).arg(member);
         invocation
-            .arg(window_ms)
-            .arg(self.limit)
-            .arg(uuid::Uuid::new_v4().simple().to_string());
-        invocation
+    }
+
+    /// Where each principal's window is kept: this prefix and the principal.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// The arguments after the key of [`SLIDING_WINDOW_LUA`]'s function
+    /// for one request: the window in milliseconds, the limit, and a member
+    /// unique to the request.
+    pub fn lua_args(&self) -> [String; 3] {
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        [
+            window_ms.to_string(),
+            self.limit.to_string(),
+            uuid::Uuid::new_v4().simple().to_string(),
+        ]
     }
 }
 
-/// The script's answer: allowed (0 or 1), requests left, milliseconds to wait.
-fn decision((allowed, remaining, retry_ms): (u32, u32, u64)) -> Decision {
+/// The function's answer: allowed (0 or 1), requests left, milliseconds to wait.
+pub fn decision((allowed, remaining, retry_ms): (u32, u32, u64)) -> Decision {
     Decision {
         allowed: allowed == 1,
         remaining,

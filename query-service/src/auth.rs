@@ -16,6 +16,7 @@ use domain::context::Scopes;
 use domain::session::IDLE_TIMEOUT;
 use domain::values::{Role, Scope};
 use infra::auth::{parse_bearer, token_hash, verify_secret_bounded, Bearer};
+use infra::ratelimit::{decision, Decision, SlidingWindow, SLIDING_WINDOW_LUA};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -85,6 +86,19 @@ impl Authenticator {
 
     /// The principal behind an `Authorization` header value.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
+        Ok(self.authenticate_for(header, None, None).await?.principal)
+    }
+
+    /// [`Authenticator::authenticate`], and when the credential is in Redis
+    /// also, in the same round trip, the cached answer to `request` (the
+    /// digest of a cacheable request, see [`crate::state::CacheSpec`]) and
+    /// the decision of `limit`.
+    pub async fn authenticate_for(
+        &self,
+        header: Option<&str>,
+        request: Option<&str>,
+        limit: Option<&SlidingWindow>,
+    ) -> Result<Looked, ApiError> {
         let header = header.ok_or(ApiError::Unauthorized(
             "missing credentials: send `Authorization: Bearer <session token or API key>`",
         ))?;
@@ -99,8 +113,8 @@ impl Authenticator {
         let bearer = parse_bearer(token).ok_or(ApiError::Unauthorized("invalid token"))?;
         let digest = token_hash(token);
         if let Some(cache) = &self.cache {
-            if let Some(principal) = cache.lookup(&digest, now).await {
-                return Ok(principal);
+            if let Some(looked) = cache.lookup(&digest, now, request, limit).await {
+                return Ok(looked);
             }
         }
         let verified = self.verify(&bearer, &digest, now).await?;
@@ -115,7 +129,11 @@ impl Authenticator {
                 }
             }
         }
-        Ok(verified.principal)
+        Ok(Looked {
+            principal: verified.principal,
+            prefetch: Prefetch::NotLooked,
+            decision: None,
+        })
     }
 
     async fn verify(
@@ -242,12 +260,57 @@ pub struct Verified {
 /// also bounds how stale its `last_seen` can be).
 const CACHED_FOR_SECONDS: u64 = 60;
 
-/// One round trip: the entry and the current epoch of its user.
+/// One round trip for a request whose credential Redis holds: the entry and
+/// the current epoch of its user; when a request digest is given (ARGV[3]),
+/// the key of that request's cached answer as the entry's principal sees it
+/// and the answer (empty strings when there is none; a stored answer is
+/// never empty); and when a rate-limit key prefix is given (ARGV[4..7]),
+/// the user's rate-limit decision, counted only for an entry of the
+/// current epoch that has not expired (so a revoked credential's copy
+/// cannot use up its user's requests).
 const LOOKUP: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
-local user = string.match(v, '^([^|]*)')
-return {v, redis.call('GET', ARGV[1] .. user) or '0'}";
+local user, admin, expires, epoch_of =
+  string.match(v, '^([^|]*)|[^|]*|([^|]*)|([^|]*)|[^|]*|(.*)$')
+if not user then return false end
+local epoch = redis.call('GET', ARGV[1] .. user) or '0'
+local found = {v, epoch, '', ''}
+if ARGV[3] ~= '' then
+  local seen_as = 'user:' .. user
+  if admin == '1' then seen_as = 'admin' end
+  found[3] = ARGV[2] .. seen_as .. ':' .. ARGV[3]
+  found[4] = redis.call('GET', found[3]) or ''
+end
+if ARGV[4] ~= '' and epoch_of == epoch then
+  local t = redis.call('TIME')
+  if tonumber(expires) > tonumber(t[1]) * 1000 then
+    local d = sliding_window(ARGV[4] .. user, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+    found[5], found[6], found[7] = tostring(d[1]), tostring(d[2]), tostring(d[3])
+  end
+end
+return found";
+
+/// What the credential's lookup found of the request's cached answer.
+#[derive(Debug, Clone, Default)]
+pub enum Prefetch {
+    /// Not looked for (the credential was not in Redis, or the request is
+    /// not a cacheable read): the cache is asked on its own.
+    #[default]
+    NotLooked,
+    /// Looked for under the caller's key: there was none.
+    Absent,
+    /// Found under the caller's key, as stored (`position\nbody`).
+    Found(bytes::Bytes),
+}
+
+/// A caller as the credential's Redis copy has it, with what came along.
+pub struct Looked {
+    pub principal: Principal,
+    pub prefetch: Prefetch,
+    /// The rate limit's decision, when it was asked for and counted.
+    pub decision: Option<Decision>,
+}
 
 /// Principals PostgreSQL vouched for, in Redis, by token hash.
 #[derive(Clone)]
@@ -262,7 +325,7 @@ impl CredentialCache {
         CredentialCache {
             conn,
             prefix: prefix.to_string(),
-            lookup: redis::Script::new(LOOKUP),
+            lookup: redis::Script::new(&format!("{SLIDING_WINDOW_LUA}{LOOKUP}")),
         }
     }
 
@@ -270,21 +333,76 @@ impl CredentialCache {
         format!("{}auth:token:{digest}", self.prefix)
     }
 
-    async fn lookup(&self, digest: &str, now: DateTime<Utc>) -> Option<Principal> {
+    async fn lookup(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+        request: Option<&str>,
+        limit: Option<&SlidingWindow>,
+    ) -> Option<Looked> {
         let mut conn = self.conn.clone();
         let mut invocation = self.lookup.prepare_invoke();
         invocation
             .key(self.key(digest))
-            .arg(format!("{}auth:epoch:", self.prefix));
+            .arg(format!("{}auth:epoch:", self.prefix))
+            .arg(format!("{}{}", self.prefix, crate::state::ANSWER_KEYS))
+            .arg(request.unwrap_or(""));
+        match limit {
+            Some(limit) => {
+                invocation.arg(limit.key_prefix());
+                for arg in limit.lua_args() {
+                    invocation.arg(arg);
+                }
+            }
+            None => {
+                invocation.arg("");
+            }
+        }
         let found = tokio::time::timeout(
             CALL_TIMEOUT,
-            invocation.invoke_async::<Option<(String, String)>>(&mut conn),
+            invocation.invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn),
         )
         .await
         .ok()?
         .ok()??;
-        let entry = Entry::parse(&found.0)?;
-        entry.valid(&found.1, now).then_some(entry.principal)
+        let text = |i: usize| found.get(i).and_then(|b| std::str::from_utf8(b).ok());
+        let entry = Entry::parse(text(0)?)?;
+        // Rare: the script counted a request for an entry this side finds
+        // no longer good (its clock against Redis's); PostgreSQL decides
+        // and the request is counted again.
+        if !entry.valid(text(1)?, now) {
+            return None;
+        }
+        let prefetch = match (text(2), found.get(3), request) {
+            (Some(key), Some(raw), Some(request)) if !key.is_empty() => {
+                // The script chose the key from the entry; it is used only
+                // if it is the key of this principal's own view.
+                let own =
+                    crate::state::CacheSpec::full_key(&self.prefix, &entry.principal, request);
+                if key != own {
+                    tracing::warn!(%key, "a credential lookup read another view's answer; ignored");
+                    Prefetch::NotLooked
+                } else if raw.is_empty() {
+                    Prefetch::Absent
+                } else {
+                    Prefetch::Found(bytes::Bytes::copy_from_slice(raw))
+                }
+            }
+            _ => Prefetch::NotLooked,
+        };
+        let decision = match (text(4), text(5), text(6)) {
+            (Some(allowed), Some(remaining), Some(retry_ms)) => Some(decision((
+                allowed.parse().ok()?,
+                remaining.parse().ok()?,
+                retry_ms.parse().ok()?,
+            ))),
+            _ => None,
+        };
+        Some(Looked {
+            principal: entry.principal,
+            prefetch,
+            decision,
+        })
     }
 
     /// The user's current epoch (`None` if Redis cannot say).

@@ -95,17 +95,26 @@ impl Cache {
                 .await
         })
         .await;
-        let outcome = match got {
-            Ok(Ok(Some(raw))) => match decode(raw) {
-                Some(entry) if min.is_none_or(|min| entry.position >= min) => {
-                    metrics().cache.with_label_values(&["hit"]).inc();
-                    return Some(entry);
-                }
-                Some(_) => "stale",
-                None => "error",
-            },
-            Ok(Ok(None)) => "miss",
-            Ok(Err(_)) | Err(_) => "error",
+        match got {
+            Ok(Ok(raw)) => self.found(raw.map(Bytes::from), min),
+            Ok(Err(_)) | Err(_) => {
+                metrics().cache.with_label_values(&["error"]).inc();
+                None
+            }
+        }
+    }
+
+    /// The entry Redis gave (`None`: there was none) if it was read at or
+    /// after `min`.
+    pub fn found(&self, raw: Option<Bytes>, min: Option<Position>) -> Option<Entry> {
+        let outcome = match raw.map(decode) {
+            Some(Some(entry)) if min.is_none_or(|min| entry.position >= min) => {
+                metrics().cache.with_label_values(&["hit"]).inc();
+                return Some(entry);
+            }
+            Some(Some(_)) => "stale",
+            Some(None) => "error",
+            None => "miss",
         };
         metrics().cache.with_label_values(&[outcome]).inc();
         None
@@ -137,12 +146,12 @@ impl Cache {
 }
 
 /// Splits `position\nbody` without copying the body.
-fn decode(raw: Vec<u8>) -> Option<Entry> {
+fn decode(raw: Bytes) -> Option<Entry> {
     let split = raw.iter().position(|b| *b == b'\n')?;
     let position = std::str::from_utf8(&raw[..split]).ok()?.parse().ok()?;
     Some(Entry {
         position,
-        body: Bytes::from(raw).slice(split + 1..),
+        body: raw.slice(split + 1..),
     })
 }
 
@@ -174,9 +183,9 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let raw = b"0.12.3\n{\"items\":[]}";
-        let entry = decode(raw.to_vec()).expect("decodes");
+        let entry = decode(Bytes::from_static(raw)).expect("decodes");
         assert_eq!(entry.position.to_string(), "0.12.3");
         assert_eq!(&entry.body[..], b"{\"items\":[]}");
-        assert!(decode(b"no newline".to_vec()).is_none());
+        assert!(decode(Bytes::from_static(b"no newline")).is_none());
     }
 }

@@ -3,30 +3,64 @@
 //! parameters validated one by one so a bad one is named in the problem.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, Method};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use eventstore::Position;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::Principal;
+use crate::auth::{Prefetch, Principal};
 use crate::db::Consistency;
 use crate::metrics::metrics;
 use crate::problem::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, CacheSpec};
 
 /// `X-Wait-Ms` when the request does not say, and the most it may say.
 pub const DEFAULT_WAIT: Duration = Duration::from_millis(5000);
 pub const MAX_WAIT: Duration = Duration::from_millis(30_000);
 
-/// The signed-in caller, within their rate limit.
-pub struct Caller(pub Principal);
+/// The signed-in caller, within their rate limit, and for a cacheable read
+/// what the credential's lookup found of the answer.
+pub struct Caller {
+    pub principal: Principal,
+    /// The digest of the request's path and query (see [`request_digest`]).
+    request: String,
+    prefetch: Mutex<Prefetch>,
+}
+
+impl Deref for Caller {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl Caller {
+    /// Where this request's answer is cached for this caller, listed in
+    /// `tags` (`{type}:{id}` or `{type}:all`).
+    pub fn cache_spec(&self, tags: Vec<String>) -> CacheSpec {
+        let prefetched = self
+            .prefetch
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        CacheSpec {
+            key: CacheSpec::key(&self.principal, &self.request),
+            tags,
+            prefetched,
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -38,9 +72,22 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::Unauthorized("malformed Authorization header: not visible ASCII")
             })?),
         };
-        let principal = state.auth.authenticate(header).await?;
-        if let Some(limit) = &state.rate_limit {
-            match limit.check(&principal.user_id.to_string()).await {
+        let request = request_digest(parts);
+        // The cached answer comes with the credential when the answer may
+        // come from the cache at all.
+        let cacheable = parts.method == Method::GET && !wants_fresh(parts);
+        let limit = state.rate_limit.as_ref();
+        let looked = state
+            .auth
+            .authenticate_for(header, cacheable.then_some(request.as_str()), limit)
+            .await?;
+        let principal = looked.principal;
+        if let Some(limit) = limit {
+            let decided = match looked.decision {
+                Some(decision) => Ok(decision),
+                None => limit.check(&principal.user_id.to_string()).await,
+            };
+            match decided {
                 Ok(decision) if !decision.allowed => {
                     metrics().rate_limited.with_label_values(&["refused"]).inc();
                     return Err(ApiError::RateLimited(decision.retry_after));
@@ -57,8 +104,54 @@ impl FromRequestParts<AppState> for Caller {
                 }
             }
         }
-        Ok(Caller(principal))
+        Ok(Caller {
+            principal,
+            request,
+            prefetch: Mutex::new(looked.prefetch),
+        })
     }
+}
+
+/// What names a read's answer for one caller: the path and the query's
+/// parameters in name order (a repeated name is refused by [`Params`]).
+/// Everything else a handler reads comes from these or from the caller.
+fn request_digest(parts: &Parts) -> String {
+    let mut pairs: Vec<_> =
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).collect();
+    pairs.sort();
+    let mut named = vec![parts.uri.path()];
+    for (name, value) in &pairs {
+        named.push(name);
+        named.push(value);
+    }
+    digest_of(&named)
+}
+
+/// A digest of `parts`, each prefixed with its length so that no two
+/// different lists give the same bytes.
+pub(crate) fn digest_of(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.len().to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    infra::auth::lower_hex(&hash.finalize()[..16])
+}
+
+/// `Cache-Control: no-cache` (or `no-store`, `max-age=0`).
+fn wants_fresh(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            matches!(
+                d.trim().to_ascii_lowercase().as_str(),
+                "no-cache" | "no-store" | "max-age=0"
+            )
+        })
 }
 
 /// `X-Min-Position`, `X-Wait-Ms` and `Cache-Control`.
@@ -103,18 +196,7 @@ impl<S: Sync> FromRequestParts<S> for ReadConsistency {
                 wait
             }
         };
-        let fresh = parts
-            .headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| {
-                matches!(
-                    d.trim().to_ascii_lowercase().as_str(),
-                    "no-cache" | "no-store" | "max-age=0"
-                )
-            });
+        let fresh = wants_fresh(parts);
         Ok(ReadConsistency(Consistency { min, wait, fresh }))
     }
 }
@@ -243,16 +325,6 @@ impl Params {
             })
             .transpose()
     }
-
-    /// Canonical text of the parameters, for cache keys: each name and
-    /// value length-prefixed, so no value can pass for a separator
-    /// (`a=x%26b%3Dy` and `a=x&b=y` are different keys).
-    pub fn canonical(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{}:{k}{}:{v}", k.len(), v.len()))
-            .collect()
-    }
 }
 
 /// What a list is ordered by, encoded into its opaque cursor.
@@ -349,26 +421,23 @@ mod tests {
     }
 
     #[test]
-    fn canonical_parameters_are_unambiguous() {
-        let params = |pairs: &[(&str, &str)]| {
-            Params(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
+    fn request_digests_are_unambiguous_and_ignore_parameter_order() {
+        let digest = |uri: &str| {
+            let (parts, ()) = axum::http::Request::builder()
+                .uri(uri)
+                .body(())
+                .expect("request")
+                .into_parts();
+            request_digest(&parts)
         };
-        let one = params(&[("a", "x&b=y")]);
-        let two = params(&[("a", "x"), ("b", "y")]);
-        assert_ne!(one.canonical(), two.canonical());
-        assert_ne!(
-            params(&[("a", "1:b")]).canonical(),
-            params(&[("a", "1"), ("b", "")]).canonical()
-        );
-        assert_eq!(
-            two.canonical(),
-            params(&[("b", "y"), ("a", "x")]).canonical()
-        );
+        // A value cannot pass for a separator, nor one name for another.
+        assert_ne!(digest("/v1/x?a=x%26b%3Dy"), digest("/v1/x?a=x&b=y"));
+        assert_ne!(digest("/v1/x?a=1%3Ab"), digest("/v1/x?a=1&b="));
+        assert_ne!(digest("/v1/x?a%00b=c"), digest("/v1/x?a=b%00c"));
+        assert_ne!(digest("/v1/x"), digest("/v1/y"));
+        assert_ne!(digest("/v1/x?a=1"), digest("/v1/x?a=2"));
+        assert_eq!(digest("/v1/x?a=x&b=y"), digest("/v1/x?b=y&a=x"));
+        assert_eq!(digest("/v1/x?a=x+y"), digest("/v1/x?a=x%20y"));
     }
 
     #[test]

@@ -138,7 +138,7 @@ enum Wanted {
     responses((status = 200, body = SearchResults)))]
 pub async fn search(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     body: crate::routes::JsonBody<SearchBody>,
 ) -> ApiResult<Answer> {

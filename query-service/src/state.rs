@@ -9,12 +9,12 @@ use bytes::Bytes;
 use eventstore::Position;
 use infra::ratelimit::SlidingWindow;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Authenticator, Prefetch, Principal};
 use crate::cache::Cache;
 use crate::db::{Consistency, Db};
 use crate::problem::ApiError;
+use crate::request::Caller;
 use crate::search::Search;
 
 pub const POSITION_HEADER: HeaderName = HeaderName::from_static("x-projection-position");
@@ -80,27 +80,39 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Where a cacheable answer lives and which resources it depends on.
+/// Where answers are cached, under the cache's prefix.
+pub const ANSWER_KEYS: &str = "cache:resp:";
+
+/// Where a cacheable answer lives, which resources it depends on, and what
+/// the credential's lookup already found there.
 pub struct CacheSpec {
+    /// `cache:resp:{visibility}:{request digest}`: one caller's view of one
+    /// path and query.
     pub key: String,
     /// `{stream type}:{id}` or `{stream type}:all`.
     pub tags: Vec<String>,
+    pub prefetched: Prefetch,
 }
 
 impl CacheSpec {
-    /// The key of `route` with `parts` (path ids, canonical parameters) as
-    /// the caller sees it.
-    pub fn new(route: &str, caller: &Principal, parts: &[&str], tags: Vec<String>) -> CacheSpec {
-        let mut hash = Sha256::new();
-        for part in parts {
-            hash.update(part.as_bytes());
-            hash.update([0]);
-        }
-        let digest = infra::auth::lower_hex(&hash.finalize()[..16]);
+    pub(crate) fn key(caller: &Principal, request: &str) -> String {
+        format!("{ANSWER_KEYS}{}:{request}", caller.visibility())
+    }
+
+    /// The same answer varying also with `parts` (values a handler
+    /// resolves, such as a time range ending now). The answer the
+    /// credential's lookup found under the plain key is not this one.
+    pub fn varying(self, parts: &[&str]) -> CacheSpec {
         CacheSpec {
-            key: format!("cache:resp:{route}:{}:{digest}", caller.visibility()),
-            tags,
+            key: format!("{}:{}", self.key, crate::request::digest_of(parts)),
+            tags: self.tags,
+            prefetched: Prefetch::NotLooked,
         }
+    }
+
+    /// [`CacheSpec::key`] under the cache's `prefix`.
+    pub(crate) fn full_key(prefix: &str, caller: &Principal, request: &str) -> String {
+        format!("{prefix}{}", CacheSpec::key(caller, request))
     }
 }
 
@@ -109,7 +121,7 @@ impl AppState {
     /// type: the cache tag and the 404's noun), through the cache.
     pub async fn one<T>(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         consistency: Consistency,
         kind: &'static str,
         id: uuid::Uuid,
@@ -118,12 +130,7 @@ impl AppState {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin,
     {
-        let spec = CacheSpec::new(
-            kind,
-            caller,
-            &[&id.to_string()],
-            vec![format!("{kind}:{id}")],
-        );
+        let spec = caller.cache_spec(vec![format!("{kind}:{id}")]);
         let mut read = match self.cached_or_read(&spec, caller, consistency).await? {
             Cached::Miss(read) => read,
             Cached::Hit(hit) => return Ok(hit),
@@ -184,14 +191,16 @@ impl AppState {
                 .inc();
             return None;
         }
-        self.cache
-            .get(&spec.key, consistency.min)
-            .await
-            .map(|entry| Answer {
-                position: entry.position,
-                body: entry.body,
-                cache: "hit",
-            })
+        let entry = match &spec.prefetched {
+            Prefetch::NotLooked => self.cache.get(&spec.key, consistency.min).await,
+            Prefetch::Absent => self.cache.found(None, consistency.min),
+            Prefetch::Found(raw) => self.cache.found(Some(raw.clone()), consistency.min),
+        };
+        entry.map(|entry| Answer {
+            position: entry.position,
+            body: entry.body,
+            cache: "hit",
+        })
     }
 
     /// Serialises `value` read at `position`, storing it under `spec`.

@@ -46,7 +46,7 @@ pub struct AuditRow {
     responses((status = 200, body = Page<AuditRow>)))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -90,7 +90,7 @@ pub async fn list(
     let after: Option<TimeId> = params.cursor()?;
     let mut read = state
         .db
-        .read(Some(&caller), Source::Audit, consistency)
+        .read(Some(&caller.principal), Source::Audit, consistency)
         .await?;
     let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT id, occurred_at, actor, actor_user_id, action, resource_type, resource_id, version,

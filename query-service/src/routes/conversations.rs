@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{path_id, Caller, Params, ReadConsistency, Seq, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
+use crate::state::{Answer, AppState, Cached, Page};
 
 /// A conversation with its message count and token and cost totals.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -120,7 +120,7 @@ pub fn list_sql(shape: ListShape) -> String {
     responses((status = 200, body = Page<Conversation>)))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -129,12 +129,7 @@ pub async fn list(
     let tag = params.text("tag")?;
     let limit = params.limit()?;
     let after: Option<TimeId> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "conversations",
-        &caller,
-        &[&params.canonical()],
-        vec!["conversation:all".into()],
-    );
+    let spec = caller.cache_spec(vec!["conversation:all".into()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -187,7 +182,7 @@ async fn visible(tx: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<Conversatio
     responses((status = 200, body = Conversation)))]
 pub async fn get(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
@@ -206,7 +201,7 @@ pub async fn get(
     responses((status = 200, body = Page<Message>)))]
 pub async fn messages(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
     params: Params,
@@ -215,12 +210,7 @@ pub async fn messages(
     params.only(&["limit", "cursor"])?;
     let limit = params.limit()?;
     let after: Option<Seq> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "messages",
-        &caller,
-        &[&id.to_string(), &params.canonical()],
-        vec![format!("conversation:{id}")],
-    );
+    let spec = caller.cache_spec(vec![format!("conversation:{id}")]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),

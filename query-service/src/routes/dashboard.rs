@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use crate::db::LAG_MS_SQL;
 use crate::problem::ApiResult;
 use crate::request::{Caller, ReadConsistency};
-use crate::state::{Answer, AppState, CacheSpec, Cached};
+use crate::state::{Answer, AppState, Cached};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Summary {
@@ -71,13 +71,10 @@ pub struct ProjectionLag {
     responses((status = 200, body = Summary)))]
 pub async fn summary(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
 ) -> ApiResult<Answer> {
-    let spec = CacheSpec::new(
-        "summary",
-        &caller,
-        &[],
+    let spec = caller.cache_spec(
         ["session", "incident", "execution", "conversation"]
             .iter()
             .map(|t| format!("{t}:all"))

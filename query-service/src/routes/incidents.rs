@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
+use crate::state::{Answer, AppState, Cached, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Incident {
@@ -71,7 +71,7 @@ const INCIDENT_COLUMNS: &str = "id, title, description, severity::text AS severi
     responses((status = 200, body = Page<Incident>)))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -84,12 +84,7 @@ pub async fn list(
     let service = params.text("service")?;
     let limit = params.limit()?;
     let after: Option<TimeId> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "incidents",
-        &caller,
-        &[&params.canonical()],
-        vec!["incident:all".into()],
-    );
+    let spec = caller.cache_spec(vec!["incident:all".into()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -127,17 +122,12 @@ pub async fn list(
     params(("id" = Uuid, Path)), responses((status = 200, body = Incident)))]
 pub async fn get(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
     let id = path_id(&id, "id")?;
-    let spec = CacheSpec::new(
-        "incident",
-        &caller,
-        &[&id.to_string()],
-        vec![format!("incident:{id}")],
-    );
+    let spec = caller.cache_spec(vec![format!("incident:{id}")]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -229,7 +219,7 @@ const RUNBOOK_COLUMNS: &str = "id, name, description, trigger_conditions, steps,
     responses((status = 200, body = Page<Runbook>)))]
 pub async fn list_runbooks(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -237,12 +227,7 @@ pub async fn list_runbooks(
     let tag = params.text("tag")?;
     let limit = params.limit()?;
     let after: Option<TimeId> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "runbooks",
-        &caller,
-        &[&params.canonical()],
-        vec!["runbook:all".into()],
-    );
+    let spec = caller.cache_spec(vec!["runbook:all".into()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -276,7 +261,7 @@ pub async fn list_runbooks(
     params(("id" = Uuid, Path)), responses((status = 200, body = Runbook)))]
 pub async fn get_runbook(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {

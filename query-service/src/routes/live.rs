@@ -115,10 +115,7 @@ pub struct PresentUser {
 /// The users with `/v1/live` open now, across every query server (admin).
 #[utoipa::path(get, path = "/v1/live/presence", tag = "dashboard",
     responses((status = 200, body = Presence)))]
-pub async fn presence(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-) -> ApiResult<Json<Presence>> {
+pub async fn presence(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Presence>> {
     if !caller.admin {
         return Err(ApiError::Forbidden);
     }
@@ -202,7 +199,7 @@ impl Drop for StreamSlot {
     responses((status = 200, description = "text/event-stream of changes", content_type = "text/event-stream", body = String)))]
 pub async fn live(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let slot = state

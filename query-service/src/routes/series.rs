@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{Caller, Params, ReadConsistency};
-use crate::state::{Answer, AppState, CacheSpec, Cached};
+use crate::state::{Answer, AppState, Cached};
 
 /// Bucket sizes, by name.
 const BUCKETS: [(&str, i64); 7] = [
@@ -308,7 +308,7 @@ impl Range {
     responses((status = 200, body = Series)))]
 pub async fn series(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(metric): Path<String>,
     params: Params,
@@ -321,17 +321,10 @@ pub async fn series(
     };
     params.only(&["bucket", "from", "to"])?;
     let range = Range::parse(&params, Utc::now())?;
-    let spec = CacheSpec::new(
-        "series",
-        &caller,
-        &[
-            metric.name,
-            range.bucket,
-            &range.from.to_rfc3339(),
-            &range.to.to_rfc3339(),
-        ],
-        metric.cache_tags.iter().map(|t| (*t).to_string()).collect(),
-    );
+    // A range that ends now moves: the resolved bounds are in the key.
+    let spec = caller
+        .cache_spec(metric.cache_tags.iter().map(|t| (*t).to_string()).collect())
+        .varying(&[&range.from.to_rfc3339(), &range.to.to_rfc3339()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),

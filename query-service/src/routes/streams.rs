@@ -68,7 +68,7 @@ type EventRow = (
     responses((status = 200, body = Page<StoredEvent>)))]
 pub async fn events(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
     params: Params,
@@ -82,7 +82,7 @@ pub async fn events(
     let after: Option<Seq> = params.cursor()?;
     let mut read = state
         .db
-        .read(Some(&caller), Source::Relational, consistency)
+        .read(Some(&caller.principal), Source::Relational, consistency)
         .await?;
     let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT event_id, stream_id, stream_type, version, event_type, schema_version,
@@ -158,14 +158,14 @@ pub async fn events(
     responses((status = 200, description = "the command's result (the NATS result envelope)", body = Object)))]
 pub async fn command(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(command_id): Path<String>,
 ) -> ApiResult<Answer> {
     let command_id = path_id(&command_id, "command_id")?;
     let mut read = state
         .db
-        .read(Some(&caller), Source::Relational, consistency)
+        .read(Some(&caller.principal), Source::Relational, consistency)
         .await?;
     let found: Option<(serde_json::Value, Option<String>)> = sqlx::query_as(
         "SELECT o.result,

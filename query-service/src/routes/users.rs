@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::db::Source;
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
+use crate::state::{Answer, AppState, Cached, Page};
 
 /// A user as the caller may see them: no password or key hashes, no
 /// addresses; personal fields are null once the user is forgotten.
@@ -42,7 +42,7 @@ const USER_COLUMNS: &str =
 #[utoipa::path(get, path = "/v1/me", tag = "users", responses((status = 200, body = User)))]
 pub async fn me(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
 ) -> ApiResult<Answer> {
     one_user(&state, &caller, caller.user_id, consistency).await
@@ -54,7 +54,7 @@ pub async fn me(
     responses((status = 200, body = User)))]
 pub async fn get_user(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
@@ -67,7 +67,7 @@ pub async fn get_user(
 
 async fn one_user(
     state: &AppState,
-    caller: &crate::auth::Principal,
+    caller: &Caller,
     id: Uuid,
     consistency: crate::db::Consistency,
 ) -> ApiResult<Answer> {
@@ -85,7 +85,7 @@ async fn one_user(
     responses((status = 200, body = Page<User>)))]
 pub async fn list_users(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -93,12 +93,7 @@ pub async fn list_users(
     let role = params.one_of("role", &["admin", "operator", "viewer"])?;
     let limit = params.limit()?;
     let after: Option<TimeId> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "users",
-        &caller,
-        &[&params.canonical()],
-        vec!["user:all".into()],
-    );
+    let spec = caller.cache_spec(vec!["user:all".into()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -149,7 +144,7 @@ pub struct Session {
     responses((status = 200, body = Page<Session>)))]
 pub async fn list_sessions(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -159,7 +154,7 @@ pub async fn list_sessions(
     // Not cached: "active" depends on the clock as well as on events.
     let mut read = state
         .db
-        .read(Some(&caller), Source::Relational, consistency)
+        .read(Some(&caller.principal), Source::Relational, consistency)
         .await?;
     let rows: Vec<Session> = sqlx::query_as(
         "SELECT id, role::text AS role, device_fingerprint, started_at, last_seen_at, expires_at, context

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::request::{page, path_id, Caller, Params, ReadConsistency, TimeId};
-use crate::state::{Answer, AppState, CacheSpec, Cached, Page};
+use crate::state::{Answer, AppState, Cached, Page};
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Workflow {
@@ -45,7 +45,7 @@ const WORKFLOW_COLUMNS: &str =
     responses((status = 200, body = Page<Workflow>)))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -54,12 +54,7 @@ pub async fn list(
     let tag = params.text("tag")?;
     let limit = params.limit()?;
     let after: Option<TimeId> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "workflows",
-        &caller,
-        &[&params.canonical()],
-        vec!["workflow:all".into()],
-    );
+    let spec = caller.cache_spec(vec!["workflow:all".into()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -95,7 +90,7 @@ pub async fn list(
     params(("id" = Uuid, Path)), responses((status = 200, body = Workflow)))]
 pub async fn get(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
@@ -211,7 +206,7 @@ async fn with_steps(tx: &mut sqlx::PgConnection, executions: &mut [Execution]) -
     responses((status = 200, body = Page<Execution>)))]
 pub async fn list_executions(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     params: Params,
 ) -> ApiResult<Answer> {
@@ -223,12 +218,7 @@ pub async fn list_executions(
     )?;
     let limit = params.limit()?;
     let after: Option<TimeId> = params.cursor()?;
-    let spec = CacheSpec::new(
-        "executions",
-        &caller,
-        &[&params.canonical()],
-        vec!["execution:all".into()],
-    );
+    let spec = caller.cache_spec(vec!["execution:all".into()]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),
@@ -261,17 +251,12 @@ pub async fn list_executions(
     params(("id" = Uuid, Path)), responses((status = 200, body = Execution)))]
 pub async fn get_execution(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ReadConsistency(consistency): ReadConsistency,
     Path(id): Path<String>,
 ) -> ApiResult<Answer> {
     let id = path_id(&id, "id")?;
-    let spec = CacheSpec::new(
-        "execution",
-        &caller,
-        &[&id.to_string()],
-        vec![format!("execution:{id}")],
-    );
+    let spec = caller.cache_spec(vec![format!("execution:{id}")]);
     let mut read = match state.cached_or_read(&spec, &caller, consistency).await? {
         Cached::Miss(read) => read,
         Cached::Hit(hit) => return Ok(hit),

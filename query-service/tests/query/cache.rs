@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use crate::{Options, Stack};
@@ -64,6 +66,101 @@ async fn repeated_reads_hit_and_events_invalidate(pool: PgPool) {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(fresh, "the change reached the cached resource");
+    stack.finish().await;
+}
+
+/// A cached read asks Redis once: the credential, its user's epoch, the
+/// rate limit and the answer come from one script call. Counted with
+/// Redis's `MONITOR`, which prints every command a client sends (and,
+/// marked `lua`, what scripts run), by this stack's key prefix.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_cached_read_is_one_redis_round_trip(pool: PgPool) {
+    let stack = Stack::start_with(
+        pool,
+        Options {
+            rate_limit_per_minute: Some(10_000),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, alice) = stack.user("operator").await;
+    let incident = Uuid::now_v7();
+    let opened = stack
+        .ok(
+            "incident.open",
+            incident,
+            json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["x"]}),
+            &alice,
+        )
+        .await;
+    let path = format!("/v1/incidents/{incident}");
+    assert_eq!(stack.get_at(&path, &alice, &opened).await.status, 200);
+    let mut cached = false;
+    for _ in 0..100 {
+        if stack.get(&path, &alice).await.header("x-cache") == Some("hit") {
+            cached = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(cached, "the answer reached the cache");
+
+    let monitor = TcpStream::connect("127.0.0.1:6379").await.expect("redis");
+    let mut monitor = BufReader::new(monitor);
+    monitor
+        .get_mut()
+        .write_all(b"MONITOR\r\n")
+        .await
+        .expect("MONITOR");
+    let mut line = String::new();
+    monitor.read_line(&mut line).await.expect("+OK");
+    assert_eq!(line.trim(), "+OK");
+    const READS: usize = 5;
+    for _ in 0..READS {
+        let reply = stack.get(&path, &alice).await;
+        assert_eq!(reply.header("x-cache"), Some("hit"));
+    }
+    let marker = format!("end-of-{}", stack.redis_prefix);
+    redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async::<String>(&mut stack.redis().await)
+        .await
+        .expect("ECHO");
+    let (mut sent, mut scripted) = (Vec::new(), Vec::new());
+    loop {
+        line.clear();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            monitor.read_line(&mut line),
+        )
+        .await
+        .expect("the marker comes")
+        .expect("read");
+        assert!(read > 0, "MONITOR ended");
+        if line.contains(&marker) {
+            break;
+        }
+        let ours = [":auth:", ":cache:resp:", ":ratelimit:"]
+            .iter()
+            .any(|k| line.contains(&format!("{}{}", stack.redis_prefix, &k[1..])));
+        if ours {
+            if line.contains(" lua]") {
+                scripted.push(line.clone());
+            } else {
+                sent.push(line.clone());
+            }
+        }
+    }
+    assert_eq!(sent.len(), READS, "one round trip per read: {sent:#?}");
+    for (what, key) in [
+        ("the answer", "cache:resp:"),
+        ("the rate limit", "ratelimit:"),
+    ] {
+        assert!(
+            scripted.iter().filter(|l| l.contains(key)).count() >= READS,
+            "{what} is in the script: {scripted:#?}"
+        );
+    }
     stack.finish().await;
 }
 
