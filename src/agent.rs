@@ -8,6 +8,7 @@ use command_service::{CommandResult, Status};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+#[derive(Clone)]
 pub struct AgentClient {
     pub client: async_nats::Client,
     pub prefix: String,

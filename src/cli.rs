@@ -294,4 +294,8 @@ pub enum Workload {
     /// 32 clients reading three query API endpoints, cached and uncached,
     /// beside a bare Redis GET and the endpoint's bare SQL.
     Query,
+    /// How soon a command's effect can be read (query API, Redis, search)
+    /// while agents send the demo mix at 10, 50 and 90 % of its sustainable
+    /// rate (--seconds per level), beside the same at no load.
+    Lag,
 }

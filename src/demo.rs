@@ -66,18 +66,68 @@ pub async fn run(
         .connect("copilot-data demo")
         .await
         .context("connecting to NATS")?;
-    let agent = Arc::new(Agent {
-        inner: AgentClient {
-            client,
-            prefix: settings.nats.prefix.clone(),
+    let agent = AgentClient {
+        client,
+        prefix: settings.nats.prefix.clone(),
+    };
+    let until = async {
+        if args.seconds == 0 {
+            std::future::pending::<()>().await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        }
+    };
+    let tally = mix(
+        agent,
+        &bootstrap,
+        Some(args.rate),
+        args.agents,
+        |admin| {
+            // The admin's session token, for the dashboard's sign-in (on
+            // standard output, not in the logs).
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "dashboard token (admin, 24 h): {admin}")?;
+            Ok(())
         },
-        pace: Arc::new(Semaphore::new(0)),
+        async {
+            tokio::select! {
+                () = until => {}
+                () = shutdown => {}
+            }
+        },
+    )
+    .await?;
+    for (what, count) in tally {
+        tracing::info!(count, "{what}");
+    }
+    Ok(())
+}
+
+/// The demo's mix (conversations, executions, incidents, documents) from
+/// `agents` simulated agents, at `rate` commands/s in all (`None`: each
+/// agent as fast as it is answered), until `until`. `ready` is given the
+/// admin's token once the shared workflow exists. Returns how many
+/// commands of each type ended with each status.
+pub async fn mix(
+    inner: AgentClient,
+    bootstrap: &str,
+    rate: Option<f64>,
+    agents: usize,
+    ready: impl FnOnce(&str) -> anyhow::Result<()>,
+    until: impl Future<Output = ()>,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let agent = Arc::new(Agent {
+        inner,
+        pace: Arc::new(Semaphore::new(match rate {
+            Some(_) => 0,
+            None => Semaphore::MAX_PERMITS,
+        })),
         tally: Mutex::new(BTreeMap::new()),
     });
-
     // The pace: `rate` permits a second, never more than one second's worth banked.
-    let rate = args.rate.max(0.1);
-    let pacer = {
+    let pacer = rate.map(|rate| {
+        let rate = rate.max(0.1);
         let pace = Arc::clone(&agent.pace);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -88,62 +138,51 @@ pub async fn run(
                 }
             }
         })
-    };
+    });
+    let result = async {
+        let admin = sign_up(&agent, bootstrap, "admin").await?;
+        let workflow = Uuid::now_v7();
+        agent.send("workflow.create", workflow, json!({"name": "restart service", "definition": {"steps": ["drain", "restart", "verify"], "max_retries": 2}, "tags": ["ops"]}), &admin).await?;
+        agent
+            .send("workflow.activate", workflow, json!({}), &admin)
+            .await?;
+        tracing::info!(?rate, agents, "demo running");
+        ready(&admin)?;
 
-    let admin = sign_up(&agent, &bootstrap, "admin").await?;
-    let workflow = Uuid::now_v7();
-    agent.send("workflow.create", workflow, json!({"name": "restart service", "definition": {"steps": ["drain", "restart", "verify"], "max_retries": 2}, "tags": ["ops"]}), &admin).await?;
-    agent
-        .send("workflow.activate", workflow, json!({}), &admin)
-        .await?;
-    tracing::info!(rate, agents = args.agents, "demo running");
-    // The admin's session token, for the dashboard's sign-in (on standard
-    // output, not in the logs).
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "dashboard token (admin, 24 h): {admin}")?;
-    }
-
-    let mut workers = tokio::task::JoinSet::new();
-    for n in 0..args.agents.max(1) {
-        let agent = Arc::clone(&agent);
-        let bootstrap = bootstrap.clone();
-        workers.spawn(async move {
-            let role = if n % 3 == 2 { "viewer" } else { "operator" };
-            let token = sign_up(&agent, &bootstrap, role).await?;
-            for round in 0u64.. {
-                // Viewers only talk to the agent; the others also operate.
-                let scenario = if role == "viewer" { 0 } else { round % 4 };
-                match scenario {
-                    0 => conversation(&agent, &token).await?,
-                    1 => execution(&agent, &token, workflow).await?,
-                    2 => incident(&agent, &token).await?,
-                    _ => document(&agent, &token).await?,
+        let mut workers = tokio::task::JoinSet::new();
+        for n in 0..agents.max(1) {
+            let agent = Arc::clone(&agent);
+            let bootstrap = bootstrap.to_string();
+            workers.spawn(async move {
+                let role = if n % 3 == 2 { "viewer" } else { "operator" };
+                let token = sign_up(&agent, &bootstrap, role).await?;
+                for round in 0u64.. {
+                    // Viewers only talk to the agent; the others also operate.
+                    let scenario = if role == "viewer" { 0 } else { round % 4 };
+                    match scenario {
+                        0 => conversation(&agent, &token).await?,
+                        1 => execution(&agent, &token, workflow).await?,
+                        2 => incident(&agent, &token).await?,
+                        _ => document(&agent, &token).await?,
+                    }
                 }
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    let until = async {
-        if args.seconds == 0 {
-            std::future::pending::<()>().await;
-        } else {
-            tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+                Ok::<(), anyhow::Error>(())
+            });
         }
-    };
-    tokio::select! {
-        () = until => {}
-        () = shutdown => {}
-        Some(Ok(Err(error))) = workers.join_next() => return Err(error),
+        tokio::select! {
+            () = until => {}
+            Some(Ok(Err(error))) = workers.join_next() => return Err(error),
+        }
+        workers.abort_all();
+        Ok(())
     }
-    workers.abort_all();
-    pacer.abort();
+    .await;
+    if let Some(pacer) = pacer {
+        pacer.abort();
+    }
+    result?;
     let tally = agent.tally.lock().map(|t| t.clone()).unwrap_or_default();
-    for (what, count) in tally {
-        tracing::info!(count, "{what}");
-    }
-    Ok(())
+    Ok(tally)
 }
 
 /// Signs up through the pace, so the demo's rate holds from the start.

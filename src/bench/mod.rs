@@ -6,10 +6,12 @@ mod append;
 mod commands;
 mod cpu;
 mod floor;
+mod lag;
 mod query;
 mod replay;
 mod report;
 mod scratch;
+mod stack;
 mod vector_rebuild;
 mod vectors;
 
@@ -40,5 +42,6 @@ async fn measure(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<re
         Workload::Vectors => vectors::run(args, settings).await,
         Workload::VectorRebuild => vector_rebuild::run(args, settings).await,
         Workload::Query => query::run(args, settings).await,
+        Workload::Lag => lag::run(args, settings).await,
     }
 }

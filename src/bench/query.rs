@@ -11,18 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use command_service::{ServiceConfig, Status};
-use eventstore::EventStore;
+use command_service::Status;
 use infra::Settings;
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::append::{drive, RunResult};
 use super::report::{Figure, Latencies};
-use super::scratch::{self, Scratch, ScratchDb};
-use crate::agent::AgentClient;
+use super::stack::Stack;
 use crate::cli::BenchArgs;
 
 const CLIENTS: usize = 32;
@@ -38,67 +35,13 @@ struct Endpoint {
 
 pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Figure>> {
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
-    let (scratch, pool) = ScratchDb::create(&settings.database, 64, args.keep).await?;
-    let id = &Uuid::new_v4().simple().to_string()[..8];
-    let nats_prefix = format!("bench{id}");
-    let redis_prefix = format!("bench:{id}:");
-    let redis_url = settings.redis.url.expose_secret().to_string();
-    let streams = Scratch::streams(&settings.nats.url, &nats_prefix);
-    let redis_keys = Scratch::redis_keys(&redis_url, &redis_prefix);
-    let bootstrap = format!("bench-{}", Uuid::new_v4());
-    let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)?).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let config = ServiceConfig {
-        nats: (&settings.nats).into(),
-        prefix: nats_prefix.clone(),
-        max_message_bytes: settings.commands.max_message_bytes,
-        embedding_dimension: settings.commands.embedding_dimension,
-        bootstrap_token: Some(SecretString::from(bootstrap.clone())),
-        rate_limit: None,
-        max_in_flight: 256,
-        trusted_agents: Vec::new(),
-        auth_epochs: Some(((&settings.redis).into(), redis_prefix.clone())),
-    };
-    scratch::spawn_service(command_service::run(
-        config,
-        store.clone(),
-        until(stopped.clone()),
-    ));
-    let projector_config = projector::ProjectorConfig {
-        redis: Some(projector::redis_model::RedisConfig {
-            url: (&settings.redis).into(),
-            prefix: redis_prefix.clone(),
-        }),
-        ..projector::ProjectorConfig::default()
-    };
-    scratch::spawn_service(projector::run(
-        projector_config,
-        store.clone(),
-        until(stopped.clone()),
-    ));
-    let mut query_config =
-        query_service::QueryConfig::new("127.0.0.1:0".parse()?, &settings.redis, &redis_prefix);
-    query_config.rate_limit_per_minute = None;
-    let bound = query_service::bind(query_config, pool.clone()).await?;
-    let base = format!("http://{}", bound.local_addr()?);
-    scratch::spawn_service(bound.serve(until(stopped.clone())));
-
-    let client = infra::nats::NatsTarget::from(&settings.nats)
-        .connect("copilot-data bench")
-        .await
-        .context("connecting to NATS")?;
-    let agent = AgentClient {
-        client: client.clone(),
-        prefix: nats_prefix.clone(),
-    };
-    agent.wait_until_answering().await?;
+    let stack = Stack::start(settings, args.keep, false).await?;
+    let (agent, bootstrap, base) = (&stack.agent, &stack.bootstrap, &stack.base);
+    let (pool, redis_prefix, redis_url) = (&stack.pool, &stack.redis_prefix, &stack.redis_url);
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(Duration::from_millis(200));
     progress.set_message("writing a conversation and incidents as commands");
-    let token = agent.sign_up(&bootstrap, "operator").await?;
+    let token = agent.sign_up(bootstrap, "operator").await?;
     let conversation = Uuid::now_v7();
     let mut last = accept(
         agent
@@ -209,7 +152,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         let mut bare_redis = redis_gets(&redis_url, &key, duration).await?;
         let multiplexed = redis_gets_multiplexed(&redis, &key, duration).await?;
         progress.set_message(format!("{}: bare SQL", endpoint.name));
-        let mut bare_sql = sql(&pool, &endpoint.sql, duration).await?;
+        let mut bare_sql = sql(pool, &endpoint.sql, duration).await?;
         let n = endpoint.name;
         figures.push(Figure::compared(
             format!("query.{n}.cached.c32.per_s"),
@@ -250,12 +193,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         }
     }
     progress.finish_and_clear();
-
-    let _ = stop.send(true);
-    scratch::end_services(Duration::from_millis(500)).await;
-    streams.remove().await?;
-    redis_keys.remove().await?;
-    scratch.drop_db(pool).await?;
+    stack.finish().await?;
     Ok(figures)
 }
 
