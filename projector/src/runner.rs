@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use eventstore::{checkpoint, EventStore, Position};
+use eventstore::{checkpoint, EventStore, Position, RecordedEvent};
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
@@ -490,12 +490,7 @@ async fn sink_while_leading(
         };
         let Some(last) = events.last() else { continue };
         let started = Instant::now();
-        let mut tx = sqlx::Connection::begin(&mut conn).await?;
-        crate::batch::lock_checkpoint(&mut tx, name, position).await?;
-        open.apply(&events).await?;
-        checkpoint::save(&mut *tx, name, last.position).await?;
-        tx.commit().await?;
-        position = last.position;
+        position = sink_step(&mut conn, &mut open, name, position, &events, last).await?;
         history.applied(&events, started);
         let m = metrics();
         m.events
@@ -505,6 +500,34 @@ async fn sink_while_leading(
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// Applies `events` (after `position`, ending at `last`) to a sink, then
+/// moves its checkpoint to `last` if it is still at `position`.
+///
+/// The sink is written outside the checkpoint's transaction: that
+/// transaction locks a row and so holds a transaction id, and every
+/// subscriber of the log (the relational projection's too) can read only
+/// up to the oldest running transaction id. Embedding a batch inside it
+/// delayed every projection by the embedding's time. Sinks are idempotent
+/// (keyed by event), so a batch applied again after a crash, or after a
+/// reset that moved the checkpoint meanwhile (the step then fails with
+/// [`ProjectionError::Moved`] and the sink starts again from the new
+/// checkpoint), leaves the same result.
+async fn sink_step(
+    conn: &mut PgConnection,
+    open: &mut OpenSink,
+    name: &str,
+    position: Position,
+    events: &[RecordedEvent],
+    last: &RecordedEvent,
+) -> Result<Position, SinkError> {
+    open.apply(events).await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    crate::batch::lock_checkpoint(&mut tx, name, position).await?;
+    checkpoint::save(&mut *tx, name, last.position).await?;
+    tx.commit().await?;
+    Ok(last.position)
 }
 
 /// Applies the log to `sink` from its checkpoint until caught up, in this
@@ -531,12 +554,7 @@ pub async fn catch_up_sink(
         let Some(last) = batch.events.last() else {
             return Ok(Some(applied));
         };
-        let mut tx = sqlx::Connection::begin(&mut conn).await?;
-        crate::batch::lock_checkpoint(&mut tx, name, position).await?;
-        open.apply(&batch.events).await?;
-        checkpoint::save(&mut *tx, name, last.position).await?;
-        tx.commit().await?;
-        position = last.position;
+        position = sink_step(&mut conn, &mut open, name, position, &batch.events, last).await?;
         applied += batch.events.len() as u64;
         progress(applied);
         if batch.caught_up {

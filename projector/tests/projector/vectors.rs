@@ -557,3 +557,87 @@ async fn an_unavailable_store_opens_the_breaker_and_every_point_arrives_later(po
         .await
         .expect("clean up");
 }
+
+/// The local model, held at a gate: each call waits until the test opens it.
+struct Held {
+    inner: Arc<MiniLm>,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Embedder for Held {
+    fn info(&self) -> &vectors::ModelInfo {
+        self.inner.info()
+    }
+
+    fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, vectors::EmbedError>> {
+        async move {
+            self.entered.notify_one();
+            let _pass = self.gate.acquire().await;
+            self.inner.embed(texts).await
+        }
+        .boxed()
+    }
+}
+
+/// A slow embedding holds up only the vector projection. Every subscriber
+/// of the log reads only up to the oldest running transaction that holds an
+/// id, so a sink that embedded inside its checkpoint's transaction (a row
+/// lock, hence an id) held every projection back by the embedding's time.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn a_slow_embedding_holds_back_no_other_projection(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    let dir = TempDir::new();
+    let held = Arc::new(Held {
+        inner: model(),
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let config = ProjectorConfig {
+        vectors: Some(VectorConfig {
+            store: edge_opener(dir.0.clone(), 384),
+            embedder: held.clone(),
+            breakers: None,
+        }),
+        ..support::config()
+    };
+    let running = support::spawn(&store, config);
+    let mut history = History::new(41);
+    // Events until one of them is embedded (the gate then holds the sink).
+    let entered = held.entered.notified();
+    tokio::pin!(entered);
+    let started = Instant::now();
+    loop {
+        support::append(&store, &mut history, 20).await;
+        if tokio::time::timeout(Duration::from_millis(200), &mut entered)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing was embedded"
+        );
+    }
+    // While the embedding waits, the rest of the log reaches the relational
+    // projection and the audit log.
+    support::append(&store, &mut history, 50).await;
+    let head = support::last_position(&store).await;
+    support::checkpoint_reaches(&store, "relational", head).await;
+    support::checkpoint_reaches(&store, "audit", head).await;
+    let vectors_at: Option<Position> = checkpoint::load(store.pool(), "vectors")
+        .await
+        .expect("checkpoint");
+    assert!(
+        vectors_at.is_none_or(|at| at < head),
+        "the vector projection is still held"
+    );
+    // Let it go: it catches up.
+    held.gate.add_permits(1_000_000);
+    support::checkpoint_reaches(&store, "vectors", head).await;
+    running.stop().await;
+}
