@@ -116,6 +116,7 @@ impl Model {
                     let mine: Vec<&[usize]> =
                         batches.iter().skip(w).step_by(workers).copied().collect();
                     scope.spawn(move || {
+                        super::priority::lower_this_thread();
                         let mut out = Vec::new();
                         for chunk in mine {
                             let batch: Vec<String> =

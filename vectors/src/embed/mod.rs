@@ -3,6 +3,7 @@
 
 mod http;
 mod minilm;
+mod priority;
 
 use futures_util::future::BoxFuture;
 
