@@ -4,8 +4,9 @@
 //! (served from Redis) and uncached (`Cache-Control: no-cache`), beside a
 //! bare Redis GET of a value of the same size (32 clients on 32
 //! connections, as `redis-benchmark -c 32`; and on one multiplexed
-//! connection, which pipelines them) and the bare SQL the endpoint runs,
-//! at the same concurrency, in the same run.
+//! connection, which pipelines them), a bare HTTP server answering the
+//! same bytes to the same client, and the bare SQL the endpoint runs, at
+//! the same concurrency, in the same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,6 +152,11 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             .await?;
         let mut bare_redis = redis_gets(&redis_url, &key, duration).await?;
         let multiplexed = redis_gets_multiplexed(&redis, &key, duration).await?;
+        progress.set_message(format!("{}: bare HTTP", endpoint.name));
+        let (floor_url, floor) = http_floor(body.clone()).await?;
+        let bare_http = load(&http, &floor_url, &token, false, duration).await;
+        floor.abort();
+        let bare_http = bare_http?;
         progress.set_message(format!("{}: bare SQL", endpoint.name));
         let mut bare_sql = sql(pool, &endpoint.sql, duration).await?;
         let n = endpoint.name;
@@ -167,6 +173,13 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             "req/s",
             format!("redis_get.c32.multiplexed.{}B.per_s", body.len()),
             multiplexed.events_per_s(),
+        ));
+        figures.push(Figure::compared(
+            format!("query.{n}.cached.c32.per_s"),
+            cached.events_per_s(),
+            "req/s",
+            format!("bare_http.c32.{}B.per_s", body.len()),
+            bare_http.events_per_s(),
         ));
         figures.push(Figure::compared(
             format!("query.{n}.uncached.c32.per_s"),
@@ -244,6 +257,30 @@ async fn load(
         }
     })
     .await
+}
+
+/// A server that answers every GET with `body` and does nothing else: the
+/// floor of any read through HTTP with this client and server on these
+/// cores (no credential, no cache, no database).
+async fn http_floor(body: bytes::Bytes) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
 }
 
 /// 32 clients, each with its own connection (as `redis-benchmark -c 32`).
