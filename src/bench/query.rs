@@ -150,7 +150,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
             .arg(body.as_ref())
             .query_async(&mut redis.clone())
             .await?;
-        let mut bare_redis = redis_gets(&redis_url, &key, duration).await?;
+        let mut bare_redis = redis_gets(redis_url, &key, duration).await?;
         let multiplexed = redis_gets_multiplexed(&redis, &key, duration).await?;
         progress.set_message(format!("{}: bare HTTP", endpoint.name));
         let (floor_url, floor) = http_floor(body.clone()).await?;
