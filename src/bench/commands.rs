@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use command_service::{ServiceConfig, Status};
+use command_service::Status;
 use eventstore::EventStore;
 use futures_util::StreamExt;
 use infra::Settings;
-use secrecy::SecretString;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -39,17 +38,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let bootstrap = format!("bench-{}", Uuid::new_v4());
     let store = EventStore::connect(pool.clone(), crate::up::store_options(settings)?).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServiceConfig {
-        nats: (&settings.nats).into(),
-        prefix: prefix.clone(),
-        max_message_bytes: settings.commands.max_message_bytes,
-        embedding_dimension: settings.commands.embedding_dimension,
-        bootstrap_token: Some(SecretString::from(bootstrap.clone())),
-        rate_limit: None,
-        max_in_flight: 256,
-        trusted_agents: Vec::new(),
-        auth_epochs: None,
-    };
+    let config = super::stack::service_config(settings, &prefix, &bootstrap, None);
     scratch::spawn_service(command_service::run(config, store.clone(), async move {
         let _ = stopped.await;
     }));

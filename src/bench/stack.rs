@@ -50,17 +50,12 @@ impl Stack {
         let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let config = ServiceConfig {
-            nats: (&settings.nats).into(),
-            prefix: nats_prefix.clone(),
-            max_message_bytes: settings.commands.max_message_bytes,
-            embedding_dimension: settings.commands.embedding_dimension,
-            bootstrap_token: Some(SecretString::from(bootstrap.clone())),
-            rate_limit: None,
-            max_in_flight: 256,
-            trusted_agents: Vec::new(),
-            auth_epochs: Some(((&settings.redis).into(), redis_prefix.clone())),
-        };
+        let config = service_config(
+            settings,
+            &nats_prefix,
+            &bootstrap,
+            Some(((&settings.redis).into(), redis_prefix.clone())),
+        );
         scratch::spawn_service(command_service::run(
             config,
             store.clone(),
@@ -139,5 +134,26 @@ impl Stack {
             let _ = std::fs::remove_dir_all(dir);
         }
         self.scratch.drop_db(self.pool).await
+    }
+}
+
+/// A bench's command service on `prefix`: no rate limit, users signed up
+/// with `bootstrap`, up to 256 commands in flight.
+pub fn service_config(
+    settings: &Settings,
+    prefix: &str,
+    bootstrap: &str,
+    auth_epochs: Option<(infra::redis_conn::RedisTarget, String)>,
+) -> ServiceConfig {
+    ServiceConfig {
+        nats: (&settings.nats).into(),
+        prefix: prefix.to_string(),
+        max_message_bytes: settings.commands.max_message_bytes,
+        embedding_dimension: settings.commands.embedding_dimension,
+        bootstrap_token: Some(SecretString::from(bootstrap.to_string())),
+        rate_limit: None,
+        max_in_flight: 256,
+        trusted_agents: Vec::new(),
+        auth_epochs,
     }
 }

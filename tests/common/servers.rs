@@ -7,11 +7,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (free when asked; the server binds it next).
+///
+/// Chosen below the kernel's ephemeral range (32768 and up by default): a
+/// port the kernel picked for us is free only until it gives it out again,
+/// as the source port of any outgoing connection, and a server that lost
+/// its port that way (SeaweedFS under a loaded test run) exits. Never the
+/// same port twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let random = u16::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..2]
+                .try_into()
+                .expect("two bytes"),
+        );
+        let port = 20_000 + random % 12_000;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A directory removed when dropped; readable by the `postgres` user.

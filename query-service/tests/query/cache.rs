@@ -14,19 +14,11 @@ use crate::{Options, Stack};
 async fn repeated_reads_hit_and_events_invalidate(pool: PgPool) {
     let stack = Stack::start(pool).await;
     let (_, alice) = stack.user("operator").await;
-    let incident = Uuid::now_v7();
-    let opened = stack
-        .ok(
-            "incident.open",
-            incident,
-            json!({"title": "first", "description": "d", "severity": "low", "affected_services": ["x"]}),
-            &alice,
-        )
-        .await;
-    // Wait for the Redis projection too, so the entry can be stored.
-    let path = format!("/v1/incidents/{incident}");
-    let first = stack.get_at(&path, &alice, &opened).await;
-    assert_eq!(first.status, 200);
+    let (path, first) = open_incident(&stack, &alice, "first").await;
+    let incident = first.body["id"]
+        .as_str()
+        .and_then(|id| id.parse::<Uuid>().ok())
+        .expect("the incident's id");
     let mut hit = None;
     for _ in 0..100 {
         let hits_before = stack
@@ -69,6 +61,24 @@ async fn repeated_reads_hit_and_events_invalidate(pool: PgPool) {
     stack.finish().await;
 }
 
+/// Opens an incident titled `title` and reads it once it is projected
+/// (Redis included, so the answer can be stored): its path and that answer.
+async fn open_incident(stack: &Stack, token: &str, title: &str) -> (String, crate::Reply) {
+    let incident = Uuid::now_v7();
+    let opened = stack
+        .ok(
+            "incident.open",
+            incident,
+            json!({"title": title, "description": "d", "severity": "low", "affected_services": ["x"]}),
+            token,
+        )
+        .await;
+    let path = format!("/v1/incidents/{incident}");
+    let first = stack.get_at(&path, token, &opened).await;
+    assert_eq!(first.status, 200);
+    (path, first)
+}
+
 /// A cached read asks Redis once: the credential, its user's epoch, the
 /// rate limit and the answer come from one script call. Counted with
 /// Redis's `MONITOR`, which prints every command a client sends (and,
@@ -84,17 +94,7 @@ async fn a_cached_read_is_one_redis_round_trip(pool: PgPool) {
     )
     .await;
     let (_, alice) = stack.user("operator").await;
-    let incident = Uuid::now_v7();
-    let opened = stack
-        .ok(
-            "incident.open",
-            incident,
-            json!({"title": "t", "description": "d", "severity": "low", "affected_services": ["x"]}),
-            &alice,
-        )
-        .await;
-    let path = format!("/v1/incidents/{incident}");
-    assert_eq!(stack.get_at(&path, &alice, &opened).await.status, 200);
+    let (path, _) = open_incident(&stack, &alice, "t").await;
     let mut cached = false;
     for _ in 0..100 {
         if stack.get(&path, &alice).await.header("x-cache") == Some("hit") {
