@@ -150,7 +150,7 @@ async fn levels(
             Some(task) => task.await.context("the load's task")??,
             None => sent as f64 / duration.as_secs_f64(),
         };
-        let vector_backlog = backlog(&stack.pool, "vectors").await?;
+        let vector_backlog = backlog(&stack.store, "vectors").await?;
         measured.push(Level {
             name,
             rate: achieved,
@@ -212,16 +212,11 @@ fn report(mut measured: Vec<Level>) -> Vec<Figure> {
 }
 
 /// Events after a projection's checkpoint.
-async fn backlog(pool: &sqlx::PgPool, projection: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM events e
-          WHERE (e.generation, e.tx_id, e.seq) >
-                coalesce((SELECT (c.generation, c.tx_id, c.seq) FROM projection_checkpoints c WHERE c.name = $1),
-                         (0, 0::int8, 0::int8))",
-    )
-    .bind(projection)
-    .fetch_one(pool)
-    .await?)
+async fn backlog(store: &eventstore::EventStore, projection: &str) -> anyhow::Result<i64> {
+    let at = eventstore::checkpoint::load(store.pool(), projection)
+        .await?
+        .unwrap_or(Position::START);
+    Ok(projector::events_after(store, at, i64::MAX).await?)
 }
 
 /// Appends a message every [`PROBE_EVERY`] and times its three effects.

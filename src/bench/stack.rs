@@ -19,6 +19,7 @@ use crate::agent::AgentClient;
 
 pub struct Stack {
     pub pool: PgPool,
+    pub store: EventStore,
     pub agent: AgentClient,
     /// `http://{address}` of the query API.
     pub base: String,
@@ -110,6 +111,7 @@ impl Stack {
         agent.wait_until_answering().await?;
         Ok(Stack {
             pool,
+            store,
             agent,
             base,
             bootstrap,
@@ -127,6 +129,7 @@ impl Stack {
     /// vector store they made.
     pub async fn finish(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        drop(self.store);
         scratch::end_services(std::time::Duration::from_millis(500)).await;
         self.streams.remove().await?;
         self.redis_keys.remove().await?;
