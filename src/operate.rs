@@ -134,7 +134,7 @@ async fn behind(store: &EventStore, position: Position) -> anyhow::Result<(i64, 
     let lag = (chrono::Utc::now() - oldest.recorded_at)
         .num_milliseconds()
         .max(0);
-    let behind = projector::events_after(store, position, BEHIND_LIMIT).await?;
+    let behind = store.count_after(position, BEHIND_LIMIT).await?;
     Ok((behind, Some(lag)))
 }
 

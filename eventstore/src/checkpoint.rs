@@ -6,7 +6,8 @@
 //! projection to pass a position (the query API's `X-Min-Position`) wake
 //! on progress instead of polling.
 
-use sqlx::{PgExecutor, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgExecutor, Row};
 
 use crate::{Position, StoreError};
 
@@ -49,12 +50,65 @@ pub async fn load<'e>(
             .bind(name)
             .fetch_optional(executor)
             .await?;
-    row.map(|row| {
+    row.as_ref().map(position_at(0)).transpose()
+}
+
+/// [`load`], keeping the row from changing until the end of the caller's
+/// transaction (a reader that must not overtake `name` meanwhile).
+pub async fn load_shared(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Position>, StoreError> {
+    let row = sqlx::query(
+        "SELECT generation, tx_id, seq FROM projection_checkpoints WHERE name = $1 FOR SHARE",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(position_at(0)).transpose()
+}
+
+/// Locks the checkpoint `name` until the end of the caller's transaction
+/// (creating it at [`Position::START`] if missing) and returns where it
+/// is: the one writer of a checkpoint holds this while it moves it.
+pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Position, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO projection_checkpoints (name, generation, tx_id, seq) VALUES ($1, 0, 0, 0)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+         RETURNING generation, tx_id, seq",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    position_at(0)(&row)
+}
+
+/// Forgets the checkpoint `name` (a reader that starts again from the beginning).
+pub async fn delete<'e>(executor: impl PgExecutor<'e>, name: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(name)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Every saved checkpoint, by name.
+pub async fn all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(String, Position)>, StoreError> {
+    let rows = sqlx::query("SELECT name, generation, tx_id, seq FROM projection_checkpoints")
+        .fetch_all(executor)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, position_at(1)(row)?)))
+        .collect()
+}
+
+/// The position in columns `first` to `first + 2` of a row.
+fn position_at(first: usize) -> impl Fn(&PgRow) -> Result<Position, StoreError> {
+    move |row| {
         Ok(Position {
-            generation: row.try_get(0)?,
-            tx_id: row.try_get(1)?,
-            seq: row.try_get(2)?,
+            generation: row.try_get(first)?,
+            tx_id: row.try_get(first + 1)?,
+            seq: row.try_get(first + 2)?,
         })
-    })
-    .transpose()
+    }
 }

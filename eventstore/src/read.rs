@@ -127,6 +127,38 @@ impl EventStore {
         Ok(any)
     }
 
+    /// How many events lie after `after`, committed or not yet readable,
+    /// counted up to `limit` (a gauge's lag, cheap however far behind).
+    pub async fn count_after(&self, after: Position, limit: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
+              LIMIT $4) behind",
+        )
+        .bind(after.generation)
+        .bind(after.tx_id)
+        .bind(after.seq)
+        .bind(limit)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// How many events lie after `after` and up to `upto` (a progress total).
+    pub async fn count_between(&self, after: Position, upto: Position) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
+                AND (generation, tx_id, seq) <= ($4, $5, $6)",
+        )
+        .bind(after.generation)
+        .bind(after.tx_id)
+        .bind(after.seq)
+        .bind(upto.generation)
+        .bind(upto.tx_id)
+        .bind(upto.seq)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n.unsigned_abs())
+    }
+
     /// The position of the newest event that is safely readable now, or
     /// [`Position::START`] for an empty log. Projections compare their
     /// checkpoint with it to know their lag.

@@ -35,27 +35,6 @@ pub struct Target<'a> {
     pub checkpoint: &'a str,
 }
 
-/// Locks the checkpoint row `name` until the end of the transaction
-/// (creating it at the start if missing) and returns where it is.
-pub async fn locked_checkpoint(
-    conn: &mut PgConnection,
-    name: &str,
-) -> Result<Position, sqlx::Error> {
-    let (generation, tx_id, seq): (i32, i64, i64) = sqlx::query_as(
-        "INSERT INTO projection_checkpoints (name, generation, tx_id, seq) VALUES ($1, 0, 0, 0)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING generation, tx_id, seq",
-    )
-    .bind(name.to_owned())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Position {
-        generation,
-        tx_id,
-        seq,
-    })
-}
-
 /// Locks the checkpoint row and checks that it is where this writer last
 /// left it.
 pub async fn lock_checkpoint(
@@ -63,7 +42,7 @@ pub async fn lock_checkpoint(
     name: &str,
     expected: Position,
 ) -> Result<(), ProjectionError> {
-    let found = locked_checkpoint(conn, name).await?;
+    let found = checkpoint::lock(conn, name).await?;
     if found != expected {
         return Err(ProjectionError::Moved(format!(
             "{name} (expected {expected}, found {found})"

@@ -144,7 +144,7 @@ impl LagHistory {
     ) {
         let reported = match self.flush(conn).await {
             Ok(()) => self.gauge_backlog(store, position).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         if let Err(error) = reported {
             tracing::warn!(projection = self.projection, %error,
@@ -159,7 +159,7 @@ impl LagHistory {
         &mut self,
         store: &eventstore::EventStore,
         position: eventstore::Position,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), eventstore::StoreError> {
         if self
             .last_backlog
             .is_some_and(|at| at.elapsed() < BACKLOG_EVERY)
@@ -167,7 +167,7 @@ impl LagHistory {
             return Ok(());
         }
         self.last_backlog = Some(Instant::now());
-        let behind = crate::runner::events_after(store, position, 1_000_000).await?;
+        let behind = store.count_after(position, 1_000_000).await?;
         let m = metrics();
         m.lag_events
             .with_label_values(&[self.projection])

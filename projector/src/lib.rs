@@ -48,9 +48,7 @@ pub mod vector_model;
 
 pub use batch::PoisonPolicy;
 pub use projection::{Kind, Projection};
-pub use runner::{
-    catch_up_sink, events_after, maintain_audit, run, ProjectorConfig, Sink, SinkError,
-};
+pub use runner::{catch_up_sink, maintain_audit, run, ProjectorConfig, Sink, SinkError};
 pub use vector_model::{BreakerConfig, VectorConfig};
 
 use crate::changes::FlushError;

@@ -7,7 +7,6 @@
 use eventstore::{EventStore, Position};
 use uuid::Uuid;
 
-use crate::batch::locked_checkpoint;
 use crate::Kind;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +75,7 @@ pub async fn skip(
         });
     };
     // Locked, so a projector cannot move it meanwhile.
-    let checkpoint = locked_checkpoint(&mut tx, name).await?;
+    let checkpoint = eventstore::checkpoint::lock(&mut tx, name).await?;
     let next = store.read_all_after(checkpoint, 1).await?;
     let next = next.events.first().map(|e| e.position);
     if next != Some(position) {

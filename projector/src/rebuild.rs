@@ -189,10 +189,7 @@ pub async fn build(
 ) -> Result<(Projection, BuildReport), RebuildError> {
     let started = Instant::now();
     create_schema(conn, kind, schema).await?;
-    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-        .bind(checkpoint_name)
-        .execute(&mut *conn)
-        .await?;
+    checkpoint::delete(&mut *conn, checkpoint_name).await?;
     let mut projection = Projection::new(kind);
     let target = Target {
         schema,
@@ -312,7 +309,7 @@ pub async fn replay_and_swap(
     drop_schema_retrying(&mut conn, &retired).await?;
     let mut tx = conn.begin().await?;
     // Locks the live checkpoint row: the live writer's next batch waits.
-    let live_position = batch::locked_checkpoint(&mut tx, kind.name()).await?;
+    let live_position = checkpoint::lock(&mut tx, kind.name()).await?;
     let position = catch_up_in(
         &mut tx,
         store,
@@ -323,13 +320,10 @@ pub async fn replay_and_swap(
         batch_size,
     )
     .await?;
-    report.events += count_between(store, report.position, position).await?;
+    report.events += store.count_between(report.position, position).await?;
     report.position = position;
     checkpoint::save(&mut *tx, kind.name(), position).await?;
-    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-        .bind(&shadow_checkpoint)
-        .execute(&mut *tx)
-        .await?;
+    checkpoint::delete(&mut *tx, &shadow_checkpoint).await?;
     swap_schemas(&mut tx, kind, &shadow).await?;
     tx.commit().await?;
     tracing::info!(projection = kind.name(), from = %live_position, to = %position, "swapped in the rebuilt projection");
@@ -462,26 +456,6 @@ async fn drop_schema_retrying(conn: &mut PgConnection, schema: &str) -> Result<(
     }
 }
 
-async fn count_between(
-    store: &EventStore,
-    after: Position,
-    upto: Position,
-) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
-            AND (generation, tx_id, seq) <= ($4, $5, $6)",
-    )
-    .bind(after.generation)
-    .bind(after.tx_id)
-    .bind(after.seq)
-    .bind(upto.generation)
-    .bind(upto.tx_id)
-    .bind(upto.seq)
-    .fetch_one(store.pool())
-    .await?;
-    Ok(n.unsigned_abs())
-}
-
 /// Builds `kind` as of `until` into `<live>_asof` and leaves it there for
 /// inspection (the live projection is not touched). Returns the schema.
 pub async fn build_as_of(
@@ -577,17 +551,9 @@ pub async fn verify(
         )
         .await?;
         let mut tx = conn.begin().await?;
-        let locked: Option<(i32, i64, i64)> = sqlx::query_as(
-            "SELECT generation, tx_id, seq FROM projection_checkpoints WHERE name = $1 FOR SHARE",
-        )
-        .bind(kind.name())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let now_live = locked.map_or(Position::START, |(generation, tx_id, seq)| Position {
-            generation,
-            tx_id,
-            seq,
-        });
+        let now_live = checkpoint::load_shared(&mut tx, kind.name())
+            .await?
+            .unwrap_or(Position::START);
         catch_up_in(
             &mut tx,
             store,
@@ -610,10 +576,7 @@ pub async fn verify(
         }
         tx.rollback().await?;
         drop_schema(&mut conn, &scratch).await?;
-        sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-            .bind(&scratch_checkpoint)
-            .execute(&mut conn)
-            .await?;
+        checkpoint::delete(&mut conn, &scratch_checkpoint).await?;
     }
     Ok(comparisons)
 }
@@ -635,7 +598,7 @@ pub const REDIS_OWNED: [&str; 5] = [
 pub async fn reset_vectors(store: &EventStore) -> Result<(), RebuildError> {
     let mut conn = connect(store).await?;
     let mut tx = conn.begin().await?;
-    batch::locked_checkpoint(&mut tx, "vectors").await?;
+    checkpoint::lock(&mut tx, "vectors").await?;
     checkpoint::save(&mut *tx, "vectors", Position::START).await?;
     tx.commit().await?;
     Ok(())
@@ -654,7 +617,7 @@ pub async fn reset_redis(
     let mut redis = client.get_multiplexed_async_connection().await?;
     let mut conn = connect(store).await?;
     let mut tx = conn.begin().await?;
-    batch::locked_checkpoint(&mut tx, "redis").await?;
+    checkpoint::lock(&mut tx, "redis").await?;
     let mut deleted = 0u64;
     for pattern in REDIS_OWNED {
         deleted += infra::redis_conn::delete_matching(&mut redis, &config.prefix, pattern).await?;

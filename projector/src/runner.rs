@@ -563,25 +563,6 @@ pub async fn catch_up_sink(
     }
 }
 
-/// Events in the log after `position`, counted up to `limit` (for a gauge,
-/// not a report).
-pub async fn events_after(
-    store: &EventStore,
-    position: Position,
-    limit: i64,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
-          LIMIT $4) behind",
-    )
-    .bind(position.generation)
-    .bind(position.tx_id)
-    .bind(position.seq)
-    .bind(limit)
-    .fetch_one(store.pool())
-    .await
-}
-
 /// Creates the audit log's partitions ahead and drops those past retention.
 pub async fn maintain_audit(
     pool: &sqlx::PgPool,

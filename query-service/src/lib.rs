@@ -104,7 +104,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("cannot read the projection checkpoints: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] eventstore::StoreError),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
     #[error("HTTPS: {0}")]

@@ -24,7 +24,7 @@ impl Progress {
     /// Starts following the checkpoints; the task ends when `pool` closes.
     pub async fn follow(
         pool: PgPool,
-    ) -> Result<(Progress, tokio::task::JoinHandle<()>), sqlx::Error> {
+    ) -> Result<(Progress, tokio::task::JoinHandle<()>), eventstore::StoreError> {
         let initial = load_all(&pool).await?;
         let (tx, rx) = watch::channel(initial);
         let task = tokio::spawn(run(pool, tx));
@@ -64,23 +64,10 @@ impl Progress {
     }
 }
 
-async fn load_all(pool: &PgPool) -> Result<HashMap<String, Position>, sqlx::Error> {
-    let rows: Vec<(String, i32, i64, i64)> =
-        sqlx::query_as("SELECT name, generation, tx_id, seq FROM projection_checkpoints")
-            .fetch_all(pool)
-            .await?;
-    Ok(rows
+async fn load_all(pool: &PgPool) -> Result<HashMap<String, Position>, eventstore::StoreError> {
+    Ok(eventstore::checkpoint::all(pool)
+        .await?
         .into_iter()
-        .map(|(name, generation, tx_id, seq)| {
-            (
-                name,
-                Position {
-                    generation,
-                    tx_id,
-                    seq,
-                },
-            )
-        })
         .collect())
 }
 

@@ -216,7 +216,7 @@ async fn backlog(store: &eventstore::EventStore, projection: &str) -> anyhow::Re
     let at = eventstore::checkpoint::load(store.pool(), projection)
         .await?
         .unwrap_or(Position::START);
-    Ok(projector::events_after(store, at, i64::MAX).await?)
+    Ok(store.count_after(at, i64::MAX).await?)
 }
 
 /// Appends a message every [`PROBE_EVERY`] and times its three effects.
