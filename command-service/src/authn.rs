@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::guarded::Guard;
+use eventstore::Guard;
 
 /// Why a credential was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,10 +39,10 @@ pub struct Authenticator {
     /// Sessions this instance verified: token hash → what it found. A copy
     /// is never the last word: a command decided under it is appended only
     /// if the append's own statement finds the session still so (see
-    /// `guarded`), and anything else is handled again the slow way.
+    /// `eventstore::Guard`), and anything else is handled again the slow way.
     verified_sessions: Mutex<HashMap<String, VerifiedSession>>,
     /// API keys this instance found valid: token digest → what it found.
-    /// Like a session's copy, never the last word (see `guarded`).
+    /// Like a session's copy, never the last word (see `eventstore::Guard`).
     valid_keys: Mutex<HashMap<String, ValidKey>>,
 }
 

@@ -24,10 +24,10 @@ use async_nats::Message;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::guarded::GuardedError;
 use crate::handler::{Handler, Prepared, LIMIT_TIMEOUT};
 use crate::replies::Reply;
 use crate::transport::{answer_rpc, send_reply};
+use eventstore::AppendError;
 
 /// A decided command waiting for the lane, with its message (to answer it,
 /// or to handle it again) and its in-flight slot.
@@ -134,7 +134,7 @@ impl Lane<'_> {
                 Ok(outcome) if !outcome.replayed => {
                     self.answer(queued, |prepared| prepared.accepted(self.handler, &outcome));
                 }
-                Err(GuardedError::Unverified) => {
+                Err(AppendError::Unverified) => {
                     self.handler.forget(&queued.prepared.entry.1);
                     self.again(queued, again);
                 }

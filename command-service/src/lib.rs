@@ -5,7 +5,6 @@
 mod aggregates;
 mod authn;
 pub mod envelope;
-mod guarded;
 pub mod handler;
 mod inline;
 mod lane;
@@ -187,5 +186,18 @@ async fn connect_limiter(rl: RateLimitConfig, limiter: handler::Limiter) {
             }
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The store checks a guard's session against its own idle timeout
+    /// (`eventstore::Guard`): it must be the domain's.
+    #[test]
+    fn the_stores_session_idle_timeout_is_the_domains() {
+        assert_eq!(
+            eventstore::StoreOptions::default().session_idle_timeout,
+            domain::session::IDLE_TIMEOUT
+        );
     }
 }

@@ -23,9 +23,6 @@ pub struct Metrics {
     /// `accepted` (one guarded append) or `rechecked` (handled again after
     /// the full check).
     pub fast_path: IntCounterVec,
-    /// Requests the exact set append left to the full set append: a stream
-    /// another writer moved on, or a command appended before.
-    pub exact_taken: IntCounter,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -82,12 +79,6 @@ pub fn metrics() -> &'static Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
-            exact_taken: IntCounter::new(
-                "copilot_command_exact_append_taken_total",
-                "Requests the exact set append left to the full set append \
-                 (a stream another writer moved on, a command appended before)",
-            )
-            .expect("valid metric"),
         };
         let registry = infra::metrics::registry();
         for collector in [
@@ -98,7 +89,6 @@ pub fn metrics() -> &'static Metrics {
             Box::new(m.conflict_retries.clone()),
             Box::new(m.preflight_batch_size.clone()),
             Box::new(m.fast_path.clone()),
-            Box::new(m.exact_taken.clone()),
         ]
         .into_iter()
         .chain(eventstore::metrics::collectors())

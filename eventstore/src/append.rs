@@ -1,11 +1,15 @@
-//! Appending: one stream, a batch of streams, or inside the caller's transaction.
+//! Appending: one stream, a batch, or inside the caller's transaction.
 
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
-use crate::committers::{CommitterQuery, Committers};
+use crate::committers::CommitterQuery;
 use crate::{
-    AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Position, StoreError,
+    AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Guard, Position,
+    StoreError,
 };
+
+/// [`Guard::NONE`] to borrow (a constant holding a `String` is not promoted).
+static NO_GUARD: Guard = Guard::NONE;
 
 impl EventStore {
     /// Appends events to one stream atomically (see [`AppendRequest`]).
@@ -14,37 +18,67 @@ impl EventStore {
     /// one statement and one transaction (group commit); each keeps its own
     /// outcome, and a refusal of one does not affect the others.
     pub async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, AppendError> {
-        self.validate(request)?;
-        self.inner.committer.submit(request.clone()).await
+        self.append_guarded(request.clone(), Guard::NONE).await
     }
 
-    /// Appends to several streams in one transaction: all that are accepted
-    /// commit together. Each request is checked and applied on its own (a
-    /// conflict in one does not undo the others); requests for one stream
-    /// apply in the order given. The outer error means nothing was committed.
+    /// [`EventStore::append`], written only if `guard` still holds and the
+    /// command id has no stored outcome (see [`Guard`]); otherwise
+    /// [`AppendError::Unverified`] or [`AppendError::Decided`] and nothing
+    /// is written.
+    pub async fn append_guarded(
+        &self,
+        request: AppendRequest,
+        guard: Guard,
+    ) -> Result<AppendOutcome, AppendError> {
+        self.validate(&request)?;
+        self.inner.committer.submit(request, guard).await
+    }
+
+    /// Appends several requests at once, an outcome for each, in order:
+    /// each request is checked and applied on its own (a conflict in one
+    /// does not undo the others), and requests for one stream apply in the
+    /// order given, each seeing the ones before it. Requests that name no
+    /// stream or command id twice are one statement and one transaction;
+    /// a later request for a stream already named goes in a later one. The
+    /// outer error means nothing was written.
     pub async fn append_batch(
         &self,
         requests: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let entries: Vec<(&AppendRequest, &Guard)> =
+            requests.iter().map(|r| (r, &NO_GUARD)).collect();
+        self.append_batch_guarded(&entries).await
+    }
+
+    /// [`EventStore::append_batch`] with each request's [`Guard`], for a
+    /// caller that gathers its own batches (the command service's
+    /// request/reply lane).
+    pub async fn append_batch_guarded(
+        &self,
+        entries: &[(&AppendRequest, &Guard)],
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let mut outcomes: Vec<Option<Result<AppendOutcome, AppendError>>> = Vec::new();
         let mut valid = Vec::new();
-        for request in requests {
+        for &(request, guard) in entries {
             match self.validate(request) {
                 Ok(()) => {
-                    valid.push(request);
+                    valid.push((request, guard));
                     outcomes.push(None);
                 }
                 Err(e) => outcomes.push(Some(Err(e))),
             }
         }
-        let mut applied = append_many(self.committers(), &self.inner.notifier, &valid)
-            .await?
-            .into_iter();
+        let mut written = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.writer().write(&valid).await?
+        }
+        .into_iter();
         Ok(outcomes
             .into_iter()
             .map(|slot| match slot {
                 Some(refused) => refused,
-                None => applied.next().unwrap_or_else(|| {
+                None => written.next().unwrap_or_else(|| {
                     Err(
                         StoreError::Corrupt("batch answered fewer rows than requests".into())
                             .into(),
@@ -65,7 +99,7 @@ impl EventStore {
     }
 
     /// Checks a request against the store's limits, as every append does
-    /// first (for appends made through [`AppendArgs`]).
+    /// first (for a caller that must know before it queues the request).
     pub fn validate(&self, request: &AppendRequest) -> Result<(), AppendError> {
         let options = self.options();
         let stream_id = request.stream_id;
@@ -172,13 +206,11 @@ async fn append_on(
     outcome_from_row(&row, request)
 }
 
-/// A batch of appends as the arguments of the set append
-/// ([`crate::set_append`]), `eventstore_append_set` and
-/// `eventstore_append_batch` (ten arrays: one entry per request, then one per
-/// event, request i owning `p_counts[i]` consecutive events). SQL functions
-/// that wrap those two (and answer in their row form, see
-/// [`outcome_from_row`]) can take the same arrays.
-pub struct AppendArgs<'a> {
+/// A round of appends (no stream or command id twice, see
+/// [`crate::write`]) as the arguments of the set appends
+/// ([`crate::set_append`]): ten arrays, one entry per request, then one per
+/// event, request i owning `p_counts[i]` consecutive events.
+pub(crate) struct AppendArgs<'a> {
     stream_ids: Vec<uuid::Uuid>,
     stream_types: Vec<&'a str>,
     expected: Vec<i64>,
@@ -189,28 +221,25 @@ pub struct AppendArgs<'a> {
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
     payloads: Vec<&'a [u8]>,
-    /// No two requests name the same stream or the same command: then the
-    /// set append ([`crate::set_append`]) may decide them as a set;
-    /// otherwise they depend on each other and need
-    /// `eventstore_append_batch`.
-    independent: bool,
 }
 
 impl<'a> AppendArgs<'a> {
-    pub fn new(requests: &[&'a AppendRequest]) -> Result<Self, StoreError> {
-        let events: usize = requests.iter().map(|r| r.events.len()).sum();
+    pub(crate) fn new(
+        requests: impl ExactSizeIterator<Item = &'a AppendRequest> + Clone,
+    ) -> Result<Self, StoreError> {
+        let n = requests.len();
+        let events: usize = requests.clone().map(|r| r.events.len()).sum();
         let mut args = AppendArgs {
-            stream_ids: Vec::with_capacity(requests.len()),
-            stream_types: Vec::with_capacity(requests.len()),
-            expected: Vec::with_capacity(requests.len()),
-            command_ids: Vec::with_capacity(requests.len()),
-            counts: Vec::with_capacity(requests.len()),
-            metadata: Vec::with_capacity(requests.len()),
+            stream_ids: Vec::with_capacity(n),
+            stream_types: Vec::with_capacity(n),
+            expected: Vec::with_capacity(n),
+            command_ids: Vec::with_capacity(n),
+            counts: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
             event_ids: Vec::with_capacity(events),
             event_types: Vec::with_capacity(events),
             schema_versions: Vec::with_capacity(events),
             payloads: Vec::with_capacity(events),
-            independent: independent(requests),
         };
         for request in requests {
             args.stream_ids.push(request.stream_id);
@@ -233,65 +262,16 @@ impl<'a> AppendArgs<'a> {
         Ok(args)
     }
 
-    /// Whether the exact set append can take the batch (see
-    /// [`crate::set_append::EXACT_APPEND`]): independent requests, each
-    /// of one event at an exact expected version (or to a new stream).
-    pub fn single_exact(&self) -> bool {
-        self.independent
-            && self.counts.iter().all(|&count| count == 1)
+    /// Whether the exact set append can take the round (see
+    /// [`crate::set_append::EXACT_APPEND`]): each request one event at an
+    /// exact expected version (or to a new stream).
+    pub(crate) fn single_exact(&self) -> bool {
+        self.counts.iter().all(|&count| count == 1)
             && self.expected.iter().all(|&expected| expected >= 0)
     }
 
-    /// Runs the batch as one statement, so in one transaction: `set` (a set
-    /// append, see [`crate::set_append::SET_APPEND`]) when the requests are
-    /// independent, otherwise `dependent` (a call of
-    /// `eventstore_append_batch` or of a wrapper of it). Both take the ten
-    /// arrays as `$1` to `$10`; `extra` binds the parameters after them.
-    /// Retries what [`crate::set_append::run`] retries (transient failures
-    /// and lost races); answers one row per request, in order.
-    pub async fn fetch_all<'q, E>(
-        &'q self,
-        committers: &Committers,
-        set: &'q str,
-        dependent: &'q str,
-        extra: E,
-    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError>
-    where
-        E: Fn(CommitterQuery<'q>) -> CommitterQuery<'q>,
-    {
-        let statement = if self.independent { set } else { dependent };
-        let send = || committers.fetch_all(extra(self.bind(sqlx::query(statement))));
-        // Either statement may lose a race on `events_pkey`: the set append
-        // to a writer that committed between its snapshot and its locks,
-        // the locking `dependent` one to the exact set append, which takes
-        // no lock. Nothing was written; `run` sends it again.
-        let rows = crate::set_append::run(send).await?;
-        if rows.len() != self.stream_ids.len() {
-            return Err(StoreError::Corrupt(format!(
-                "batch of {} appends answered {} rows",
-                self.stream_ids.len(),
-                rows.len()
-            )));
-        }
-        Ok(rows)
-    }
-
-    /// Binds the set append's checks as nothing to check (`$11` to `$16`,
-    /// after [`AppendArgs::bind`]): appends of the store's own callers.
-    pub fn bind_no_checks<'q>(&'q self, query: CommitterQuery<'q>) -> CommitterQuery<'q> {
-        let n = self.stream_ids.len();
-        let now = chrono::Utc::now();
-        query
-            .bind(now)
-            .bind(now)
-            .bind(vec![None::<&str>; n])
-            .bind(vec![None::<uuid::Uuid>; n])
-            .bind(vec![None::<&str>; n])
-            .bind(vec![None::<uuid::Uuid>; n])
-    }
-
     /// Binds the ten arrays, in order, as the query's next parameters.
-    pub fn bind<'q>(&'q self, query: CommitterQuery<'q>) -> CommitterQuery<'q> {
+    pub(crate) fn bind<'q>(&'q self, query: CommitterQuery<'q>) -> CommitterQuery<'q> {
         query
             .bind(&self.stream_ids)
             .bind(&self.stream_types)
@@ -306,49 +286,6 @@ impl<'a> AppendArgs<'a> {
     }
 }
 
-/// Appends every request in one statement (the set append, or
-/// `eventstore_append_batch` when requests depend on each other), so in
-/// one transaction, retrying transient failures, and
-/// wakes subscribers if anything new was written. The outer error means
-/// nothing was written.
-pub(crate) async fn append_many(
-    committers: &Committers,
-    notifier: &crate::notify::Notifier,
-    requests: &[&AppendRequest],
-) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-    if requests.is_empty() {
-        return Ok(Vec::new());
-    }
-    let args = AppendArgs::new(requests)?;
-    let rows = args
-        .fetch_all(
-            committers,
-            crate::set_append::SET_APPEND,
-            "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
-               FROM eventstore_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            |query| args.bind_no_checks(query),
-        )
-        .await?;
-    let outcomes: Vec<_> = rows
-        .iter()
-        .zip(requests)
-        .map(|(row, request)| outcome_from_row(row, request))
-        .collect();
-    if outcomes.iter().any(|o| matches!(o, Ok(o) if !o.replayed)) {
-        notifier.wake();
-    }
-    Ok(outcomes)
-}
-
-/// Whether no two requests name the same stream or the same command.
-fn independent(requests: &[&AppendRequest]) -> bool {
-    let mut streams = std::collections::HashSet::with_capacity(requests.len());
-    let mut commands = std::collections::HashSet::with_capacity(requests.len());
-    requests.iter().all(|r| {
-        streams.insert(r.stream_id) && r.metadata.command_id.is_none_or(|c| commands.insert(c))
-    })
-}
-
 fn expected_to_sql(expected: ExpectedVersion) -> i64 {
     match expected {
         ExpectedVersion::Any => -1,
@@ -357,11 +294,11 @@ fn expected_to_sql(expected: ExpectedVersion) -> i64 {
     }
 }
 
-/// One row of `eventstore_append`, the set append ([`crate::set_append`]),
-/// `eventstore_append_set` or `eventstore_append_batch` (columns `status`, `out_stream_id`,
+/// One row of `eventstore_append` or of a set append
+/// ([`crate::set_append`]) (columns `status`, `out_stream_id`,
 /// `first_version`, `last_version`, `generation`, `tx_id`, `seq`) as the
 /// outcome of `request`.
-pub fn outcome_from_row(
+pub(crate) fn outcome_from_row(
     row: &sqlx::postgres::PgRow,
     request: &AppendRequest,
 ) -> Result<AppendOutcome, AppendError> {

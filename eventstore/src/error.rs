@@ -109,6 +109,15 @@ pub enum AppendError {
         "stream {stream_id} was appended to by a newer transaction; retry in a new transaction"
     )]
     StaleTransaction { stream_id: Uuid },
+    /// The command id has a stored outcome (a rejection): that is the
+    /// answer, and the command is not decided again. Nothing was written.
+    #[error("the command was decided before")]
+    Decided,
+    /// The request's [`crate::Guard`] no longer holds: its session ended,
+    /// expired or went idle, its API key was revoked or expired, or its user
+    /// was locked, deleted or given another role. Nothing was written.
+    #[error("the credential the command was decided under no longer holds")]
+    Unverified,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -4,36 +4,29 @@
 //! A commit costs a WAL flush and a round trip whatever it carries, so with
 //! many writers the log is bound by commits, not by rows. Appends queue in a
 //! [`Coalescer`] (at most `max_concurrent_batches` transactions in flight,
-//! at most `max_batch_events` events each). Each append keeps its own
-//! outcome (see [`crate::set_append`] and `eventstore_append_batch`).
-
-use std::sync::Arc;
+//! at most `max_batch_events` events each) and each batch is written by
+//! [`crate::write`]; each append keeps its own outcome.
 
 use futures_util::future::BoxFuture;
 
-use crate::append::append_many;
 use crate::coalesce::{Coalescer, Pending};
-use crate::committers::Committers;
-use crate::notify::Notifier;
-use crate::{AppendError, AppendOutcome, AppendRequest, StoreError, StoreOptions};
+use crate::write::Writer;
+use crate::{AppendError, AppendOutcome, AppendRequest, Guard, StoreError, StoreOptions};
 
-type Appending = Pending<AppendRequest, Result<AppendOutcome, AppendError>>;
+type Queued = (AppendRequest, Guard);
+type Appending = Pending<Queued, Result<AppendOutcome, AppendError>>;
 
 pub(crate) struct GroupCommit {
-    queue: Coalescer<AppendRequest, Result<AppendOutcome, AppendError>>,
+    queue: Coalescer<Queued, Result<AppendOutcome, AppendError>>,
 }
 
 impl GroupCommit {
-    pub(crate) fn spawn(
-        committers: Arc<Committers>,
-        notifier: Notifier,
-        options: &StoreOptions,
-    ) -> Self {
+    pub(crate) fn spawn(writer: Writer, options: &StoreOptions) -> Self {
         let queue = Coalescer::spawn(
             options.max_concurrent_batches,
             options.max_batch_events,
-            |request: &AppendRequest| request.events.len(),
-            move |batch| commit(Arc::clone(&committers), batch, notifier.clone()),
+            |(request, _): &Queued| request.events.len(),
+            move |batch| commit(writer.clone(), batch),
         );
         GroupCommit { queue }
     }
@@ -41,20 +34,25 @@ impl GroupCommit {
     pub(crate) async fn submit(
         &self,
         request: AppendRequest,
+        guard: Guard,
     ) -> Result<AppendOutcome, AppendError> {
         self.queue
-            .call(request)
+            .call((request, guard))
             .await
             .map_err(|_| StoreError::Closed)?
     }
 }
 
-async fn commit(committers: Arc<Committers>, batch: Vec<Appending>, notifier: Notifier) {
+async fn commit(writer: Writer, batch: Vec<Appending>) {
     crate::metrics::append_batch_size().observe(batch.len() as f64);
     tracing::trace!(appends = batch.len(), "group commit");
-    serve_batch(batch, |requests| {
-        let (committers, notifier) = (Arc::clone(&committers), notifier.clone());
-        Box::pin(async move { append_many(&committers, &notifier, requests).await })
+    serve_batch(batch, |queued| {
+        let writer = writer.clone();
+        Box::pin(async move {
+            let entries: Vec<(&AppendRequest, &Guard)> =
+                queued.iter().map(|(r, g)| (r, g)).collect();
+            writer.write(&entries).await
+        })
     })
     .await;
 }
@@ -63,7 +61,7 @@ async fn commit(committers: Arc<Committers>, batch: Vec<Appending>, notifier: No
 /// statement, one transaction, one answer per request). If that fails and
 /// the batch holds several, one request may be what fails the statement:
 /// each then gets a `write` of its own, so only that one gets the error.
-pub async fn serve_batch<Q, T, E, W>(batch: Vec<Pending<Q, Result<T, E>>>, write: W)
+pub(crate) async fn serve_batch<Q, T, E, W>(batch: Vec<Pending<Q, Result<T, E>>>, write: W)
 where
     E: From<StoreError>,
     W: for<'a> Fn(&'a [&'a Q]) -> BoxFuture<'a, Result<Vec<Result<T, E>>, StoreError>>,

@@ -7,22 +7,40 @@
 //!   event's [`Position`], the consistency token. A stale expected version is
 //!   [`AppendError::Conflict`]. An append that carries a command id already
 //!   appended returns the first outcome with `replayed: true` and writes
-//!   nothing. Appends that arrive together share one statement and one
-//!   commit (group commit, `group_commit.rs`), each with its own outcome.
-//! * [`EventStore::append_batch`] appends to several streams in one
-//!   transaction; each request succeeds or is refused on its own.
-//!   [`EventStore::begin`] appends inside a transaction the caller can also
+//!   nothing.
+//! * [`EventStore::append_guarded`] is the same append with a [`Guard`]: the
+//!   credential the command was decided under, checked again by the
+//!   statement that writes it (the command service's hook; see `guard.rs`).
+//! * [`EventStore::append_batch`] (and `append_batch_guarded`) append
+//!   several requests at once, each succeeding or refused on its own.
+//! * [`EventStore::begin`] appends inside a transaction the caller can also
 //!   write to (inline projections) before [`AppendTx::commit`].
+//!
+//! # The one write path
+//!
+//! Every append but those of an [`AppendTx`] is written by one function
+//! (`write.rs`). Single appends queue for group commit (`group_commit.rs`):
+//! appends that arrive while a batch is being written go together in the
+//! next one, so one statement and one commit serve all of them, and each
+//! keeps its own outcome. A batch, from group commit or from a caller, is
+//! cut into rounds that name no stream and no command id twice (almost
+//! always one); each round is one statement of a store function
+//! (`set_append.rs`, migration 0011): the exact set append when every
+//! request writes one event at a known version, which takes no lock, and
+//! otherwise the set append, which locks its streams in one global order.
+//! Both check each request's guard in the same statement, and both run on
+//! the store's own connections, planned once per connection
+//! (`committers.rs`).
 //!
 //! Writers of a stream serialise on a transaction-scoped advisory lock of
 //! the stream (see `migrations/0001_event_store.sql`), so concurrent appends
 //! never interleave versions, and a transaction that took its id before a
 //! newer one committed to the stream is refused
 //! ([`AppendError::StaleTransaction`]) rather than write a stream out of the
-//! global order. The one writer without the lock, the exact set append
-//! ([`set_append::EXACT_APPEND`]), writes one event on top of a head its
-//! snapshot sees, so after it in the global order, and leaves any clash to
-//! the primary key and the command index.
+//! global order. The one writer without the lock, the exact set append,
+//! writes one event on top of a head its snapshot sees, so after it in the
+//! global order, and leaves any clash to the primary key and the command
+//! index.
 //! * [`EventStore::read_stream`] reads one stream from a version;
 //!   [`EventStore::read_all_after`] reads the whole log after a position in
 //!   the gap-safe global order; [`EventStore::subscribe`] turns that into an
@@ -79,28 +97,30 @@
 mod append;
 pub mod checkpoint;
 pub mod coalesce;
-pub mod committers;
+mod committers;
 pub mod data_keys;
 mod error;
 mod generation;
 mod group_commit;
+mod guard;
 pub mod metrics;
 mod model;
 mod notify;
 mod position;
 mod read;
-pub mod set_append;
+mod set_append;
 mod snapshot;
 mod subscribe;
+mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 
-pub use append::{outcome_from_row, AppendArgs, AppendTx};
+pub use append::AppendTx;
 pub use error::{is_transient, retry_transient, AppendError, ReadError, StoreError};
-pub use group_commit::serve_batch;
+pub use guard::Guard;
 pub use model::{
     AppendOutcome, AppendRequest, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
 };
@@ -135,6 +155,9 @@ pub struct StoreOptions {
     /// [`data_keys`]); `None`: personal data is written in the clear and
     /// sealed data cannot be read.
     pub master_keys: Option<data_keys::MasterKeys>,
+    /// A [`Guard`]'s session no longer holds once it has been idle this
+    /// long (the domain's idle timeout, 30 minutes).
+    pub session_idle_timeout: chrono::Duration,
 }
 
 impl Default for StoreOptions {
@@ -147,6 +170,7 @@ impl Default for StoreOptions {
             max_concurrent_batches: 1,
             max_batch_events: 2000,
             master_keys: None,
+            session_idle_timeout: chrono::Duration::minutes(30),
         }
     }
 }
@@ -159,8 +183,8 @@ pub struct EventStore {
 
 struct Inner {
     pool: PgPool,
-    /// Where group commits write.
-    committers: Arc<committers::Committers>,
+    /// Writes every batch of appends.
+    writer: write::Writer,
     options: StoreOptions,
     notifier: notify::Notifier,
     committer: group_commit::GroupCommit,
@@ -182,13 +206,17 @@ impl EventStore {
     pub async fn connect(pool: PgPool, options: StoreOptions) -> Result<Self, StoreError> {
         generation::ensure_current(&pool).await?;
         let notifier = notify::Notifier::spawn(pool.clone());
-        // The store's group commit and one more (the command service's).
-        let committers = Arc::new(committers::Committers::new(
-            &pool,
-            2 * options.max_concurrent_batches,
-        ));
-        let committer =
-            group_commit::GroupCommit::spawn(Arc::clone(&committers), notifier.clone(), &options);
+        // The group commit's and as many for callers that gather their own
+        // batches (the command service's request/reply lane).
+        let writer = write::Writer {
+            committers: Arc::new(committers::Committers::new(
+                &pool,
+                2 * options.max_concurrent_batches,
+            )),
+            notifier: notifier.clone(),
+            session_idle_timeout: options.session_idle_timeout,
+        };
+        let committer = group_commit::GroupCommit::spawn(writer.clone(), &options);
         let data_keys = options
             .master_keys
             .clone()
@@ -197,7 +225,7 @@ impl EventStore {
             inner: Arc::new(Inner {
                 data_keys,
                 pool,
-                committers,
+                writer,
                 options,
                 notifier,
                 committer,
@@ -207,12 +235,6 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
-    }
-
-    /// The connections for set appends ([`set_append::SET_APPEND`]): generic
-    /// plans, as many as two group commits keep busy.
-    pub fn committers(&self) -> &committers::Committers {
-        &self.inner.committers
     }
 
     pub fn options(&self) -> &StoreOptions {
@@ -233,10 +255,8 @@ impl EventStore {
         }
     }
 
-    /// Tells subscribers that events were committed, for appends made
-    /// outside the store's own methods (see [`AppendArgs`]).
-    pub fn wake_subscribers(&self) {
-        self.inner.notifier.wake();
+    fn writer(&self) -> &write::Writer {
+        &self.inner.writer
     }
 
     /// The current generation of the store.

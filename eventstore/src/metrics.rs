@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{Histogram, HistogramOpts};
+use prometheus::{Histogram, HistogramOpts, IntCounter};
 
 /// Appends per group-commit transaction.
 pub fn append_batch_size() -> &'static Histogram {
@@ -16,6 +16,19 @@ pub fn append_batch_size() -> &'static Histogram {
     })
 }
 
+/// Requests the exact set append left to the set append.
+pub fn exact_append_taken() -> &'static IntCounter {
+    static COUNTER: OnceLock<IntCounter> = OnceLock::new();
+    COUNTER.get_or_init(|| {
+        IntCounter::new(
+            "copilot_eventstore_exact_append_taken_total",
+            "Requests the exact set append left to the full set append \
+             (a stream another writer moved on, a command appended before)",
+        )
+        .expect("valid metric")
+    })
+}
+
 /// A histogram of batch sizes (1 to 512, by powers of two).
 pub fn batch_histogram(name: &str, help: &str) -> Histogram {
     let buckets = (0..10).map(|i| f64::from(1u32 << i)).collect();
@@ -24,5 +37,8 @@ pub fn batch_histogram(name: &str, help: &str) -> Histogram {
 
 /// The store's collectors, to register in a service's registry.
 pub fn collectors() -> Vec<Box<dyn prometheus::core::Collector>> {
-    vec![Box::new(append_batch_size().clone())]
+    vec![
+        Box::new(append_batch_size().clone()),
+        Box::new(exact_append_taken().clone()),
+    ]
 }

@@ -1,42 +1,34 @@
-//! The set append: one statement for a whole batch, run by a function of
-//! the store (migration 0011, SECURITY DEFINER, so the services append
-//! without the right to write `events` themselves), planned once per
-//! connection (generic plans, see [`crate::committers`]) and executed once.
-//!
-//! `eventstore_append_set` (migration 0006) does the same work step by step
-//! in PL/pgSQL, and a group commit of a dozen appends spent most of its
-//! time there on the function machinery rather than on the rows; the
-//! function here runs the single statement.
+//! The set append: one statement for a whole round of a batch (see
+//! [`crate::write`]), run by a function of the store (migration 0011,
+//! SECURITY DEFINER, so the services append without the right to write
+//! `events` themselves), planned once per connection (generic plans, see
+//! [`crate::committers`]) and executed once.
 //!
 //! What the step-by-step function had for free, its locks before its
 //! snapshot, a single statement cannot have: its snapshot is taken before
 //! it takes the streams' locks. A writer of one of the streams that commits in between
 //! makes the insert hit `events_pkey`; nothing is written and the statement
-//! is run again ([`run`]), with a snapshot that sees that commit. Writers
-//! that lock first (`eventstore_append`, `eventstore_append_batch`) see a
-//! clash only with the exact set append ([`EXACT_APPEND`]), which takes
-//! no lock; their batches are run again the same way (see
-//! [`crate::AppendArgs::fetch_all`]), and the rerun reads the head it left.
+//! is run again ([`run`]), with a snapshot that sees that commit.
 
 use std::future::Future;
 
 use crate::error::retry_transient;
 
 /// The set append (`eventstore_append_set_checked`, migration 0011) of a
-/// batch in which every stream and every command id appears once, with
-/// the command service's checks: `$1` to `$10` are
-/// [`crate::AppendArgs::bind`]'s arrays, `$11` the time now, `$12` the
-/// oldest last-seen time of a session not idle, `$13` to `$16` each
-/// request's token hash, user, role and API key (all NULL: nothing to
+/// round in which every stream and every command id appears once, with
+/// each request's [`crate::Guard`]: `$1` to `$10` are
+/// [`crate::append::AppendArgs::bind`]'s arrays, `$11` the time now, `$12`
+/// the oldest last-seen time of a session not idle, `$13` to `$16` each
+/// request's token hash, user, role and API key (a NULL token: nothing to
 /// check but that the command id has no stored rejection).
-pub const SET_APPEND: &str =
+pub(crate) const SET_APPEND: &str =
     "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
        FROM eventstore_append_set_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                                           $11, $12, $13, $14, $15, $16)";
 
 /// The exact set append (`eventstore_append_exact_checked`), with the same
 /// parameters: for a batch in which every request appends one event at an
-/// exact expected version (see [`crate::AppendArgs::single_exact`]). It
+/// exact expected version (see [`crate::append::AppendArgs::single_exact`]). It
 /// takes no locks and probes only the stream's expected head; the primary
 /// key and the command index refuse what the locks and the probes of the
 /// set append would. A request it cannot settle (its stream moved on, or
@@ -45,13 +37,13 @@ pub const SET_APPEND: &str =
 /// append. With the command service's checks it cost 63–77 µs of database
 /// CPU per event beside the set append's 83–86 in the same runs
 /// (`docs/performance-commands.md`), and a conflict or a repeat is rare.
-pub const EXACT_APPEND: &str =
+pub(crate) const EXACT_APPEND: &str =
     "SELECT idx, status, out_stream_id, first_version, last_version, generation, tx_id, seq
        FROM eventstore_append_exact_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                                             $11, $12, $13, $14, $15, $16)";
 
 /// The status of a request the exact set append did not settle.
-pub const TAKEN: &str = "taken";
+pub(crate) const TAKEN: &str = "taken";
 
 /// How often a batch that lost a race with another writer of one of its
 /// streams is run again. Each loss means another writer committed to

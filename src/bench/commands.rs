@@ -111,7 +111,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         Responder::new(floor_subject, "NATS requests group-committed as bare rows"),
         Responder::new(
             set_floor_subject,
-            "NATS requests group-committed by the store's set append, in one loop",
+            "NATS requests group-committed by the store's batch write, in one loop",
         ),
         Responder::new(
             store_floor_subject,

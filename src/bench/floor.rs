@@ -175,26 +175,24 @@ impl Groups {
 
 /// Between the two floors: the first floor's one loop (what arrived while
 /// the last group committed, written together, then every answer), but
-/// each group written by the event store's own set-append statement (its
-/// locks, probes and indexes), one stream per request as the agents'
-/// conversations are, on the store's committer connections. Against
-/// [`spawn_store_append`] it separates the statement's cost from the cost
-/// of the path around it (a task, a channel and an answer per request, and
-/// the batches that path gathers).
+/// each group written by the event store's own batch write
+/// ([`eventstore::EventStore::append_batch`]: here one statement of its
+/// exact set append, with its probes and indexes), one stream per request
+/// as the agents' conversations are. Against [`spawn_store_append`] it
+/// separates the statement's cost from the cost of the path around it (a
+/// task, a channel and an answer per request, and the batches that path
+/// gathers).
 pub(super) async fn spawn_set_append_loop(
     client: async_nats::Client,
     subject: String,
     store: eventstore::EventStore,
 ) -> anyhow::Result<(JoinHandle<anyhow::Result<()>>, Arc<Groups>)> {
-    use eventstore::AppendArgs;
-
     let mut requests = client.subscribe(subject).await?;
-    let statement = eventstore::set_append::SET_APPEND;
     let groups = Arc::new(Groups::default());
     let counted = Arc::clone(&groups);
     let task = tokio::spawn(async move {
         // A group's i-th request goes to stream i, so no stream is named
-        // twice in a statement (the set append's condition).
+        // twice in a statement (one round of the batch write).
         let mut streams: Vec<(Uuid, u64)> = (0..MAX_GROUP).map(|_| (Uuid::now_v7(), 0)).collect();
         let mut group = Vec::with_capacity(MAX_GROUP);
         while next_group(&mut requests, &mut group).await {
@@ -203,16 +201,10 @@ pub(super) async fn spawn_set_append_loop(
                 .zip(&streams)
                 .map(|(message, &(stream, version))| one_event(stream, version, message))
                 .collect();
-            let refs: Vec<&AppendRequest> = appends.iter().collect();
-            let args = AppendArgs::new(&refs)?;
-            let rows = args
-                .fetch_all(store.committers(), statement, statement, |q| {
-                    args.bind_no_checks(q)
-                })
-                .await?;
-            for row in &rows {
-                let status: String = sqlx::Row::try_get(row, "status")?;
-                anyhow::ensure!(status == "ok", "the set-append floor's append was {status}");
+            for outcome in store.append_batch(&appends).await? {
+                if let Err(error) = outcome {
+                    anyhow::bail!("the set-append floor's append failed: {error}");
+                }
             }
             counted.add(group.len());
             for ((_, version), message) in streams.iter_mut().zip(group.drain(..)) {

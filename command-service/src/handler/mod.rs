@@ -9,7 +9,9 @@ use domain::codec::EventCodec;
 use domain::context::Actor;
 use domain::{conversation, execution, incident, knowledge, runbook, session, user, workflow};
 use domain::{Aggregate, Command, Context, DomainError};
-use eventstore::{AppendError, AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
+use eventstore::{
+    AppendError, AppendRequest, EventStore, ExpectedVersion, Guard, Metadata, NewEvent,
+};
 use infra::ratelimit::SlidingWindow;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -25,7 +27,6 @@ pub(crate) use prepared::Prepared;
 use crate::aggregates::Handled;
 use crate::authn::{Authenticator, Preflight, Refusal};
 use crate::envelope::{self, Envelope};
-use crate::guarded::{Guard, GuardedCommit, GuardedError};
 use crate::inline::InlineError;
 use crate::result::{CommandResult, Encoding, Status};
 use crate::state::{snapshot_due, AggregateLocks, StateCache};
@@ -172,8 +173,6 @@ pub struct Handler {
     locks: AggregateLocks,
     cache: StateCache,
     store: EventStore,
-    /// Appends of commands decided under a session verified before.
-    guarded: GuardedCommit,
     authn: Authenticator,
     limiter: Limiter,
     settings: HandlerSettings,
@@ -205,7 +204,6 @@ impl Handler {
         Handler {
             locks: AggregateLocks::default(),
             cache: StateCache::default(),
-            guarded: GuardedCommit::spawn(store.clone()),
             store,
             authn,
             limiter,
@@ -233,14 +231,15 @@ impl Handler {
         self.authn.forget(guard);
     }
 
-    /// Appends prepared commands in one guarded set append (see
-    /// [`crate::guarded`]), an outcome for each.
+    /// Appends prepared commands as one guarded batch (see
+    /// [`eventstore::Guard`]), an outcome for each.
     pub(crate) async fn append_prepared(
         &self,
         entries: &[&(AppendRequest, Guard)],
-    ) -> Result<Vec<Result<eventstore::AppendOutcome, GuardedError>>, eventstore::StoreError> {
+    ) -> Result<Vec<Result<eventstore::AppendOutcome, AppendError>>, eventstore::StoreError> {
         eventstore::metrics::append_batch_size().observe(entries.len() as f64);
-        crate::guarded::write(&self.store, entries).await
+        let pairs: Vec<(&AppendRequest, &Guard)> = entries.iter().map(|(r, g)| (r, g)).collect();
+        self.store.append_batch_guarded(&pairs).await
     }
 
     /// Best effort: outdates `user`'s cached credentials, if any.
@@ -749,14 +748,13 @@ impl Handler {
                 append_request::<A>(envelope, (&state, version), &events, &ctx.actor, &sealers)
                     .map_err(|e| HandleError::Store(e.to_string()))?;
             let appended = match guard {
-                Some(guard) => match self.guarded.append(request, guard.clone()).await {
-                    Ok(outcome) => Ok(outcome),
-                    Err(GuardedError::Append(e)) => Err(e),
-                    Err(held @ (GuardedError::Decided | GuardedError::Unverified)) => {
+                Some(guard) => match self.store.append_guarded(request, guard.clone()).await {
+                    Err(held @ (AppendError::Decided | AppendError::Unverified)) => {
                         self.cache.put::<A>(envelope.aggregate_id, state, version);
-                        let forget = matches!(held, GuardedError::Unverified);
+                        let forget = matches!(held, AppendError::Unverified);
                         return Err(HandleError::Recheck { forget });
                     }
+                    other => other,
                 },
                 None => match self.append::<A>(request, &events).await {
                     Ok(Appended::Done(outcome)) => Ok(outcome),
@@ -855,6 +853,10 @@ impl Handler {
                     return Err(HandleError::Store(e.to_string()));
                 }
                 Err(AppendError::Store(e)) => return Err(HandleError::Store(e.to_string())),
+                // Both are answered above, where the append was made.
+                Err(e @ (AppendError::Decided | AppendError::Unverified)) => {
+                    return Err(HandleError::Store(e.to_string()));
+                }
             }
         }
     }
@@ -926,7 +928,7 @@ impl Handler {
     /// Appends a decided command's events. With an inline projection (the
     /// auth index) it is one transaction with the projection, which may
     /// still refuse the command (nothing written); without, it goes through
-    /// the guarded group commit with whatever else is arriving, checked
+    /// the store's group commit with whatever else is arriving, checked
     /// only for a stored outcome of its command id. Either way a command
     /// id with a stored rejection is not appended.
     async fn append<A: Handled>(
@@ -935,12 +937,10 @@ impl Handler {
         events: &[A::Event],
     ) -> Result<Appended, AppendError> {
         if !A::INLINE {
-            return match self.guarded.append(request, Guard::outcome_only()).await {
+            return match self.store.append_guarded(request, Guard::NONE).await {
                 Ok(outcome) => Ok(Appended::Done(outcome)),
-                Err(GuardedError::Append(e)) => Err(e),
-                Err(GuardedError::Decided | GuardedError::Unverified) => {
-                    Ok(Appended::DecidedBefore)
-                }
+                Err(AppendError::Decided | AppendError::Unverified) => Ok(Appended::DecidedBefore),
+                Err(e) => Err(e),
             };
         }
         let mut tx = self.store.begin().await?;

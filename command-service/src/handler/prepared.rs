@@ -23,9 +23,9 @@ use super::{
 };
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
-use crate::guarded::Guard;
 use crate::result::{CommandResult, Encoding, Status};
 use crate::state::Turn;
+use eventstore::Guard;
 
 /// A decided command waiting for its append, holding its aggregate's turn.
 pub(crate) struct Prepared {

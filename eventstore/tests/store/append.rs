@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use eventstore::{checkpoint, AppendError, ExpectedVersion, Position};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{event_count, request, store, with_command};
@@ -512,113 +512,4 @@ async fn a_set_append_that_loses_the_race_for_a_stream_runs_again(pool: PgPool) 
         .collect();
     assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(event_count(&pool).await, 5);
-}
-
-/// Group commits run on connections with generic plans (the set append is
-/// planned once per connection); the store's other connections keep the
-/// server's default.
-#[sqlx::test(migrations = "../migrations")]
-async fn only_the_committer_connections_force_generic_plans(pool: PgPool) {
-    let store = store(pool.clone()).await;
-    let show = || sqlx::query("SHOW plan_cache_mode");
-    let rows = store.committers().fetch_all(show()).await.expect("show");
-    let committer_mode: String = rows[0].get(0);
-    assert_eq!(committer_mode, "force_generic_plan");
-    let pool_mode: String = show().fetch_one(&pool).await.expect("show").get(0);
-    assert_eq!(pool_mode, "auto");
-}
-
-/// The backend that serves a committer statement.
-async fn committer_pid(store: &eventstore::EventStore) -> i32 {
-    let rows = store
-        .committers()
-        .fetch_all(sqlx::query("SELECT pg_backend_pid()"))
-        .await
-        .expect("pid");
-    rows[0].get(0)
-}
-
-#[sqlx::test(migrations = "../migrations")]
-async fn committer_connections_are_kept_between_statements(pool: PgPool) {
-    let store = store(pool.clone()).await;
-    let first = committer_pid(&store).await;
-    let stream = Uuid::now_v7();
-    for _ in 0..3 {
-        store
-            .append(&request(stream, ExpectedVersion::Any, 1))
-            .await
-            .expect("append");
-    }
-    assert_eq!(committer_pid(&store).await, first);
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = current_database() AND application_name = $1",
-    )
-    .bind(eventstore::committers::APPLICATION_NAME)
-    .fetch_one(&pool)
-    .await
-    .expect("count");
-    assert_eq!(open, 1, "each statement opened a connection of its own");
-}
-
-#[sqlx::test(migrations = "../migrations")]
-async fn a_committer_abandoned_mid_statement_is_not_used_again(pool: PgPool) {
-    let store = store(pool.clone()).await;
-    let first = committer_pid(&store).await;
-    let abandoned = tokio::time::timeout(
-        Duration::from_millis(200),
-        store
-            .committers()
-            .fetch_all(sqlx::query("SELECT pg_sleep(2)")),
-    )
-    .await;
-    assert!(abandoned.is_err(), "the sleep finished within the timeout");
-    // Its answer is still on the way: a connection put back now would read
-    // it as the answer to the next statement.
-    let next = committer_pid(&store).await;
-    assert_ne!(next, first);
-    let outcome = store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Exact(0), 2))
-        .await
-        .expect("append");
-    assert_eq!(outcome.version, 2);
-}
-
-#[sqlx::test(migrations = "../migrations")]
-async fn a_committer_connection_the_server_ended_is_replaced(pool: PgPool) {
-    let store = store(pool.clone()).await;
-    let stream = Uuid::now_v7();
-    store
-        .append(&request(stream, ExpectedVersion::Exact(0), 1))
-        .await
-        .expect("first append");
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND application_name = $1) AS t",
-    )
-    .bind(eventstore::committers::APPLICATION_NAME)
-    .fetch_one(&pool)
-    .await
-    .expect("terminate");
-    assert_eq!(ended, 1);
-    let outcome = store
-        .append(&request(stream, ExpectedVersion::Exact(1), 1))
-        .await
-        .expect("append after the connection was ended");
-    assert_eq!((outcome.first_version, outcome.version), (2, 2));
-    assert_eq!(event_count(&pool).await, 2);
-}
-
-#[sqlx::test(migrations = "../migrations")]
-async fn committer_connections_older_than_the_pools_lifetime_are_replaced(pool: PgPool) {
-    let short_lived = sqlx::postgres::PgPoolOptions::new()
-        .max_lifetime(Duration::from_secs(1))
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .expect("pool");
-    let store = store(short_lived).await;
-    let first = committer_pid(&store).await;
-    assert_eq!(committer_pid(&store).await, first);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_ne!(committer_pid(&store).await, first);
 }

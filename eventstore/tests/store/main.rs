@@ -5,6 +5,7 @@ mod append;
 mod data_keys;
 mod gap_safety;
 mod generation;
+mod guarded;
 mod limits;
 mod reads;
 mod restore;
