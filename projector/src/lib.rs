@@ -24,6 +24,14 @@
 //! checkpoints and leases, at least once and idempotently: the event relay
 //! ([`relay`], JetStream), the Redis patterns ([`redis_model`]) and the
 //! vector collections ([`vector_model`]).
+//!
+//! Each of them, SQL or sink, is a [`Projection`]: a name, a
+//! [`Delivery`] and `apply` for a batch. One step, `batch::run_once`
+//! (lock the checkpoint row and compare it, apply, save the checkpoint,
+//! commit), moves every projection forward, and one loop follows the log
+//! with it for the live projector; `replay`'s catch-up of a sink and a
+//! blue/green rebuild take the same step. Exactly-once projections apply
+//! inside that transaction; sinks apply just before it.
 
 pub mod audit;
 mod batch;
@@ -46,8 +54,8 @@ pub mod table;
 pub mod tables;
 pub mod vector_model;
 
-pub use batch::PoisonPolicy;
-pub use projection::{Kind, Projection};
+pub use batch::{run_once, Outcome, PoisonPolicy};
+pub use projection::{Delivery, Kind, Projection, SqlProjection};
 pub use runner::{catch_up_sink, maintain_audit, run, ProjectorConfig, Sink, SinkError};
 pub use vector_model::{BreakerConfig, VectorConfig};
 

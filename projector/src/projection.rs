@@ -1,10 +1,14 @@
-//! The SQL projections by name, with their schemas and DDL.
+//! The projection trait, and the SQL projections by name with their
+//! schemas and DDL.
 
-use chrono::{DateTime, Utc};
-use eventstore::RecordedEvent;
+use std::future::Future;
+
+use chrono::Utc;
+use eventstore::{Position, RecordedEvent};
 use sqlx::PgConnection;
 
 use crate::audit::Audit;
+use crate::batch::{Outcome, PoisonPolicy};
 use crate::events::{decode, DomainEvent};
 use crate::relational::Relational;
 use crate::tables::{AUDIT_LOGS, RELATIONAL};
@@ -83,17 +87,87 @@ impl Kind {
     }
 }
 
-/// One projection's writer and what it remembers between batches.
-pub struct Projection {
+/// How a projection's writes relate to its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written in the checkpoint's transaction: each event takes effect
+    /// exactly once.
+    ExactlyOnce,
+    /// Written before the checkpoint's transaction begins (a sink outside
+    /// PostgreSQL, keyed by event): a batch may be written again after a
+    /// crash, with the same result.
+    AtLeastOnce,
+}
+
+/// A read model the log is applied to, one batch at a time.
+///
+/// Every projection, the SQL ones and the sinks outside PostgreSQL alike,
+/// is driven through [`crate::batch::run_once`] (lock the checkpoint, apply
+/// the batch, save the checkpoint, commit) by [`Projection::step`]: the
+/// live loop, `replay`'s catch-up and a blue/green rebuild all take that
+/// one step.
+pub trait Projection: Send {
+    /// What the step returns on failure.
+    type Error: From<ProjectionError> + std::fmt::Display + Send;
+
+    const DELIVERY: Delivery;
+
+    /// The name its lease, metrics and logs go by.
+    fn name(&self) -> &'static str;
+
+    /// Applies `events`. For [`Delivery::ExactlyOnce`], `conn` is in the
+    /// transaction that holds the checkpoint's lock and moves it; for
+    /// [`Delivery::AtLeastOnce`] it is in no transaction (the sink writes
+    /// elsewhere, and a transaction held open meanwhile would hold back
+    /// every subscriber of the log).
+    fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Forgets what it remembers of what it wrote: after a batch that did
+    /// not commit, or when someone else may have written.
+    fn reset(&mut self) {}
+
+    /// Applies `events` after `expected` and moves checkpoint `checkpoint`
+    /// past them ([`crate::batch::run_once`]). The SQL projections also
+    /// park a poison event here, by their policy.
+    fn step(
+        &mut self,
+        conn: &mut PgConnection,
+        checkpoint: &str,
+        expected: Position,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            crate::batch::run_once(conn, self, checkpoint, expected, events)
+                .await
+                .map(Outcome::Applied)
+        }
+    }
+}
+
+/// A SQL projection's writer, the schema it writes and what it remembers
+/// between batches.
+pub struct SqlProjection {
     kind: Kind,
+    schema: String,
+    policy: PoisonPolicy,
     relational: Relational,
     audit: Audit,
 }
 
-impl Projection {
-    pub fn new(kind: Kind) -> Self {
-        Projection {
+impl SqlProjection {
+    /// A writer of `kind` into `schema`, parking poison events by `policy`.
+    pub fn new(kind: Kind, schema: &str, policy: PoisonPolicy) -> Self {
+        SqlProjection {
             kind,
+            schema: schema.to_string(),
+            policy,
             relational: Relational::default(),
             audit: Audit::default(),
         }
@@ -102,22 +176,21 @@ impl Projection {
     pub fn kind(&self) -> Kind {
         self.kind
     }
+}
 
-    /// Forgets what it remembers of its tables: after a rollback, or when
-    /// someone else may have written them.
-    pub fn reset(&mut self) {
-        self.relational.reset();
-        self.audit.reset();
+impl Projection for SqlProjection {
+    type Error = ProjectionError;
+
+    const DELIVERY: Delivery = Delivery::ExactlyOnce;
+
+    fn name(&self) -> &'static str {
+        self.kind.name()
     }
 
-    /// Applies `events` to the tables in `schema`, in the caller's
-    /// transaction.
-    pub async fn apply(
+    async fn apply(
         &mut self,
         conn: &mut PgConnection,
-        schema: &str,
         events: &[RecordedEvent],
-        now: DateTime<Utc>,
     ) -> Result<(), ProjectionError> {
         let mut decoded: Vec<(&RecordedEvent, DomainEvent)> = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
@@ -126,8 +199,28 @@ impl Projection {
             decoded.push((event, typed));
         }
         match self.kind {
-            Kind::Relational => self.relational.apply(conn, schema, &decoded).await,
-            Kind::Audit => self.audit.apply(conn, schema, &decoded, now).await,
+            Kind::Relational => self.relational.apply(conn, &self.schema, &decoded).await,
+            Kind::Audit => {
+                self.audit
+                    .apply(conn, &self.schema, &decoded, Utc::now())
+                    .await
+            }
         }
+    }
+
+    fn reset(&mut self) {
+        self.relational.reset();
+        self.audit.reset();
+    }
+
+    async fn step(
+        &mut self,
+        conn: &mut PgConnection,
+        checkpoint: &str,
+        expected: Position,
+        events: &[RecordedEvent],
+    ) -> Result<Outcome, ProjectionError> {
+        let policy = self.policy;
+        crate::batch::project(conn, self, checkpoint, expected, events, policy).await
     }
 }

@@ -8,9 +8,9 @@ use eventstore::{checkpoint, EventStore, Position, RecordedEvent};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::mpsc;
 
-use crate::batch::{self, Outcome, PoisonPolicy, Target};
+use crate::batch::{Outcome, PoisonPolicy};
 use crate::changes::run_sql;
-use crate::projection::{Kind, Projection};
+use crate::projection::{Kind, Projection, SqlProjection};
 use crate::ProjectionError;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,18 +101,8 @@ pub async fn create_schema(
     kind: Kind,
     schema: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    run_sql(
-        &mut tx,
-        &format!(
-            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE;
-         CREATE SCHEMA \"{schema}\";
-         SET LOCAL search_path TO \"{schema}\", public;"
-        ),
-    )
-    .await?;
-    run_sql(&mut tx, kind.ddl_tables()).await?;
-    tx.commit().await
+    let fresh = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\"");
+    run_ddl_in(conn, schema, &fresh, kind.ddl_tables()).await
 }
 
 /// Creates the secondary indexes of `kind` in `schema`.
@@ -121,15 +111,27 @@ pub async fn create_indexes(
     kind: Kind,
     schema: &str,
 ) -> Result<(), sqlx::Error> {
+    // Index builds may use more memory than a query.
+    let settings = "SET LOCAL maintenance_work_mem = '256MB'";
+    run_ddl_in(conn, schema, settings, kind.ddl_indexes()).await
+}
+
+/// Runs `before`, then the schema-relative `ddl` with `schema` first on
+/// the search path, in one transaction.
+async fn run_ddl_in(
+    conn: &mut PgConnection,
+    schema: &str,
+    before: &str,
+    ddl: &str,
+) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
+    run_sql(&mut tx, before).await?;
     run_sql(
         &mut tx,
         &format!("SET LOCAL search_path TO \"{schema}\", public"),
     )
     .await?;
-    // Index builds may use more memory than a query.
-    run_sql(&mut tx, "SET LOCAL maintenance_work_mem = '256MB'").await?;
-    run_sql(&mut tx, kind.ddl_indexes()).await?;
+    run_sql(&mut tx, ddl).await?;
     tx.commit().await
 }
 
@@ -186,21 +188,31 @@ pub async fn build(
     schema: &str,
     checkpoint_name: &str,
     options: BuildOptions<'_>,
-) -> Result<(Projection, BuildReport), RebuildError> {
+) -> Result<(SqlProjection, BuildReport), RebuildError> {
     let started = Instant::now();
     create_schema(conn, kind, schema).await?;
     checkpoint::delete(&mut *conn, checkpoint_name).await?;
-    let mut projection = Projection::new(kind);
-    let target = Target {
-        schema,
-        checkpoint: checkpoint_name,
-    };
+    let mut projection = SqlProjection::new(kind, schema, PoisonPolicy::Stop);
     let mut position = Position::START;
     let mut applied = 0u64;
     let mut batches = read_ahead(store, Position::START, options.until, options.batch_size);
     while let Some(events) = batches.recv().await {
         let events = events?;
-        position = apply_or_fail(conn, &mut projection, target, position, &events).await?;
+        position = match projection
+            .step(conn, checkpoint_name, position, &events)
+            .await?
+        {
+            Outcome::Applied(to) => to,
+            Outcome::Parked {
+                position, reason, ..
+            } => {
+                return Err(RebuildError::Poison {
+                    projection: kind.name(),
+                    position,
+                    reason,
+                })
+            }
+        };
         applied += events.len() as u64;
         (options.progress)(applied);
     }
@@ -215,42 +227,13 @@ pub async fn build(
     ))
 }
 
-async fn apply_or_fail(
-    conn: &mut PgConnection,
-    projection: &mut Projection,
-    target: Target<'_>,
-    position: Position,
-    events: &[RecordedEvent],
-) -> Result<Position, RebuildError> {
-    match batch::project(
-        conn,
-        projection,
-        target,
-        position,
-        events,
-        PoisonPolicy::Stop,
-        Utc::now(),
-    )
-    .await?
-    {
-        Outcome::Applied(to) => Ok(to),
-        Outcome::Parked {
-            position, reason, ..
-        } => Err(RebuildError::Poison {
-            projection: projection.kind().name(),
-            position,
-            reason,
-        }),
-    }
-}
-
-/// Applies what the log holds after `position` to `schema`, inside the
-/// caller's transaction, up to `until`. Returns the new position.
+/// Applies what the log holds after `position` to the projection's schema,
+/// inside the caller's transaction (which holds the live checkpoint's
+/// lock), up to `until`. Returns the new position.
 async fn catch_up_in(
     conn: &mut PgConnection,
     store: &EventStore,
-    projection: &mut Projection,
-    schema: &str,
+    projection: &mut SqlProjection,
     mut position: Position,
     until: Until,
     batch_size: usize,
@@ -260,10 +243,7 @@ async fn catch_up_in(
         let (n, limit_hit) = until.cut(&batch.events);
         let events = &batch.events[..n];
         if let Some(last) = events.last() {
-            if let Err(error) = projection
-                .apply(&mut *conn, schema, events, Utc::now())
-                .await
-            {
+            if let Err(error) = projection.apply(&mut *conn, events).await {
                 projection.reset();
                 return Err(error.into());
             }
@@ -314,7 +294,6 @@ pub async fn replay_and_swap(
         &mut tx,
         store,
         &mut projection,
-        &shadow,
         report.position,
         Until::Head,
         batch_size,
@@ -558,7 +537,6 @@ pub async fn verify(
             &mut tx,
             store,
             &mut projection,
-            &scratch,
             report.position,
             Until::Position(now_live),
             batch_size,

@@ -129,6 +129,9 @@ pub struct RedisConfig {
     pub prefix: String,
 }
 
+/// The Redis projection's checkpoint and lease name.
+pub const NAME: &str = "redis";
+
 pub struct RedisModel {
     conn: ConnectionManager,
     prefix: String,
@@ -185,7 +188,7 @@ impl RedisModel {
     }
 
     /// Applies `events` in order (one pipeline).
-    pub async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), redis::RedisError> {
+    pub async fn write(&mut self, events: &[RecordedEvent]) -> Result<(), redis::RedisError> {
         let mut pipe = redis::pipe();
         let now = Utc::now();
         if let Some(last) = events.last() {

@@ -65,6 +65,9 @@ pub fn stream_name(prefix: &str) -> String {
     infra::nats::stream_name("COPILOT_EVENTS", prefix)
 }
 
+/// The relay's checkpoint and lease name.
+pub const NAME: &str = "relay";
+
 pub struct Relay {
     js: jetstream::Context,
     prefix: String,

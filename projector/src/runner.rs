@@ -10,10 +10,10 @@ use sqlx::PgConnection;
 use tokio::sync::watch;
 
 use crate::audit::retention_start;
-use crate::batch::{self, Outcome, PoisonPolicy, Target};
+use crate::batch::{Outcome, PoisonPolicy};
 use crate::lag_history::{self, LagHistory};
 use crate::metrics::metrics;
-use crate::projection::{Kind, Projection};
+use crate::projection::{Delivery, Kind, Projection, SqlProjection};
 use crate::redis_model::{RedisConfig, RedisModel};
 use crate::relay::{Relay, RelayConfig, RelayError};
 use crate::vector_model::{VectorConfig, VectorModel, VectorSinkError};
@@ -216,50 +216,75 @@ async fn lead(
     crate::rebuild::upgrade_schema(store, kind, config.batch_size)
         .await
         .map_err(|e| ProjectionError::Upgrade(Box::new(e)))?;
-
     let policy = if config.skip_poison {
         PoisonPolicy::Skip
     } else {
         PoisonPolicy::Stop
     };
-    let target = Target {
-        schema: kind.live_schema(),
-        checkpoint: name,
-    };
-    let mut projection = Projection::new(kind);
-    let mut position = checkpoint::load(&mut conn, name)
+    let mut projection = SqlProjection::new(kind, kind.live_schema(), policy);
+    let position = load(&mut conn, name).await?;
+    follow(
+        &mut conn,
+        store,
+        &mut projection,
+        position,
+        config.batch_size,
+        stop,
+    )
+    .await
+}
+
+/// Where checkpoint `name` is (the start of the log if it has none).
+async fn load(conn: &mut PgConnection, name: &str) -> Result<Position, ProjectionError> {
+    Ok(checkpoint::load(conn, name)
         .await?
-        .unwrap_or(Position::START);
-    let mut subscription = store
-        .subscribe(position)
-        .await
-        .with_batch_size(config.batch_size);
+        .unwrap_or(Position::START))
+}
+
+/// How often an idle writer looks whether its checkpoint was moved (a
+/// `replay` reset, a blue/green swap).
+const MOVED_CHECK: Duration = Duration::from_secs(1);
+
+/// The live loop of every projection: follows the log from `position`
+/// with `conn` (which holds the lease), one [`Projection::step`] a batch,
+/// until shutdown or an error; a stopped projection waits here, lease
+/// kept, until an operator releases it.
+async fn follow<P: Projection>(
+    conn: &mut PgConnection,
+    store: &EventStore,
+    projection: &mut P,
+    mut position: Position,
+    batch_size: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Exit, P::Error> {
+    let name = projection.name();
+    let mut subscription = store.subscribe(position).await.with_batch_size(batch_size);
+    // The checkpoint can move while this writer is idle: look now and then,
+    // not only when events come.
+    let mut check = tokio::time::interval(MOVED_CHECK);
     let mut history = LagHistory::new(name);
     let mut flush = tokio::time::interval(lag_history::FLUSH_EVERY);
     loop {
         let events = tokio::select! {
-            batch = subscription.next_batch() => batch?,
+            batch = subscription.next_batch() => batch.map_err(ProjectionError::from)?,
             _ = stop.changed() => {
-                history.report(&mut conn, store, position).await;
+                history.report(conn, store, position).await;
                 return Ok(Exit::Shutdown);
             }
             _ = flush.tick() => {
-                history.report(&mut conn, store, position).await;
+                history.report(conn, store, position).await;
+                continue;
+            }
+            _ = check.tick() => {
+                let at = load(conn, name).await?;
+                if at != position {
+                    return Err(ProjectionError::Moved(format!("{name} (at {at}, this writer at {position})")).into());
+                }
                 continue;
             }
         };
         let started = Instant::now();
-        let outcome = batch::project(
-            &mut conn,
-            &mut projection,
-            target,
-            position,
-            &events,
-            policy,
-            Utc::now(),
-        )
-        .await?;
-        match outcome {
+        match projection.step(conn, name, position, &events).await? {
             Outcome::Applied(to) => {
                 position = to;
                 let m = metrics();
@@ -286,28 +311,19 @@ async fn lead(
                          (`copilot-data projection skip|retry`)");
                     // The lease is kept, so no other projector tries the
                     // same event meanwhile.
-                    if !released(&mut conn, name, stop).await? {
+                    if !released(conn, name, stop).await? {
                         return Ok(Exit::Shutdown);
                     }
                     metrics().stopped.with_label_values(&[name]).set(0);
-                    position = checkpoint::load(&mut conn, name)
-                        .await?
-                        .unwrap_or(Position::START);
-                    projection = Projection::new(kind);
+                    position = load(conn, name).await?;
+                    projection.reset();
                     tracing::info!(projection = name, %position, "released by an operator; going on");
-                    subscription = store
-                        .subscribe(position)
-                        .await
-                        .with_batch_size(config.batch_size);
-                    continue;
+                } else {
+                    tracing::warn!(projection = name, %position, %reason,
+                        "poison event parked in projection_errors and skipped");
                 }
-                tracing::warn!(projection = name, %position, %reason,
-                    "poison event parked in projection_errors and skipped");
                 // The subscription has read past the parked event's batch.
-                subscription = store
-                    .subscribe(position)
-                    .await
-                    .with_batch_size(config.batch_size);
+                subscription = store.subscribe(position).await.with_batch_size(batch_size);
             }
         }
     }
@@ -364,9 +380,6 @@ async fn take_lease(
     Ok(Some(conn))
 }
 
-/// How often an idle sink looks whether its checkpoint was reset.
-const RESET_CHECK: Duration = Duration::from_secs(1);
-
 /// A projection outside PostgreSQL: at least once, idempotent writes.
 #[derive(Debug, Clone)]
 pub enum Sink {
@@ -379,13 +392,15 @@ impl Sink {
     /// Its checkpoint and lease name.
     pub fn name(&self) -> &'static str {
         match self {
-            Sink::Relay(_) => "relay",
-            Sink::Redis(_) => "redis",
-            Sink::Vectors(_) => "vectors",
+            Sink::Relay(_) => crate::relay::NAME,
+            Sink::Redis(_) => crate::redis_model::NAME,
+            Sink::Vectors(_) => crate::vector_model::NAME,
         }
     }
 }
 
+/// A sink, connected: the [`Projection`] of whichever the configuration
+/// names.
 enum OpenSink {
     Relay(Box<Relay>),
     Redis(Box<RedisModel>),
@@ -402,12 +417,31 @@ impl OpenSink {
             }
         })
     }
+}
 
-    async fn apply(&mut self, events: &[eventstore::RecordedEvent]) -> Result<(), SinkError> {
+impl Projection for OpenSink {
+    type Error = SinkError;
+
+    const DELIVERY: Delivery = Delivery::AtLeastOnce;
+
+    fn name(&self) -> &'static str {
+        match self {
+            OpenSink::Relay(_) => crate::relay::NAME,
+            OpenSink::Redis(_) => crate::redis_model::NAME,
+            OpenSink::Vectors(_) => crate::vector_model::NAME,
+        }
+    }
+
+    /// Writes the sink; `_conn` is in no transaction and not used.
+    async fn apply(
+        &mut self,
+        _conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), SinkError> {
         match self {
             OpenSink::Relay(relay) => relay.publish(events).await?,
-            OpenSink::Redis(model) => model.apply(events).await?,
-            OpenSink::Vectors(model) => model.apply(events).await?,
+            OpenSink::Redis(model) => model.write(events).await?,
+            OpenSink::Vectors(model) => model.write(events).await?,
         }
         Ok(())
     }
@@ -442,10 +476,8 @@ pub enum SinkError {
     Vectors(#[from] VectorSinkError),
 }
 
-/// Applies the log from the sink's checkpoint on. Each batch runs while
-/// the checkpoint row is locked and compared (so a reset by `replay`
-/// waits for it and the next batch notices), and the checkpoint moves only
-/// after the sink took the whole batch.
+/// Takes the lease of `sink` and follows the log with it, from its
+/// checkpoint, until shutdown or an error.
 async fn sink_while_leading(
     sink: &Sink,
     store: &EventStore,
@@ -456,78 +488,17 @@ async fn sink_while_leading(
     let Some(mut conn) = take_lease(store, name, &projector.instance).await? else {
         return Ok(Exit::LeaseBusy);
     };
-    let mut position = checkpoint::load(&mut conn, name)
-        .await?
-        .unwrap_or(Position::START);
+    let position = load(&mut conn, name).await?;
     let mut open = OpenSink::open(sink, store, position).await?;
-    let mut subscription = store
-        .subscribe(position)
-        .await
-        .with_batch_size(projector.batch_size);
-    // A reset (`replay --projection redis`) moves the checkpoint while this
-    // writer may be idle: look now and then, not only when events come.
-    let mut check = tokio::time::interval(RESET_CHECK);
-    let mut history = LagHistory::new(name);
-    let mut flush = tokio::time::interval(lag_history::FLUSH_EVERY);
-    loop {
-        let events = tokio::select! {
-            batch = subscription.next_batch() => batch?,
-            _ = stop.changed() => {
-                history.report(&mut conn, store, position).await;
-                return Ok(Exit::Shutdown);
-            }
-            _ = flush.tick() => {
-                history.report(&mut conn, store, position).await;
-                continue;
-            }
-            _ = check.tick() => {
-                let at = checkpoint::load(&mut conn, name).await?.unwrap_or(Position::START);
-                if at != position {
-                    return Err(ProjectionError::Moved(format!("{name} (at {at}, this writer at {position})")).into());
-                }
-                continue;
-            }
-        };
-        let Some(last) = events.last() else { continue };
-        let started = Instant::now();
-        position = sink_step(&mut conn, &mut open, name, position, &events, last).await?;
-        history.applied(&events, started);
-        let m = metrics();
-        m.events
-            .with_label_values(&[name])
-            .inc_by(events.len() as u64);
-        m.batch_seconds
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// Applies `events` (after `position`, ending at `last`) to a sink, then
-/// moves its checkpoint to `last` if it is still at `position`.
-///
-/// The sink is written outside the checkpoint's transaction: that
-/// transaction locks a row and so holds a transaction id, and every
-/// subscriber of the log (the relational projection's too) can read only
-/// up to the oldest running transaction id. Embedding a batch inside it
-/// delayed every projection by the embedding's time. Sinks are idempotent
-/// (keyed by event), so a batch applied again after a crash, or after a
-/// reset that moved the checkpoint meanwhile (the step then fails with
-/// [`ProjectionError::Moved`] and the sink starts again from the new
-/// checkpoint), leaves the same result.
-async fn sink_step(
-    conn: &mut PgConnection,
-    open: &mut OpenSink,
-    name: &str,
-    position: Position,
-    events: &[RecordedEvent],
-    last: &RecordedEvent,
-) -> Result<Position, SinkError> {
-    open.apply(events).await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    crate::batch::lock_checkpoint(&mut tx, name, position).await?;
-    checkpoint::save(&mut *tx, name, last.position).await?;
-    tx.commit().await?;
-    Ok(last.position)
+    follow(
+        &mut conn,
+        store,
+        &mut open,
+        position,
+        projector.batch_size,
+        stop,
+    )
+    .await
 }
 
 /// Applies the log to `sink` from its checkpoint until caught up, in this
@@ -544,17 +515,18 @@ pub async fn catch_up_sink(
     let Some(mut conn) = take_lease(store, name, instance).await? else {
         return Ok(None);
     };
-    let mut position = checkpoint::load(&mut conn, name)
-        .await?
-        .unwrap_or(Position::START);
+    let mut position = load(&mut conn, name).await?;
     let mut open = OpenSink::open(sink, store, position).await?;
     let mut applied = 0u64;
     loop {
         let batch = store.read_all_after(position, batch_size).await?;
-        let Some(last) = batch.events.last() else {
+        if batch.events.is_empty() {
             return Ok(Some(applied));
-        };
-        position = sink_step(&mut conn, &mut open, name, position, &batch.events, last).await?;
+        }
+        position = open
+            .step(&mut conn, name, position, &batch.events)
+            .await?
+            .position();
         applied += batch.events.len() as u64;
         progress(applied);
         if batch.caught_up {

@@ -139,6 +139,9 @@ struct RunbookText {
     tags: Vec<String>,
 }
 
+/// The vector projection's checkpoint and lease name.
+pub const NAME: &str = "vectors";
+
 pub struct VectorModel {
     config: VectorConfig,
     store: Arc<dyn VectorStore>,
@@ -201,7 +204,8 @@ impl VectorModel {
         Ok(model)
     }
 
-    pub async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), VectorSinkError> {
+    /// Applies `events` to the collections.
+    pub async fn write(&mut self, events: &[RecordedEvent]) -> Result<(), VectorSinkError> {
         let mut pending: BTreeMap<(Collection, Uuid), Last> = BTreeMap::new();
         for event in events {
             // Events this build cannot decode are reported by the SQL

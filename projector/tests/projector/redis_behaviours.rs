@@ -131,7 +131,7 @@ async fn metrics_streams_keep_the_last_day_only() {
     // A day-old event is not added; a fresh one is, and trims the old ones.
     let stale = incident_opened(10, Utc::now() - Duration::hours(25));
     let fresh = incident_opened(11, Utc::now());
-    model.apply(&[stale, fresh]).await.expect("apply");
+    model.write(&[stale, fresh]).await.expect("apply");
 
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(&stream)
@@ -176,7 +176,7 @@ async fn the_session_hash_holds_its_context_and_no_personal_data() {
     });
     let session_id = Uuid::now_v7();
     model
-        .apply(&[recorded::<session::Session>(session_id, 5, &started, now)])
+        .write(&[recorded::<session::Session>(session_id, 5, &started, now)])
         .await
         .expect("apply");
     let hash: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
@@ -227,9 +227,9 @@ async fn the_task_queue_is_one_set_by_priority_then_arrival() {
         .enumerate()
         .map(|(i, p)| execution_started(20 + i as i64, *p))
         .collect();
-    model.apply(&events).await.expect("apply");
+    model.write(&events).await.expect("apply");
     // At least once: the same events again queue nothing more.
-    model.apply(&events).await.expect("apply again");
+    model.write(&events).await.expect("apply again");
 
     let queue = redis.key(TASK_QUEUE);
     let kind: String = redis::cmd("TYPE")
