@@ -25,8 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::handler::{Handler, Prepared, LIMIT_TIMEOUT};
-use crate::replies::Reply;
-use crate::transport::{answer_rpc, send_reply};
+use crate::replies::{self, Reply};
 use eventstore::AppendError;
 
 /// A decided command waiting for the lane, with its message (to answer it,
@@ -196,7 +195,7 @@ impl Lane<'_> {
         } = queued;
         let encoding = prepared.encoding;
         let result = decide(prepared);
-        send_reply(self.replies, message.reply, encoding, &result, slot);
+        replies::queue(self.replies, message.reply, encoding, &result, slot);
         self.in_flight.dec();
     }
 
@@ -221,7 +220,7 @@ impl Lane<'_> {
             self.in_flight.clone(),
         );
         again.spawn(async move {
-            answer_rpc(&replies, &handler, &prefix, message, slot, true).await;
+            replies::answer(&replies, &handler, &prefix, message, slot, true).await;
             in_flight.dec();
         });
     }

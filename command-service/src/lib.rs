@@ -1,16 +1,59 @@
 //! The command service: the agent's commands arrive over NATS (core
 //! request/reply and JetStream), are decided by the domain and appended to
 //! the event store, once, and answered with the contract's result.
+//!
+//! # A command's path
+//!
+//! 1. **Transport** (`transport.rs`): a message on `<prefix>.rpc.<type>` or
+//!    `<prefix>.cmd.<type>` becomes an [`Incoming`] (subject, payload and
+//!    headers); JetStream's `answer_kept` refuses commands whose answer
+//!    carries a secret. Replies go out through one task (`replies.rs`);
+//!    JetStream results are published, then the message is acked.
+//! 2. **Decode** (`envelope.rs`): size limit, then envelope and payload,
+//!    each error naming its field.
+//! 3. **Authenticate** (`authn.rs`): the bearer token becomes an actor. A
+//!    session or API key this instance verified before is used from its
+//!    cache; otherwise one query (the preflight) reads the credential and
+//!    any stored outcome of the command id, which answers a repeat.
+//! 4. **Rate limit**: a sliding window in Redis per principal (sign-ins per
+//!    e-mail and per address), failing open.
+//! 5. **Load and decide** (`handler/`): the aggregate's state from this
+//!    instance's cache, caught up from the store (or a snapshot), then the
+//!    domain's `decide`, with facts from outside (password hashes, new keys)
+//!    resolved first (`handler/facts.rs`). Commands for one aggregate take
+//!    turns in the instance.
+//! 6. **Append** through the event store's one write path: grouped with
+//!    whatever else is arriving, with the credential the command was
+//!    decided under as its [`eventstore::Guard`], checked again by the
+//!    statement that writes it. Commands on users and sessions append in a
+//!    transaction with their inline auth projection (`inline.rs`).
+//! 7. **Answer**: the accepted result, or a [`CommandError`] mapped to the
+//!    wire once, exhaustively, by [`CommandError::result`]. Rejections are
+//!    stored as the command's one outcome, so a retry gets the same answer.
+//!
+//! The speed-ups live inside those steps, and each falls back to the full
+//! step on doubt without writing anything twice: a cached credential is
+//! checked again by the append; a cached state that is stale fails its
+//! expected version and is reloaded; a refusal decided from a cache is
+//! decided again from the store. On request/reply, a command that needs no
+//! waiting (cached credential and state, the aggregate's turn free, no
+//! outside facts, no inline projection) is decided in the subscription's
+//! loop and appended by the lane (`lane.rs`) with the others of its batch,
+//! without a task of its own; whatever the lane does not accept is handled
+//! again in full. Nothing of a command is written before its append, and
+//! the append is the one place it can be written.
 
 mod aggregates;
 mod authn;
 pub mod envelope;
+pub mod error;
 pub mod handler;
 mod inline;
 mod lane;
 pub mod metrics;
 mod outcomes;
 mod replies;
+mod request;
 pub mod result;
 mod state;
 pub mod totp;
@@ -23,6 +66,7 @@ use std::time::Duration;
 use eventstore::EventStore;
 use secrecy::SecretString;
 
+pub use error::CommandError;
 pub use handler::{Handler, HandlerSettings, Incoming, ANSWER_CARRIES_SECRET};
 pub use result::{CommandResult, Encoding, Status};
 

@@ -9,11 +9,15 @@
 //! queue while the other tasks woken with them run, and then go to the
 //! client one after another, so its connection task writes them together.
 
-use async_nats::{Client, HeaderMap, Subject};
+use async_nats::{Client, HeaderMap, Message, Subject};
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+use crate::handler::Handler;
+use crate::request::incoming;
+use crate::result::{CommandResult, Encoding};
 
 /// How many queued answers are handed to the client at a time.
 const CHUNK: usize = 256;
@@ -57,4 +61,45 @@ async fn send_all(client: Client, mut queue: mpsc::UnboundedReceiver<Reply>) {
             drop(reply.slot);
         }
     }
+}
+
+/// Handles a request in full and queues its answer; `again` for one the
+/// lane decided and handed back (see [`Handler::handle_again`]).
+pub(crate) async fn answer(
+    replies: &mpsc::UnboundedSender<Reply>,
+    handler: &Handler,
+    prefix: &str,
+    message: Message,
+    slot: OwnedSemaphorePermit,
+    again: bool,
+) {
+    let request = incoming(&message, prefix, false);
+    let (encoding, result) = if again {
+        handler.handle_again(request).await
+    } else {
+        handler.handle(request).await
+    };
+    queue(replies, message.reply, encoding, &result, slot);
+}
+
+/// Queues `result` as the answer to `reply`, if the request asked for one.
+pub(crate) fn queue(
+    replies: &mpsc::UnboundedSender<Reply>,
+    reply: Option<async_nats::Subject>,
+    encoding: Encoding,
+    result: &CommandResult,
+    slot: OwnedSemaphorePermit,
+) {
+    let Some(subject) = reply else { return };
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", encoding.content_type());
+    // It fails only if the sending task is gone, which it is not while a
+    // sender lives; an answer is then lost as if its publish had failed.
+    let _ = replies.send(Reply {
+        subject,
+        headers,
+        payload: encoding.encode(result).into(),
+        command_id: result.command_id,
+        slot,
+    });
 }

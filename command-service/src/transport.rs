@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
-use async_nats::{Client, HeaderMap, Message};
+use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::handler::{Handler, Incoming};
+use crate::handler::Handler;
 use crate::lane;
-use crate::replies::{self, Reply};
+use crate::replies;
+use crate::request::{header, incoming};
 use crate::result::{CommandResult, Encoding, Status};
 use crate::{stream_names, ServiceConfig, ServiceError};
 
@@ -112,10 +113,6 @@ async fn setup_jetstream(
         .map_err(|e| err(&e))
 }
 
-fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
-    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
-}
-
 async fn rpc_loop(
     client: Client,
     mut subscription: async_nats::Subscriber,
@@ -141,7 +138,7 @@ async fn rpc_loop(
                 // lane. A panic in deciding must not end this loop, and with
                 // it every request/reply command: the command goes to a task.
                 let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handler.prepare(&incoming(&message, &prefix))
+                    handler.prepare(&incoming(&message, &prefix, false))
                 }))
                 .unwrap_or_else(|_| {
                     tracing::error!("deciding a command on arrival panicked; handling it in a task");
@@ -161,7 +158,7 @@ async fn rpc_loop(
                 let (replies, handler, prefix, gauge) =
                     (replies.clone(), Arc::clone(&handler), prefix.clone(), gauge.clone());
                 in_flight.spawn(async move {
-                    answer_rpc(&replies, &handler, &prefix, message, slot, false).await;
+                    replies::answer(&replies, &handler, &prefix, message, slot, false).await;
                     gauge.dec();
                 });
             }
@@ -186,66 +183,6 @@ async fn rpc_loop(
     in_flight.shutdown().await;
     drop(replies);
     let _ = sender.await;
-}
-
-/// A request/reply message as the handler reads it.
-fn incoming<'a>(message: &'a Message, prefix: &str) -> Incoming<'a> {
-    let headers = message.headers.as_ref();
-    Incoming {
-        command_type: message
-            .subject
-            .as_str()
-            .strip_prefix(prefix)
-            .unwrap_or_default(),
-        payload: &message.payload,
-        content_type: header(headers, "Content-Type"),
-        authorization: header(headers, "Authorization"),
-        client_ip: header(headers, "Client-Ip"),
-        user_agent: header(headers, "User-Agent"),
-        traceparent: header(headers, "traceparent"),
-        answer_kept: false,
-    }
-}
-
-/// Handles a request in full and queues its answer; `again` for one the
-/// lane decided and handed back (see [`Handler::handle_again`]).
-pub(crate) async fn answer_rpc(
-    replies: &mpsc::UnboundedSender<Reply>,
-    handler: &Handler,
-    prefix: &str,
-    message: Message,
-    slot: OwnedSemaphorePermit,
-    again: bool,
-) {
-    let request = incoming(&message, prefix);
-    let (encoding, result) = if again {
-        handler.handle_again(request).await
-    } else {
-        handler.handle(request).await
-    };
-    send_reply(replies, message.reply, encoding, &result, slot);
-}
-
-/// Queues `result` as the answer to `reply`, if the request asked for one.
-pub(crate) fn send_reply(
-    replies: &mpsc::UnboundedSender<Reply>,
-    reply: Option<async_nats::Subject>,
-    encoding: Encoding,
-    result: &CommandResult,
-    slot: OwnedSemaphorePermit,
-) {
-    let Some(subject) = reply else { return };
-    let mut headers = HeaderMap::new();
-    headers.insert("Content-Type", encoding.content_type());
-    // It fails only if the sending task is gone, which it is not while a
-    // sender lives; an answer is then lost as if its publish had failed.
-    let _ = replies.send(Reply {
-        subject,
-        headers,
-        payload: encoding.encode(result).into(),
-        command_id: result.command_id,
-        slot,
-    });
 }
 
 async fn jetstream_loop(
@@ -310,26 +247,10 @@ async fn process(
     message: jetstream::Message,
 ) {
     let command_prefix = format!("{prefix}.cmd.");
-    let command_type = message
-        .subject
-        .as_str()
-        .strip_prefix(command_prefix.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let headers = message.headers.as_ref();
-    let msg_id = header(headers, "Nats-Msg-Id").map(str::to_string);
-    let (encoding, mut result) = handler
-        .handle(Incoming {
-            command_type: &command_type,
-            payload: &message.payload,
-            content_type: header(headers, "Content-Type"),
-            authorization: header(headers, "Authorization"),
-            client_ip: header(headers, "Client-Ip"),
-            user_agent: header(headers, "User-Agent"),
-            traceparent: header(headers, "traceparent"),
-            answer_kept: true,
-        })
-        .await;
+    let received = incoming(&message, &command_prefix, true);
+    let command_type = received.command_type.to_string();
+    let msg_id = header(message.headers.as_ref(), "Nats-Msg-Id").map(str::to_string);
+    let (encoding, mut result) = handler.handle(received).await;
     if result.command_id.is_nil() {
         if let Some(id) = msg_id
             .as_deref()

@@ -10,9 +10,10 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{HandleError, Handler, CONFLICT_RETRIES};
+use super::{Handler, CONFLICT_RETRIES};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope::Envelope;
+use crate::error::CommandError;
 
 impl Handler {
     /// Fills in what `decide` needs from outside for this command.
@@ -20,7 +21,7 @@ impl Handler {
         &self,
         command: CommandRef<'_>,
         ctx: &mut Context,
-    ) -> Result<Facts, HandleError> {
+    ) -> Result<Facts, CommandError> {
         let mut facts = Facts::default();
         match command {
             CommandRef::User(user::Command::Register(r)) => {
@@ -57,7 +58,7 @@ impl Handler {
                 let key_id = Uuid::now_v7();
                 let issued = infra::auth::with_argon2(move || infra::auth::new_api_key(key_id))
                     .await
-                    .map_err(|e| HandleError::Store(e.to_string()))?;
+                    .map_err(|e| CommandError::Facts(e.to_string()))?;
                 facts.data = Some(
                     json!({"api_key": issued.token.expose_secret(), "key_id": key_id, "prefix": issued.prefix}),
                 );
@@ -91,7 +92,7 @@ impl Handler {
                                 let seed = match self.store.data_keys() {
                                     Some(keys) => keys
                                         .open_secret(kept)
-                                        .map_err(|e| HandleError::Store(e.to_string()))?,
+                                        .map_err(|e| CommandError::Facts(e.to_string()))?,
                                     None => kept.clone(),
                                 };
                                 crate::totp::matching_step(&seed, code.as_str(), ctx.now)
@@ -254,13 +255,13 @@ struct LoginRow {
 }
 
 impl LoginRow {
-    fn facts(&self, mfa_step: Option<i64>) -> Result<LoginFacts, HandleError> {
+    fn facts(&self, mfa_step: Option<i64>) -> Result<LoginFacts, CommandError> {
         Ok(LoginFacts {
             user_id: self.user_id.into(),
             role: self
                 .role
                 .parse()
-                .map_err(|_| HandleError::Store(format!("bad role {}", self.role)))?,
+                .map_err(|_| CommandError::Facts(format!("bad role {}", self.role)))?,
             locked: self.locked,
             deleted: self.deleted,
             mfa_enabled: self.mfa_secret.is_some(),
@@ -270,10 +271,10 @@ impl LoginRow {
     }
 }
 
-async fn hash(secret: String) -> Result<String, HandleError> {
+async fn hash(secret: String) -> Result<String, CommandError> {
     infra::auth::with_argon2(move || infra::auth::hash_secret(&secret))
         .await
-        .map_err(|e| HandleError::Store(e.to_string()))
+        .map_err(|e| CommandError::Facts(e.to_string()))
 }
 
 async fn verify(secret: String, hash: String) -> bool {

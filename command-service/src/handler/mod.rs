@@ -13,10 +13,50 @@ use eventstore::{
     AppendError, AppendRequest, EventStore, ExpectedVersion, Guard, Metadata, NewEvent,
 };
 use infra::ratelimit::SlidingWindow;
-use serde_json::{json, Value};
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
+
+/// Runs `$body` with `$aggregate` naming the aggregate type of `$command`
+/// and `$inner` its command: the one place a command meets its aggregate.
+macro_rules! by_aggregate {
+    ($command:expr, |$aggregate:ident, $inner:ident| $body:expr) => {
+        match $command {
+            Command::User($inner) => {
+                type $aggregate = user::User;
+                $body
+            }
+            Command::Session($inner) => {
+                type $aggregate = session::Session;
+                $body
+            }
+            Command::Conversation($inner) => {
+                type $aggregate = conversation::Conversation;
+                $body
+            }
+            Command::Workflow($inner) => {
+                type $aggregate = workflow::Workflow;
+                $body
+            }
+            Command::Execution($inner) => {
+                type $aggregate = execution::Execution;
+                $body
+            }
+            Command::Incident($inner) => {
+                type $aggregate = incident::Incident;
+                $body
+            }
+            Command::Runbook($inner) => {
+                type $aggregate = runbook::Runbook;
+                $body
+            }
+            Command::Knowledge($inner) => {
+                type $aggregate = knowledge::Knowledge;
+                $body
+            }
+        }
+    };
+}
 
 mod facts;
 mod prepared;
@@ -25,8 +65,9 @@ mod sealing;
 pub(crate) use prepared::Prepared;
 
 use crate::aggregates::Handled;
-use crate::authn::{Authenticator, Preflight, Refusal};
+use crate::authn::{Authenticator, Preflight};
 use crate::envelope::{self, Envelope};
+use crate::error::CommandError;
 use crate::inline::InlineError;
 use crate::result::{CommandResult, Encoding, Status};
 use crate::state::{snapshot_due, AggregateLocks, StateCache};
@@ -302,18 +343,11 @@ impl Handler {
     ) -> CommandResult {
         let nil = Uuid::nil();
         if incoming.payload.len() > self.settings.max_message_bytes {
-            return CommandResult::failed(
-                nil,
-                nil,
-                Status::Invalid,
-                "too_large",
-                format!(
-                    "the message has {} bytes, more than the limit of {}",
-                    incoming.payload.len(),
-                    self.settings.max_message_bytes
-                ),
-                Some(json!({"field": "message", "limit": self.settings.max_message_bytes})),
-            );
+            let error = CommandError::TooLarge {
+                size: incoming.payload.len(),
+                limit: self.settings.max_message_bytes,
+            };
+            return error.result(nil, nil);
         }
         let (mut envelope, command) =
             match envelope::decode(encoding, incoming.command_type, incoming.payload) {
@@ -340,19 +374,11 @@ impl Handler {
                             return stored.answer_for(&actor);
                         }
                     }
-                    let code = if invalid.field == "type" {
-                        "unknown_command"
-                    } else {
-                        "invalid"
-                    };
-                    return CommandResult::failed(
+                    let ids = (
                         invalid.command_id.unwrap_or(nil),
                         invalid.aggregate_id.unwrap_or(nil),
-                        Status::Invalid,
-                        code,
-                        invalid.message.clone(),
-                        Some(invalid.details()),
                     );
+                    return CommandError::Malformed(invalid).result(ids.0, ids.1);
                 }
             };
         let makes_a_secret = matches!(
@@ -362,17 +388,8 @@ impl Handler {
         if incoming.answer_kept
             && (ANSWER_CARRIES_SECRET.contains(&incoming.command_type) || makes_a_secret)
         {
-            return CommandResult::failed(
-                envelope.command_id,
-                envelope.aggregate_id,
-                Status::Invalid,
-                "request_reply_only",
-                format!(
-                    "{} answers with a secret, which a JetStream result would keep; send it over request/reply (<prefix>.rpc.{})",
-                    incoming.command_type, incoming.command_type
-                ),
-                Some(json!({"field": "type"})),
-            );
+            return CommandError::RequestReplyOnly(incoming.command_type.to_string())
+                .result(envelope.command_id, envelope.aggregate_id);
         }
         from_headers(&mut envelope, &incoming);
         let span = tracing::info_span!("command", command_id = %envelope.command_id, command_type = incoming.command_type,
@@ -383,6 +400,7 @@ impl Handler {
             envelope.parent_span,
         );
         let started = std::time::Instant::now();
+        let (command_id, aggregate_id) = (envelope.command_id, envelope.aggregate_id);
         // The span follows the future across awaits (entering it here would
         // mark whatever else ran on this thread meanwhile).
         let result = self
@@ -394,7 +412,8 @@ impl Handler {
                 attempt,
             )
             .instrument(span)
-            .await;
+            .await
+            .unwrap_or_else(|error| error.result(command_id, aggregate_id));
         trace_command(ids, incoming.command_type, &result, started);
         result
     }
@@ -406,13 +425,13 @@ impl Handler {
         command_type: &str,
         authorization: Option<&str>,
         attempt: Attempt,
-    ) -> CommandResult {
+    ) -> Result<CommandResult, CommandError> {
         let now = Utc::now();
         // The fast way: a session or API key this instance verified before,
         // checked again by the append itself. Whatever it does not accept (a
         // refusal, a conflict, a credential that changed, a command decided
-        // before) is handled again below, from the auth index and the
-        // stored outcomes; nothing was written or counted twice by then.
+        // before, a failure) is handled again below, from the auth index and
+        // the stored outcomes; nothing was written or counted twice by then.
         let mut limit_counted = attempt == Attempt::AfterLane;
         let verified = match attempt {
             Attempt::First => self.authn.verified(authorization, command_type, now),
@@ -420,7 +439,7 @@ impl Handler {
         };
         if let Some((actor, guard)) = verified {
             envelope.client_vouched = self.settings.vouches(&actor);
-            if self.rate_limit(&envelope, &actor, &command).await.is_none() {
+            if self.rate_limit(&envelope, &actor, &command).await.is_ok() {
                 limit_counted = true;
                 let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
                 match self
@@ -432,15 +451,10 @@ impl Handler {
                             .fast_path
                             .with_label_values(&["accepted"])
                             .inc();
-                        return result;
+                        return Ok(result);
                     }
-                    Ok(_) => {}
-                    Err(HandleError::Recheck { forget }) => {
-                        if forget {
-                            self.authn.forget(&guard);
-                        }
-                    }
-                    Err(error) => return unavailable(&envelope, &error),
+                    Err(CommandError::Recheck { forget: true }) => self.authn.forget(&guard),
+                    Ok(_) | Err(_) => {}
                 }
                 crate::metrics::metrics()
                     .fast_path
@@ -448,68 +462,39 @@ impl Handler {
                     .inc();
             }
         }
-        let preflight = match self
+        let preflight = self
             .authn
             .preflight(envelope.command_id, authorization, command_type, now)
-            .await
-        {
-            Ok(preflight) => preflight,
-            Err(error) => return unavailable(&envelope, &error),
-        };
-        let actor = match preflight.actor {
-            Err(Refusal::Unauthorized(code)) => {
-                return refused(
-                    &envelope,
-                    Status::Unauthorized,
-                    code,
-                    "the credential is missing, unknown, expired or revoked",
-                    None,
-                )
-            }
-            Err(Refusal::Forbidden(code)) => {
-                return refused(
-                    &envelope,
-                    Status::Forbidden,
-                    code,
-                    "the API key lacks the scope this command needs",
-                    None,
-                )
-            }
-            Ok(actor) => actor,
-        };
+            .await?;
+        let actor = preflight.actor?;
         // A stored outcome is told only to a caller who may see it.
         if let Some(stored) = preflight.outcome {
-            return stored.answer_for(&actor);
+            return Ok(stored.answer_for(&actor));
         }
         envelope.client_vouched = self.settings.vouches(&actor);
         if !limit_counted {
-            if let Some(limited) = self.rate_limit(&envelope, &actor, &command).await {
-                return limited;
-            }
+            self.rate_limit(&envelope, &actor, &command).await?;
         }
         let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
-        match self
+        let result = self
             .dispatch(&envelope, command_type, command, ctx, None)
-            .await
-        {
-            Ok(result) => {
-                tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
-                result
-            }
-            Err(error) => unavailable(&envelope, &error),
-        }
+            .await?;
+        tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
+        Ok(result)
     }
 
-    /// The rate limit's refusal, if `actor` is over it (`None` too when
-    /// Redis cannot be asked: the limit fails open). A sign-in counts
-    /// against its e-mail address and its client's address instead.
+    /// Refuses a command of `actor` over its rate limit (never when Redis
+    /// cannot be asked: the limit fails open). A sign-in counts against its
+    /// e-mail address and its client's address instead.
     async fn rate_limit(
         &self,
         envelope: &Envelope,
         actor: &Actor,
         command: &Command,
-    ) -> Option<CommandResult> {
-        let limits = self.limiter.get()?;
+    ) -> Result<(), CommandError> {
+        let Some(limits) = self.limiter.get() else {
+            return Ok(());
+        };
         let checks = match (actor, command) {
             (Actor::Anonymous, Command::Session(session::Command::Start(start))) => {
                 let mut checks = vec![(
@@ -538,22 +523,20 @@ impl Handler {
                     )))
                 }) {
                 Ok(decision) if !decision.allowed => {
-                    return Some(rate_limited(
-                        envelope.command_id,
-                        envelope.aggregate_id,
-                        decision.retry_after,
-                    ))
+                    return Err(CommandError::RateLimited {
+                        retry_after: decision.retry_after,
+                    })
                 }
                 Ok(_) => {}
                 // Fail open: a Redis outage must not stop the agent.
                 Err(error) => {
                     crate::metrics::metrics().rate_limit_fail_open.inc();
                     tracing::warn!(%error, "rate limiter unavailable; allowing the command");
-                    return None;
+                    return Ok(());
                 }
             }
         }
-        None
+        Ok(())
     }
 
     /// Decides and appends a command on its aggregate.
@@ -569,24 +552,11 @@ impl Handler {
         command: Command,
         ctx: Context,
         guard: Option<&Guard>,
-    ) -> Result<CommandResult, HandleError> {
+    ) -> Result<CommandResult, CommandError> {
         // Boxed per arm, see above.
-        macro_rules! execute {
-            ($aggregate:ty, $command:expr) => {
-                Box::pin(self.execute::<$aggregate>(envelope, command_type, $command, ctx, guard))
-                    .await
-            };
-        }
-        match command {
-            Command::User(c) => execute!(user::User, c),
-            Command::Session(c) => execute!(session::Session, c),
-            Command::Conversation(c) => execute!(conversation::Conversation, c),
-            Command::Workflow(c) => execute!(workflow::Workflow, c),
-            Command::Execution(c) => execute!(execution::Execution, c),
-            Command::Incident(c) => execute!(incident::Incident, c),
-            Command::Runbook(c) => execute!(runbook::Runbook, c),
-            Command::Knowledge(c) => execute!(knowledge::Knowledge, c),
-        }
+        by_aggregate!(command, |A, c| {
+            Box::pin(self.execute::<A>(envelope, command_type, c, ctx, guard)).await
+        })
     }
 
     /// The stored outcome of a decided command (marked as replayed), as
@@ -603,7 +573,7 @@ impl Handler {
 
     /// The aggregate's state and version: from the cache if this instance
     /// has seen it, caught up with whatever other instances appended since.
-    async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<(A::State, u64), HandleError>
+    async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<(A::State, u64), CommandError>
     where
         A::State: Send + Sync + 'static,
     {
@@ -613,23 +583,25 @@ impl Handler {
         };
         let mut from = version + 1;
         loop {
-            let events = self
-                .store
-                .read_stream_from(stream_id, from, 1000)
-                .await
-                .map_err(|e| HandleError::Store(e.to_string()))?;
+            let events = self.store.read_stream_from(stream_id, from, 1000).await?;
             let done = events.len() < 1000;
             for recorded in events {
                 if recorded.stream_type != A::STREAM_TYPE {
-                    return Err(HandleError::WrongStream(recorded.stream_type));
+                    return Err(CommandError::WrongStream {
+                        id: stream_id,
+                        actual: recorded.stream_type,
+                        expected: A::STREAM_TYPE,
+                    });
                 }
                 let event = A::Event::decode(
                     &recorded.event_type,
                     recorded.schema_version,
                     &recorded.payload,
                 )
-                .map_err(|e| {
-                    HandleError::Store(format!("event {} of {stream_id}: {e}", recorded.version))
+                .map_err(|e| CommandError::Undecodable {
+                    stream: stream_id,
+                    version: recorded.version,
+                    reason: e.to_string(),
                 })?;
                 state = A::evolve(state, &event);
                 version = recorded.version;
@@ -648,11 +620,11 @@ impl Handler {
         command: A::Command,
         base: Context,
         guard: Option<&Guard>,
-    ) -> Result<CommandResult, HandleError> {
+    ) -> Result<CommandResult, CommandError> {
         // Inline projections write in their own transaction, and only
         // plain appends can be guarded.
         if guard.is_some() && A::INLINE {
-            return Err(HandleError::Recheck { forget: false });
+            return Err(CommandError::Recheck { forget: false });
         }
         // Commands for one aggregate take turns in this instance, so they do
         // not race each other into conflicts; other instances still can,
@@ -675,30 +647,17 @@ impl Handler {
                 Some(cached) => Ok(cached),
                 None => self.load::<A>(envelope.aggregate_id).await,
             };
-            let (state, version) = match loaded {
-                Ok(loaded) => loaded,
-                Err(HandleError::WrongStream(actual)) => {
-                    return Ok(refused(
-                        envelope,
-                        Status::Rejected,
-                        "not_found",
-                        &format!(
-                            "aggregate {} is a {actual}, not a {}",
-                            envelope.aggregate_id,
-                            A::STREAM_TYPE
-                        ),
-                        None,
-                    ));
-                }
-                Err(e) => return Err(e),
-            };
+            let (state, version) = loaded?;
             if let Some(expected) = envelope.expected_version {
                 if expected != version {
                     if !fresh {
                         trust_cache = false;
                         continue;
                     }
-                    return Ok(conflict(envelope, expected, version));
+                    return Err(CommandError::Conflict {
+                        expected,
+                        actual: version,
+                    });
                 }
             }
             let mut ctx = base.clone();
@@ -716,10 +675,10 @@ impl Handler {
                     if guard.is_some() {
                         // Refused under a copy of the credential: answered
                         // (and stored) only after the full check.
-                        return Err(HandleError::Recheck { forget: false });
+                        return Err(CommandError::Recheck { forget: false });
                     }
                     return self
-                        .refuse(envelope, command_type, &ctx.actor, &facts, &error)
+                        .refuse(envelope, command_type, &ctx.actor, &facts, error)
                         .await;
                 }
             };
@@ -729,30 +688,26 @@ impl Handler {
             // `infra::auth_epoch`).
             let auth_subject = A::auth_subject(envelope.aggregate_id, &events);
             if guard.is_some() && auth_subject.is_some() {
-                return Err(HandleError::Recheck { forget: false });
+                return Err(CommandError::Recheck { forget: false });
             }
             if let (Some(user), Some(epochs)) = (auth_subject, &self.epochs) {
                 if let Err(error) = epochs.bump(user).await {
-                    return Ok(unavailable(
-                        envelope,
-                        &format!("cannot outdate cached credentials in Redis: {error}"),
-                    ));
+                    return Err(CommandError::Epochs(error.to_string()));
                 }
             }
             let subjects =
                 sealing::subjects::<A>(envelope.aggregate_id, &state, &events, &ctx.actor);
-            let sealers = sealing::Sealers::make(self.store.data_keys().map(|k| &**k), subjects)
-                .await
-                .map_err(|e| HandleError::Store(e.to_string()))?;
+            let sealers =
+                sealing::Sealers::make(self.store.data_keys().map(|k| &**k), subjects).await?;
             let request =
                 append_request::<A>(envelope, (&state, version), &events, &ctx.actor, &sealers)
-                    .map_err(|e| HandleError::Store(e.to_string()))?;
+                    .map_err(|e| CommandError::Encode(e.to_string()))?;
             let appended = match guard {
                 Some(guard) => match self.store.append_guarded(request, guard.clone()).await {
                     Err(held @ (AppendError::Decided | AppendError::Unverified)) => {
                         self.cache.put::<A>(envelope.aggregate_id, state, version);
                         let forget = matches!(held, AppendError::Unverified);
-                        return Err(HandleError::Recheck { forget });
+                        return Err(CommandError::Recheck { forget });
                     }
                     other => other,
                 },
@@ -760,28 +715,24 @@ impl Handler {
                     Ok(Appended::Done(outcome)) => Ok(outcome),
                     Ok(Appended::Refused(error)) => {
                         return self
-                            .refuse(envelope, command_type, &ctx.actor, &facts, &error)
+                            .refuse(envelope, command_type, &ctx.actor, &facts, error)
                             .await;
                     }
                     Ok(Appended::DecidedBefore) => {
                         return self
                             .stored_result(envelope.command_id, &ctx.actor)
                             .await?
-                            .ok_or_else(|| {
-                                HandleError::Store("a decided command has no stored outcome".into())
-                            });
+                            .ok_or(CommandError::NoStoredOutcome);
                     }
                     Err(e) => Err(e),
                 },
             };
             match appended {
                 Ok(outcome) if outcome.replayed => {
-                    return match self.stored_result(envelope.command_id, &ctx.actor).await? {
-                        Some(stored) => Ok(stored),
-                        None => Err(HandleError::Store(
-                            "a replayed command has no stored outcome".into(),
-                        )),
-                    };
+                    return self
+                        .stored_result(envelope.command_id, &ctx.actor)
+                        .await?
+                        .ok_or(CommandError::NoStoredOutcome);
                 }
                 Ok(outcome) => {
                     self.bump_epoch(auth_subject).await;
@@ -824,11 +775,10 @@ impl Handler {
                 Err(AppendError::Conflict { actual, .. })
                     if envelope.expected_version.is_some() || attempt >= CONFLICT_RETRIES =>
                 {
-                    return Ok(conflict(
-                        envelope,
-                        envelope.expected_version.unwrap_or(version),
-                        actual.unwrap_or(0),
-                    ));
+                    return Err(CommandError::Conflict {
+                        expected: envelope.expected_version.unwrap_or(version),
+                        actual: actual.unwrap_or(0),
+                    });
                 }
                 Err(AppendError::Conflict { .. } | AppendError::StaleTransaction { .. }) => {
                     crate::metrics::metrics().conflict_retries.inc();
@@ -836,27 +786,9 @@ impl Handler {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }
-                Err(
-                    e @ (AppendError::TooManyEvents { .. } | AppendError::PayloadTooLarge { .. }),
-                ) => {
-                    return Ok(refused(
-                        envelope,
-                        Status::Invalid,
-                        "too_large",
-                        &e.to_string(),
-                        Some(json!({"field": "payload"})),
-                    ));
-                }
-                // The domain produced an empty or untyped append: our bug,
-                // not the client's, and nothing was written.
-                Err(e @ (AppendError::Empty { .. } | AppendError::MissingType { .. })) => {
-                    return Err(HandleError::Store(e.to_string()));
-                }
-                Err(AppendError::Store(e)) => return Err(HandleError::Store(e.to_string())),
-                // Both are answered above, where the append was made.
-                Err(e @ (AppendError::Decided | AppendError::Unverified)) => {
-                    return Err(HandleError::Store(e.to_string()));
-                }
+                // The store's limits, its failure, or our bug (an empty or
+                // untyped append): nothing was written.
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -984,18 +916,19 @@ impl Handler {
         command_type: &str,
         actor: &Actor,
         facts: &facts::Facts,
-        error: &DomainError,
-    ) -> Result<CommandResult, HandleError> {
-        let result = domain_refusal(envelope, error);
+        error: DomainError,
+    ) -> Result<CommandResult, CommandError> {
         if let Some(login) = facts.failed_login_of {
             if matches!(error.code(), "invalid_credentials" | "invalid_mfa_code") {
                 self.record_login(login, false, facts.login_ip.clone(), envelope)
                     .await;
             }
         }
-        if result.status != Status::Rejected {
-            return Ok(result);
+        let refusal = CommandError::Domain(error);
+        if !refusal.is_stored() {
+            return Err(refusal);
         }
+        let result = refusal.result(envelope.command_id, envelope.aggregate_id);
         self.store_result(command_type, actor, result).await
     }
 
@@ -1010,7 +943,7 @@ impl Handler {
         command_type: &str,
         actor: &Actor,
         result: CommandResult,
-    ) -> Result<CommandResult, HandleError> {
+    ) -> Result<CommandResult, CommandError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
             .bind(result.aggregate_id)
@@ -1036,7 +969,7 @@ impl Handler {
         }
         self.stored_result(result.command_id, actor)
             .await?
-            .ok_or_else(|| HandleError::Store("a decided command has no stored outcome".into()))
+            .ok_or(CommandError::NoStoredOutcome)
     }
 }
 
@@ -1099,102 +1032,4 @@ fn append_request<A: Aggregate>(
 enum Attempt {
     First,
     AfterLane,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    #[error("store: {0}")]
-    Store(String),
-    #[error("stream holds {0} events")]
-    WrongStream(String),
-    /// Decided under a copy of the credential and not accepted: to be
-    /// handled again after the full check (`forget`: the copy is wrong).
-    #[error("to be handled again after the full credential check")]
-    Recheck { forget: bool },
-}
-
-impl From<sqlx::Error> for HandleError {
-    fn from(e: sqlx::Error) -> Self {
-        HandleError::Store(e.to_string())
-    }
-}
-
-fn refused(
-    envelope: &Envelope,
-    status: Status,
-    code: &str,
-    message: &str,
-    details: Option<Value>,
-) -> CommandResult {
-    CommandResult::failed(
-        envelope.command_id,
-        envelope.aggregate_id,
-        status,
-        code,
-        message,
-        details,
-    )
-}
-
-/// The refusal of a command over its rate limit, with when to retry.
-fn rate_limited(command_id: Uuid, aggregate_id: Uuid, retry_after: Duration) -> CommandResult {
-    let retry_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-    CommandResult::failed(
-        command_id,
-        aggregate_id,
-        Status::RateLimited,
-        "rate_limited",
-        "too many commands; retry later",
-        Some(json!({"retry_after_ms": retry_ms})),
-    )
-}
-
-fn conflict(envelope: &Envelope, expected: u64, actual: u64) -> CommandResult {
-    let mut result = refused(
-        envelope,
-        Status::Conflict,
-        "conflict",
-        &format!("expected version {expected}, the stream is at {actual}"),
-        Some(json!({"expected_version": expected, "actual_version": actual})),
-    );
-    result.version = Some(actual);
-    result
-}
-
-/// The one place a domain refusal becomes a wire status.
-fn domain_refusal(envelope: &Envelope, error: &DomainError) -> CommandResult {
-    match error {
-        DomainError::Rejected { code, message } => {
-            refused(envelope, Status::Rejected, code, message, None)
-        }
-        DomainError::Forbidden(message) => {
-            refused(envelope, Status::Forbidden, "forbidden", message, None)
-        }
-        DomainError::NotFound(what) => refused(
-            envelope,
-            Status::Rejected,
-            "not_found",
-            &format!("{what} not found"),
-            None,
-        ),
-        DomainError::Invalid { field, message } => refused(
-            envelope,
-            Status::Invalid,
-            "invalid",
-            message,
-            Some(json!({"field": format!("payload.{field}")})),
-        ),
-    }
-}
-
-fn unavailable(envelope: &Envelope, error: &dyn std::fmt::Display) -> CommandResult {
-    // The cause is logged, not sent: it may name internals.
-    tracing::error!(%error, command_id = %envelope.command_id, "command failed: a dependency is unavailable");
-    refused(
-        envelope,
-        Status::Unavailable,
-        "unavailable",
-        "a dependency is unavailable; retry with the same command id",
-        None,
-    )
 }

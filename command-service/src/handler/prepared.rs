@@ -18,9 +18,7 @@ use domain::{Aggregate, Command, Context};
 use eventstore::{AppendOutcome, AppendRequest};
 use uuid::Uuid;
 
-use super::{
-    append_request, from_headers, rate_limited, sealing, trace_command, Handler, Incoming,
-};
+use super::{append_request, from_headers, sealing, trace_command, Handler, Incoming};
 use crate::aggregates::{CommandRef, Handled};
 use crate::envelope;
 use crate::result::{CommandResult, Encoding, Status};
@@ -124,7 +122,8 @@ impl Prepared {
         let ids = self.trace_ids();
         self.state.put_back(handler);
         handler.observe(&self.command_type, Status::RateLimited, self.started);
-        let result = rate_limited(self.command_id, self.entry.0.stream_id, retry_after);
+        let result = crate::error::CommandError::RateLimited { retry_after }
+            .result(self.command_id, self.entry.0.stream_id);
         trace_command(ids, &self.command_type, &result, self.started);
         result
     }
@@ -161,7 +160,7 @@ impl Handler {
         // Signed in: the lane takes no anonymous command.
         let principal = actor.label();
         let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
-        let lane = Lane {
+        let arrival = Arrival {
             envelope: &envelope,
             command_type: incoming.command_type,
             guard,
@@ -169,23 +168,12 @@ impl Handler {
             encoding,
             started,
         };
-        match command {
-            Command::User(c) => self.prepare_for::<user::User>(lane, c, ctx),
-            Command::Session(c) => self.prepare_for::<session::Session>(lane, c, ctx),
-            Command::Conversation(c) => {
-                self.prepare_for::<conversation::Conversation>(lane, c, ctx)
-            }
-            Command::Workflow(c) => self.prepare_for::<workflow::Workflow>(lane, c, ctx),
-            Command::Execution(c) => self.prepare_for::<execution::Execution>(lane, c, ctx),
-            Command::Incident(c) => self.prepare_for::<incident::Incident>(lane, c, ctx),
-            Command::Runbook(c) => self.prepare_for::<runbook::Runbook>(lane, c, ctx),
-            Command::Knowledge(c) => self.prepare_for::<knowledge::Knowledge>(lane, c, ctx),
-        }
+        by_aggregate!(command, |A, c| self.prepare_for::<A>(arrival, c, ctx))
     }
 
     fn prepare_for<A: Handled + 'static>(
         &self,
-        lane: Lane<'_>,
+        arrival: Arrival<'_>,
         command: A::Command,
         mut ctx: Context,
     ) -> Option<Prepared>
@@ -195,7 +183,7 @@ impl Handler {
         if A::INLINE || !matches!(A::view(&command), CommandRef::Other) {
             return None;
         }
-        let envelope = lane.envelope;
+        let envelope = arrival.envelope;
         let turn = self.locks.try_lock(envelope.aggregate_id)?;
         let (state, version) = self.cache.take::<A>(envelope.aggregate_id)?;
         let put_back = |state: A::State| -> Option<Prepared> {
@@ -227,12 +215,12 @@ impl Handler {
             return put_back(state);
         }
         Some(Prepared {
-            entry: (request, lane.guard),
-            principal: lane.principal,
-            encoding: lane.encoding,
+            entry: (request, arrival.guard),
+            principal: arrival.principal,
+            encoding: arrival.encoding,
             command_id: envelope.command_id,
-            command_type: lane.command_type.to_string(),
-            started: lane.started,
+            command_type: arrival.command_type.to_string(),
+            started: arrival.started,
             parent_span: envelope.parent_span,
             event_types: events.iter().map(|e| e.event_type()).collect(),
             state: Box::new(Decision::<A> {
@@ -247,7 +235,7 @@ impl Handler {
 }
 
 /// What [`Handler::prepare_for`] needs besides the command.
-struct Lane<'a> {
+struct Arrival<'a> {
     envelope: &'a envelope::Envelope,
     command_type: &'a str,
     guard: Guard,

@@ -1,4 +1,4 @@
-use command_service::Status;
+use command_service::{CommandResult, Status};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -140,48 +140,18 @@ async fn api_keys_are_shown_once_and_revoked_at_once(pool: PgPool) {
 async fn five_wrong_passwords_lock_the_account(pool: PgPool) {
     let app = App::spawn(pool).await;
     let (_, email) = app.register("viewer").await;
+    let code = |result: CommandResult| result.error.map(|e| e.code);
     for _ in 0..5 {
-        let wrong = app
-            .rpc(
-                "session.start",
-                &envelope(
-                    Uuid::now_v7(),
-                    json!({"email": email, "password": "wrong password"}),
-                ),
-                None,
-            )
-            .await;
-        assert_eq!(
-            wrong.error.map(|e| e.code),
-            Some("invalid_credentials".to_string())
-        );
+        let wrong = app.sign_in(&email, "wrong password", None).await;
+        assert_eq!(code(wrong), Some("invalid_credentials".to_string()));
     }
-    let right = app
-        .rpc(
-            "session.start",
-            &envelope(
-                Uuid::now_v7(),
-                json!({"email": email, "password": "correct horse"}),
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(
-        right.error.map(|e| e.code),
-        Some("account_locked".to_string())
-    );
+    let right = app.sign_in(&email, "correct horse", None).await;
+    assert_eq!(code(right), Some("account_locked".to_string()));
     let unknown = app
-        .rpc(
-            "session.start",
-            &envelope(
-                Uuid::now_v7(),
-                json!({"email": "nobody@example.com", "password": "correct horse"}),
-            ),
-            None,
-        )
+        .sign_in("nobody@example.com", "correct horse", None)
         .await;
     assert_eq!(
-        unknown.error.map(|e| e.code),
+        code(unknown),
         Some("invalid_credentials".to_string()),
         "unknown e-mails look like wrong passwords"
     );
@@ -255,12 +225,7 @@ async fn ending_credentials_needs_the_auth_epoch(pool: PgPool) {
     let conversation = app.conversation(&token).await;
     assert_ne!(conversation, Uuid::nil(), "ordinary commands run");
     let before = app.event_count().await;
-    let session: Uuid =
-        sqlx::query_scalar("SELECT session_id FROM auth_sessions WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&app.pool)
-            .await
-            .expect("session");
+    let session = app.session_of(user_id).await;
     let ended = app
         .rpc("session.end", &envelope(session, json!({})), Some(&token))
         .await;
@@ -298,12 +263,7 @@ async fn ending_credentials_moves_the_auth_epoch(pool: PgPool) {
         .query_async(&mut redis)
         .await
         .expect("GET");
-    let session: Uuid =
-        sqlx::query_scalar("SELECT session_id FROM auth_sessions WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&app.pool)
-            .await
-            .expect("session");
+    let session = app.session_of(user_id).await;
     let ended = app
         .rpc("session.end", &envelope(session, json!({})), Some(&token))
         .await;

@@ -17,6 +17,18 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Sends each of `commands` to `aggregate`, in order.
+    async fn send_each<const N: usize>(
+        &mut self,
+        aggregate: Uuid,
+        commands: [(&str, Value); N],
+        token: &str,
+    ) {
+        for (command_type, payload) in commands {
+            self.send(command_type, aggregate, payload, token).await;
+        }
+    }
+
     async fn send(
         &mut self,
         command_type: &str,
@@ -84,22 +96,22 @@ async fn every_command_type_is_accepted_over_both_transports(pool: PgPool) {
         &token,
     )
     .await;
-    run.send(
-        "user.change_password",
+    run.send_each(
         admin_id,
-        json!({"current_password": "correct horse", "new_password": "battery staple"}),
+        [
+            (
+                "user.change_password",
+                json!({"current_password": "correct horse", "new_password": "battery staple"}),
+            ),
+            (
+                "user.enable_mfa",
+                json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}),
+            ),
+            ("user.disable_mfa", json!({})),
+        ],
         &token,
     )
     .await;
-    run.send(
-        "user.enable_mfa",
-        admin_id,
-        json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}),
-        &token,
-    )
-    .await;
-    run.send("user.disable_mfa", admin_id, json!({}), &token)
-        .await;
     let issued = run
         .send(
             "user.issue_api_key",
@@ -139,43 +151,36 @@ async fn every_command_type_is_accepted_over_both_transports(pool: PgPool) {
     )
     .await;
     run.send("conversation.append_message", conversation, json!({"message_id": message, "role": "user", "content": "why did it fail?", "tokens_in": 10, "cost_usd": 0.001}), &token).await;
-    run.send(
-        "conversation.rate_message",
+    run.send_each(
         conversation,
-        json!({"message_id": message, "rating": 5}),
+        [
+            (
+                "conversation.rate_message",
+                json!({"message_id": message, "rating": 5}),
+            ),
+            ("conversation.tag", json!({"tags": ["db"]})),
+            ("conversation.archive", json!({})),
+            ("conversation.delete", json!({})),
+        ],
         &token,
     )
     .await;
-    run.send(
-        "conversation.tag",
-        conversation,
-        json!({"tags": ["db"]}),
-        &token,
-    )
-    .await;
-    run.send("conversation.archive", conversation, json!({}), &token)
-        .await;
-    run.send("conversation.delete", conversation, json!({}), &token)
-        .await;
 
     // Workflows and their runs.
     let workflow = Uuid::now_v7();
-    run.send(
-        "workflow.create",
+    run.send_each(
         workflow,
-        json!({"name": "restart", "definition": {"steps": ["a"], "max_retries": 2}}),
+        [
+            (
+                "workflow.create",
+                json!({"name": "restart", "definition": {"steps": ["a"], "max_retries": 2}}),
+            ),
+            ("workflow.update", json!({"description": "restart pods"})),
+            ("workflow.activate", json!({})),
+        ],
         &token,
     )
     .await;
-    run.send(
-        "workflow.update",
-        workflow,
-        json!({"description": "restart pods"}),
-        &token,
-    )
-    .await;
-    run.send("workflow.activate", workflow, json!({}), &token)
-        .await;
     let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let step = Uuid::now_v7();
     run.send(
@@ -236,47 +241,20 @@ async fn every_command_type_is_accepted_over_both_transports(pool: PgPool) {
     // Incidents.
     let incident = Uuid::now_v7();
     run.send("incident.open", incident, json!({"title": "500s", "description": "checkout", "severity": "high", "affected_services": ["checkout"]}), &token).await;
-    run.send(
-        "incident.assign",
+    run.send_each(
         incident,
-        json!({"assignee_id": other}),
-        &token,
-    )
-    .await;
-    run.send(
-        "incident.change_severity",
-        incident,
-        json!({"severity": "critical"}),
-        &token,
-    )
-    .await;
-    run.send(
-        "incident.add_note",
-        incident,
-        json!({"text": "rolling back"}),
-        &token,
-    )
-    .await;
-    run.send(
-        "incident.mitigate",
-        incident,
-        json!({"summary": "rolled back"}),
-        &token,
-    )
-    .await;
-    run.send(
-        "incident.resolve",
-        incident,
-        json!({"root_cause": "migration lock", "remediation_steps": ["add index"]}),
-        &token,
-    )
-    .await;
-    run.send("incident.close", incident, json!({}), &token)
-        .await;
-    run.send(
-        "incident.reopen",
-        incident,
-        json!({"reason": "again"}),
+        [
+            ("incident.assign", json!({"assignee_id": other})),
+            ("incident.change_severity", json!({"severity": "critical"})),
+            ("incident.add_note", json!({"text": "rolling back"})),
+            ("incident.mitigate", json!({"summary": "rolled back"})),
+            (
+                "incident.resolve",
+                json!({"root_cause": "migration lock", "remediation_steps": ["add index"]}),
+            ),
+            ("incident.close", json!({})),
+            ("incident.reopen", json!({"reason": "again"})),
+        ],
         &token,
     )
     .await;

@@ -216,13 +216,7 @@ impl App {
         envelope: &Value,
         token: Option<&str>,
     ) -> CommandResult {
-        self.rpc_raw(
-            command_type,
-            serde_json::to_vec(envelope).expect("json"),
-            token,
-            true,
-        )
-        .await
+        self.rpc_with(command_type, envelope, token, &[]).await
     }
 
     pub async fn rpc_msgpack(
@@ -274,6 +268,15 @@ impl App {
             .expect("result in time")
             .expect("result");
         serde_json::from_slice(&message.payload).expect("JSON result")
+    }
+
+    /// The session `user` signed in with (its only one).
+    pub async fn session_of(&self, user: Uuid) -> Uuid {
+        sqlx::query_scalar("SELECT session_id FROM auth_sessions WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await
+            .expect("session")
     }
 
     pub async fn event_count(&self) -> i64 {

@@ -14,6 +14,16 @@ fn open_incident() -> serde_json::Value {
     )
 }
 
+/// Opens three incidents, each accepted.
+async fn open_three(app: &App, token: &str) {
+    for _ in 0..3 {
+        let opened = app
+            .rpc("incident.open", &open_incident(), Some(token))
+            .await;
+        assert_eq!(opened.status, Status::Accepted, "{opened:?}");
+    }
+}
+
 /// A service whose commands are limited to `limit` a minute by Redis at `redis_url`.
 async fn limited(pool: PgPool, redis_url: &str, limit: u32) -> App {
     let prefix = fresh_prefix();
@@ -31,14 +41,7 @@ async fn limited(pool: PgPool, redis_url: &str, limit: u32) -> App {
 async fn each_principal_is_limited_by_a_sliding_window(pool: PgPool) {
     let app = limited(pool, "redis://127.0.0.1:6379", 3).await;
     let boot = app.bootstrap.clone();
-    for _ in 0..3 {
-        assert_eq!(
-            app.rpc("incident.open", &open_incident(), Some(&boot))
-                .await
-                .status,
-            Status::Accepted
-        );
-    }
+    open_three(&app, &boot).await;
     let before = app.event_count().await;
     let limited = app
         .rpc("incident.open", &open_incident(), Some(&boot))
@@ -59,13 +62,6 @@ async fn commands_still_work_without_redis(pool: PgPool) {
     // Nothing listens on port 1: the limit fails open.
     let app = limited(pool, "redis://127.0.0.1:1", 1).await;
     let boot = app.bootstrap.clone();
-    for _ in 0..3 {
-        assert_eq!(
-            app.rpc("incident.open", &open_incident(), Some(&boot))
-                .await
-                .status,
-            Status::Accepted
-        );
-    }
+    open_three(&app, &boot).await;
     app.finish().await;
 }

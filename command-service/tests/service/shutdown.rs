@@ -49,15 +49,7 @@ async fn a_graceful_stop_finishes_what_it_took_and_leaves_the_rest(pool: PgPool)
             .await
             .expect("progress")
             .expect("result");
-        answered.insert(
-            message
-                .subject
-                .to_string()
-                .rsplit('.')
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        answered.insert(command_id_of(&message));
     }
     app.stop().await;
 
@@ -67,15 +59,7 @@ async fn a_graceful_stop_finishes_what_it_took_and_leaves_the_rest(pool: PgPool)
         if let Ok(Some(message)) =
             tokio::time::timeout(Duration::from_secs(5), results.next()).await
         {
-            answered.insert(
-                message
-                    .subject
-                    .to_string()
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
+            answered.insert(command_id_of(&message));
         }
     }
     assert_eq!(
@@ -171,4 +155,14 @@ async fn a_graceful_stop_answers_every_request_it_appended(pool: PgPool) {
         "every answer is of an appended command"
     );
     app.finish().await;
+}
+
+/// The command id a result's subject (`<prefix>.result.<command id>`) ends with.
+fn command_id_of(message: &async_nats::Message) -> String {
+    message
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
