@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eventstore::{checkpoint, EventStore, Position, StoreOptions};
-use projector::history::History;
 use projector::{rebuild, Kind};
 use sqlx::PgPool;
+use testkit::history::History;
 use tokio::process::{Child, Command};
 
 mod common;

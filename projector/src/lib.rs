@@ -40,7 +40,6 @@ pub mod changes;
 pub mod copy;
 mod embedding_cache;
 pub mod events;
-pub mod history;
 mod lag_history;
 mod metrics;
 pub mod parked;

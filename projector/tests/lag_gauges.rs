@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use projector::history::History;
 use projector::redis_model::RedisConfig;
 use projector::ProjectorConfig;
 use sqlx::PgPool;
+use testkit::history::History;
 use uuid::Uuid;
 
 #[allow(dead_code)]

@@ -14,10 +14,10 @@ use eventstore::{EventStore, StoreOptions};
 use futures_util::TryStreamExt;
 use indicatif::ProgressBar;
 use infra::Settings;
-use projector::history::History;
 use projector::rebuild::{self, connect, create_indexes, create_schema};
 use projector::Kind;
 use sqlx::PgConnection;
+use testkit::history::History;
 
 use super::report::Figure;
 use super::scratch::ScratchDb;

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use eventstore::{EventStore, StoreOptions};
 use infra::Settings;
-use projector::history::History;
 use projector::{Sink, VectorConfig};
+use testkit::history::History;
 
 use super::report::Figure;
 use super::scratch::ScratchDb;

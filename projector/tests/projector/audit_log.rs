@@ -2,8 +2,8 @@
 //! partitions ahead of time and pruning past the retention.
 
 use chrono::{Months, Utc};
-use projector::history::History;
 use sqlx::PgPool;
+use testkit::history::History;
 
 use crate::support::{self, count};
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use projector::history::History;
 use sqlx::PgPool;
+use testkit::history::History;
 
 use crate::support;
 

@@ -1,8 +1,8 @@
 //! A generated history over every aggregate, projected live while it is
 //! written, equals a fresh rebuild.
 
-use projector::history::History;
 use sqlx::PgPool;
+use testkit::history::History;
 
 use crate::support::{self, count};
 

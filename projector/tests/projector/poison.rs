@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent, Position};
-use projector::history::History;
 use projector::{Kind, ProjectorConfig};
 use sqlx::PgPool;
+use testkit::history::History;
 use uuid::Uuid;
 
 use crate::support::{self, count};

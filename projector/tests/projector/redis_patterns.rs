@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use eventstore::{checkpoint, Position};
-use projector::history::History;
 use projector::rebuild::{reset_redis, REDIS_OWNED};
 use projector::redis_model::{RedisConfig, METRIC_STREAMS};
 use projector::ProjectorConfig;
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
+use testkit::history::History;
 use uuid::Uuid;
 
 use crate::support::{self, count};

@@ -7,10 +7,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use eventstore::{checkpoint, Position};
 use futures_util::StreamExt;
-use projector::history::History;
 use projector::relay::{stream_name, RelayConfig};
 use projector::ProjectorConfig;
 use sqlx::PgPool;
+use testkit::history::History;
 use uuid::Uuid;
 
 use crate::support::{self, count};

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use projector::history::History;
 use projector::rebuild::{self, table_sum, TableSum, Until};
 use projector::Kind;
 use sqlx::PgPool;
+use testkit::history::History;
 
 use crate::support;
 

@@ -1,8 +1,8 @@
 //! Row-level security: as copilot_app, a user sees only their own
 //! conversations, messages and sessions; with no user set, nothing.
 
-use projector::history::History;
 use sqlx::PgPool;
+use testkit::history::History;
 use uuid::Uuid;
 
 use crate::support::{self, count};

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use eventstore::{checkpoint, EventStore, Position, StoreOptions};
-use projector::history::History;
 use projector::rebuild;
 use projector::{Kind, ProjectorConfig};
 use sqlx::PgPool;
+use testkit::history::History;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

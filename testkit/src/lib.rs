@@ -1,0 +1,5 @@
+//! The test kit: what the test suites and `copilot-data bench` share, kept
+//! out of the service crates. [`history`] generates synthetic, consistent
+//! event histories of a simulated copilot's users.
+
+pub mod history;
