@@ -21,39 +21,23 @@ use uuid::Uuid;
 /// and `$inner` its command: the one place a command meets its aggregate.
 macro_rules! by_aggregate {
     ($command:expr, |$aggregate:ident, $inner:ident| $body:expr) => {
+        by_aggregate!(@each $command, $aggregate, $inner, $body;
+            User => user::User,
+            Session => session::Session,
+            Conversation => conversation::Conversation,
+            Workflow => workflow::Workflow,
+            Execution => execution::Execution,
+            Incident => incident::Incident,
+            Runbook => runbook::Runbook,
+            Knowledge => knowledge::Knowledge)
+    };
+    (@each $command:expr, $aggregate:ident, $inner:ident, $body:expr;
+        $($variant:ident => $type:ty),*) => {
         match $command {
-            Command::User($inner) => {
-                type $aggregate = user::User;
+            $(Command::$variant($inner) => {
+                type $aggregate = $type;
                 $body
-            }
-            Command::Session($inner) => {
-                type $aggregate = session::Session;
-                $body
-            }
-            Command::Conversation($inner) => {
-                type $aggregate = conversation::Conversation;
-                $body
-            }
-            Command::Workflow($inner) => {
-                type $aggregate = workflow::Workflow;
-                $body
-            }
-            Command::Execution($inner) => {
-                type $aggregate = execution::Execution;
-                $body
-            }
-            Command::Incident($inner) => {
-                type $aggregate = incident::Incident;
-                $body
-            }
-            Command::Runbook($inner) => {
-                type $aggregate = runbook::Runbook;
-                $body
-            }
-            Command::Knowledge($inner) => {
-                type $aggregate = knowledge::Knowledge;
-                $body
-            }
+            })*
         }
     };
 }
