@@ -14,7 +14,7 @@
 //! transaction; each request's credential and command id checked again in
 //! it), and hands the answers to the replies task. A command the statement
 //! holds back (a credential that changed, a command id decided before, a
-//! concurrent writer) or that the batch failed for is handled again in
+//! concurrent writer) or that failed is handled again in
 //! full in a task of its own, as it would have been without the lane;
 //! nothing of it was written.
 
@@ -109,25 +109,8 @@ impl Lane<'_> {
             return;
         }
         let entries: Vec<_> = batch.iter().map(|q| &q.prepared.entry).collect();
-        let written = self.handler.append_prepared(&entries).await;
+        let outcomes = self.handler.append_prepared(&entries).await;
         drop(entries);
-        let outcomes = match written {
-            Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
-            // Whether it committed is unknown: each command is handled
-            // again in full, which answers a stored outcome if it did.
-            Ok(outcomes) => {
-                tracing::error!(
-                    requests = batch.len(),
-                    outcomes = outcomes.len(),
-                    "the lane's append answered the wrong number of outcomes; handling each again"
-                );
-                return self.all_again(batch, again);
-            }
-            Err(error) => {
-                tracing::warn!(%error, requests = batch.len(), "the lane's append failed; handling each again");
-                return self.all_again(batch, again);
-            }
-        };
         for (queued, outcome) in batch.drain(..).zip(outcomes) {
             match outcome {
                 Ok(outcome) if !outcome.replayed => {
@@ -138,7 +121,8 @@ impl Lane<'_> {
                     self.again(queued, again);
                 }
                 // Appended before (its stored outcome is the answer), decided
-                // before, or a concurrent writer's conflict.
+                // before, a concurrent writer's conflict, or a failure (the
+                // full way finds a stored outcome if it did commit).
                 _ => self.again(queued, again),
             }
         }
@@ -197,12 +181,6 @@ impl Lane<'_> {
         let result = decide(prepared);
         replies::queue(self.replies, message.reply, encoding, &result, slot);
         self.in_flight.dec();
-    }
-
-    fn all_again(&self, batch: &mut Vec<Queued>, again: &mut JoinSet<()>) {
-        for queued in batch.drain(..) {
-            self.again(queued, again);
-        }
     }
 
     /// Hands a command back to be handled in full, in a task of its own.

@@ -39,12 +39,12 @@ impl EventStore {
     /// does not undo the others), and requests for one stream apply in the
     /// order given, each seeing the ones before it. Requests that name no
     /// stream or command id twice are one statement and one transaction;
-    /// a later request for a stream already named goes in a later one. The
-    /// outer error means nothing was written.
+    /// a later request for a stream already named goes in a later one. If
+    /// one request breaks a statement, the others are written without it.
     pub async fn append_batch(
         &self,
         requests: &[AppendRequest],
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
         let entries: Vec<(&AppendRequest, &Guard)> =
             requests.iter().map(|r| (r, &NO_GUARD)).collect();
         self.append_batch_guarded(&entries).await
@@ -56,7 +56,7 @@ impl EventStore {
     pub async fn append_batch_guarded(
         &self,
         entries: &[(&AppendRequest, &Guard)],
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
         let mut outcomes: Vec<Option<Result<AppendOutcome, AppendError>>> = Vec::new();
         let mut valid = Vec::new();
         for &(request, guard) in entries {
@@ -71,10 +71,10 @@ impl EventStore {
         let mut written = if valid.is_empty() {
             Vec::new()
         } else {
-            self.writer().write(&valid).await?
+            self.writer().write(&valid).await
         }
         .into_iter();
-        Ok(outcomes
+        outcomes
             .into_iter()
             .map(|slot| match slot {
                 Some(refused) => refused,
@@ -85,7 +85,7 @@ impl EventStore {
                     )
                 }),
             })
-            .collect())
+            .collect()
     }
 
     /// Starts a transaction in which events can be appended and the caller

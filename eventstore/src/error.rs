@@ -18,6 +18,10 @@ pub enum StoreError {
     /// wrong): an operator's matter, never retried.
     #[error("data keys: {0}")]
     Keys(String),
+    /// The statement this request shared with others failed for a reason
+    /// not its own (the database unreachable, a deadlock), already retried.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -26,6 +30,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => is_transient(e),
+            StoreError::Unavailable(_) => true,
             StoreError::Corrupt(_) | StoreError::Closed | StoreError::Keys(_) => false,
         }
     }

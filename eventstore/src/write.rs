@@ -10,11 +10,14 @@
 //! ([`set_append::SET_APPEND`]) in a second statement; the set append for
 //! anything else. Both check each request's [`Guard`] in the same
 //! statement. A later round sees what the earlier ones wrote, so requests
-//! for one stream apply in the order given.
+//! for one stream apply in the order given. A round that fails is written
+//! again one request at a time, so a request that breaks the statement
+//! fails alone ([`settle`]); every request gets an outcome of its own.
 
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -38,54 +41,23 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Writes `entries`, an outcome for each, in order. The outer error
-    /// means nothing was written. Wakes subscribers if anything was.
+    /// Writes `entries`, an outcome for each, in order. Wakes subscribers
+    /// if anything was written.
     pub(crate) async fn write(
         &self,
         entries: &[Entry<'_>],
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let rounds = rounds(entries);
-        let mut outcomes: Vec<Option<Result<AppendOutcome, AppendError>>> =
-            entries.iter().map(|_| None).collect();
-        for (number, round) in rounds.iter().enumerate() {
-            let batch: Vec<Entry<'_>> = round.iter().map(|&i| entries[i]).collect();
-            match self.write_round(&batch).await {
-                Ok(written) => {
-                    for (&i, outcome) in round.iter().zip(written) {
-                        outcomes[i] = Some(outcome);
-                    }
-                }
-                // Nothing was written yet: the caller may try again.
-                Err(error) if number == 0 => return Err(error),
-                // Earlier rounds are committed; the rest are written one by
-                // one, so each gets its own outcome and none is written twice.
-                Err(error) => {
-                    tracing::warn!(%error, "a later round of a batch failed; writing its requests one by one");
-                    for &i in rounds[number..].iter().flatten() {
-                        outcomes[i] = Some(match self.write_round(&[entries[i]]).await {
-                            Ok(mut one) => one.pop().unwrap_or_else(|| {
-                                Err(StoreError::Corrupt("a write answered no outcome".into())
-                                    .into())
-                            }),
-                            Err(error) => Err(error.into()),
-                        });
-                    }
-                    break;
-                }
-            }
-        }
-        let outcomes: Vec<_> = outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.unwrap_or_else(|| {
-                    Err(StoreError::Corrupt("a batch left a request unwritten".into()).into())
-                })
+    ) -> Vec<Result<AppendOutcome, AppendError>> {
+        let outcomes = settle(&rounds(entries), |round: Vec<usize>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let batch: Vec<Entry<'_>> = round.iter().map(|&i| entries[i]).collect();
+                self.write_round(&batch).await
             })
-            .collect();
+        })
+        .await;
         if outcomes.iter().any(|o| matches!(o, Ok(o) if !o.replayed)) {
             self.notifier.wake();
         }
-        Ok(outcomes)
+        outcomes
     }
 
     /// One round (no stream or command id twice): the exact set append if
@@ -213,8 +185,66 @@ fn rounds(entries: &[Entry<'_>]) -> Vec<Vec<usize>> {
     rounds
 }
 
+/// Writes `rounds` (indices into a batch) in order with `write_round`, an
+/// outcome for each index. A round is one statement, so when it fails
+/// nothing of it was written. If it held several requests and failed for
+/// good, one of them may be what broke the statement: each is written again
+/// alone, so only that one gets the error (earlier rounds stay written, and
+/// none is written twice). A transient failure (already retried) is no
+/// request's doing, and each request of the round gets it without writing
+/// it again one by one (with the database away, that would wait once per
+/// request). This is the store's one fallback from a batch to single writes.
+///
+/// (`write_round` takes its indices owned and answers a boxed future: the
+/// compiler cannot yet prove a borrowing async closure's future `Send`.)
+async fn settle<'a, T>(
+    rounds: &[Vec<usize>],
+    write_round: impl Fn(Vec<usize>) -> BoxFuture<'a, Result<Vec<Result<T, AppendError>>, StoreError>>,
+) -> Vec<Result<T, AppendError>> {
+    let size = rounds.iter().map(Vec::len).sum();
+    let mut outcomes: Vec<Option<Result<T, AppendError>>> = (0..size).map(|_| None).collect();
+    for round in rounds {
+        match write_round(round.clone()).await {
+            Ok(written) => {
+                for (&i, outcome) in round.iter().zip(written) {
+                    outcomes[i] = Some(outcome);
+                }
+            }
+            Err(error) if round.len() == 1 => outcomes[round[0]] = Some(Err(error.into())),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, requests = round.len(), "a batch failed");
+                let message = error.to_string();
+                for &i in round {
+                    outcomes[i] = Some(Err(StoreError::Unavailable(message.clone()).into()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, requests = round.len(), "a batch failed; writing its requests one by one");
+                for &i in round {
+                    outcomes[i] = Some(match write_round(vec![i]).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(StoreError::Corrupt("a write answered no outcome".into()).into())
+                        }),
+                        Err(error) => Err(error.into()),
+                    });
+                }
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| {
+                Err(StoreError::Corrupt("a batch left a request unwritten".into()).into())
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::{ExpectedVersion, Metadata, NewEvent};
 
@@ -252,5 +282,85 @@ mod tests {
         let independent: Vec<Entry<'_>> = requests[..2].iter().map(|r| (r, &none)).collect();
         assert_eq!(rounds(&independent), vec![vec![0, 1]]);
         assert!(rounds(&[]).is_empty());
+    }
+
+    /// Writes `rounds` with a round writer that fails any statement holding
+    /// index 3 and answers `index * 10` otherwise; (outcomes, statements).
+    async fn settle_failing_on_3(
+        rounds: &[Vec<usize>],
+    ) -> (Vec<Result<usize, AppendError>>, usize) {
+        let statements = AtomicUsize::new(0);
+        let outcomes = settle(rounds, |round: Vec<usize>| -> BoxFuture<'_, _> {
+            statements.fetch_add(1, Ordering::SeqCst);
+            let answer = if round.contains(&3) {
+                Err(StoreError::Corrupt("request 3 breaks the statement".into()))
+            } else {
+                Ok(round.iter().map(|&i| Ok(i * 10)).collect())
+            };
+            Box::pin(async move { answer })
+        })
+        .await;
+        (outcomes, statements.load(Ordering::SeqCst))
+    }
+
+    fn assert_only_3_failed(outcomes: &[Result<usize, AppendError>]) {
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match outcome {
+                Ok(value) => assert_eq!((i, *value), (i, i * 10)),
+                Err(AppendError::Store(StoreError::Corrupt(_))) => assert_eq!(i, 3),
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(outcomes[3].is_err());
+    }
+
+    /// A batch whose statement fails because of one request: that request
+    /// alone gets the error, each other one its own outcome, in order.
+    #[tokio::test]
+    async fn a_failed_round_is_written_one_by_one_and_only_the_culprit_fails() {
+        let (outcomes, statements) = settle_failing_on_3(&[vec![0, 1, 2, 3, 4]]).await;
+        assert_eq!(statements, 1 + 5);
+        assert_only_3_failed(&outcomes);
+        // In a later round: the rounds before stay written once.
+        let (outcomes, statements) = settle_failing_on_3(&[vec![0, 1], vec![2, 3, 4]]).await;
+        assert_eq!(statements, 1 + 1 + 3);
+        assert_only_3_failed(&outcomes);
+    }
+
+    /// A transient failure is no request's doing: the round's requests all
+    /// get it, and none is written again one by one.
+    #[tokio::test]
+    async fn a_transient_failure_fails_the_round_without_single_writes() {
+        let statements = AtomicUsize::new(0);
+        let outcomes = settle(&[vec![0, 1, 2]], |_: Vec<usize>| -> BoxFuture<'_, _> {
+            statements.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Err::<Vec<Result<usize, AppendError>>, _>(StoreError::Database(
+                    sqlx::Error::PoolTimedOut,
+                ))
+            })
+        })
+        .await;
+        assert_eq!(statements.load(Ordering::SeqCst), 1);
+        assert_eq!(outcomes.len(), 3);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Err(AppendError::Store(e @ StoreError::Unavailable(_))) if e.is_transient()),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    /// Rounds that succeed are written once each, and a request alone that
+    /// fails gets its error without a second try.
+    #[tokio::test]
+    async fn good_rounds_are_written_once_and_a_lone_failure_is_not_retried() {
+        let (outcomes, statements) = settle_failing_on_3(&[vec![0, 1], vec![2]]).await;
+        assert_eq!(statements, 2);
+        assert_eq!(outcomes.len(), 3, "an outcome for every index");
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        let (outcomes, statements) = settle_failing_on_3(&[vec![0, 1, 2], vec![3], vec![4]]).await;
+        assert_eq!(statements, 3);
+        assert_only_3_failed(&outcomes);
     }
 }

@@ -201,7 +201,7 @@ pub(super) async fn spawn_set_append_loop(
                 .zip(&streams)
                 .map(|(message, &(stream, version))| one_event(stream, version, message))
                 .collect();
-            for outcome in store.append_batch(&appends).await? {
+            for outcome in store.append_batch(&appends).await {
                 if let Err(error) = outcome {
                     anyhow::bail!("the set-append floor's append failed: {error}");
                 }

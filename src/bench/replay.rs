@@ -108,7 +108,7 @@ async fn generate(store: &EventStore, target: u64) -> anyhow::Result<u64> {
                     written += request.events.len() as u64;
                     batch.push(request);
                 }
-                for outcome in store.append_batch(&batch).await? {
+                for outcome in store.append_batch(&batch).await {
                     outcome?;
                 }
                 bar.inc(batch.iter().map(|r| r.events.len() as u64).sum());

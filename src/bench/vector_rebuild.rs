@@ -33,7 +33,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
         let batch = (0..GENERATE_BATCH)
             .map(|_| history.next_append())
             .collect::<Result<Vec<_>, _>>()?;
-        for outcome in store.append_batch(&batch).await? {
+        for outcome in store.append_batch(&batch).await {
             outcome?;
         }
     };

@@ -261,7 +261,7 @@ impl Handler {
     pub(crate) async fn append_prepared(
         &self,
         entries: &[&(AppendRequest, Guard)],
-    ) -> Result<Vec<Result<eventstore::AppendOutcome, AppendError>>, eventstore::StoreError> {
+    ) -> Vec<Result<eventstore::AppendOutcome, AppendError>> {
         eventstore::metrics::append_batch_size().observe(entries.len() as f64);
         let pairs: Vec<(&AppendRequest, &Guard)> = entries.iter().map(|(r, g)| (r, g)).collect();
         self.store.append_batch_guarded(&pairs).await

@@ -207,8 +207,7 @@ async fn batch_applies_each_request_on_its_own(pool: PgPool) {
             request(s2, ExpectedVersion::Exact(7), 1), // refused
             request(s1, ExpectedVersion::Exact(2), 1), // sees the first request
         ])
-        .await
-        .expect("batch");
+        .await;
     assert_eq!(outcomes[0].as_ref().expect("first").version, 2);
     assert!(matches!(outcomes[1], Err(AppendError::Conflict { .. })));
     assert_eq!(outcomes[2].as_ref().expect("third").version, 3);
@@ -291,8 +290,7 @@ async fn an_older_transaction_cannot_append_behind_a_newer_one(pool: PgPool) {
             request(first, ExpectedVersion::Any, 1),
             request(contested, ExpectedVersion::Exact(1), 1),
         ])
-        .await
-        .expect("batch");
+        .await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     let events = crate::read_all_when_visible(&store, Position::START, 4).await;
     let contested_versions: Vec<u64> = events
@@ -320,8 +318,7 @@ async fn a_batch_answers_repeated_commands_with_the_first_outcome(pool: PgPool) 
             request(s1, ExpectedVersion::Exact(2), 1),
             with_command(request(s3, ExpectedVersion::Exact(9), 1), y), // repeat of an older command
         ])
-        .await
-        .expect("batch");
+        .await;
     let first = outcomes[0].as_ref().expect("first");
     let repeat = outcomes[1].as_ref().expect("repeat");
     assert!(!first.replayed && repeat.replayed);
@@ -387,8 +384,7 @@ async fn a_batch_of_distinct_streams_gets_each_outcome_and_keeps_the_order(pool:
             with_command(request(s5, ExpectedVersion::NoStream, 1), y),
             request(s6, ExpectedVersion::Any, 2),
         ])
-        .await
-        .expect("batch");
+        .await;
 
     let new = outcomes[0].as_ref().expect("new stream");
     assert_eq!(
@@ -498,7 +494,7 @@ async fn a_set_append_that_loses_the_race_for_a_stream_runs_again(pool: PgPool) 
     }
     writer.commit().await.expect("writer commits");
 
-    let outcomes = batch.await.expect("task").expect("batch");
+    let outcomes = batch.await.expect("task");
     let created = outcomes[0].as_ref().expect("other stream");
     assert_eq!((created.first_version, created.version), (1, 1));
     let after = outcomes[1].as_ref().expect("raced stream");

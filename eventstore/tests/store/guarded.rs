@@ -3,7 +3,7 @@
 
 use eventstore::{
     AppendError, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Guard, Metadata,
-    NewEvent, StoreError, StoreOptions,
+    NewEvent, StoreOptions,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,10 +12,7 @@ use uuid::Uuid;
 type Entry = (AppendRequest, Guard);
 
 /// Appends `entries` as one batch through the store's one write path.
-async fn write(
-    store: &EventStore,
-    entries: &[&Entry],
-) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+async fn write(store: &EventStore, entries: &[&Entry]) -> Vec<Result<AppendOutcome, AppendError>> {
     let pairs: Vec<(&AppendRequest, &Guard)> = entries.iter().map(|(r, g)| (r, g)).collect();
     store.append_batch_guarded(&pairs).await
 }
@@ -121,7 +118,7 @@ async fn api_key_requests_are_checked_against_the_key(pool: PgPool) {
         key_entry(streams[4], keys[0], Uuid::now_v7()),
     ];
     let batch: Vec<&Entry> = entries.iter().collect();
-    let outcomes = write(&store, &batch).await.expect("write");
+    let outcomes = write(&store, &batch).await;
     assert_eq!(
         summary(&outcomes),
         vec![
@@ -145,7 +142,7 @@ async fn api_key_requests_are_checked_against_the_key(pool: PgPool) {
         entry(stream, Uuid::now_v7(), 1, "live", user),
     ];
     let batch: Vec<&Entry> = dependent.iter().collect();
-    let outcomes = write(&store, &batch).await.expect("write");
+    let outcomes = write(&store, &batch).await;
     assert_eq!(
         summary(&outcomes),
         vec![Ok(1), Ok(2), Err("unverified"), Ok(3)]
@@ -268,7 +265,7 @@ async fn held_back_requests_leave_the_rest_of_a_set_append_intact(pool: PgPool) 
         entry(streams[4], Uuid::now_v7(), 3, "live", user),
     ];
     let batch: Vec<&Entry> = entries.iter().collect();
-    let outcomes = write(&store, &batch).await.expect("write");
+    let outcomes = write(&store, &batch).await;
     assert_eq!(
         summary(&outcomes),
         vec![Ok(2), Err("unverified"), Ok(1), Err("decided"), Ok(3)]
@@ -293,7 +290,7 @@ async fn held_back_requests_leave_the_rest_of_a_dependent_batch_intact(pool: PgP
         entry(stream, Uuid::now_v7(), 3, "live", user),
     ];
     let batch: Vec<&Entry> = entries.iter().collect();
-    let outcomes = write(&store, &batch).await.expect("write");
+    let outcomes = write(&store, &batch).await;
     assert_eq!(
         summary(&outcomes),
         vec![Ok(2), Err("unverified"), Err("decided"), Ok(5)]
@@ -332,11 +329,11 @@ async fn exact_batches_append_on_the_head_and_settle_the_rest(pool: PgPool) {
     let mut heads = Vec::new();
     for (stream, events) in [(streams[0], 1), (streams[1], 2), (streams[4], 1)] {
         let seed = entry(stream, Uuid::now_v7(), events, "live", user);
-        let outcomes = write(&store, &[&seed]).await.expect("seed");
+        let outcomes = write(&store, &[&seed]).await;
         heads.push(appended(&outcomes[0]));
     }
     let repeated = entry(streams[7], Uuid::now_v7(), 1, "live", user);
-    let first = write(&store, &[&repeated]).await.expect("first");
+    let first = write(&store, &[&repeated]).await;
     let first = appended(&first[0]);
     let before = stored(&pool).await;
 
@@ -355,7 +352,7 @@ async fn exact_batches_append_on_the_head_and_settle_the_rest(pool: PgPool) {
     ];
     let batch: Vec<&Entry> = entries.iter().collect();
     let taken = eventstore::metrics::exact_append_taken().get();
-    let outcomes = write(&store, &batch).await.expect("write");
+    let outcomes = write(&store, &batch).await;
     // Tests in parallel may count more; this batch leaves three.
     assert!(eventstore::metrics::exact_append_taken().get() >= taken + 3);
     assert_eq!(
@@ -397,7 +394,7 @@ async fn exact_batches_wait_for_a_concurrent_writer_of_the_version(pool: PgPool)
     for commit in [true, false] {
         let stream = Uuid::now_v7();
         let seed = entry(stream, Uuid::now_v7(), 1, "live", user);
-        write(&store, &[&seed]).await.expect("seed");
+        write(&store, &[&seed]).await;
         let mut other = pool.begin().await.expect("transaction");
         sqlx::query(
             "INSERT INTO events (stream_id, version, generation, tx_id, event_id, stream_type,
@@ -421,7 +418,7 @@ async fn exact_batches_wait_for_a_concurrent_writer_of_the_version(pool: PgPool)
         } else {
             other.rollback().await.expect("rollback");
         }
-        let outcomes = writing.await.expect("task").expect("write");
+        let outcomes = writing.await.expect("task");
         let types: Vec<String> = sqlx::query_scalar(
             "SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version",
         )
@@ -455,8 +452,7 @@ async fn exact_batches_take_no_stream_lock(pool: PgPool) {
     let ours = exact_entry(stream, ExpectedVersion::NoStream, "live", user);
     let written = tokio::time::timeout(std::time::Duration::from_secs(20), write(&store, &[&ours]))
         .await
-        .expect("the exact set append waited for the stream's lock")
-        .expect("write");
+        .expect("the exact set append waited for the stream's lock");
     assert_eq!(summary(&written), vec![Ok(1)]);
     locker.rollback().await.expect("rollback");
 }
