@@ -162,7 +162,7 @@ async fn replay_vectors(args: &ReplayArgs, settings: &Settings) -> anyhow::Resul
 /// here if no projector holds its lease, else by that projector.
 async fn replay_redis(args: &ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
     let store = up::open_store(settings, up::Role::Projector).await?;
-    let config = up::redis_config(settings);
+    let config = projector::redis_model::RedisConfig::from_settings(settings);
     let deleted = rebuild::reset_redis(&store, &config).await?;
     let applied = catch_up(&store, projector::Sink::Redis(config), args).await?;
     let mut out = std::io::stdout().lock();

@@ -79,28 +79,6 @@ pub async fn open_store(settings: &Settings, role: Role) -> anyhow::Result<Event
     Ok(store)
 }
 
-pub fn command_service_config(settings: &Settings) -> command_service::ServiceConfig {
-    let commands = &settings.commands;
-    command_service::ServiceConfig {
-        nats: (&settings.nats).into(),
-        prefix: settings.nats.prefix.clone(),
-        max_message_bytes: commands.max_message_bytes,
-        embedding_dimension: commands.embedding_dimension,
-        bootstrap_token: settings.bootstrap_token.clone(),
-        rate_limit: (commands.rate_limit_per_minute > 0).then(|| {
-            command_service::RateLimitConfig::with_signin_defaults(
-                &settings.redis,
-                format!("{}ratelimit:", settings.redis.prefix),
-                commands.rate_limit_per_minute,
-                std::time::Duration::from_secs(60),
-            )
-        }),
-        max_in_flight: commands.max_in_flight,
-        trusted_agents: commands.trusted_agents.clone(),
-        auth_epochs: Some(((&settings.redis).into(), settings.redis.prefix.clone())),
-    }
-}
-
 /// Serves `/metrics` on the configured address (`COPILOT_METRICS_ADDR`,
 /// `off` for none) for as long as the returned guard lives.
 pub async fn serve_metrics(settings: &Settings) -> anyhow::Result<Option<MetricsServer>> {
@@ -120,13 +98,6 @@ pub struct MetricsServer(tokio::task::JoinHandle<()>);
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-pub fn redis_config(settings: &Settings) -> projector::redis_model::RedisConfig {
-    projector::redis_model::RedisConfig {
-        url: (&settings.redis).into(),
-        prefix: settings.redis.prefix.clone(),
     }
 }
 
@@ -201,25 +172,6 @@ pub fn open_embedder(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn v
     }
 }
 
-pub fn projector_config(
-    settings: &Settings,
-    vectors: Option<projector::VectorConfig>,
-) -> projector::ProjectorConfig {
-    let p = &settings.projector;
-    projector::ProjectorConfig {
-        batch_size: p.batch_size,
-        skip_poison: p.skip_poison,
-        lease_retry: p.lease_retry,
-        relay: p.relay.then(|| projector::relay::RelayConfig {
-            nats: (&settings.nats).into(),
-            prefix: settings.nats.prefix.clone(),
-        }),
-        redis: p.redis.then(|| redis_config(settings)),
-        vectors,
-        ..projector::ProjectorConfig::default()
-    }
-}
-
 /// Every role in one process: the command service, the projector and the
 /// query service, which searches the projector's own vector store (the
 /// embedded store is locked to one process).
@@ -281,7 +233,7 @@ pub async fn projector(
     let store = open_store(&settings, Role::Projector).await?;
     tracing::info!("projector running");
     projector::run(
-        projector_config(&settings, vectors),
+        projector::ProjectorConfig::from_settings(&settings, vectors),
         store.clone(),
         shutdown,
     )
@@ -295,7 +247,8 @@ pub async fn command_service(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let store = open_store(&settings, Role::Command).await?;
-    command_service::run(command_service_config(&settings), store.clone(), shutdown).await?;
+    let config = command_service::ServiceConfig::from_settings(&settings);
+    command_service::run(config, store.clone(), shutdown).await?;
     store.pool().close().await;
     Ok(())
 }
@@ -329,21 +282,13 @@ pub fn query_config(
     search: Option<std::sync::Arc<query_service::Search>>,
 ) -> anyhow::Result<query_service::QueryConfig> {
     let http = &settings.http;
-    let mut config =
-        query_service::QueryConfig::new(http.addr, &settings.redis, &settings.redis.prefix);
-    config.nats = Some((&settings.nats).into());
-    config.tls = http.tls_cert.clone().zip(http.tls_key.clone());
-    config.cors_origins = http.cors_origins.clone();
+    let mut config = query_service::QueryConfig::from_settings(settings);
     config.master_keys = master_keys(settings)?;
     config.replica = http
         .replica_url
         .as_ref()
         .map(|url| infra::postgres::replica_pool(url.expose_secret(), &settings.database))
         .transpose()?;
-    config.cache_ttl = http.cache_ttl;
-    config.rate_limit_per_minute =
-        (http.rate_limit_per_minute > 0).then_some(http.rate_limit_per_minute);
-    config.request_timeout = http.request_timeout;
     config.search = search;
     Ok(config)
 }

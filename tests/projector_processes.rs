@@ -105,10 +105,9 @@ async fn caught_up(store: &EventStore) {
     let deadline = Instant::now() + Duration::from_secs(120);
     for kind in Kind::ALL {
         loop {
-            let at = checkpoint::load(store.pool(), kind.name())
+            let at = checkpoint::position(store.pool(), kind.name())
                 .await
-                .expect("checkpoint")
-                .unwrap_or(Position::START);
+                .expect("checkpoint");
             if at == head {
                 break;
             }

@@ -93,6 +93,32 @@ pub struct ServiceConfig {
     pub auth_epochs: Option<(infra::redis_conn::RedisTarget, String)>,
 }
 
+impl ServiceConfig {
+    /// The command service as `settings` describe it (what `copilot-data`
+    /// and the tests both start).
+    pub fn from_settings(settings: &infra::Settings) -> ServiceConfig {
+        let commands = &settings.commands;
+        ServiceConfig {
+            nats: (&settings.nats).into(),
+            prefix: settings.nats.prefix.clone(),
+            max_message_bytes: commands.max_message_bytes,
+            embedding_dimension: commands.embedding_dimension,
+            bootstrap_token: settings.bootstrap_token.clone(),
+            rate_limit: (commands.rate_limit_per_minute > 0).then(|| {
+                RateLimitConfig::with_signin_defaults(
+                    &settings.redis,
+                    format!("{}ratelimit:", settings.redis.prefix),
+                    commands.rate_limit_per_minute,
+                    Duration::from_secs(60),
+                )
+            }),
+            max_in_flight: commands.max_in_flight,
+            trusted_agents: commands.trusted_agents.clone(),
+            auth_epochs: Some(((&settings.redis).into(), settings.redis.prefix.clone())),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RateLimitConfig {
     pub redis: infra::redis_conn::RedisTarget,

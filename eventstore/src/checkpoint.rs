@@ -53,6 +53,15 @@ pub async fn load<'e>(
     row.as_ref().map(position_at(0)).transpose()
 }
 
+/// Where `name` is: its saved position, or the start of the log if it
+/// never saved one (a projection that has applied nothing yet).
+pub async fn position<'e>(
+    executor: impl PgExecutor<'e>,
+    name: &str,
+) -> Result<Position, StoreError> {
+    Ok(load(executor, name).await?.unwrap_or(Position::START))
+}
+
 /// [`load`], keeping the row from changing until the end of the caller's
 /// transaction (a reader that must not overtake `name` meanwhile).
 pub async fn load_shared(

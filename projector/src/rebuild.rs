@@ -513,9 +513,7 @@ pub async fn verify(
         let live = kind.live_schema();
         let scratch = format!("{live}_verify");
         let scratch_checkpoint = format!("{}@verify", kind.name());
-        let live_position = checkpoint::load(&mut conn, kind.name())
-            .await?
-            .unwrap_or(Position::START);
+        let live_position = checkpoint::position(&mut conn, kind.name()).await?;
         let (mut projection, report) = build(
             store,
             &mut conn,

@@ -129,6 +129,15 @@ pub struct RedisConfig {
     pub prefix: String,
 }
 
+impl RedisConfig {
+    pub fn from_settings(settings: &infra::Settings) -> Self {
+        RedisConfig {
+            url: (&settings.redis).into(),
+            prefix: settings.redis.prefix.clone(),
+        }
+    }
+}
+
 /// The Redis projection's checkpoint and lease name.
 pub const NAME: &str = "redis";
 

@@ -56,6 +56,26 @@ impl Default for ProjectorConfig {
     }
 }
 
+impl ProjectorConfig {
+    /// The projector as `settings` describe it (what `copilot-data` and the
+    /// tests both start), with `vectors` if the vector projection is on.
+    pub fn from_settings(settings: &infra::Settings, vectors: Option<VectorConfig>) -> Self {
+        let p = &settings.projector;
+        ProjectorConfig {
+            batch_size: p.batch_size,
+            skip_poison: p.skip_poison,
+            lease_retry: p.lease_retry,
+            relay: p.relay.then(|| RelayConfig {
+                nats: (&settings.nats).into(),
+                prefix: settings.nats.prefix.clone(),
+            }),
+            redis: p.redis.then(|| RedisConfig::from_settings(settings)),
+            vectors,
+            ..ProjectorConfig::default()
+        }
+    }
+}
+
 enum Exit {
     Shutdown,
     LeaseBusy,
@@ -222,7 +242,7 @@ async fn lead(
         PoisonPolicy::Stop
     };
     let mut projection = SqlProjection::new(kind, kind.live_schema(), policy);
-    let position = load(&mut conn, name).await?;
+    let position = checkpoint::position(&mut conn, name).await?;
     follow(
         &mut conn,
         store,
@@ -232,13 +252,6 @@ async fn lead(
         stop,
     )
     .await
-}
-
-/// Where checkpoint `name` is (the start of the log if it has none).
-async fn load(conn: &mut PgConnection, name: &str) -> Result<Position, ProjectionError> {
-    Ok(checkpoint::load(conn, name)
-        .await?
-        .unwrap_or(Position::START))
 }
 
 /// How often an idle writer looks whether its checkpoint was moved (a
@@ -276,7 +289,9 @@ async fn follow<P: Projection>(
                 continue;
             }
             _ = check.tick() => {
-                let at = load(conn, name).await?;
+                let at = checkpoint::position(&mut *conn, name)
+                    .await
+                    .map_err(ProjectionError::from)?;
                 if at != position {
                     return Err(ProjectionError::Moved(format!("{name} (at {at}, this writer at {position})")).into());
                 }
@@ -315,7 +330,9 @@ async fn follow<P: Projection>(
                         return Ok(Exit::Shutdown);
                     }
                     metrics().stopped.with_label_values(&[name]).set(0);
-                    position = load(conn, name).await?;
+                    position = checkpoint::position(&mut *conn, name)
+                        .await
+                        .map_err(ProjectionError::from)?;
                     projection.reset();
                     tracing::info!(projection = name, %position, "released by an operator; going on");
                 } else {
@@ -488,7 +505,7 @@ async fn sink_while_leading(
     let Some(mut conn) = take_lease(store, name, &projector.instance).await? else {
         return Ok(Exit::LeaseBusy);
     };
-    let position = load(&mut conn, name).await?;
+    let position = checkpoint::position(&mut conn, name).await?;
     let mut open = OpenSink::open(sink, store, position).await?;
     follow(
         &mut conn,
@@ -515,7 +532,7 @@ pub async fn catch_up_sink(
     let Some(mut conn) = take_lease(store, name, instance).await? else {
         return Ok(None);
     };
-    let mut position = load(&mut conn, name).await?;
+    let mut position = checkpoint::position(&mut conn, name).await?;
     let mut open = OpenSink::open(sink, store, position).await?;
     let mut applied = 0u64;
     loop {

@@ -94,6 +94,22 @@ impl QueryConfig {
             master_keys: None,
         }
     }
+
+    /// The query service as `settings` describe it (what `copilot-data`
+    /// and the tests both start), without what needs opening first: the
+    /// replica's pool, the master keys and search.
+    pub fn from_settings(settings: &infra::Settings) -> QueryConfig {
+        let http = &settings.http;
+        let mut config = QueryConfig::new(http.addr, &settings.redis, &settings.redis.prefix);
+        config.nats = Some((&settings.nats).into());
+        config.tls = http.tls_cert.clone().zip(http.tls_key.clone());
+        config.cors_origins = http.cors_origins.clone();
+        config.cache_ttl = http.cache_ttl;
+        config.rate_limit_per_minute =
+            (http.rate_limit_per_minute > 0).then_some(http.rate_limit_per_minute);
+        config.request_timeout = http.request_timeout;
+        config
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

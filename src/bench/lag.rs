@@ -213,9 +213,7 @@ fn report(mut measured: Vec<Level>) -> Vec<Figure> {
 
 /// Events after a projection's checkpoint.
 async fn backlog(store: &eventstore::EventStore, projection: &str) -> anyhow::Result<i64> {
-    let at = eventstore::checkpoint::load(store.pool(), projection)
-        .await?
-        .unwrap_or(Position::START);
+    let at = eventstore::checkpoint::position(store.pool(), projection).await?;
     Ok(store.count_after(at, i64::MAX).await?)
 }
 

@@ -149,14 +149,12 @@ pub fn service_config(
     auth_epochs: Option<(infra::redis_conn::RedisTarget, String)>,
 ) -> ServiceConfig {
     ServiceConfig {
-        nats: (&settings.nats).into(),
         prefix: prefix.to_string(),
-        max_message_bytes: settings.commands.max_message_bytes,
-        embedding_dimension: settings.commands.embedding_dimension,
         bootstrap_token: Some(SecretString::from(bootstrap.to_string())),
         rate_limit: None,
         max_in_flight: 256,
         trusted_agents: Vec::new(),
         auth_epochs,
+        ..ServiceConfig::from_settings(settings)
     }
 }

@@ -22,9 +22,8 @@ pub async fn database_url(pool: &PgPool) -> String {
 
 /// The master key of the processes these tests start (personal data is
 /// sealed as in a deployment).
-#[allow(dead_code)]
-pub const TEST_MASTER_KEY: &str =
-    "1f4e7a2c9b3d6e0f8a5c2b7d4e1f9a3c6b0d8e2f5a7c1b4d9e3f6a0c8b2d5e7f";
+#[allow(unused_imports)]
+pub use testkit::stack::TEST_MASTER_KEY;
 
 #[allow(dead_code)]
 /// `copilot-data command-service` on `database_url`, its streams under

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
-use uuid::Uuid;
 
 pub struct System {
     pub url: String,
@@ -49,16 +48,16 @@ impl System {
 
     /// Its names and settings, nothing started.
     pub async fn prepare(pool: &PgPool) -> System {
-        let id = Uuid::new_v4().simple().to_string();
+        let names = testkit::stack::Names::fresh();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         System {
             url: super::database_url(pool).await,
-            prefix: format!("sys{}", &id[..10]),
-            redis_prefix: format!("sys{}:", &id[..10]),
-            bootstrap: format!("boot-{id}"),
+            prefix: names.nats_prefix,
+            redis_prefix: names.redis_prefix,
+            bootstrap: names.bootstrap,
             http: format!("127.0.0.1:{port}"),
             up: None,
         }
@@ -133,13 +132,11 @@ impl System {
         if let Some(mut up) = self.up.take() {
             let _ = up.kill().await;
         }
-        if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
-            let js = async_nats::jetstream::new(client);
-            let (commands, results) = command_service::stream_names(&self.prefix);
-            let _ = js.delete_stream(commands).await;
-            let _ = js.delete_stream(results).await;
-        }
-        let _ =
-            infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &self.redis_prefix).await;
+        testkit::stack::clean_up(&testkit::stack::Names {
+            nats_prefix: self.prefix.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            bootstrap: self.bootstrap.clone(),
+        })
+        .await;
     }
 }

@@ -17,58 +17,35 @@ mod snapshots;
 use std::time::Duration;
 
 use command_service::{CommandResult, ServiceConfig, Status};
-use eventstore::{EventStore, StoreOptions};
 use futures_util::StreamExt;
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::oneshot;
+use testkit::stack::{self, Names, Services};
 use uuid::Uuid;
 
-/// The master key of every store in these tests: the command service seals
-/// personal data with it as in a deployment, and every reader opens it.
-pub const TEST_MASTER_KEY: &str =
-    "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
-
-pub fn store_options() -> StoreOptions {
-    StoreOptions {
-        master_keys: Some(master_keys()),
-        ..StoreOptions::default()
-    }
-}
-
-pub fn master_keys() -> eventstore::data_keys::MasterKeys {
-    eventstore::data_keys::MasterKeys::parse(TEST_MASTER_KEY).expect("the test master key")
-}
-
-pub const NATS: &str = "nats://127.0.0.1:4222";
+pub use testkit::stack::{master_keys, store_options, NATS};
 
 pub struct App {
     pub prefix: String,
     pub client: async_nats::Client,
     pub pool: PgPool,
     pub bootstrap: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    services: Services,
 }
 
+/// The command service of a deployment's settings on `prefix` (see
+/// `testkit::stack::settings`), users signed up with `bootstrap`.
 pub fn config(prefix: &str, bootstrap: &str) -> ServiceConfig {
-    ServiceConfig {
-        nats: NATS.into(),
-        prefix: prefix.into(),
-        max_message_bytes: 64 * 1024,
-        embedding_dimension: 384,
-        bootstrap_token: Some(SecretString::from(bootstrap.to_string())),
-        rate_limit: None,
-        max_in_flight: 64,
-        trusted_agents: Vec::new(),
-        auth_epochs: None,
-    }
+    let names = Names {
+        bootstrap: bootstrap.to_string(),
+        ..Names::on(prefix)
+    };
+    ServiceConfig::from_settings(&stack::settings(&names))
 }
 
 /// A NATS prefix (and so stream names) no other test uses.
 pub fn fresh_prefix() -> String {
-    format!("t{}", &Uuid::new_v4().simple().to_string()[..12])
+    Names::fresh().nats_prefix
 }
 
 impl App {
@@ -77,73 +54,38 @@ impl App {
         App::spawn_with(pool, config(&prefix, &format!("boot-{}", Uuid::new_v4()))).await
     }
 
-    /// The service runs as its own least-privilege login (migration 0011);
-    /// the test's `pool` (the owner's) checks what it did.
+    /// The service runs as its own least-privilege login; the test's
+    /// `pool` (the owner's) checks what it did.
     pub async fn spawn_with(pool: PgPool, config: ServiceConfig) -> App {
-        infra::postgres::ensure_logins(&pool, &infra::postgres::test_logins())
-            .await
-            .expect("logins");
-        let login = infra::postgres::pool_as(&pool, "copilot_test_command", 10)
-            .await
-            .expect("the command service's login");
-        let store = EventStore::connect(login, store_options())
-            .await
-            .expect("store");
-        let client = async_nats::connect(NATS)
-            .await
-            .expect("NATS on 127.0.0.1:4222");
-        let (stop, stopped) = oneshot::channel::<()>();
         let prefix = config.prefix.clone();
         let bootstrap = config
             .bootstrap_token
             .as_ref()
             .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())
             .unwrap_or_default();
-        let task = tokio::spawn(async move {
-            command_service::run(config, store, async move {
-                let _ = stopped.await;
-            })
+        let mut services = Services::default();
+        services.command_service(&pool, config).await;
+        let client = async_nats::connect(NATS)
             .await
-            .expect("service runs");
-        });
-        let app = App {
+            .expect("NATS on 127.0.0.1:4222");
+        App {
             prefix,
             client,
             pool,
             bootstrap,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        // Ready when it answers.
-        for _ in 0..100 {
-            let probe = app
-                .client
-                .request(format!("{}.rpc.session.touch", app.prefix), "{}".into());
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
-                return app;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            services,
         }
-        panic!("command service did not start");
     }
 
     /// Stops the service; the streams stay (another app on the prefix reuses them).
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.services.stop().await;
     }
 
-    /// Stops the service and removes its streams.
+    /// Stops the service and removes its streams and Redis keys.
     pub async fn finish(mut self) {
         self.stop().await;
-        let js = async_nats::jetstream::new(self.client.clone());
-        let (commands, results) = command_service::stream_names(&self.prefix);
-        let _ = js.delete_stream(commands).await;
-        let _ = js.delete_stream(results).await;
+        stack::clean_up(&Names::on(&self.prefix)).await;
     }
 
     fn headers(token: Option<&str>, json: bool) -> async_nats::HeaderMap {

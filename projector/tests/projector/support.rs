@@ -74,10 +74,9 @@ pub fn spawn(store: &EventStore, config: ProjectorConfig) -> Running {
 }
 
 pub async fn checkpoint_of(store: &EventStore, kind: Kind) -> Position {
-    checkpoint::load(store.pool(), kind.name())
+    checkpoint::position(store.pool(), kind.name())
         .await
         .expect("checkpoint")
-        .unwrap_or(Position::START)
 }
 
 /// The newest committed event's position (unlike `head_position`, not
@@ -140,10 +139,9 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 pub async fn checkpoint_reaches(store: &EventStore, name: &str, head: Position) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let at = checkpoint::load(store.pool(), name)
+        let at = checkpoint::position(store.pool(), name)
             .await
-            .expect("checkpoint")
-            .unwrap_or(Position::START);
+            .expect("checkpoint");
         if at == head {
             return;
         }

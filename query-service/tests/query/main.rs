@@ -23,33 +23,14 @@ mod series;
 use std::time::Duration;
 
 use command_service::{CommandResult, ServiceConfig, Status};
-use eventstore::{EventStore, StoreOptions};
 use query_service::{QueryConfig, Search};
 use reqwest::header::HeaderMap;
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::watch;
+use testkit::stack::{self, Names, Services};
 use uuid::Uuid;
 
-/// The master key of every store in these tests: the command service seals
-/// personal data with it as in a deployment, and every reader opens it.
-pub const TEST_MASTER_KEY: &str =
-    "6d1c0e4a7b2f9a3c5e8d1f0b4a7c2e9d3b6f8a1c5e0d2b7f4a9c3e6d1b8f0a2c";
-
-pub fn store_options() -> StoreOptions {
-    StoreOptions {
-        master_keys: Some(master_keys()),
-        ..StoreOptions::default()
-    }
-}
-
-pub fn master_keys() -> eventstore::data_keys::MasterKeys {
-    eventstore::data_keys::MasterKeys::parse(TEST_MASTER_KEY).expect("the test master key")
-}
-
-pub const NATS: &str = "nats://127.0.0.1:4222";
-pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub use testkit::stack::{master_keys, store_options, NATS, REDIS};
 
 pub struct Stack {
     pub pool: PgPool,
@@ -61,8 +42,7 @@ pub struct Stack {
     pub bootstrap: String,
     /// With [`Options::https`]: the test CA's certificates (and where they are).
     pub tls: Option<(certs::Certs, std::path::PathBuf)>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    services: Services,
 }
 
 pub struct Options {
@@ -127,117 +107,51 @@ impl Options {
     }
 }
 
-async fn until(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 impl Stack {
     pub async fn start(pool: PgPool) -> Stack {
         Stack::start_with(pool, Options::default()).await
     }
 
+    /// The services of a deployment's settings (see
+    /// `testkit::stack::settings`) on the test's own names, with `options`.
     pub async fn start_with(pool: PgPool, options: Options) -> Stack {
-        let id = &Uuid::new_v4().simple().to_string()[..12];
-        let nats_prefix = options
-            .nats_prefix
-            .clone()
-            .unwrap_or_else(|| format!("q{id}"));
-        let redis_prefix = options
-            .redis_prefix
-            .clone()
-            .unwrap_or_else(|| format!("test:{id}:"));
-        let bootstrap = format!("boot-{}", Uuid::new_v4());
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        // Each service as its own least-privilege login (migration 0011).
-        infra::postgres::ensure_logins(&pool, &infra::postgres::test_logins())
-            .await
-            .expect("logins");
-        let login = |name: &'static str| {
-            let pool = pool.clone();
-            async move {
-                infra::postgres::pool_as(&pool, name, 10)
-                    .await
-                    .expect("a pool as the service's login")
-            }
-        };
-        if options.writers {
-            let store = EventStore::connect(login("copilot_test_command").await, store_options())
-                .await
-                .expect("store");
-            let config = ServiceConfig {
-                nats: NATS.into(),
-                prefix: nats_prefix.clone(),
-                max_message_bytes: 64 * 1024,
-                embedding_dimension: 384,
-                bootstrap_token: Some(SecretString::from(bootstrap.clone())),
-                rate_limit: None,
-                max_in_flight: 64,
-                trusted_agents: Vec::new(),
-                auth_epochs: Some((REDIS.into(), redis_prefix.clone())),
-            };
-            let s = store.clone();
-            let rx = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                command_service::run(config, s, until(rx))
-                    .await
-                    .expect("command service");
-            }));
-            let projector_config = projector::ProjectorConfig {
-                batch_size: 500,
-                lease_retry: Duration::from_millis(100),
-                redis: Some(projector::redis_model::RedisConfig {
-                    url: REDIS.into(),
-                    prefix: redis_prefix.clone(),
-                }),
-                vectors: options.vectors.clone(),
-                ..projector::ProjectorConfig::default()
-            };
-            let s = EventStore::connect(login("copilot_test_projector").await, store_options())
-                .await
-                .expect("projector's store");
-            let rx = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                projector::run(projector_config, s, until(rx))
-                    .await
-                    .expect("projector");
-            }));
+        let mut names = Names::fresh();
+        if let Some(prefix) = &options.nats_prefix {
+            names.nats_prefix = prefix.clone();
         }
-        let mut config = QueryConfig::new(
-            "127.0.0.1:0".parse().expect("addr"),
-            &options.redis_url,
-            &redis_prefix,
-        );
-        config.nats = Some(NATS.into());
+        if let Some(prefix) = &options.redis_prefix {
+            names.redis_prefix = prefix.clone();
+        }
+        let settings = stack::settings(&names);
+        let mut services = Services::default();
+        if options.writers {
+            services
+                .command_service(&pool, ServiceConfig::from_settings(&settings))
+                .await;
+            let projector =
+                projector::ProjectorConfig::from_settings(&settings, options.vectors.clone());
+            services.projector(&pool, projector).await;
+        }
+        let mut config = QueryConfig::from_settings(&settings);
+        config.redis = options.redis_url.as_str().into();
         config.replica = options.replica.clone();
         config.rate_limit_per_minute = options.rate_limit_per_minute;
         config.search = options.search.clone();
         config.cors_origins = options.cors_origins.clone();
-        config.master_keys = Some(master_keys());
         let tls = options.https.then(|| {
             let dir = std::env::temp_dir().join(format!("query-tls-{}", Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).expect("cert dir");
             (certs::Certs::new(&dir, "query"), dir)
         });
         config.tls = tls.as_ref().map(|(c, _)| (c.cert.clone(), c.key.clone()));
-        // Its own pool and login, as in a deployment (the test pool has 5 connections).
-        let query_pool = login("copilot_test_query").await;
-        let bound = query_service::bind(config, query_pool.clone())
-            .await
-            .expect("query service binds");
-        let addr = bound.local_addr().expect("address");
-        let rx = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            bound.serve(until(rx)).await.expect("query service");
-            query_pool.close().await;
-        }));
+        let addr = services.query_service(&pool, config).await;
         let client = async_nats::connect(NATS)
             .await
             .expect("NATS on 127.0.0.1:4222");
-        let stack = Stack {
+        Stack {
             pool,
-            nats_prefix,
-            redis_prefix,
+            nats_prefix: names.nats_prefix,
+            redis_prefix: names.redis_prefix,
             client,
             http: match &tls {
                 Some((certs, _)) => {
@@ -251,41 +165,20 @@ impl Stack {
             },
             base: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
             tls,
-            bootstrap,
-            stop,
-            tasks,
-        };
-        if options.writers {
-            stack.wait_for_command_service().await;
+            bootstrap: names.bootstrap,
+            services,
         }
-        stack
     }
 
-    async fn wait_for_command_service(&self) {
-        for _ in 0..100 {
-            let probe = self.client.request(
-                format!("{}.rpc.session.touch", self.nats_prefix),
-                "{}".into(),
-            );
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("command service did not start");
-    }
-
-    /// Stops every task, removes the streams and the Redis keys.
-    pub async fn finish(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
-        }
-        let js = async_nats::jetstream::new(self.client.clone());
-        let (commands, results) = command_service::stream_names(&self.nats_prefix);
-        let _ = js.delete_stream(commands).await;
-        let _ = js.delete_stream(results).await;
-        clear_redis(&self.redis_prefix).await;
+    /// Stops every service, removes the streams and the Redis keys.
+    pub async fn finish(mut self) {
+        self.services.stop().await;
+        stack::clean_up(&Names {
+            nats_prefix: self.nats_prefix.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            bootstrap: self.bootstrap.clone(),
+        })
+        .await;
         if let Some((_, dir)) = &self.tls {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -550,8 +443,4 @@ impl Reply {
             .map(|i| i["id"].as_str().expect("id").to_string())
             .collect()
     }
-}
-
-pub async fn clear_redis(prefix: &str) {
-    let _ = infra::redis_conn::delete_prefix(REDIS, prefix).await;
 }
