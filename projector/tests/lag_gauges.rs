@@ -43,7 +43,7 @@ async fn lag_history_counts_each_event_and_gauges_settle_at_zero(pool: PgPool) {
         }),
         ..support::config()
     };
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
     let (events, head) = support::append_upto(&store, &mut History::new(11), 300).await;
     support::caught_up(&store).await;
     support::checkpoint_reaches(&store, "redis", head).await;

@@ -10,7 +10,7 @@ use crate::support::{self, count};
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn one_row_per_event_and_immutable_for_the_app_role(pool: PgPool) {
     let store = support::store(pool.clone()).await;
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     let events = support::append(&store, &mut History::new(11), 500).await;
     support::caught_up(&store).await;
     running.stop().await;

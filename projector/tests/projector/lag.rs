@@ -18,7 +18,7 @@ async fn a_failing_lag_report_stops_no_projection(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("drop");
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     let mut history = History::new(12);
     support::append(&store, &mut history, 100).await;
     support::caught_up(&store).await;

@@ -11,7 +11,7 @@ async fn live_projection_equals_a_fresh_rebuild(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(7);
     history.forget_percent = 60;
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     // Written concurrently by several writers while the projector follows.
     let mut writers = Vec::new();
     for seed in 0..4u64 {
@@ -101,7 +101,7 @@ async fn live_projection_equals_a_fresh_rebuild(pool: PgPool) {
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn verify_reports_a_tampered_table(pool: PgPool) {
     let store = support::store(pool.clone()).await;
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     support::append(&store, &mut History::new(3), 300).await;
     support::caught_up(&store).await;
     running.stop().await;
@@ -126,7 +126,7 @@ async fn verify_reports_a_tampered_table(pool: PgPool) {
 async fn a_restarted_projector_continues_from_its_checkpoint(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(31);
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     support::append(&store, &mut history, 500).await;
     support::caught_up(&store).await;
     running.stop().await;
@@ -159,7 +159,7 @@ async fn a_restarted_projector_continues_from_its_checkpoint(pool: PgPool) {
         })
         .await
         .expect("append rating");
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     support::caught_up(&store).await;
     running.stop().await;
     let errors = count(&pool, "SELECT count(*) FROM projection_errors").await;

@@ -40,7 +40,7 @@ async fn poison_event_is_parked_and_stops_the_projection(pool: PgPool) {
         .expect("append poison");
     support::append(&store, &mut history, 100).await;
 
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     wait_for(
         &pool,
         "SELECT count(*) FROM projection_errors WHERE NOT skipped",
@@ -93,7 +93,8 @@ async fn poison_event_is_parked_and_stops_the_projection(pool: PgPool) {
             skip_poison: true,
             ..support::config()
         },
-    );
+    )
+    .await;
     support::caught_up(&store).await;
     running.stop().await;
     assert_eq!(

@@ -117,7 +117,7 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
         redis: Some(redis_config.clone()),
         ..support::config()
     };
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
     // Recent enough that sessions are still alive and events are announced.
     let mut history = History::new(41).starting_at(Utc::now() - chrono::Duration::minutes(20));
     support::append(&store, &mut history, 1200).await;
@@ -190,7 +190,7 @@ async fn redis_state_equals_a_rebuild_after_redis_lost_it(pool: PgPool) {
         redis: Some(redis_config.clone()),
         ..support::config()
     };
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
     support::checkpoint_reaches(&store, "redis", head).await;
     running.stop().await;
     assert_eq!(

@@ -27,7 +27,7 @@ async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool)
         }),
         ..support::config()
     };
-    let running = support::spawn(&store, config.clone());
+    let running = support::spawn(&store, config.clone()).await;
     let mut writers = Vec::new();
     for seed in [1u64, 2] {
         let store = store.clone();
@@ -47,7 +47,7 @@ async fn every_event_once_in_order_even_when_the_relay_starts_over(pool: PgPool)
     checkpoint::save(store.pool(), "relay", Position::START)
         .await
         .expect("reset");
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
     support::checkpoint_reaches(&store, "relay", head).await;
     running.stop().await;
 
@@ -176,7 +176,8 @@ async fn the_relay_resumes_after_a_nats_restart_without_gaps(pool: PgPool) {
             }),
             ..support::config()
         },
-    );
+    )
+    .await;
     let mut history = History::new(61);
     support::append(&store, &mut history, 200).await;
     support::checkpoint_reaches(&store, "relay", support::last_position(&store).await).await;

@@ -37,7 +37,7 @@ async fn sums(
 async fn replay_until_a_position_or_a_time_reproduces_that_state(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(9);
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     let (_, then) = support::append_upto(&store, &mut history, 800).await;
     support::caught_up(&store).await;
     let state_then = sums(&pool, |k| k.live_schema().to_string()).await;
@@ -70,7 +70,7 @@ async fn replay_until_a_position_or_a_time_reproduces_that_state(pool: PgPool) {
 async fn blue_green_rebuild_while_dashboards_query(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(13);
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     support::append(&store, &mut history, 1500).await;
     support::caught_up(&store).await;
 
@@ -150,7 +150,7 @@ async fn leases(pool: &PgPool) -> Vec<(String, chrono::DateTime<Utc>)> {
 async fn the_live_writer_keeps_its_lease_across_a_swap(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(21);
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     support::append(&store, &mut history, 600).await;
     support::caught_up(&store).await;
     let before = leases(&pool).await;

@@ -33,7 +33,7 @@ async fn visible(pool: &PgPool, user: Option<Uuid>, table: &str, filter: &str) -
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn users_see_only_their_own_rows(pool: PgPool) {
     let store = support::store(pool.clone()).await;
-    let running = support::spawn(&store, support::config());
+    let running = support::spawn(&store, support::config()).await;
     let mut history = History::new(21);
     history.forget_percent = 0;
     support::append(&store, &mut history, 1500).await;

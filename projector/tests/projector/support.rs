@@ -8,8 +8,7 @@ use projector::rebuild;
 use projector::{Kind, ProjectorConfig};
 use sqlx::PgPool;
 use testkit::history::History;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use testkit::stack::Services;
 
 pub async fn store(pool: PgPool) -> EventStore {
     EventStore::connect(pool, StoreOptions::default())
@@ -43,34 +42,20 @@ pub fn config() -> ProjectorConfig {
     }
 }
 
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
+/// A projector started the one way the tests start services
+/// (`testkit::stack`): as its own login, on the test's database.
+pub struct Running(Services);
 
 impl Running {
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
+        self.0.stop().await;
     }
 }
 
-pub fn spawn(store: &EventStore, config: ProjectorConfig) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let store = store.clone();
-    let task = tokio::spawn(async move {
-        projector::run(config, store, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("projector");
-    });
-    Running {
-        stop: Some(stop),
-        task,
-    }
+pub async fn spawn(store: &EventStore, config: ProjectorConfig) -> Running {
+    let mut services = Services::default();
+    services.projector(store.pool(), config).await;
+    Running(services)
 }
 
 pub async fn checkpoint_of(store: &EventStore, kind: Kind) -> Position {

@@ -135,7 +135,7 @@ async fn points_equal_the_source_rows_live_and_after_a_rebuild(pool: PgPool) {
         vectors: Some(vectors.clone()),
         ..support::config()
     };
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
     let mut history = History::new(7).starting_at(Utc::now() - chrono::Duration::hours(2));
     // Often enough that a short history erases someone's messages.
     history.forget_percent = 100;
@@ -476,7 +476,7 @@ async fn an_unavailable_store_opens_the_breaker_and_every_point_arrives_later(po
     let mut history = History::new(11).starting_at(Utc::now() - chrono::Duration::hours(1));
     support::append(&store, &mut history, 150).await;
     let head = support::last_position(&store).await;
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
 
     let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
     let mut redis = client
@@ -604,7 +604,7 @@ async fn a_slow_embedding_holds_back_no_other_projection(pool: PgPool) {
         }),
         ..support::config()
     };
-    let running = support::spawn(&store, config);
+    let running = support::spawn(&store, config).await;
     let mut history = History::new(41);
     // Events until one of them is embedded (the gate then holds the sink).
     let entered = held.entered.notified();
