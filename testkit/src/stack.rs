@@ -236,3 +236,151 @@ pub async fn clean_up(names: &Names) {
     }
     let _ = infra::redis_conn::delete_prefix(REDIS, &names.redis_prefix).await;
 }
+
+/// A command as a client sends it: a fresh command id, `aggregate_id` and
+/// `payload`.
+pub fn envelope(aggregate_id: Uuid, payload: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"command_id": Uuid::now_v7(), "aggregate_id": aggregate_id, "payload": payload})
+}
+
+/// The password of every user [`Agent::register`] makes.
+pub const PASSWORD: &str = "correct horse";
+
+/// A user signed in by [`Agent::user`].
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user_id: Uuid,
+    pub token: String,
+    /// The position of the sign-in's events (to read them back at).
+    pub position: String,
+}
+
+/// An agent on a command service's request/reply subjects, as the tests
+/// drive it.
+#[derive(Clone)]
+pub struct Agent {
+    pub client: async_nats::Client,
+    pub prefix: String,
+}
+
+impl Agent {
+    pub async fn connect(prefix: &str) -> Agent {
+        Agent {
+            client: async_nats::connect(NATS)
+                .await
+                .expect("NATS on 127.0.0.1:4222"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// `Content-Type: application/json` if `json`, and the bearer token.
+    pub fn headers(token: Option<&str>, json: bool) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        if json {
+            headers.insert("Content-Type", "application/json");
+        }
+        if let Some(token) = token {
+            headers.insert("Authorization", format!("Bearer {token}").as_str());
+        }
+        headers
+    }
+
+    /// Sends `body` to `<prefix>.rpc.<command_type>` and decodes the answer
+    /// (JSON, or MessagePack unless `json`); it must come within 20 s.
+    pub async fn request(
+        &self,
+        command_type: &str,
+        headers: async_nats::HeaderMap,
+        body: Vec<u8>,
+        json: bool,
+    ) -> command_service::CommandResult {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.request_with_headers(
+                format!("{}.rpc.{command_type}", self.prefix),
+                headers,
+                body.into(),
+            ),
+        )
+        .await
+        .expect("answered in time")
+        .expect("reply");
+        if json {
+            serde_json::from_slice(&reply.payload).expect("JSON result")
+        } else {
+            domain::codec::decode(&reply.payload).expect("MessagePack result")
+        }
+    }
+
+    /// Sends `envelope` as JSON with `token` and `extra` headers.
+    pub async fn send(
+        &self,
+        command_type: &str,
+        envelope: &serde_json::Value,
+        token: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> command_service::CommandResult {
+        let mut headers = Agent::headers(token, true);
+        for (name, value) in extra {
+            headers.insert(*name, *value);
+        }
+        let body = serde_json::to_vec(envelope).expect("json");
+        self.request(command_type, headers, body, true).await
+    }
+
+    /// Registers a user with `role` (password [`PASSWORD`]) with the
+    /// bootstrap token: the user id and e-mail address.
+    pub async fn register(&self, bootstrap: &str, role: &str) -> (Uuid, String) {
+        let user_id = Uuid::now_v7();
+        let email = format!("{}@example.com", Uuid::new_v4().simple());
+        let payload = serde_json::json!({"email": email, "display_name": "Test User", "password": PASSWORD, "role": role});
+        let registered = self
+            .send(
+                "user.register",
+                &envelope(user_id, payload),
+                Some(bootstrap),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            registered.status,
+            command_service::Status::Accepted,
+            "{registered:?}"
+        );
+        (user_id, email)
+    }
+
+    /// A `session.start` with `payload` (no credential but the payload's).
+    pub async fn sign_in(&self, payload: serde_json::Value) -> command_service::CommandResult {
+        self.send(
+            "session.start",
+            &envelope(Uuid::now_v7(), payload),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// Registers a user with the bootstrap token and signs them in.
+    pub async fn user(&self, bootstrap: &str, role: &str) -> SignedIn {
+        let (user_id, email) = self.register(bootstrap, role).await;
+        let started = self
+            .sign_in(serde_json::json!({"email": email, "password": PASSWORD, "device_fingerprint": "test"}))
+            .await;
+        assert_eq!(
+            started.status,
+            command_service::Status::Accepted,
+            "{started:?}"
+        );
+        SignedIn {
+            user_id,
+            token: started
+                .data
+                .as_ref()
+                .and_then(|d| d["token"].as_str())
+                .expect("token")
+                .to_string(),
+            position: started.position.expect("a position"),
+        }
+    }
+}

@@ -391,6 +391,9 @@ mod tests {
     use super::*;
     use qdrant_client::qdrant::vectors_config::Config;
 
+    // qdrant-client marks the `on_disk` fields deprecated; the builder
+    // still sets them (the seed's layout), and this test reads them back.
+    #[allow(deprecated)]
     #[test]
     fn collections_are_created_with_the_seed_layout() {
         for c in Collection::ALL {

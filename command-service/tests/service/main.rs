@@ -20,14 +20,15 @@ use command_service::{CommandResult, ServiceConfig, Status};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use testkit::stack::{self, Names, Services};
+use testkit::stack::{self, Agent, Names, Services};
 use uuid::Uuid;
 
-pub use testkit::stack::{master_keys, store_options, NATS};
+pub use testkit::stack::{envelope, master_keys, store_options, NATS};
 
 pub struct App {
     pub prefix: String,
     pub client: async_nats::Client,
+    agent: Agent,
     pub pool: PgPool,
     pub bootstrap: String,
     services: Services,
@@ -65,12 +66,11 @@ impl App {
             .unwrap_or_default();
         let mut services = Services::default();
         services.command_service(&pool, config).await;
-        let client = async_nats::connect(NATS)
-            .await
-            .expect("NATS on 127.0.0.1:4222");
+        let agent = Agent::connect(&prefix).await;
         App {
             prefix,
-            client,
+            client: agent.client.clone(),
+            agent,
             pool,
             bootstrap,
             services,
@@ -88,18 +88,7 @@ impl App {
         stack::clean_up(&Names::on(&self.prefix)).await;
     }
 
-    fn headers(token: Option<&str>, json: bool) -> async_nats::HeaderMap {
-        let mut headers = async_nats::HeaderMap::new();
-        if json {
-            headers.insert("Content-Type", "application/json");
-        }
-        if let Some(token) = token {
-            headers.insert("Authorization", format!("Bearer {token}").as_str());
-        }
-        headers
-    }
-
-    /// Sends raw bytes over request/reply and decodes the JSON answer.
+    /// Sends raw bytes over request/reply and decodes the answer.
     pub async fn rpc_raw(
         &self,
         command_type: &str,
@@ -107,8 +96,8 @@ impl App {
         token: Option<&str>,
         json: bool,
     ) -> CommandResult {
-        self.rpc_raw_with(command_type, body, App::headers(token, json), json)
-            .await
+        let headers = Agent::headers(token, json);
+        self.agent.request(command_type, headers, body, json).await
     }
 
     /// [`App::rpc`] with more headers (`Client-Ip`, `User-Agent`, ...).
@@ -119,37 +108,7 @@ impl App {
         token: Option<&str>,
         extra: &[(&str, &str)],
     ) -> CommandResult {
-        let mut headers = App::headers(token, true);
-        for (name, value) in extra {
-            headers.insert(*name, *value);
-        }
-        let body = serde_json::to_vec(envelope).expect("json");
-        self.rpc_raw_with(command_type, body, headers, true).await
-    }
-
-    async fn rpc_raw_with(
-        &self,
-        command_type: &str,
-        body: Vec<u8>,
-        headers: async_nats::HeaderMap,
-        json: bool,
-    ) -> CommandResult {
-        let reply = tokio::time::timeout(
-            Duration::from_secs(20),
-            self.client.request_with_headers(
-                format!("{}.rpc.{command_type}", self.prefix),
-                headers,
-                body.into(),
-            ),
-        )
-        .await
-        .expect("answered in time")
-        .expect("reply");
-        if json {
-            serde_json::from_slice(&reply.payload).expect("JSON result")
-        } else {
-            domain::codec::decode(&reply.payload).expect("MessagePack result")
-        }
+        self.agent.send(command_type, envelope, token, extra).await
     }
 
     pub async fn rpc(
@@ -194,7 +153,7 @@ impl App {
             .expect("subscribe");
         self.client.flush().await.expect("flush");
         let js = async_nats::jetstream::new(self.client.clone());
-        let mut headers = App::headers(token, true);
+        let mut headers = Agent::headers(token, true);
         headers.insert("Nats-Msg-Id", command_id.as_str());
         js.publish_with_headers(
             format!("{}.cmd.{command_type}", self.prefix),
@@ -231,44 +190,20 @@ impl App {
     /// Registers a user (password `correct horse`) with the bootstrap
     /// token; returns the user id and e-mail.
     pub async fn register(&self, role: &str) -> (Uuid, String) {
-        let user_id = Uuid::now_v7();
-        let email = format!("{}@example.com", Uuid::new_v4().simple());
-        let registered = self
-            .rpc(
-                "user.register",
-                &envelope(user_id, json!({"email": email, "display_name": "Test", "password": "correct horse", "role": role})),
-                Some(&self.bootstrap),
-            )
-            .await;
-        assert_eq!(registered.status, Status::Accepted, "{registered:?}");
-        (user_id, email)
+        self.agent.register(&self.bootstrap, role).await
     }
 
     /// A `session.start` with these credentials.
     pub async fn sign_in(&self, email: &str, password: &str, mfa: Option<&str>) -> CommandResult {
-        self.rpc(
-            "session.start",
-            &envelope(
-                Uuid::now_v7(),
-                json!({"email": email, "password": password, "mfa_code": mfa}),
-            ),
-            None,
-        )
-        .await
+        self.agent
+            .sign_in(json!({"email": email, "password": password, "mfa_code": mfa}))
+            .await
     }
 
     /// Registers a user with the bootstrap token and signs them in.
     pub async fn user(&self, role: &str) -> (Uuid, String) {
-        let (user_id, email) = self.register(role).await;
-        let started = self.sign_in(&email, "correct horse", None).await;
-        assert_eq!(started.status, Status::Accepted, "{started:?}");
-        let token = started
-            .data
-            .as_ref()
-            .and_then(|d| d["token"].as_str())
-            .expect("token")
-            .to_string();
-        (user_id, token)
+        let signed_in = self.agent.user(&self.bootstrap, role).await;
+        (signed_in.user_id, signed_in.token)
     }
 
     /// Starts a conversation owned by the holder of `token`.
@@ -284,8 +219,4 @@ impl App {
         assert_eq!(started.status, Status::Accepted, "{started:?}");
         conversation
     }
-}
-
-pub fn envelope(aggregate_id: Uuid, payload: Value) -> Value {
-    json!({"command_id": Uuid::now_v7(), "aggregate_id": aggregate_id, "payload": payload})
 }

@@ -98,7 +98,7 @@ async fn a_graceful_stop_answers_every_request_it_appended(pool: PgPool) {
                 Duration::from_secs(10),
                 client.request_with_headers(
                     format!("{prefix}.rpc.incident.open"),
-                    App::headers(Some(&bootstrap), true),
+                    testkit::stack::Agent::headers(Some(&bootstrap), true),
                     serde_json::to_vec(&body).expect("json").into(),
                 ),
             )

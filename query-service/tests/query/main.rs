@@ -27,7 +27,7 @@ use query_service::{QueryConfig, Search};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use testkit::stack::{self, Names, Services};
+use testkit::stack::{self, envelope, Agent, Names, Services};
 use uuid::Uuid;
 
 pub use testkit::stack::{master_keys, store_options, NATS, REDIS};
@@ -37,6 +37,7 @@ pub struct Stack {
     pub nats_prefix: String,
     pub redis_prefix: String,
     pub client: async_nats::Client,
+    agent: Agent,
     pub http: reqwest::Client,
     pub base: String,
     pub bootstrap: String,
@@ -145,14 +146,13 @@ impl Stack {
         });
         config.tls = tls.as_ref().map(|(c, _)| (c.cert.clone(), c.key.clone()));
         let addr = services.query_service(&pool, config).await;
-        let client = async_nats::connect(NATS)
-            .await
-            .expect("NATS on 127.0.0.1:4222");
+        let agent = Agent::connect(&names.nats_prefix).await;
         Stack {
             pool,
             nats_prefix: names.nats_prefix,
             redis_prefix: names.redis_prefix,
-            client,
+            client: agent.client.clone(),
+            agent,
             http: match &tls {
                 Some((certs, _)) => {
                     let ca = std::fs::read(&certs.ca).expect("CA");
@@ -191,23 +191,10 @@ impl Stack {
         payload: Value,
         token: &str,
     ) -> CommandResult {
-        let envelope =
-            json!({"command_id": Uuid::now_v7(), "aggregate_id": aggregate, "payload": payload});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
-        headers.insert("Authorization", format!("Bearer {token}").as_str());
-        let reply = tokio::time::timeout(
-            Duration::from_secs(20),
-            self.client.request_with_headers(
-                format!("{}.rpc.{command_type}", self.nats_prefix),
-                headers,
-                serde_json::to_vec(&envelope).expect("json").into(),
-            ),
-        )
-        .await
-        .expect("answered in time")
-        .expect("reply");
-        serde_json::from_slice(&reply.payload).expect("JSON result")
+        let envelope = envelope(aggregate, payload);
+        self.agent
+            .send(command_type, &envelope, Some(token), &[])
+            .await
     }
 
     /// A command that must be accepted; returns its position.
@@ -249,52 +236,20 @@ impl Stack {
 
     /// `session.start` (no credentials but the payload's).
     pub async fn sign_in(&self, payload: Value) -> CommandResult {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
-        let envelope = json!({"command_id": Uuid::now_v7(), "aggregate_id": Uuid::now_v7(), "payload": payload});
-        let reply = self
-            .client
-            .request_with_headers(
-                format!("{}.rpc.session.start", self.nats_prefix),
-                headers,
-                serde_json::to_vec(&envelope).expect("json").into(),
-            )
-            .await
-            .expect("reply");
-        serde_json::from_slice(&reply.payload).expect("result")
+        self.agent.sign_in(payload).await
     }
 
     /// Registers a user (with the bootstrap token) and signs them in:
     /// (user id, session token).
     pub async fn user(&self, role: &str) -> (Uuid, String) {
-        let user_id = Uuid::now_v7();
-        let email = format!("{}@example.com", Uuid::new_v4().simple());
-        let bootstrap = self.bootstrap.clone();
-        self.ok(
-            "user.register",
-            user_id,
-            json!({"email": email, "display_name": "Test User", "password": "correct horse", "role": role}),
-            &bootstrap,
-        )
-        .await;
-        let started = self
-            .sign_in(
-                json!({"email": email, "password": "correct horse", "device_fingerprint": "test"}),
-            )
-            .await;
-        assert_eq!(started.status, Status::Accepted, "{started:?}");
-        let token = started
-            .data
-            .as_ref()
-            .and_then(|d| d["token"].as_str())
-            .expect("token")
-            .to_string();
+        let signed_in = self.agent.user(&self.bootstrap, role).await;
         // Signed in as a client would be: the user and session rows are
         // projected before the token is used for reads.
-        let position = started.position.expect("a position");
-        let me = self.get_at("/v1/me", &token, &position).await;
+        let me = self
+            .get_at("/v1/me", &signed_in.token, &signed_in.position)
+            .await;
         assert_eq!(me.status, 200, "{:?}", me.body);
-        (user_id, token)
+        (signed_in.user_id, signed_in.token)
     }
 
     pub async fn get_with(
