@@ -62,37 +62,65 @@ impl Writer {
 
     /// One round (no stream or command id twice): the exact set append if
     /// it can take the round, then the set append for what it left taken.
+    /// It fails only when nothing of the round was written: once the exact
+    /// statement has committed, its outcomes stand, and the requests it left
+    /// taken are settled on their own (with the same fallback).
     async fn write_round(
         &self,
         entries: &[Entry<'_>],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let args = AppendArgs::new(entries.iter().map(|(request, _)| *request))?;
-        let statement = if args.single_exact() {
-            set_append::EXACT_APPEND
-        } else {
-            set_append::SET_APPEND
-        };
-        let mut outcomes = self.run(entries, &args, statement).await?;
+        if !args.single_exact() {
+            return self.set_append(entries, &args).await;
+        }
+        let mut outcomes = self.run(entries, &args, set_append::EXACT_APPEND).await?;
         let taken: Vec<usize> = (0..outcomes.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
         if !taken.is_empty() {
             crate::metrics::exact_append_taken().inc_by(taken.len() as u64);
-            let again: Vec<Entry<'_>> = taken.iter().map(|&i| entries[i]).collect();
-            let args = AppendArgs::new(again.iter().map(|(request, _)| *request))?;
-            let settled = self.run(&again, &args, set_append::SET_APPEND).await?;
-            for (i, outcome) in taken.into_iter().zip(settled) {
-                outcomes[i] = outcome;
-            }
-        }
-        outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.ok_or_else(|| {
-                    StoreError::Corrupt("the set append left a request unsettled".into())
+            let positions: Vec<usize> = (0..taken.len()).collect();
+            let settled = settle(&[positions], |round: Vec<usize>| -> BoxFuture<'_, _> {
+                let again: Vec<Entry<'_>> = round.iter().map(|&p| entries[taken[p]]).collect();
+                Box::pin(async move {
+                    let args = AppendArgs::new(again.iter().map(|(request, _)| *request))?;
+                    self.set_append(&again, &args).await
                 })
             })
-            .collect()
+            .await;
+            for (&i, outcome) in taken.iter().zip(settled) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    Err(StoreError::Corrupt("the exact set append lost a request".into()).into())
+                })
+            })
+            .collect())
+    }
+
+    /// The set append of `entries` (one statement), which settles every
+    /// request it is given.
+    async fn set_append(
+        &self,
+        entries: &[Entry<'_>],
+        args: &AppendArgs<'_>,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let outcomes = self.run(entries, args, set_append::SET_APPEND).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    Err(
+                        StoreError::Corrupt("the set append left a request unsettled".into())
+                            .into(),
+                    )
+                })
+            })
+            .collect())
     }
 
     /// One statement: `statement` for `entries`, whose arrays `args` holds,
@@ -185,9 +213,9 @@ fn rounds(entries: &[Entry<'_>]) -> Vec<Vec<usize>> {
     rounds
 }
 
-/// Writes `rounds` (indices into a batch) in order with `write_round`, an
-/// outcome for each index. A round is one statement, so when it fails
-/// nothing of it was written. If it held several requests and failed for
+/// Writes `rounds` (the indices `0..n` of a batch, each once) in order with
+/// `write_round`, an outcome for each index. `write_round` fails only when
+/// nothing of its round was written. If it held several requests and failed for
 /// good, one of them may be what broke the statement: each is written again
 /// alone, so only that one gets the error (earlier rounds stay written, and
 /// none is written twice). A transient failure (already retried) is no

@@ -436,6 +436,34 @@ async fn exact_batches_wait_for_a_concurrent_writer_of_the_version(pool: PgPool)
     }
 }
 
+/// What the exact set append wrote stands when the set append for what it
+/// left taken then fails: the written request answers its append (not an
+/// error, not a second write), and only the leftover gets the failure.
+#[sqlx::test(migrations = "../migrations")]
+async fn exact_appends_stand_when_the_set_append_after_them_fails(pool: PgPool) {
+    let (store, user, _) = store_with_fixtures(&pool).await;
+    let (moved, fresh) = (Uuid::now_v7(), Uuid::now_v7());
+    let seed = entry(moved, Uuid::now_v7(), 2, "live", user);
+    appended(&write(&store, &[&seed]).await[0]);
+    // From here every set append fails for good (the exact one still runs).
+    sqlx::query(
+        "ALTER FUNCTION eventstore_append_set_checked RENAME TO eventstore_append_set_checked_gone",
+    )
+    .execute(&pool)
+    .await
+    .expect("rename the set append");
+    let written = exact_entry(fresh, ExpectedVersion::NoStream, "live", user);
+    let stale = exact_entry(moved, ExpectedVersion::Exact(1), "live", user);
+    let outcomes = write(&store, &[&written, &stale]).await;
+    assert_eq!(summary(&outcomes), vec![Ok(1), Err("append error")]);
+    let on_fresh: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
+        .bind(fresh)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(on_fresh, 1, "written once");
+}
+
 /// The exact set append is the one the common batch takes: it needs no
 /// stream lock, so a transaction holding one does not hold it up (the
 /// full set append would wait for it to end).
