@@ -225,16 +225,16 @@ pub async fn wait_until_answering(client: &async_nats::Client, prefix: &str) {
     panic!("the command service on {prefix} did not start");
 }
 
-/// Removes what services on `names` leave on the shared servers: the
-/// command streams and every Redis key under the prefix.
-pub async fn clean_up(names: &Names) {
+/// Removes what services on these prefixes leave on the shared servers:
+/// the command streams and every Redis key under `redis_prefix`.
+pub async fn clean_up(nats_prefix: &str, redis_prefix: &str) {
     if let Ok(client) = async_nats::connect(NATS).await {
         let js = async_nats::jetstream::new(client);
-        let (commands, results) = command_service::stream_names(&names.nats_prefix);
+        let (commands, results) = command_service::stream_names(nats_prefix);
         let _ = js.delete_stream(commands).await;
         let _ = js.delete_stream(results).await;
     }
-    let _ = infra::redis_conn::delete_prefix(REDIS, &names.redis_prefix).await;
+    let _ = infra::redis_conn::delete_prefix(REDIS, redis_prefix).await;
 }
 
 /// A command as a client sends it: a fresh command id, `aggregate_id` and

@@ -132,11 +132,6 @@ impl System {
         if let Some(mut up) = self.up.take() {
             let _ = up.kill().await;
         }
-        testkit::stack::clean_up(&testkit::stack::Names {
-            nats_prefix: self.prefix.clone(),
-            redis_prefix: self.redis_prefix.clone(),
-            bootstrap: self.bootstrap.clone(),
-        })
-        .await;
+        testkit::stack::clean_up(&self.prefix, &self.redis_prefix).await;
     }
 }

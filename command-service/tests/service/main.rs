@@ -85,7 +85,8 @@ impl App {
     /// Stops the service and removes its streams and Redis keys.
     pub async fn finish(mut self) {
         self.stop().await;
-        stack::clean_up(&Names::on(&self.prefix)).await;
+        let names = Names::on(&self.prefix);
+        stack::clean_up(&names.nats_prefix, &names.redis_prefix).await;
     }
 
     /// Sends raw bytes over request/reply and decodes the answer.

@@ -173,12 +173,7 @@ impl Stack {
     /// Stops every service, removes the streams and the Redis keys.
     pub async fn finish(mut self) {
         self.services.stop().await;
-        stack::clean_up(&Names {
-            nats_prefix: self.nats_prefix.clone(),
-            redis_prefix: self.redis_prefix.clone(),
-            bootstrap: self.bootstrap.clone(),
-        })
-        .await;
+        stack::clean_up(&self.nats_prefix, &self.redis_prefix).await;
         if let Some((_, dir)) = &self.tls {
             let _ = std::fs::remove_dir_all(dir);
         }
