@@ -66,11 +66,6 @@ pub enum CommandError {
     Epochs(String),
     #[error("a decided command has no stored outcome")]
     NoStoredOutcome,
-    /// Decided under a verified copy of the credential and not accepted:
-    /// handled again after the full check (`forget`: the copy is wrong).
-    /// The pipeline never answers it; if it did, that is our bug.
-    #[error("to be handled again after the full credential check")]
-    Recheck { forget: bool },
 }
 
 impl From<Refusal> for CommandError {
@@ -175,8 +170,7 @@ impl CommandError {
             | CommandError::Encode(_)
             | CommandError::Facts(_)
             | CommandError::Epochs(_)
-            | CommandError::NoStoredOutcome
-            | CommandError::Recheck { .. } => {
+            | CommandError::NoStoredOutcome => {
                 tracing::error!(error = %self, %command_id, "command failed: a dependency is unavailable");
                 failed(
                     Status::Unavailable,

@@ -11,10 +11,12 @@
 //!    JetStream results are published, then the message is acked.
 //! 2. **Decode** (`envelope.rs`): size limit, then envelope and payload,
 //!    each error naming its field.
-//! 3. **Authenticate** (`authn.rs`): the bearer token becomes an actor. A
-//!    session or API key this instance verified before is used from its
-//!    cache; otherwise one query (the preflight) reads the credential and
-//!    any stored outcome of the command id, which answers a repeat.
+//! 3. **Authenticate** (`authn.rs`): the bearer token becomes a
+//!    credential: a session or API key this instance verified before is
+//!    taken from its cache (a *cached* credential, whose guard the append
+//!    checks again); otherwise one query (the preflight) reads the
+//!    credential and any stored outcome of the command id, which answers a
+//!    repeat (a *checked* credential).
 //! 4. **Rate limit**: a sliding window in Redis per principal (sign-ins per
 //!    e-mail and per address), failing open.
 //! 5. **Load and decide** (`handler/`): the aggregate's state from this
@@ -31,17 +33,23 @@
 //!    wire once, exhaustively, by [`CommandError::result`]. Rejections are
 //!    stored as the command's one outcome, so a retry gets the same answer.
 //!
-//! The speed-ups live inside those steps, and each falls back to the full
-//! step on doubt without writing anything twice: a cached credential is
-//! checked again by the append; a cached state that is stale fails its
-//! expected version and is reloaded; a refusal decided from a cache is
-//! decided again from the store. On request/reply, a command that needs no
-//! waiting (cached credential and state, the aggregate's turn free, no
-//! outside facts, no inline projection) is decided in the subscription's
-//! loop and appended by the lane (`lane.rs`) with the others of its batch,
-//! without a task of its own; whatever the lane does not accept is handled
-//! again in full. Nothing of a command is written before its append, and
-//! the append is the one place it can be written.
+//! The speed-ups live inside those steps (cached credentials, cached
+//! states, grouped appends), and there is one way back: a command decided
+//! under a cached credential and not accepted (a refusal, a conflict, a
+//! credential or command id the append's statement found changed, a
+//! failure) is held back and taken through the same steps again from a
+//! checked credential, its rate limit counted once. A cached state that is
+//! stale fails its expected version and is reloaded inside the load step.
+//! Nothing of a command is written before its append, and the append is
+//! the one place it can be written.
+//!
+//! On request/reply, a command whose steps need no waiting (cached
+//! credential and state, the aggregate's turn free, no outside facts, no
+//! inline projection) runs them in the subscription's loop instead of a
+//! task of its own (`handler/prepared.rs`), and its append is grouped by
+//! the lane (`lane.rs`) with the others of its batch, in one guarded
+//! statement; a command the lane holds back enters the pipeline at the
+//! authenticate step, checked, like any other held-back command.
 
 mod aggregates;
 mod authn;

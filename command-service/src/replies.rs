@@ -63,19 +63,19 @@ async fn send_all(client: Client, mut queue: mpsc::UnboundedReceiver<Reply>) {
     }
 }
 
-/// Handles a request in full and queues its answer; `again` for one the
-/// lane decided and handed back (see [`Handler::handle_again`]).
+/// Handles a request in full and queues its answer; `held_back` for one the
+/// lane decided and handed back (see [`Handler::handle_held_back`]).
 pub(crate) async fn answer(
     replies: &mpsc::UnboundedSender<Reply>,
     handler: &Handler,
     prefix: &str,
     message: Message,
     slot: OwnedSemaphorePermit,
-    again: bool,
+    held_back: bool,
 ) {
     let request = incoming(&message, prefix, false);
-    let (encoding, result) = if again {
-        handler.handle_again(request).await
+    let (encoding, result) = if held_back {
+        handler.handle_held_back(request).await
     } else {
         handler.handle(request).await
     };

@@ -279,21 +279,20 @@ impl Handler {
     /// Handles one command; the result is what the client gets (in the
     /// request's encoding). Never panics on input.
     pub async fn handle(&self, incoming: Incoming<'_>) -> (Encoding, CommandResult) {
-        self.handle_as(incoming, Attempt::First).await
+        self.handle_as(incoming, Entry::Arrived).await
     }
 
     /// Handles a command the request/reply lane decided but did not append
-    /// (see [`Prepared`]): in full, from the auth index and the stored
-    /// outcomes, its rate limit already counted.
-    pub(crate) async fn handle_again(&self, incoming: Incoming<'_>) -> (Encoding, CommandResult) {
-        self.handle_as(incoming, Attempt::AfterLane).await
-    }
-
-    async fn handle_as(
+    /// (see [`Prepared`]): the same pipeline, entered at a full
+    /// authentication, its rate limit already counted.
+    pub(crate) async fn handle_held_back(
         &self,
         incoming: Incoming<'_>,
-        attempt: Attempt,
     ) -> (Encoding, CommandResult) {
+        self.handle_as(incoming, Entry::HeldBack).await
+    }
+
+    async fn handle_as(&self, incoming: Incoming<'_>, entry: Entry) -> (Encoding, CommandResult) {
         let encoding = Encoding::from_content_type(incoming.content_type);
         let started = std::time::Instant::now();
         // Only catalogue types become label values, so a client cannot
@@ -303,7 +302,7 @@ impl Handler {
         } else {
             "unknown".to_string()
         };
-        let result = self.handle_inner(encoding, incoming, attempt).await;
+        let result = self.handle_inner(encoding, incoming, entry).await;
         self.observe(&label, result.status, started);
         (encoding, result)
     }
@@ -323,7 +322,7 @@ impl Handler {
         &self,
         encoding: Encoding,
         incoming: Incoming<'_>,
-        attempt: Attempt,
+        entry: Entry,
     ) -> CommandResult {
         let nil = Uuid::nil();
         if incoming.payload.len() > self.settings.max_message_bytes {
@@ -393,7 +392,7 @@ impl Handler {
                 command,
                 incoming.command_type,
                 incoming.authorization,
-                attempt,
+                entry,
             )
             .instrument(span)
             .await
@@ -402,69 +401,77 @@ impl Handler {
         result
     }
 
+    /// The pipeline after decoding: authenticate, rate-limit, then load,
+    /// decide and append on the aggregate. The one way back is to
+    /// authenticate again, in full: a command decided under a cached
+    /// credential and not accepted (a refusal, a conflict, a credential or
+    /// command id the append found changed, a failure) is held back and
+    /// handled once more from the auth index and the stored outcomes;
+    /// nothing of it was written or counted twice by then.
     async fn handle_decoded(
         &self,
         mut envelope: Envelope,
         command: Command,
         command_type: &str,
         authorization: Option<&str>,
-        attempt: Attempt,
+        entry: Entry,
     ) -> Result<CommandResult, CommandError> {
         let now = Utc::now();
-        // The fast way: a session or API key this instance verified before,
-        // checked again by the append itself. Whatever it does not accept (a
-        // refusal, a conflict, a credential that changed, a command decided
-        // before, a failure) is handled again below, from the auth index and
-        // the stored outcomes; nothing was written or counted twice by then.
-        let mut limit_counted = attempt == Attempt::AfterLane;
-        let verified = match attempt {
-            Attempt::First => self.authn.verified(authorization, command_type, now),
-            Attempt::AfterLane => None,
+        let mut limit_counted = entry == Entry::HeldBack;
+        let mut cached = match entry {
+            Entry::Arrived => self.authn.verified(authorization, command_type, now),
+            Entry::HeldBack => None,
         };
-        if let Some((actor, guard)) = verified {
-            envelope.client_vouched = self.settings.vouches(&actor);
-            if self.rate_limit(&envelope, &actor, &command).await.is_ok() {
-                limit_counted = true;
-                let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
-                match self
-                    .dispatch(&envelope, command_type, command.clone(), ctx, Some(&guard))
-                    .await
-                {
-                    Ok(result) if result.status == Status::Accepted => {
-                        crate::metrics::metrics()
-                            .fast_path
-                            .with_label_values(&["accepted"])
-                            .inc();
-                        return Ok(result);
+        loop {
+            let credential = match cached.take() {
+                Some((actor, guard)) => Credential::Cached { actor, guard },
+                None => {
+                    // One query reads the credential and any stored outcome
+                    // of the command id, which answers a repeat (to a caller
+                    // who may see it).
+                    let preflight = self
+                        .authn
+                        .preflight(envelope.command_id, authorization, command_type, now)
+                        .await?;
+                    let actor = preflight.actor?;
+                    if let Some(stored) = preflight.outcome {
+                        return Ok(stored.answer_for(&actor));
                     }
-                    Err(CommandError::Recheck { forget: true }) => self.authn.forget(&guard),
-                    Ok(_) | Err(_) => {}
+                    Credential::Checked(actor)
                 }
-                crate::metrics::metrics()
-                    .fast_path
-                    .with_label_values(&["rechecked"])
-                    .inc();
+            };
+            envelope.client_vouched = self.settings.vouches(credential.actor());
+            if !limit_counted {
+                limit_counted = true;
+                self.rate_limit(&envelope, credential.actor(), &command)
+                    .await?;
             }
+            let ctx =
+                Context::new(now, credential.actor().clone()).for_aggregate(envelope.aggregate_id);
+            let decided = self
+                .dispatch(&envelope, command_type, command.clone(), ctx, &credential)
+                .await;
+            let Credential::Cached { guard, .. } = &credential else {
+                let result = decided.map_err(Halt::into_error)?;
+                tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
+                return Ok(result);
+            };
+            match decided {
+                Ok(result) if result.status == Status::Accepted => {
+                    crate::metrics::metrics()
+                        .fast_path
+                        .with_label_values(&["accepted"])
+                        .inc();
+                    return Ok(result);
+                }
+                Err(Halt::HeldBack { forget: true }) => self.authn.forget(guard),
+                Ok(_) | Err(_) => {}
+            }
+            crate::metrics::metrics()
+                .fast_path
+                .with_label_values(&["rechecked"])
+                .inc();
         }
-        let preflight = self
-            .authn
-            .preflight(envelope.command_id, authorization, command_type, now)
-            .await?;
-        let actor = preflight.actor?;
-        // A stored outcome is told only to a caller who may see it.
-        if let Some(stored) = preflight.outcome {
-            return Ok(stored.answer_for(&actor));
-        }
-        envelope.client_vouched = self.settings.vouches(&actor);
-        if !limit_counted {
-            self.rate_limit(&envelope, &actor, &command).await?;
-        }
-        let ctx = Context::new(now, actor).for_aggregate(envelope.aggregate_id);
-        let result = self
-            .dispatch(&envelope, command_type, command, ctx, None)
-            .await?;
-        tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
-        Ok(result)
     }
 
     /// Refuses a command of `actor` over its rate limit (never when Redis
@@ -535,11 +542,11 @@ impl Handler {
         command_type: &str,
         command: Command,
         ctx: Context,
-        guard: Option<&Guard>,
-    ) -> Result<CommandResult, CommandError> {
+        credential: &Credential,
+    ) -> Result<CommandResult, Halt> {
         // Boxed per arm, see above.
         by_aggregate!(command, |A, c| {
-            Box::pin(self.execute::<A>(envelope, command_type, c, ctx, guard)).await
+            Box::pin(self.execute::<A>(envelope, command_type, c, ctx, credential.guard())).await
         })
     }
 
@@ -604,11 +611,11 @@ impl Handler {
         command: A::Command,
         base: Context,
         guard: Option<&Guard>,
-    ) -> Result<CommandResult, CommandError> {
+    ) -> Result<CommandResult, Halt> {
         // Inline projections write in their own transaction, and only
         // plain appends can be guarded.
         if guard.is_some() && A::INLINE {
-            return Err(CommandError::Recheck { forget: false });
+            return Err(Halt::HeldBack { forget: false });
         }
         // Commands for one aggregate take turns in this instance, so they do
         // not race each other into conflicts; other instances still can,
@@ -641,7 +648,8 @@ impl Handler {
                     return Err(CommandError::Conflict {
                         expected,
                         actual: version,
-                    });
+                    }
+                    .into());
                 }
             }
             let mut ctx = base.clone();
@@ -659,11 +667,11 @@ impl Handler {
                     if guard.is_some() {
                         // Refused under a copy of the credential: answered
                         // (and stored) only after the full check.
-                        return Err(CommandError::Recheck { forget: false });
+                        return Err(Halt::HeldBack { forget: false });
                     }
-                    return self
+                    return Ok(self
                         .refuse(envelope, command_type, &ctx.actor, &facts, error)
-                        .await;
+                        .await?);
                 }
             };
             // A command that ends or narrows credentials is acknowledged
@@ -672,11 +680,11 @@ impl Handler {
             // `infra::auth_epoch`).
             let auth_subject = A::auth_subject(envelope.aggregate_id, &events);
             if guard.is_some() && auth_subject.is_some() {
-                return Err(CommandError::Recheck { forget: false });
+                return Err(Halt::HeldBack { forget: false });
             }
             if let (Some(user), Some(epochs)) = (auth_subject, &self.epochs) {
                 if let Err(error) = epochs.bump(user).await {
-                    return Err(CommandError::Epochs(error.to_string()));
+                    return Err(CommandError::Epochs(error.to_string()).into());
                 }
             }
             let subjects =
@@ -691,32 +699,32 @@ impl Handler {
                     Err(held @ (AppendError::Decided | AppendError::Unverified)) => {
                         self.cache.put::<A>(envelope.aggregate_id, state, version);
                         let forget = matches!(held, AppendError::Unverified);
-                        return Err(CommandError::Recheck { forget });
+                        return Err(Halt::HeldBack { forget });
                     }
                     other => other,
                 },
                 None => match self.append::<A>(request, &events).await {
                     Ok(Appended::Done(outcome)) => Ok(outcome),
                     Ok(Appended::Refused(error)) => {
-                        return self
+                        return Ok(self
                             .refuse(envelope, command_type, &ctx.actor, &facts, error)
-                            .await;
+                            .await?);
                     }
                     Ok(Appended::DecidedBefore) => {
-                        return self
+                        return Ok(self
                             .stored_result(envelope.command_id, &ctx.actor)
                             .await?
-                            .ok_or(CommandError::NoStoredOutcome);
+                            .ok_or(CommandError::NoStoredOutcome)?);
                     }
                     Err(e) => Err(e),
                 },
             };
             match appended {
                 Ok(outcome) if outcome.replayed => {
-                    return self
+                    return Ok(self
                         .stored_result(envelope.command_id, &ctx.actor)
                         .await?
-                        .ok_or(CommandError::NoStoredOutcome);
+                        .ok_or(CommandError::NoStoredOutcome)?);
                 }
                 Ok(outcome) => {
                     self.bump_epoch(auth_subject).await;
@@ -762,7 +770,8 @@ impl Handler {
                     return Err(CommandError::Conflict {
                         expected: envelope.expected_version.unwrap_or(version),
                         actual: actual.unwrap_or(0),
-                    });
+                    }
+                    .into());
                 }
                 Err(AppendError::Conflict { .. } | AppendError::StaleTransaction { .. }) => {
                     crate::metrics::metrics().conflict_retries.inc();
@@ -772,7 +781,7 @@ impl Handler {
                 }
                 // The store's limits, its failure, or our bug (an empty or
                 // untyped append): nothing was written.
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(CommandError::from(e).into()),
             }
         }
     }
@@ -1010,10 +1019,69 @@ fn append_request<A: Aggregate>(
     })
 }
 
-/// Whether a command is handled for the first time, or again after the
-/// request/reply lane decided it and did not append it.
+/// Where a command enters the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Attempt {
-    First,
-    AfterLane,
+enum Entry {
+    /// As it arrived: a credential this instance verified before is used.
+    Arrived,
+    /// Held back by the request/reply lane (decided there, not appended):
+    /// authenticated in full, its rate limit already counted.
+    HeldBack,
+}
+
+/// Who sent a command, as the authenticate step found out.
+enum Credential {
+    /// A session or API key this instance verified before: the command is
+    /// appended under its guard, which the append's statement checks again
+    /// with the command id; whatever is not accepted under it is handled
+    /// again from [`Credential::Checked`].
+    Cached { actor: Actor, guard: Guard },
+    /// Read from the auth index just now, with the command id found
+    /// undecided.
+    Checked(Actor),
+}
+
+impl Credential {
+    fn actor(&self) -> &Actor {
+        match self {
+            Credential::Cached { actor, .. } | Credential::Checked(actor) => actor,
+        }
+    }
+
+    fn guard(&self) -> Option<&Guard> {
+        match self {
+            Credential::Cached { guard, .. } => Some(guard),
+            Credential::Checked(_) => None,
+        }
+    }
+}
+
+/// Why loading, deciding and appending stopped short of an answer.
+enum Halt {
+    /// Answered with this error.
+    Failed(CommandError),
+    /// Decided under a [`Credential::Cached`] and not to be answered from
+    /// it: authenticated again in full (`forget`: the copy is wrong).
+    HeldBack { forget: bool },
+}
+
+impl Halt {
+    /// The error to answer. Only a cached credential's guard holds a
+    /// command back; one held back without it is our bug, answered as the
+    /// store's check that held it (unavailable, nothing written).
+    fn into_error(self) -> CommandError {
+        match self {
+            Halt::Failed(error) => error,
+            Halt::HeldBack { .. } => AppendError::Unverified.into(),
+        }
+    }
+}
+
+impl<E> From<E> for Halt
+where
+    CommandError: From<E>,
+{
+    fn from(error: E) -> Self {
+        Halt::Failed(CommandError::from(error))
+    }
 }

@@ -20,8 +20,6 @@ mod search;
 mod seed_columns;
 mod series;
 
-use std::time::Duration;
-
 use command_service::{CommandResult, ServiceConfig, Status};
 use query_service::{QueryConfig, Search};
 use reqwest::header::HeaderMap;
