@@ -4,32 +4,20 @@ use eventstore::{checkpoint, AppendError, ExpectedVersion, Position};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{event_count, request, store, with_command};
+use crate::{appended, begun_with_one, event_count, events_in, request, store, with_command};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn versions_and_positions_grow(pool: PgPool) {
     let store = store(pool).await;
     let stream = Uuid::now_v7();
-    let first = store
-        .append(&request(stream, ExpectedVersion::NoStream, 3))
-        .await
-        .expect("first");
+    let first = appended(&store, request(stream, ExpectedVersion::NoStream, 3)).await;
     assert_eq!((first.first_version, first.version), (1, 3));
-    let second = store
-        .append(&request(stream, ExpectedVersion::Exact(3), 2))
-        .await
-        .expect("second");
+    let second = appended(&store, request(stream, ExpectedVersion::Exact(3), 2)).await;
     assert_eq!((second.first_version, second.version), (4, 5));
     assert!(second.position > first.position);
-    let any = store
-        .append(&request(stream, ExpectedVersion::Any, 1))
-        .await
-        .expect("any");
+    let any = appended(&store, request(stream, ExpectedVersion::Any, 1)).await;
     assert_eq!(any.version, 6);
-    let fresh = store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
-        .await
-        .expect("any creates");
+    let fresh = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
     assert_eq!(fresh.version, 1);
 }
 
@@ -37,10 +25,7 @@ async fn versions_and_positions_grow(pool: PgPool) {
 async fn stale_expected_versions_conflict_and_write_nothing(pool: PgPool) {
     let store = store(pool.clone()).await;
     let stream = Uuid::now_v7();
-    store
-        .append(&request(stream, ExpectedVersion::NoStream, 2))
-        .await
-        .expect("create");
+    appended(&store, request(stream, ExpectedVersion::NoStream, 2)).await;
 
     let err = store
         .append(&request(stream, ExpectedVersion::Exact(1), 1))
@@ -87,10 +72,7 @@ async fn concurrent_appends_with_one_expected_version_one_wins(pool: PgPool) {
     let store = store(pool.clone()).await;
     for round in 0..20u64 {
         let stream = Uuid::now_v7();
-        store
-            .append(&request(stream, ExpectedVersion::NoStream, 1))
-            .await
-            .expect("create");
+        appended(&store, request(stream, ExpectedVersion::NoStream, 1)).await;
         let a = request(stream, ExpectedVersion::Exact(1), 1 + (round as usize % 3));
         let b = request(stream, ExpectedVersion::Exact(1), 1);
         let (ra, rb) = tokio::join!(store.append(&a), store.append(&b));
@@ -142,13 +124,7 @@ async fn concurrent_duplicates_write_once_and_share_the_outcome(pool: PgPool) {
             (ra.first_version, ra.version),
             (rb.first_version, rb.version)
         );
-        let written: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = ANY($1)")
-                .bind(vec![stream, other])
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-        assert_eq!(written, 3, "round {round}");
+        assert_eq!(events_in(&pool, &[stream, other]).await, 3, "round {round}");
         let streams: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT stream_id) FROM events WHERE stream_id = ANY($1)",
         )
@@ -165,25 +141,18 @@ async fn a_repeated_command_returns_the_first_outcome_later_too(pool: PgPool) {
     let store = store(pool.clone()).await;
     let command = Uuid::now_v7();
     let stream = Uuid::now_v7();
-    let first = store
-        .append(&with_command(
-            request(stream, ExpectedVersion::NoStream, 2),
-            command,
-        ))
-        .await
-        .expect("first");
-    store
-        .append(&request(stream, ExpectedVersion::Any, 1))
-        .await
-        .expect("another");
+    let first = appended(
+        &store,
+        with_command(request(stream, ExpectedVersion::NoStream, 2), command),
+    )
+    .await;
+    appended(&store, request(stream, ExpectedVersion::Any, 1)).await;
     // Same command again, even with an expected version that would now conflict.
-    let again = store
-        .append(&with_command(
-            request(stream, ExpectedVersion::NoStream, 2),
-            command,
-        ))
-        .await
-        .expect("replay");
+    let again = appended(
+        &store,
+        with_command(request(stream, ExpectedVersion::NoStream, 2), command),
+    )
+    .await;
     assert!(again.replayed && !first.replayed);
     assert_eq!(
         (again.first_version, again.version, again.position),
@@ -197,10 +166,7 @@ async fn batch_applies_each_request_on_its_own(pool: PgPool) {
     let store = store(pool.clone()).await;
     let s1 = Uuid::now_v7();
     let s2 = Uuid::now_v7();
-    store
-        .append(&request(s2, ExpectedVersion::NoStream, 1))
-        .await
-        .expect("create s2");
+    appended(&store, request(s2, ExpectedVersion::NoStream, 1)).await;
     let outcomes = store
         .append_batch(&[
             request(s1, ExpectedVersion::NoStream, 2),
@@ -223,10 +189,7 @@ async fn checkpoint_and_writes_commit_or_roll_back_together(pool: PgPool) {
         seq: 7,
     };
 
-    let mut tx = store.begin().await.expect("begin");
-    tx.append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
-        .await
-        .expect("append");
+    let mut tx = begun_with_one(&store, Uuid::now_v7()).await;
     checkpoint::save(tx.conn(), "rolled-back", position)
         .await
         .expect("save");
@@ -241,10 +204,7 @@ async fn checkpoint_and_writes_commit_or_roll_back_together(pool: PgPool) {
         None
     );
 
-    let mut tx = store.begin().await.expect("begin");
-    tx.append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
-        .await
-        .expect("append");
+    let mut tx = begun_with_one(&store, Uuid::now_v7()).await;
     checkpoint::save(tx.conn(), "kept", position)
         .await
         .expect("save");
@@ -262,15 +222,9 @@ async fn an_older_transaction_cannot_append_behind_a_newer_one(pool: PgPool) {
     let first = Uuid::now_v7();
     let contested = Uuid::now_v7();
     // The old transaction takes its id with its first append...
-    let mut old = store.begin().await.expect("begin");
-    old.append(&request(first, ExpectedVersion::Any, 1))
-        .await
-        .expect("first append");
+    let mut old = begun_with_one(&store, first).await;
     // ...a newer one commits to the contested stream...
-    store
-        .append(&request(contested, ExpectedVersion::Any, 1))
-        .await
-        .expect("newer append");
+    appended(&store, request(contested, ExpectedVersion::Any, 1)).await;
     // ...so the old one may not append after it: its events would sort first.
     let err = old
         .append(&request(contested, ExpectedVersion::Any, 1))
@@ -306,10 +260,11 @@ async fn a_batch_answers_repeated_commands_with_the_first_outcome(pool: PgPool) 
     let store = store(pool.clone()).await;
     let (s1, s2, s3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
-    let earlier = store
-        .append(&with_command(request(s3, ExpectedVersion::NoStream, 1), y))
-        .await
-        .expect("earlier command");
+    let earlier = appended(
+        &store,
+        with_command(request(s3, ExpectedVersion::NoStream, 1), y),
+    )
+    .await;
 
     let outcomes = store
         .append_batch(&[
@@ -367,14 +322,12 @@ async fn a_batch_of_distinct_streams_gets_each_outcome_and_keeps_the_order(pool:
     let store = store(pool.clone()).await;
     let [s1, s2, s4, s5, s6] = [(); 5].map(|()| Uuid::now_v7());
     let [a, b, y] = [(); 3].map(|()| Uuid::now_v7());
-    let older = store
-        .append(&with_command(request(s2, ExpectedVersion::NoStream, 1), y))
-        .await
-        .expect("older command");
-    store
-        .append(&request(s4, ExpectedVersion::NoStream, 2))
-        .await
-        .expect("s4");
+    let older = appended(
+        &store,
+        with_command(request(s2, ExpectedVersion::NoStream, 1), y),
+    )
+    .await;
+    appended(&store, request(s4, ExpectedVersion::NoStream, 2)).await;
 
     let outcomes = store
         .append_batch(&[
@@ -452,10 +405,7 @@ async fn a_batch_of_distinct_streams_gets_each_outcome_and_keeps_the_order(pool:
 async fn a_set_append_that_loses_the_race_for_a_stream_runs_again(pool: PgPool) {
     let store = store(pool.clone()).await;
     let (raced, other) = (Uuid::now_v7(), Uuid::now_v7());
-    store
-        .append(&request(raced, ExpectedVersion::NoStream, 1))
-        .await
-        .expect("first event");
+    appended(&store, request(raced, ExpectedVersion::NoStream, 1)).await;
     // A writer that locks the stream first (as eventstore_append does)...
     let mut writer = store.begin().await.expect("begin");
     writer

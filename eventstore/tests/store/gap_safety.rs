@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{request, store};
+use crate::{appended, begun_with_one, request, store};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_slow_transaction_is_never_skipped(pool: PgPool) {
@@ -16,14 +16,8 @@ async fn a_slow_transaction_is_never_skipped(pool: PgPool) {
     let slow_stream = Uuid::now_v7();
     let fast_stream = Uuid::now_v7();
 
-    let mut slow = store.begin().await.expect("begin");
-    slow.append(&request(slow_stream, ExpectedVersion::Any, 1))
-        .await
-        .expect("slow append");
-    let fast = store
-        .append(&request(fast_stream, ExpectedVersion::Any, 1))
-        .await
-        .expect("fast append");
+    let slow = begun_with_one(&store, slow_stream).await;
+    let fast = appended(&store, request(fast_stream, ExpectedVersion::Any, 1)).await;
 
     // The fast event is committed, but handing it out now would move a
     // checkpoint past the slow one, which commits later.

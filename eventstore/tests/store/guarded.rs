@@ -8,6 +8,8 @@ use eventstore::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::events_in;
+
 /// A request and the guard it is appended under.
 type Entry = (AppendRequest, Guard);
 
@@ -456,12 +458,7 @@ async fn exact_appends_stand_when_the_set_append_after_them_fails(pool: PgPool) 
     let stale = exact_entry(moved, ExpectedVersion::Exact(1), "live", user);
     let outcomes = write(&store, &[&written, &stale]).await;
     assert_eq!(summary(&outcomes), vec![Ok(1), Err("append error")]);
-    let on_fresh: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
-        .bind(fresh)
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(on_fresh, 1, "written once");
+    assert_eq!(events_in(&pool, &[fresh]).await, 1, "written once");
 }
 
 /// The exact set append is the one the common batch takes: it needs no

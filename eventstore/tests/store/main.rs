@@ -56,6 +56,21 @@ pub fn request(stream_id: Uuid, expected: ExpectedVersion, count: usize) -> Appe
     }
 }
 
+/// Appends `request` through the store's one append, which must accept it.
+pub async fn appended(store: &EventStore, request: AppendRequest) -> eventstore::AppendOutcome {
+    store.append(&request).await.expect("append")
+}
+
+/// A transaction of the store's that has appended one event to `stream`
+/// (so it holds its transaction id), not yet committed.
+pub async fn begun_with_one(store: &EventStore, stream: Uuid) -> eventstore::AppendTx<'_> {
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&request(stream, ExpectedVersion::Any, 1))
+        .await
+        .expect("append in the transaction");
+    tx
+}
+
 pub fn with_command(mut request: AppendRequest, command_id: Uuid) -> AppendRequest {
     request.metadata.command_id = Some(command_id);
     request
@@ -63,6 +78,15 @@ pub fn with_command(mut request: AppendRequest, command_id: Uuid) -> AppendReque
 
 pub async fn event_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}
+
+/// How many events the streams hold together.
+pub async fn events_in(pool: &PgPool, streams: &[Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = ANY($1)")
+        .bind(streams)
         .fetch_one(pool)
         .await
         .expect("count events")

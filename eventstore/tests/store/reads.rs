@@ -2,7 +2,7 @@ use eventstore::{ExpectedVersion, Metadata, Position, Snapshot};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{read_all_when_visible, request, store};
+use crate::{appended, read_all_when_visible, request, store};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn read_stream_returns_what_was_appended(pool: PgPool) {
@@ -21,10 +21,7 @@ async fn read_stream_returns_what_was_appended(pool: PgPool) {
     let mut first = request(stream, ExpectedVersion::NoStream, 3);
     first.metadata = metadata.clone();
     store.append(&first).await.expect("append");
-    store
-        .append(&request(stream, ExpectedVersion::Exact(3), 2))
-        .await
-        .expect("append");
+    appended(&store, request(stream, ExpectedVersion::Exact(3), 2)).await;
 
     let all = store.read_stream(stream, 1, 100).await.expect("read");
     assert_eq!(
@@ -64,10 +61,7 @@ async fn read_stream_returns_what_was_appended(pool: PgPool) {
 async fn read_all_is_in_position_order_and_resumes_after_a_position(pool: PgPool) {
     let store = store(pool).await;
     for _ in 0..5 {
-        store
-            .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 3))
-            .await
-            .expect("append");
+        appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 3)).await;
     }
     let all = read_all_when_visible(&store, Position::START, 15).await;
     assert_eq!(all.len(), 15);

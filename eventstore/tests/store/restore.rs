@@ -10,7 +10,7 @@ use eventstore::{checkpoint, EventStore, ExpectedVersion, Position};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{read_all_when_visible, request, store};
+use crate::{appended, read_all_when_visible, request, store};
 
 const OLD_EVENTS: usize = 300;
 const NEW_EVENTS: usize = 100;
@@ -28,14 +28,8 @@ async fn restore_phase_write() {
     let (pool, store) = connect("RESTORE_SOURCE_URL").await;
     for _ in 0..OLD_EVENTS / 10 {
         let stream = Uuid::now_v7();
-        store
-            .append(&request(stream, ExpectedVersion::NoStream, 5))
-            .await
-            .expect("append");
-        store
-            .append(&request(stream, ExpectedVersion::Exact(5), 5))
-            .await
-            .expect("append");
+        appended(&store, request(stream, ExpectedVersion::NoStream, 5)).await;
+        appended(&store, request(stream, ExpectedVersion::Exact(5), 5)).await;
     }
     let events = read_all_when_visible(&store, Position::START, OLD_EVENTS).await;
     assert_eq!(events.len(), OLD_EVENTS);

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{request, store};
+use crate::{appended, request, store};
 
 async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedEvent> {
     let mut seen = Vec::new();
@@ -94,10 +94,7 @@ async fn why_no_batch(store: &EventStore, pool: &PgPool, after: Position) -> Str
 #[sqlx::test(migrations = "../migrations")]
 async fn notifications_wake_subscribers_without_waiting_for_the_poll(pool: PgPool) {
     let (store, waiter) = waiting_subscriber(pool.clone()).await;
-    store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 2))
-        .await
-        .expect("append");
+    appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 2)).await;
     assert_eq!(first_batch(&store, &pool, waiter).await, 2);
 }
 
@@ -116,10 +113,7 @@ async fn a_subscriber_listens_again_after_its_listener_is_killed(pool: PgPool) {
     .await
     .expect("terminate");
     assert_eq!(killed, 1, "one listening connection");
-    store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 3))
-        .await
-        .expect("append");
+    appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 3)).await;
     assert_eq!(first_batch(&store, &pool, waiter).await, 3);
 }
 
@@ -171,10 +165,7 @@ async fn transactions_ending_around_a_read_never_leave_a_subscriber_waiting(
         // Let the subscriber finish its read-ahead and wait for news, as it
         // does between appends in a quiet system.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        store
-            .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
-            .await
-            .expect("append");
+        appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
         match tokio::time::timeout(GUARD, subscription.next_batch()).await {
             Ok(batch) => assert_eq!(batch.expect("batch").len(), 1, "round {round}"),
             Err(_) => panic!(
@@ -223,14 +214,8 @@ async fn subscription_resumes_after_its_connections_are_killed(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn a_subscription_is_also_a_stream_and_starts_after_its_position(pool: PgPool) {
     let store = store(pool).await;
-    let first = store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 3))
-        .await
-        .expect("append");
-    let second = store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 2))
-        .await
-        .expect("append");
+    let first = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 3)).await;
+    let second = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 2)).await;
     let stream = store.subscribe(first.position).await.into_stream();
     futures_util::pin_mut!(stream);
     let batch = tokio::time::timeout(Duration::from_secs(60), stream.next())
@@ -257,10 +242,7 @@ async fn dropping_a_subscription_releases_its_connections(pool: PgPool) {
         count
     };
     let mut subscription = store.subscribe(Position::START).await;
-    store
-        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
-        .await
-        .expect("append");
+    appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
     collect(&mut subscription, 1).await;
     assert_eq!(listening().await, 1);
     drop(subscription);
