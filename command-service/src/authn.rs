@@ -33,13 +33,13 @@ pub struct Authenticator {
     lookups: Coalescer<Lookup, Result<SessionRow, LookupError>>,
     bootstrap: Option<SecretString>,
     /// API keys whose argon2 hash was verified: token digest → key id, so
-    /// the slow way (a key's first use, or after its copy in `valid_keys`
+    /// the preflight (a key's first use, or after its copy in `valid_keys`
     /// failed a check) reads revocation and expiry without hashing again.
     verified_keys: Mutex<HashMap<String, Uuid>>,
     /// Sessions this instance verified: token hash → what it found. A copy
     /// is never the last word: a command decided under it is appended only
     /// if the append's own statement finds the session still so (see
-    /// `eventstore::Guard`), and anything else is handled again the slow way.
+    /// `eventstore::Guard`), and anything else is held back and checked in full.
     verified_sessions: Mutex<HashMap<String, VerifiedSession>>,
     /// API keys this instance found valid: token digest → what it found.
     /// Like a session's copy, never the last word (see `eventstore::Guard`).
@@ -103,7 +103,7 @@ impl Authenticator {
     /// The actor behind a session token or API key this instance verified
     /// before, if its copy still looks valid at `now`, and the guard under
     /// which a command decided as that actor must be appended. `None`
-    /// means: go the slow way ([`Authenticator::preflight`]).
+    /// means: check it in full ([`Authenticator::preflight`]).
     pub fn verified(
         &self,
         authorization: Option<&str>,

@@ -14,9 +14,10 @@
 //! transaction; each request's credential and command id checked again in
 //! it), and hands the answers to the replies task. A command the statement
 //! holds back (a credential that changed, a command id decided before, a
-//! concurrent writer) or that failed is handled again in
-//! full in a task of its own, as it would have been without the lane;
-//! nothing of it was written.
+//! concurrent writer) or that failed takes the pipeline's one way back, in
+//! a task of its own: it enters again at the authenticate step, checked
+//! against the auth index and the stored outcomes, its rate limit already
+//! counted ([`Handler::handle_held_back`]); nothing of it was written.
 
 use std::sync::Arc;
 

@@ -15,6 +15,16 @@
 //!   several requests at once, each succeeding or refused on its own.
 //! * [`EventStore::begin`] appends inside a transaction the caller can also
 //!   write to (inline projections) before [`AppendTx::commit`].
+//! * [`EventStore::read_stream`] reads one stream from a version;
+//!   [`EventStore::read_all_after`] reads the whole log after a position in
+//!   the gap-safe global order; [`EventStore::subscribe`] turns that into an
+//!   endless sequence of batches, woken by `LISTEN/NOTIFY` and by polling.
+//! * [`checkpoint`] saves a reader's position inside the caller's transaction;
+//!   [`EventStore::save_snapshot`] keeps the state of a long stream.
+//! * [`data_keys`]: with a master key configured, personal values in
+//!   payloads, snapshots and metadata are sealed with their owner's data
+//!   key by the writer and opened by every read of the store; a
+//!   `user_forgotten` event destroys the key in its own transaction.
 //!
 //! # The one write path
 //!
@@ -30,7 +40,10 @@
 //! otherwise the set append, which locks its streams in one global order.
 //! Both check each request's guard in the same statement, and both run on
 //! the store's own connections, planned once per connection
-//! (`committers.rs`).
+//! (`committers.rs`). A round whose statement fails for good is written
+//! again one request at a time, so only a request that breaks it fails; a
+//! failure of the connection or the server answers each request
+//! [`StoreError::Unavailable`], nothing of it written.
 //!
 //! Writers of a stream serialise on a transaction-scoped advisory lock of
 //! the stream (see `migrations/0001_event_store.sql`), so concurrent appends
@@ -41,16 +54,6 @@
 //! writes one event on top of a head its snapshot sees, so after it in the
 //! global order, and leaves any clash to the primary key and the command
 //! index.
-//! * [`EventStore::read_stream`] reads one stream from a version;
-//!   [`EventStore::read_all_after`] reads the whole log after a position in
-//!   the gap-safe global order; [`EventStore::subscribe`] turns that into an
-//!   endless sequence of batches, woken by `LISTEN/NOTIFY` and by polling.
-//! * [`checkpoint`] saves a reader's position inside the caller's transaction;
-//!   [`EventStore::save_snapshot`] keeps the state of a long stream.
-//! * [`data_keys`]: with a master key configured, personal values in
-//!   payloads, snapshots and metadata are sealed with their owner's data
-//!   key by the writer and opened by every read of the store; a
-//!   `user_forgotten` event destroys the key in its own transaction.
 //!
 //! # The global order, and why it never skips an event
 //!
