@@ -26,6 +26,10 @@ const READ_AHEAD: usize = 2;
 pub struct Subscription {
     position: Position,
     state: State,
+    /// The most events [`Subscription::next_batch`] returns at once.
+    batch_size: usize,
+    /// A read-ahead batch that did not fit in the last one returned.
+    carried: Option<Result<Vec<RecordedEvent>, StoreError>>,
 }
 
 enum State {
@@ -55,7 +59,9 @@ impl EventStore {
         };
         Subscription {
             position: after,
+            batch_size: reader.batch_size,
             state: State::Idle(reader),
+            carried: None,
         }
     }
 }
@@ -70,14 +76,21 @@ impl Subscription {
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         if let State::Idle(reader) = &mut self.state {
             reader.batch_size = batch_size.max(1);
+            self.batch_size = reader.batch_size;
         }
         self
     }
 
-    /// The next non-empty batch, in the global order. Waits while there is
-    /// nothing new; transient failures (lost connection, server restart) are
-    /// retried with backoff. Returns an error only for failures that retrying
-    /// cannot fix, after which the subscription is finished.
+    /// The next non-empty batch, in the global order: everything read
+    /// ahead so far, up to the batch size. Waits while there is nothing new;
+    /// transient failures (lost connection, server restart) are retried
+    /// with backoff. Returns an error only for failures that retrying cannot
+    /// fix, after which the subscription is finished.
+    ///
+    /// Batches read ahead are returned together rather than one a call: a
+    /// consumer slower than the log's arrivals would otherwise find every
+    /// event behind the batches queued before it, each a whole apply away
+    /// (three with the read-ahead and the batch waiting to be queued).
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         if let State::Idle(_) = self.state {
             let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
@@ -104,7 +117,21 @@ impl Subscription {
         let State::Running(receiver) = &mut self.state else {
             return Err(StoreError::Closed);
         };
-        let batch = receiver.recv().await.ok_or(StoreError::Closed)??;
+        let mut batch = match self.carried.take() {
+            Some(carried) => carried?,
+            None => receiver.recv().await.ok_or(StoreError::Closed)??,
+        };
+        while batch.len() < self.batch_size {
+            let Ok(next) = receiver.try_recv() else { break };
+            match next {
+                Ok(more) if batch.len() + more.len() <= self.batch_size => batch.extend(more),
+                // Too many to join this batch, or a failure: the next call's.
+                other => {
+                    self.carried = Some(other);
+                    break;
+                }
+            }
+        }
         if let Some(last) = batch.last() {
             self.position = last.position;
         }

@@ -256,3 +256,39 @@ async fn dropping_a_subscription_releases_its_connections(pool: PgPool) {
         "the reading task outlived its subscription"
     );
 }
+
+/// A consumer slower than the log gets everything read ahead for it in one
+/// batch (up to the batch size), not one read per call: each read would
+/// otherwise wait a whole apply behind the ones queued before it. Nothing
+/// is lost, repeated or reordered by joining them.
+#[sqlx::test(migrations = "../migrations")]
+async fn batches_read_ahead_are_returned_together(pool: PgPool) {
+    let store = store(pool).await;
+    let mut subscription = store.subscribe(Position::START).await.with_batch_size(3);
+    let first = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
+    assert_eq!(
+        collect(&mut subscription, 1).await[0].position,
+        first.position
+    );
+    // Four appends the reader reads one at a time, while this consumer is
+    // busy elsewhere: three fit in its read-ahead, the fourth waits.
+    let mut written = Vec::new();
+    for _ in 0..4 {
+        written.push(
+            appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1))
+                .await
+                .position,
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let joined = collect(&mut subscription, 1).await;
+    assert!(
+        (2..=3).contains(&joined.len()),
+        "one call returned {} events: reads were not joined, or past the batch size",
+        joined.len()
+    );
+    let mut seen: Vec<Position> = joined.iter().map(|e| e.position).collect();
+    let rest = collect(&mut subscription, written.len() - seen.len()).await;
+    seen.extend(rest.iter().map(|e| e.position));
+    assert_eq!(seen, written, "lost, repeated or reordered");
+}
