@@ -92,14 +92,10 @@ impl Writer {
                 outcomes[i] = Some(outcome);
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.unwrap_or_else(|| {
-                    Err(StoreError::Corrupt("the exact set append lost a request".into()).into())
-                })
-            })
-            .collect())
+        Ok(each_settled(
+            outcomes,
+            "the exact set append lost a request",
+        ))
     }
 
     /// The set append of `entries` (one statement), which settles every
@@ -110,17 +106,10 @@ impl Writer {
         args: &AppendArgs<'_>,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
         let outcomes = self.run(entries, args, set_append::SET_APPEND).await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.unwrap_or_else(|| {
-                    Err(
-                        StoreError::Corrupt("the set append left a request unsettled".into())
-                            .into(),
-                    )
-                })
-            })
-            .collect())
+        Ok(each_settled(
+            outcomes,
+            "the set append left a request unsettled",
+        ))
     }
 
     /// One statement: `statement` for `entries`, whose arrays `args` holds,
@@ -259,13 +248,18 @@ async fn settle<'a, T>(
             }
         }
     }
+    each_settled(outcomes, "a batch left a request unwritten")
+}
+
+/// An outcome for every request: where a step left one without (our bug,
+/// never the caller's), the store's `Corrupt` error saying `missing`.
+fn each_settled<T>(
+    outcomes: Vec<Option<Result<T, AppendError>>>,
+    missing: &str,
+) -> Vec<Result<T, AppendError>> {
     outcomes
         .into_iter()
-        .map(|outcome| {
-            outcome.unwrap_or_else(|| {
-                Err(StoreError::Corrupt("a batch left a request unwritten".into()).into())
-            })
-        })
+        .map(|outcome| outcome.unwrap_or_else(|| Err(StoreError::Corrupt(missing.into()).into())))
         .collect()
 }
 

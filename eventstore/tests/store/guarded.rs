@@ -311,7 +311,9 @@ fn exact_entry(stream_id: Uuid, expected: ExpectedVersion, token: &str, user: Uu
 }
 
 /// The last version and position of an appended (not replayed) outcome.
-fn appended(outcome: &Result<AppendOutcome, AppendError>) -> (u64, eventstore::Position) {
+fn version_and_position(
+    outcome: &Result<AppendOutcome, AppendError>,
+) -> (u64, eventstore::Position) {
     match outcome {
         Ok(o) if !o.replayed => (o.version, o.position),
         other => panic!("expected an append, got {other:?}"),
@@ -332,11 +334,11 @@ async fn exact_batches_append_on_the_head_and_settle_the_rest(pool: PgPool) {
     for (stream, events) in [(streams[0], 1), (streams[1], 2), (streams[4], 1)] {
         let seed = entry(stream, Uuid::now_v7(), events, "live", user);
         let outcomes = write(&store, &[&seed]).await;
-        heads.push(appended(&outcomes[0]));
+        heads.push(version_and_position(&outcomes[0]));
     }
     let repeated = entry(streams[7], Uuid::now_v7(), 1, "live", user);
     let first = write(&store, &[&repeated]).await;
-    let first = appended(&first[0]);
+    let first = version_and_position(&first[0]);
     let before = stored(&pool).await;
 
     let mut again = exact_entry(streams[3], ExpectedVersion::NoStream, "live", user);
@@ -369,7 +371,7 @@ async fn exact_batches_append_on_the_head_and_settle_the_rest(pool: PgPool) {
             Err("decided"),
         ]
     );
-    let (_, position) = appended(&outcomes[0]);
+    let (_, position) = version_and_position(&outcomes[0]);
     assert!(position > heads[0].1 && position > first.1);
     for (i, actual) in [(1, 2), (4, 1)] {
         assert!(
@@ -446,7 +448,7 @@ async fn exact_appends_stand_when_the_set_append_after_them_fails(pool: PgPool) 
     let (store, user, _) = store_with_fixtures(&pool).await;
     let (moved, fresh) = (Uuid::now_v7(), Uuid::now_v7());
     let seed = entry(moved, Uuid::now_v7(), 2, "live", user);
-    appended(&write(&store, &[&seed]).await[0]);
+    version_and_position(&write(&store, &[&seed]).await[0]);
     // From here every set append fails for good (the exact one still runs).
     sqlx::query(
         "ALTER FUNCTION eventstore_append_set_checked RENAME TO eventstore_append_set_checked_gone",
