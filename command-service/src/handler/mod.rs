@@ -448,14 +448,18 @@ impl Handler {
             }
             let ctx =
                 Context::new(now, credential.actor().clone()).for_aggregate(envelope.aggregate_id);
-            let decided = self
-                .dispatch(&envelope, command_type, command.clone(), ctx, &credential)
-                .await;
             let Credential::Cached { guard, .. } = &credential else {
-                let result = decided.map_err(Halt::into_error)?;
+                // Checked: the last attempt, so the command is moved, not copied.
+                let result = self
+                    .dispatch(&envelope, command_type, command, ctx, &credential)
+                    .await
+                    .map_err(Halt::into_error)?;
                 tracing::debug!(status = result.status.as_str(), version = ?result.version, "command handled");
                 return Ok(result);
             };
+            let decided = self
+                .dispatch(&envelope, command_type, command.clone(), ctx, &credential)
+                .await;
             match decided {
                 Ok(result) if result.status == Status::Accepted => {
                     crate::metrics::metrics()
