@@ -260,36 +260,34 @@ pub struct Verified {
 /// also bounds how stale its `last_seen` can be).
 const CACHED_FOR_SECONDS: u64 = 60;
 
-/// One round trip for a request whose credential Redis holds: the entry and
-/// the current epoch of its user; when a request digest is given (ARGV[3]),
-/// the key of that request's cached answer as the entry's principal sees it
-/// and the answer (empty strings when there is none; a stored answer is
-/// never empty); and when a rate-limit key prefix is given (ARGV[4..7]),
-/// the user's rate-limit decision, counted only for an entry of the
-/// current epoch that has not expired (so a revoked credential's copy
-/// cannot use up its user's requests).
+/// The credential's lookup: the entry and the current epoch of its user;
+/// when a rate-limit key prefix is given (ARGV[2..5]), the user's
+/// rate-limit decision, counted only for an entry of the current epoch that
+/// has not expired (so a revoked credential's copy cannot use up its user's
+/// requests). The cached answer is not read here: a value that enters Lua
+/// is hashed byte by byte (Redis's Lua interns every string), which made a
+/// 20 KB answer cost Redis more than the rest of the request. It is read by
+/// a GET sent in the same pipeline instead (see [`CredentialCache::lookup`]).
 const LOOKUP: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
-local user, admin, expires, epoch_of =
-  string.match(v, '^([^|]*)|[^|]*|([^|]*)|([^|]*)|[^|]*|(.*)$')
+local user, expires, epoch_of =
+  string.match(v, '^([^|]*)|[^|]*|[^|]*|([^|]*)|[^|]*|(.*)$')
 if not user then return false end
 local epoch = redis.call('GET', ARGV[1] .. user) or '0'
-local found = {v, epoch, '', ''}
-if ARGV[3] ~= '' then
-  local seen_as = 'user:' .. user
-  if admin == '1' then seen_as = 'admin' end
-  found[3] = ARGV[2] .. seen_as .. ':' .. ARGV[3]
-  found[4] = redis.call('GET', found[3]) or ''
-end
-if ARGV[4] ~= '' and epoch_of == epoch then
+local found = {v, epoch}
+if ARGV[2] ~= '' and epoch_of == epoch then
   local t = redis.call('TIME')
   if tonumber(expires) > tonumber(t[1]) * 1000 then
-    local d = sliding_window(ARGV[4] .. user, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
-    found[5], found[6], found[7] = tostring(d[1]), tostring(d[2]), tostring(d[3])
+    local d = sliding_window(ARGV[2] .. user, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
+    found[3], found[4], found[5] = tostring(d[1]), tostring(d[2]), tostring(d[3])
   end
 end
 return found";
+
+/// How many credentials' last seen views are remembered (see
+/// [`CredentialCache::views`]); past that the memory starts again empty.
+const VIEWS_REMEMBERED: usize = 100_000;
 
 /// What the credential's lookup found of the request's cached answer.
 #[derive(Debug, Clone, Default)]
@@ -318,6 +316,11 @@ pub struct CredentialCache {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     lookup: redis::Script,
+    /// The view (see [`Principal::visibility`]) each credential's
+    /// principal had when last looked up, by token digest: which cached
+    /// answer to ask for beside the credential. Only a guess, checked
+    /// against the entry Redis returns.
+    views: std::sync::Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl CredentialCache {
@@ -326,6 +329,7 @@ impl CredentialCache {
             conn,
             prefix: prefix.to_string(),
             lookup: redis::Script::new(&format!("{SLIDING_WINDOW_LUA}{LOOKUP}")),
+            views: std::sync::Arc::default(),
         }
     }
 
@@ -333,6 +337,11 @@ impl CredentialCache {
         format!("{}auth:token:{digest}", self.prefix)
     }
 
+    /// The credential's entry, and when `request` is given and this copy
+    /// has seen the credential before, that request's cached answer as the
+    /// credential's principal last saw it, by a GET in the same pipeline:
+    /// one round trip. The answer counts only if the entry's principal
+    /// still has that view; otherwise the cache is asked on its own.
     async fn lookup(
         &self,
         digest: &str,
@@ -344,9 +353,7 @@ impl CredentialCache {
         let mut invocation = self.lookup.prepare_invoke();
         invocation
             .key(self.key(digest))
-            .arg(format!("{}auth:epoch:", self.prefix))
-            .arg(format!("{}{}", self.prefix, crate::state::ANSWER_KEYS))
-            .arg(request.unwrap_or(""));
+            .arg(format!("{}auth:epoch:", self.prefix));
         match limit {
             Some(limit) => {
                 invocation.arg(limit.key_prefix());
@@ -358,13 +365,53 @@ impl CredentialCache {
                 invocation.arg("");
             }
         }
-        let found = tokio::time::timeout(
+        let guessed = request.and_then(|request| {
+            let views = self.views.lock().ok()?;
+            let view = views.get(digest)?;
+            Some(format!(
+                "{}{}{view}:{request}",
+                self.prefix,
+                crate::state::ANSWER_KEYS
+            ))
+        });
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&invocation);
+        if let Some(key) = &guessed {
+            pipe.cmd("GET").arg(key);
+        }
+        let replies = tokio::time::timeout(
             CALL_TIMEOUT,
-            invocation.invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn),
+            pipe.query_async::<Vec<redis::Value>>(&mut conn),
         )
         .await
-        .ok()?
-        .ok()??;
+        .ok()?;
+        let (found, answer) = match replies {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                let found: Option<Vec<Vec<u8>>> = redis::from_redis_value(replies.next()?).ok()?;
+                let answer = match replies.next() {
+                    Some(value) => Some(redis::from_redis_value::<Option<Vec<u8>>>(value).ok()?),
+                    None => None,
+                };
+                (found?, answer)
+            }
+            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): a pipeline
+            // does not load them, the invocation does (the script did not
+            // run, so nothing was counted twice).
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let found = tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    invocation.invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn),
+                )
+                .await
+                .ok()?
+                .ok()??;
+                (found, None)
+            }
+            Err(_) => return None,
+        };
         let text = |i: usize| found.get(i).and_then(|b| std::str::from_utf8(b).ok());
         let entry = Entry::parse(text(0)?)?;
         // Rare: the script counted a request for an entry this side finds
@@ -373,24 +420,24 @@ impl CredentialCache {
         if !entry.valid(text(1)?, now) {
             return None;
         }
-        let prefetch = match (text(2), found.get(3), request) {
-            (Some(key), Some(raw), Some(request)) if !key.is_empty() => {
-                // The script chose the key from the entry; it is used only
-                // if it is the key of this principal's own view.
-                let own =
-                    crate::state::CacheSpec::full_key(&self.prefix, &entry.principal, request);
-                if key != own {
-                    tracing::warn!(%key, "a credential lookup read another view's answer; ignored");
-                    Prefetch::NotLooked
-                } else if raw.is_empty() {
-                    Prefetch::Absent
-                } else {
-                    Prefetch::Found(bytes::Bytes::copy_from_slice(raw))
+        let prefetch = match (guessed, answer, request) {
+            (Some(key), Some(answer), Some(request))
+                if key
+                    == crate::state::CacheSpec::full_key(
+                        &self.prefix,
+                        &entry.principal,
+                        request,
+                    ) =>
+            {
+                // A stored answer is never empty.
+                match answer {
+                    Some(raw) if !raw.is_empty() => Prefetch::Found(bytes::Bytes::from(raw)),
+                    _ => Prefetch::Absent,
                 }
             }
             _ => Prefetch::NotLooked,
         };
-        let decision = match (text(4), text(5), text(6)) {
+        let decision = match (text(2), text(3), text(4)) {
             (Some(allowed), Some(remaining), Some(retry_ms)) => Some(decision((
                 allowed.parse().ok()?,
                 remaining.parse().ok()?,
@@ -398,11 +445,30 @@ impl CredentialCache {
             ))),
             _ => None,
         };
+        if request.is_some() {
+            self.saw(digest, &entry.principal);
+        }
         Some(Looked {
             principal: entry.principal,
             prefetch,
             decision,
         })
+    }
+
+    /// Remembers the view `digest`'s principal has, for the next lookup's
+    /// guess; only a credential Redis vouched for gets here.
+    fn saw(&self, digest: &str, principal: &Principal) {
+        let Ok(mut views) = self.views.lock() else {
+            return;
+        };
+        let view = principal.visibility();
+        if views.get(digest) == Some(&view) {
+            return;
+        }
+        if views.len() >= VIEWS_REMEMBERED {
+            views.clear();
+        }
+        views.insert(digest.to_string(), view);
     }
 
     /// The user's current epoch (`None` if Redis cannot say).
