@@ -30,7 +30,8 @@ pub struct Stack {
     scratch: ScratchDb,
     streams: Scratch,
     redis_keys: Scratch,
-    vector_dir: Option<PathBuf>,
+    /// The embedded vector store's folder and its opener.
+    vectors: Option<(PathBuf, projector::vector_model::StoreOpener)>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -62,14 +63,15 @@ impl Stack {
             store.clone(),
             until(stopped.clone()),
         ));
-        let (vector_config, vector_dir) = if vectors {
+        let (vector_config, vector_store) = if vectors {
             let dir = std::env::temp_dir().join(format!("copilot-bench-stack-{id}"));
+            let opener = projector::vector_model::edge_opener(dir.clone(), 384);
             let config = projector::VectorConfig {
-                store: projector::vector_model::edge_opener(dir.clone(), 384),
+                store: opener.clone(),
                 embedder: super::vectors::local_model(settings)?,
                 breakers: None,
             };
-            (Some(config), Some(dir))
+            (Some(config), Some((dir, opener)))
         } else {
             (None, None)
         };
@@ -120,7 +122,7 @@ impl Stack {
             scratch,
             streams,
             redis_keys,
-            vector_dir,
+            vectors: vector_store,
             stop,
         })
     }
@@ -133,10 +135,29 @@ impl Stack {
         scratch::end_services(std::time::Duration::from_millis(500)).await;
         self.streams.remove().await?;
         self.redis_keys.remove().await?;
-        if let Some(dir) = &self.vector_dir {
+        if let Some((dir, opener)) = self.vectors {
+            release(opener).await;
             let _ = std::fs::remove_dir_all(dir);
         }
         self.scratch.drop_db(self.pool).await
+    }
+}
+
+/// Waits (up to a minute) until nothing but `opener` holds the embedded
+/// store, then drops both, so that the store's last flush happens before
+/// its folder is removed: an embedding still running when the services
+/// were stopped holds the store until it ends, and a store flushed into a
+/// removed folder panics.
+async fn release(opener: projector::vector_model::StoreOpener) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let Ok(store) = opener().await else {
+        return;
+    };
+    // Held by the opener's cell and by `store`; the opener by this function.
+    while (std::sync::Arc::strong_count(&store) > 2 || std::sync::Arc::strong_count(&opener) > 1)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
