@@ -26,16 +26,23 @@ use crate::metrics::metrics;
 /// How long a Redis call may take before the cache is skipped.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Stores an entry and registers it in its tag sets, unless the Redis
-/// projection has invalidated past the entry's position (or is not running).
+/// Moves an entry from where it was just written (KEYS[3], by a SET in the
+/// same pipeline) into place (KEYS[1], with the TTL it was written with)
+/// and registers it in its tag sets, unless the Redis projection has
+/// invalidated past the entry's position (or is not running): then it is
+/// deleted. The body never enters Lua, which hashes every byte of a string
+/// it is given.
 const PUT: &str = r"
 local seen = redis.call('GET', KEYS[2])
-if not seen or seen > ARGV[3] then return 0 end
-for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
-  redis.call('EXPIRE', KEYS[i], ARGV[2])
+if not seen or seen > ARGV[2] then
+  redis.call('DEL', KEYS[3])
+  return 0
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+redis.call('RENAME', KEYS[3], KEYS[1])
 return 1";
 
 use infra::REDIS_INVALIDATED_KEY as INVALIDATED_KEY;
@@ -121,24 +128,39 @@ impl Cache {
     }
 
     /// Stores `body` read at `position` under `key`, listed in `tags`
-    /// (`{type}:{id}` or `{type}:all`).
+    /// (`{type}:{id}` or `{type}:all`): one round trip, a SET of the entry
+    /// under a key of its own and the script that moves it into place.
     pub async fn put(&self, key: &str, tags: &[String], position: Position, body: &[u8]) {
         let Some(mut conn) = self.conn.clone() else {
             return;
         };
         let mut value = format!("{position}\n").into_bytes();
         value.extend_from_slice(body);
+        let ttl = self.ttl.as_secs().max(1);
+        let incoming = self.key(&format!("{key}:incoming:{}", uuid::Uuid::new_v4().simple()));
         let mut invocation = self.put.prepare_invoke();
-        invocation.key(self.key(key)).key(self.key(INVALIDATED_KEY));
+        invocation
+            .key(self.key(key))
+            .key(self.key(INVALIDATED_KEY))
+            .key(&incoming);
         for tag in tags {
             invocation.key(self.key(&format!("cache:tag:{tag}")));
         }
-        invocation
+        invocation.arg(ttl).arg(position.sort_key());
+        // A pipeline does not load a script Redis lacks: it is loaded
+        // first (a no-op once Redis has it).
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&incoming)
             .arg(value)
-            .arg(self.ttl.as_secs().max(1))
-            .arg(position.sort_key());
-        let stored =
-            tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+            .arg("EX")
+            .arg(ttl)
+            .ignore()
+            .load_script(&self.put)
+            .ignore()
+            .invoke_script(&invocation)
+            .ignore();
+        let stored = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
         if let Ok(Err(error)) = stored {
             tracing::debug!(%error, "cannot store a cached response");
         }
@@ -178,6 +200,79 @@ mod tests {
         };
         assert!(a.sort_key() < b.sort_key());
         assert!(b.sort_key() < c.sort_key());
+    }
+
+    /// Against the local Redis, under a prefix of its own: an answer is
+    /// stored only once the Redis projection runs and has not invalidated
+    /// past the answer's position, and leaves nothing else behind.
+    #[tokio::test]
+    async fn an_answer_is_stored_only_if_not_invalidated_past_it() {
+        let prefix = format!("test:cache:{}:", uuid::Uuid::new_v4().simple());
+        let target = infra::redis_conn::RedisTarget::from("redis://127.0.0.1:6379");
+        let cache = Cache::new(&target, &prefix, Duration::from_secs(60));
+        let mut conn = cache.connection().expect("a Redis connection");
+        let at = |tx_id| Position {
+            generation: 0,
+            tx_id,
+            seq: 1,
+        };
+        let tags = vec!["incident:all".to_string()];
+        let set_invalidated = |position: Position| {
+            let mut conn = conn.clone();
+            let key = format!("{prefix}{INVALIDATED_KEY}");
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(position.sort_key())
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .expect("SET");
+            }
+        };
+
+        cache.put("k", &tags, at(10), b"{}").await;
+        assert!(cache.get("k", None).await.is_none(), "no projection yet");
+        set_invalidated(at(11)).await;
+        cache.put("k", &tags, at(10), b"{}").await;
+        assert!(cache.get("k", None).await.is_none(), "invalidated past it");
+        set_invalidated(at(10)).await;
+        cache.put("k", &tags, at(10), b"{\"a\":1}").await;
+        let entry = cache.get("k", None).await.expect("stored");
+        assert_eq!(
+            (entry.position, &entry.body[..]),
+            (at(10), &b"{\"a\":1}"[..])
+        );
+
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(format!("{prefix}k"))
+            .query_async(&mut conn)
+            .await
+            .expect("TTL");
+        assert!((1..=60).contains(&ttl), "the entry keeps its TTL: {ttl}");
+        let tagged: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{prefix}cache:tag:incident:all"))
+            .query_async(&mut conn)
+            .await
+            .expect("SMEMBERS");
+        assert_eq!(tagged, vec![format!("{prefix}k")]);
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        let mut expected = vec![
+            format!("{prefix}k"),
+            format!("{prefix}cache:tag:incident:all"),
+            format!("{prefix}{INVALIDATED_KEY}"),
+        ];
+        expected.sort();
+        assert_eq!(keys, expected, "nothing else is left behind");
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("DEL");
     }
 
     #[test]
