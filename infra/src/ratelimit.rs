@@ -87,15 +87,13 @@ impl SlidingWindow {
             return Ok(Vec::new());
         }
         let invocations: Vec<_> = principals.iter().map(|p| self.invocation(p)).collect();
-        // A pipeline does not load a script it finds missing, so it loads
-        // it first (a no-op once Redis has it).
         let mut pipe = redis::pipe();
-        pipe.load_script(&self.script).ignore();
         for invocation in &invocations {
             pipe.invoke_script(invocation);
         }
         let mut conn = self.conn.clone();
-        let answers: Vec<(u32, u32, u64)> = pipe.query_async(&mut conn).await?;
+        let answers: Vec<(u32, u32, u64)> =
+            crate::redis_conn::query_loading(&pipe, &[&self.script], &mut conn).await?;
         Ok(answers.into_iter().map(decision).collect())
     }
 

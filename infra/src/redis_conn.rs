@@ -109,6 +109,29 @@ pub fn lazy(target: &RedisTarget) -> Result<ConnectionManager, redis::RedisError
     ConnectionManager::new_lazy_with_config(client, config)
 }
 
+/// Runs `pipe`, whose scripts are among `scripts`; if Redis lacks one of
+/// them (after a restart or `SCRIPT FLUSH`: a pipeline does not load them,
+/// and an invocation that finds its script missing did not run), loads
+/// them and runs the pipeline once more. For pipelines whose other
+/// commands may run twice.
+pub async fn query_loading<T: redis::FromRedisValue>(
+    pipe: &redis::Pipeline,
+    scripts: &[&redis::Script],
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            for script in scripts {
+                script.load_async(conn).await?;
+            }
+            pipe.query_async(conn).await
+        }
+        answered => answered,
+    }
+}
+
 /// `literal` as a glob (`SCAN MATCH`, `KEYS`) that matches only itself: a
 /// key prefix may hold `*`, `?`, `[` or `\`, and unescaped they would match
 /// other deployments' keys too.

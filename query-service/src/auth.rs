@@ -285,7 +285,7 @@ if ARGV[2] ~= '' and epoch_of == epoch then
 end
 return found";
 
-/// How many credentials' last seen views are remembered (see
+/// How many credentials' last seen principals are remembered (see
 /// [`CredentialCache::views`]); past that the memory starts again empty.
 const VIEWS_REMEMBERED: usize = 100_000;
 
@@ -316,11 +316,10 @@ pub struct CredentialCache {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     lookup: redis::Script,
-    /// The view (see [`Principal::visibility`]) each credential's
-    /// principal had when last looked up, by token digest: which cached
-    /// answer to ask for beside the credential. Only a guess, checked
-    /// against the entry Redis returns.
-    views: std::sync::Arc<Mutex<HashMap<String, String>>>,
+    /// The principal each credential had when last looked up, by token
+    /// digest: whose view of the cached answer to ask for beside the
+    /// credential. Only a guess, checked against the entry Redis returns.
+    views: std::sync::Arc<Mutex<HashMap<String, Principal>>>,
 }
 
 impl CredentialCache {
@@ -367,11 +366,11 @@ impl CredentialCache {
         }
         let guessed = request.and_then(|request| {
             let views = self.views.lock().ok()?;
-            let view = views.get(digest)?;
-            Some(format!(
-                "{}{}{view}:{request}",
-                self.prefix,
-                crate::state::ANSWER_KEYS
+            let seen = views.get(digest)?;
+            Some(crate::state::CacheSpec::full_key(
+                &self.prefix,
+                seen,
+                request,
             ))
         });
         let mut pipe = redis::pipe();
@@ -379,38 +378,19 @@ impl CredentialCache {
         if let Some(key) = &guessed {
             pipe.cmd("GET").arg(key);
         }
-        let replies = tokio::time::timeout(
+        let replies: Vec<redis::Value> = tokio::time::timeout(
             CALL_TIMEOUT,
-            pipe.query_async::<Vec<redis::Value>>(&mut conn),
+            infra::redis_conn::query_loading(&pipe, &[&self.lookup], &mut conn),
         )
         .await
+        .ok()?
         .ok()?;
-        let (found, answer) = match replies {
-            Ok(replies) => {
-                let mut replies = replies.into_iter();
-                let found: Option<Vec<Vec<u8>>> = redis::from_redis_value(replies.next()?).ok()?;
-                let answer = match replies.next() {
-                    Some(value) => Some(redis::from_redis_value::<Option<Vec<u8>>>(value).ok()?),
-                    None => None,
-                };
-                (found?, answer)
-            }
-            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): a pipeline
-            // does not load them, the invocation does (the script did not
-            // run, so nothing was counted twice).
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                let found = tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    invocation.invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn),
-                )
-                .await
-                .ok()?
-                .ok()??;
-                (found, None)
-            }
-            Err(_) => return None,
+        let mut replies = replies.into_iter();
+        let found: Vec<Vec<u8>> =
+            redis::from_redis_value::<Option<Vec<Vec<u8>>>>(replies.next()?).ok()??;
+        let answer = match replies.next() {
+            Some(value) => Some(redis::from_redis_value::<Option<Vec<u8>>>(value).ok()?),
+            None => None,
         };
         let text = |i: usize| found.get(i).and_then(|b| std::str::from_utf8(b).ok());
         let entry = Entry::parse(text(0)?)?;
@@ -455,20 +435,19 @@ impl CredentialCache {
         })
     }
 
-    /// Remembers the view `digest`'s principal has, for the next lookup's
-    /// guess; only a credential Redis vouched for gets here.
+    /// Remembers `digest`'s principal, for the next lookup's guess; only a
+    /// credential Redis vouched for gets here.
     fn saw(&self, digest: &str, principal: &Principal) {
         let Ok(mut views) = self.views.lock() else {
             return;
         };
-        let view = principal.visibility();
-        if views.get(digest) == Some(&view) {
+        if views.get(digest) == Some(principal) {
             return;
         }
         if views.len() >= VIEWS_REMEMBERED {
             views.clear();
         }
-        views.insert(digest.to_string(), view);
+        views.insert(digest.to_string(), principal.clone());
     }
 
     /// The user's current epoch (`None` if Redis cannot say).

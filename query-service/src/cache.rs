@@ -147,8 +147,6 @@ impl Cache {
             invocation.key(self.key(&format!("cache:tag:{tag}")));
         }
         invocation.arg(ttl).arg(position.sort_key());
-        // A pipeline does not load a script Redis lacks: it is loaded
-        // first (a no-op once Redis has it).
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(&incoming)
@@ -156,11 +154,13 @@ impl Cache {
             .arg("EX")
             .arg(ttl)
             .ignore()
-            .load_script(&self.put)
-            .ignore()
             .invoke_script(&invocation)
             .ignore();
-        let stored = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        let stored = tokio::time::timeout(
+            CALL_TIMEOUT,
+            infra::redis_conn::query_loading::<()>(&pipe, &[&self.put], &mut conn),
+        )
+        .await;
         if let Ok(Err(error)) = stored {
             tracing::debug!(%error, "cannot store a cached response");
         }
