@@ -210,6 +210,60 @@ async fn a_cached_read_is_one_redis_round_trip(pool: PgPool) {
     stack.finish().await;
 }
 
+/// The query service asks for a credential's cached answer in the view it
+/// last saw that credential have; an admin demoted since must never get the
+/// admin view's answer (every user's conversations) that way, neither on
+/// the read that meets the new role nor on the reads after it.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_demoted_admin_never_gets_the_admin_views_cached_answer(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let (_, owner) = stack.user("operator").await;
+    let (conversation, _) = stack.conversation_with(&owner, 0).await;
+    let (admin_id, admin) = stack.user("admin").await;
+    let (_, boss) = stack.user("admin").await;
+    let lists = |reply: &crate::Reply| {
+        reply.body["items"]
+            .as_array()
+            .expect("a page")
+            .iter()
+            .any(|item| item["id"] == json!(conversation))
+    };
+    let mut cached = false;
+    for _ in 0..100 {
+        let reply = stack.get("/v1/conversations", &admin).await;
+        if reply.header("x-cache") == Some("hit") && lists(&reply) {
+            cached = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        cached,
+        "the admin view's answer, with the other user's conversation, is cached"
+    );
+
+    stack
+        .ok(
+            "user.change_role",
+            admin_id,
+            json!({"role": "operator"}),
+            &boss,
+        )
+        .await;
+    // Without `X-Min-Position`: an answer read before the demotion would
+    // do for it (the credential is checked in the command's transaction).
+    for read in 0..3 {
+        let reply = stack.get("/v1/conversations", &admin).await;
+        assert_eq!(reply.status, 200, "read {read}: {:?}", reply.body);
+        assert!(
+            !lists(&reply),
+            "read {read} after the demotion came from the admin view: {:?}",
+            reply.body
+        );
+    }
+    stack.finish().await;
+}
+
 /// A TCP proxy to the local Redis that counts the bursts its clients send:
 /// reads of the client's side, each ended by the client waiting for a reply.
 struct BurstCounter {
