@@ -18,6 +18,19 @@ pub struct ReadBatch {
     pub caught_up: bool,
 }
 
+/// The first event after a position, if any. Every statement over a range
+/// of the log is ordered by the log's index: after five runs the server may
+/// plan a prepared statement once for any parameters, and without the order
+/// (an `EXISTS`, a bare `LIMIT`) that plan is a scan of the whole table from
+/// its start (it expects a third of the rows to match), paid by every
+/// caught-up subscriber each time it looks.
+pub(crate) const HAS_EVENTS_AFTER: &str = "SELECT 1 FROM events
+  WHERE (generation, tx_id, seq) > ($1, $2, $3) ORDER BY generation, tx_id, seq LIMIT 1";
+
+/// How many events lie after a position, up to a limit.
+pub(crate) const COUNT_AFTER: &str = "SELECT count(*) FROM (SELECT 1 FROM events
+  WHERE (generation, tx_id, seq) > ($1, $2, $3) ORDER BY generation, tx_id, seq LIMIT $4) behind";
+
 impl EventStore {
     /// Events of one stream with `version >= from_version`, in version order,
     /// at most `limit` of them. [`ReadError::StreamNotFound`] if the stream
@@ -116,30 +129,25 @@ impl EventStore {
     /// statements, and leave the reader waiting for a notification already
     /// spent.
     pub async fn has_events_after(&self, after: Position) -> Result<bool, StoreError> {
-        let any: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3))",
-        )
-        .bind(after.generation)
-        .bind(after.tx_id)
-        .bind(after.seq)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(any)
+        let first: Option<i32> = sqlx::query_scalar(HAS_EVENTS_AFTER)
+            .bind(after.generation)
+            .bind(after.tx_id)
+            .bind(after.seq)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(first.is_some())
     }
 
     /// How many events lie after `after`, committed or not yet readable,
     /// counted up to `limit` (a gauge's lag, cheap however far behind).
     pub async fn count_after(&self, after: Position, limit: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM events WHERE (generation, tx_id, seq) > ($1, $2, $3)
-              LIMIT $4) behind",
-        )
-        .bind(after.generation)
-        .bind(after.tx_id)
-        .bind(after.seq)
-        .bind(limit)
-        .fetch_one(self.pool())
-        .await?)
+        Ok(sqlx::query_scalar(COUNT_AFTER)
+            .bind(after.generation)
+            .bind(after.tx_id)
+            .bind(after.seq)
+            .bind(limit)
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// How many events lie after `after` and up to `upto` (a progress total).
@@ -206,4 +214,76 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         metadata,
         recorded_at: row.try_get(11)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, PgPool};
+    use uuid::Uuid;
+
+    use super::{COUNT_AFTER, HAS_EVENTS_AFTER};
+    use crate::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, StoreOptions};
+
+    /// The plan the server keeps for `sql` once it plans it for any
+    /// parameters (what a prepared statement gets after five runs).
+    async fn generic_plan(pool: &PgPool, sql: &str, parameters: &str) -> String {
+        let mut conn = pool.acquire().await.expect("connection");
+        let mut tx = conn.begin().await.expect("begin");
+        for statement in [
+            "SET LOCAL plan_cache_mode = force_generic_plan".to_string(),
+            format!("PREPARE probe AS {sql}"),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut *tx)
+                .await
+                .expect("prepare");
+        }
+        let lines: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN (FORMAT TEXT) EXECUTE probe({parameters})"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .expect("explain");
+        sqlx::query("DEALLOCATE probe")
+            .execute(&mut *tx)
+            .await
+            .expect("deallocate");
+        lines.join("\n")
+    }
+
+    /// Caught-up subscribers ask "anything after my position?" many times a
+    /// second under load: it must be a probe of the log's index, not a scan
+    /// of the log, also once the server plans it for any position.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn range_checks_of_the_log_use_its_index_in_generic_plans(pool: PgPool) {
+        let store = EventStore::connect(pool.clone(), StoreOptions::default())
+            .await
+            .expect("open store");
+        for _ in 0..20 {
+            let request = AppendRequest {
+                stream_id: Uuid::now_v7(),
+                stream_type: "test".into(),
+                expected: ExpectedVersion::NoStream,
+                events: (0..250)
+                    .map(|_| NewEvent::new("thing_happened", 1, vec![0x80]))
+                    .collect(),
+                metadata: Metadata::default(),
+            };
+            store.append(&request).await.expect("append");
+        }
+        sqlx::query("ANALYZE events")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+        for (sql, parameters) in [
+            (HAS_EVENTS_AFTER, "1, 0, 0"),
+            (COUNT_AFTER, "1, 0, 0, 1000"),
+        ] {
+            let plan = generic_plan(&pool, sql, parameters).await;
+            assert!(
+                plan.contains("events_global_order") && !plan.contains("Seq Scan"),
+                "{sql}\n{plan}"
+            );
+        }
+    }
 }

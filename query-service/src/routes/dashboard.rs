@@ -122,7 +122,7 @@ pub async fn summary(
         "SELECT c.name, c.generation || '.' || c.tx_id || '.' || c.seq AS position,
                 (SELECT count(*) FROM (SELECT 1 FROM events e
                    WHERE (e.generation, e.tx_id, e.seq) > (c.generation, c.tx_id, c.seq)
-                   LIMIT 10000) AS behind) AS events_behind,
+                   ORDER BY e.generation, e.tx_id, e.seq LIMIT 10000) AS behind) AS events_behind,
                 {LAG_MS_SQL} AS lag_ms
            FROM projection_checkpoints c
           ORDER BY c.name"
