@@ -80,15 +80,30 @@ pub async fn load_shared(
 /// Locks the checkpoint `name` until the end of the caller's transaction
 /// (creating it at [`Position::START`] if missing) and returns where it
 /// is: the one writer of a checkpoint holds this while it moves it.
+///
+/// A row lock, not an upsert: every batch of every projection takes it,
+/// and an upsert would leave one more dead version of these few hot rows
+/// for each batch, which every reader of a checkpoint then steps over.
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Position, StoreError> {
-    let row = sqlx::query(
+    const LOCK: &str =
+        "SELECT generation, tx_id, seq FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
+    if let Some(row) = sqlx::query(LOCK)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return position_at(0)(&row);
+    }
+    // A first batch: another writer may create it at the same moment; the
+    // lock then waits for its commit and reads its row.
+    sqlx::query(
         "INSERT INTO projection_checkpoints (name, generation, tx_id, seq) VALUES ($1, 0, 0, 0)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING generation, tx_id, seq",
+         ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
-    .fetch_one(conn)
+    .execute(&mut *conn)
     .await?;
+    let row = sqlx::query(LOCK).bind(name).fetch_one(&mut *conn).await?;
     position_at(0)(&row)
 }
 
