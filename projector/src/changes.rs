@@ -136,18 +136,42 @@ impl ChangeSet {
         };
     }
 
-    /// Writes every pending change into `schema` and forgets them.
+    /// Writes every pending change into `schema` and forgets them: new rows
+    /// first, one COPY per table; then the changed rows of every table
+    /// staged (one message creates the staging tables, one COPY each) and
+    /// applied by one message of UPDATEs. Only new rows are referenced by
+    /// other tables' keys, so every change sees the rows it may point to.
     pub async fn flush(&mut self, conn: &mut PgConnection, schema: &str) -> Result<(), FlushError> {
+        let mut staged = Vec::new();
         for (table, pending) in &mut self.tables {
             if !pending.inserts.is_empty() {
                 let rows = std::mem::take(&mut pending.inserts);
                 copy_rows(conn, schema, table, rows.into_values()).await?;
             }
             if !pending.updates.is_empty() {
-                let updates = std::mem::take(&mut pending.updates);
-                update_rows(conn, schema, table, updates).await?;
+                staged.push((*table, std::mem::take(&mut pending.updates)));
             }
         }
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let ddl: Vec<String> = staged
+            .iter()
+            .map(|(table, _)| stage_ddl(schema, table))
+            .collect();
+        run_sql(&mut *conn, &ddl.join(";\n")).await?;
+        // The staged rows are few next to the table, and neither has fresh
+        // statistics during a rebuild: without these the planner may hash
+        // the whole table for every batch. For the rest of this transaction
+        // only.
+        let mut updates =
+            String::from("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off");
+        for (table, rows) in staged {
+            stage_rows(&mut *conn, schema, table, rows).await?;
+            updates.push_str(";\n");
+            updates.push_str(&update_sql(schema, table));
+        }
+        run_sql(&mut *conn, &updates).await?;
         Ok(())
     }
 
@@ -219,15 +243,12 @@ fn stage_name(schema: &str, table: &TableDef) -> String {
     format!("\"stage_{schema}_{}\"", table.name)
 }
 
-async fn update_rows(
-    conn: &mut PgConnection,
-    schema: &str,
-    table: &TableDef,
-    updates: HashMap<RowKey, Vec<Cell>>,
-) -> Result<(), FlushError> {
-    let stage = stage_name(schema, table);
+/// Creates (if this session has not yet) the staging table of `table`'s
+/// changed rows, emptied at every commit.
+fn stage_ddl(schema: &str, table: &TableDef) -> String {
     let mut ddl = format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {stage} (id uuid, set_mask bigint, add_mask bigint"
+        "CREATE TEMP TABLE IF NOT EXISTS {} (id uuid, set_mask bigint, add_mask bigint",
+        stage_name(schema, table)
     );
     // Enum values are staged as text and cast in the UPDATE: a staging
     // table typed with the schema's enums would lose those columns (by
@@ -237,8 +258,17 @@ async fn update_rows(
         let _ = write!(ddl, ", {} {}", column.name, column.ty.staged());
     }
     ddl.push_str(") ON COMMIT DELETE ROWS");
-    run_sql(&mut *conn, &ddl).await?;
+    ddl
+}
 
+/// COPYs the changed rows of `table` into its staging table: each with a
+/// mask of the columns it sets and one of those it adds to.
+async fn stage_rows(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &TableDef,
+    updates: HashMap<RowKey, Vec<Cell>>,
+) -> Result<(), FlushError> {
     let mut buffer = CopyBuffer::new();
     let parent = table.parent.map(|column| table.index(column));
     for (key, cells) in updates {
@@ -276,17 +306,21 @@ async fn update_rows(
         .join(", ");
     send_copy(
         conn,
-        &format!("COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"),
+        &format!(
+            "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
+            stage_name(schema, table)
+        ),
         buffer.finish(),
     )
     .await?;
+    Ok(())
+}
 
-    // The staged rows are few next to the table, and neither has fresh
-    // statistics during a rebuild: without these the planner may hash the
-    // whole table for every batch. For the rest of this transaction only.
+/// The UPDATE that applies (and empties) the staging table of `table`.
+fn update_sql(schema: &str, table: &TableDef) -> String {
     let mut sql = format!(
-        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
-         WITH s AS (DELETE FROM {stage} RETURNING *) UPDATE \"{schema}\".{} AS t SET ",
+        "WITH s AS (DELETE FROM {} RETURNING *) UPDATE \"{schema}\".{} AS t SET ",
+        stage_name(schema, table),
         table.name
     );
     for (i, column) in table.columns.iter().enumerate().skip(1) {
@@ -315,6 +349,5 @@ async fn update_rows(
     if let Some(parent) = table.parent {
         let _ = write!(sql, " AND t.{parent} = s.{parent}");
     }
-    run_sql(&mut *conn, &sql).await?;
-    Ok(())
+    sql
 }
