@@ -1,9 +1,12 @@
 //! Subscriptions: an endless sequence of batches after a position.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{FutureExt as _, Stream};
 use sqlx::postgres::PgListener;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::Notify;
 
 use crate::{EventStore, Position, RecordedEvent, StoreError, NOTIFY_CHANNEL};
 
@@ -26,16 +29,26 @@ const READ_AHEAD: usize = 2;
 pub struct Subscription {
     position: Position,
     state: State,
-    /// The most events [`Subscription::next_batch`] returns at once.
-    batch_size: usize,
-    /// A read-ahead batch that did not fit in the last one returned.
-    carried: Option<Result<Vec<RecordedEvent>, StoreError>>,
+    /// What the next call returns, as far as it has been read (its limit
+    /// is the most events a call returns).
+    batching: Batching,
+    /// Asks the reader for a read now (see [`Subscription::next_batch`]).
+    poke: Arc<Notify>,
 }
 
 enum State {
     /// Not started: `with_batch_size` may still change the reader.
     Idle(Reader),
-    Running(tokio::sync::mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>>),
+    Running(tokio::sync::mpsc::Receiver<Result<Read, StoreError>>),
+}
+
+/// One read of the reading task.
+struct Read {
+    events: Vec<RecordedEvent>,
+    /// It began after the subscription asked for a read now: it holds
+    /// everything readable then (up to the batch size). Such a read is
+    /// sent even when it found nothing.
+    fresh: bool,
 }
 
 /// The reading side of a subscription.
@@ -44,6 +57,9 @@ struct Reader {
     position: Position,
     listener: Option<PgListener>,
     batch_size: usize,
+    poke: Arc<Notify>,
+    /// A request for a read now arrived while waiting.
+    poked: bool,
 }
 
 impl EventStore {
@@ -51,17 +67,23 @@ impl EventStore {
     pub async fn subscribe(&self, after: Position) -> Subscription {
         // It listens, as before every read, once its first batch is asked
         // for (see `Reader::read_or_wait`).
+        let poke = Arc::new(Notify::new());
         let reader = Reader {
             store: self.clone(),
             position: after,
             listener: None,
             batch_size: self.options().batch_size,
+            poke: poke.clone(),
+            poked: false,
         };
         Subscription {
             position: after,
-            batch_size: reader.batch_size,
+            batching: Batching {
+                limit: reader.batch_size,
+                ..Batching::default()
+            },
             state: State::Idle(reader),
-            carried: None,
+            poke,
         }
     }
 }
@@ -76,7 +98,7 @@ impl Subscription {
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         if let State::Idle(reader) = &mut self.state {
             reader.batch_size = batch_size.max(1);
-            self.batch_size = reader.batch_size;
+            self.batching.limit = reader.batch_size;
         }
         self
     }
@@ -91,6 +113,15 @@ impl Subscription {
     /// consumer slower than the log's arrivals would otherwise find every
     /// event behind the batches queued before it, each a whole apply away
     /// (three with the read-ahead and the batch waiting to be queued).
+    ///
+    /// When what was read ahead was read before this call and does not
+    /// fill a batch, one more read is made now and joined to it: the batch
+    /// then holds everything readable when it was asked for. A consumer
+    /// that writes in transactions holds back, while each is open, the
+    /// events committed after it began (every reader of the log stops at
+    /// the oldest open transaction); without this read its next batch
+    /// would be only what the reader saw before the commit, and those
+    /// events would wait a whole further apply.
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
         if let State::Idle(_) = self.state {
             let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
@@ -103,12 +134,12 @@ impl Subscription {
                 loop {
                     // Stop as soon as the subscription is dropped, also while
                     // waiting for news.
-                    let batch = tokio::select! {
-                        batch = reader.next_batch() => batch,
+                    let read = tokio::select! {
+                        read = reader.next_read() => read,
                         () = sender.closed() => return,
                     };
-                    let failed = batch.is_err();
-                    if sender.send(batch).await.is_err() || failed {
+                    let failed = read.is_err();
+                    if sender.send(read).await.is_err() || failed {
                         return;
                     }
                 }
@@ -117,20 +148,43 @@ impl Subscription {
         let State::Running(receiver) = &mut self.state else {
             return Err(StoreError::Closed);
         };
-        let mut batch = match self.carried.take() {
-            Some(carried) => carried?,
-            None => receiver.recv().await.ok_or(StoreError::Closed)??,
-        };
-        while batch.len() < self.batch_size {
-            let Ok(next) = receiver.try_recv() else { break };
-            match next {
-                Ok(more) if batch.len() + more.len() <= self.batch_size => batch.extend(more),
-                // Too many to join this batch, or a failure: the next call's.
-                other => {
-                    self.carried = Some(other);
-                    break;
-                }
+        // Every event taken from the channel goes straight into `batching`,
+        // which outlives this call: a caller that stops waiting (a `select!`
+        // with a timer) loses nothing, and its next call goes on from there.
+        let batching = &mut self.batching;
+        let mut full = batching.take_carried();
+        while !full {
+            match receiver.try_recv() {
+                Ok(read) => full = batching.join(read),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => full = batching.join(Err(StoreError::Closed)),
             }
+        }
+        if batching.events.is_empty() && !full {
+            // Nothing was waiting: the next read is recent enough.
+            while batching.events.is_empty() && !full {
+                full = batching.join(receiver.recv().await.unwrap_or(Err(StoreError::Closed)));
+            }
+            while !full {
+                let Ok(read) = receiver.try_recv() else { break };
+                full = batching.join(read);
+            }
+        } else if !full {
+            if !batching.awaiting_fresh {
+                batching.awaiting_fresh = true;
+                self.poke.notify_one();
+            }
+            while batching.awaiting_fresh && !full {
+                full = batching.join(receiver.recv().await.unwrap_or(Err(StoreError::Closed)));
+            }
+        }
+        let batch = std::mem::take(&mut batching.events);
+        if batch.is_empty() {
+            // Only a failure was found: it is this call's.
+            return match batching.carried.take() {
+                Some(Err(error)) => Err(error),
+                _ => Err(StoreError::Closed),
+            };
         }
         if let Some(last) = batch.last() {
             self.position = last.position;
@@ -150,13 +204,62 @@ impl Subscription {
     }
 }
 
+/// A batch being joined from reads, up to `limit` events; what does not
+/// fit (or a failure after some events) is carried to the next call.
+#[derive(Default)]
+struct Batching {
+    events: Vec<RecordedEvent>,
+    limit: usize,
+    carried: Option<Result<Vec<RecordedEvent>, StoreError>>,
+    /// A read now was asked for and its answer has not come yet.
+    awaiting_fresh: bool,
+}
+
+impl Batching {
+    /// Joins what the last call could not; true when the batch is complete.
+    fn take_carried(&mut self) -> bool {
+        match self.carried.take() {
+            Some(carried) => self.join(carried.map(|events| Read {
+                events,
+                fresh: false,
+            })),
+            None => false,
+        }
+    }
+
+    /// Joins `read`; true when the batch is complete (full, or a failure
+    /// is carried).
+    fn join(&mut self, read: Result<Read, StoreError>) -> bool {
+        if read.as_ref().is_ok_and(|r| r.fresh) {
+            self.awaiting_fresh = false;
+        }
+        match read {
+            // A read is never larger than a batch; the first is always taken.
+            Ok(read)
+                if self.events.is_empty()
+                    || self.events.len() + read.events.len() <= self.limit =>
+            {
+                self.events.extend(read.events);
+                self.events.len() >= self.limit
+            }
+            // Too many to join this batch, or a failure: the next call's.
+            other => {
+                self.carried = Some(other.map(|read| read.events));
+                true
+            }
+        }
+    }
+}
+
 impl Reader {
-    async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+    /// The next read worth sending: one that found events, or one that
+    /// answers a request for a read now.
+    async fn next_read(&mut self) -> Result<Read, StoreError> {
         let mut backoff = Duration::from_millis(50);
         let mut held_wait = HELD_BACK_FIRST_WAIT;
         loop {
             match self.read_or_wait(&mut held_wait).await {
-                Ok(Some(events)) => return Ok(events),
+                Ok(Some(read)) => return Ok(read),
                 Ok(None) => backoff = Duration::from_millis(50),
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "subscription read failed; retrying");
@@ -169,20 +272,37 @@ impl Reader {
     }
 
     /// One read; `None` after waiting when there was nothing to return.
-    async fn read_or_wait(
-        &mut self,
-        held_wait: &mut Duration,
-    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+    async fn read_or_wait(&mut self, held_wait: &mut Duration) -> Result<Option<Read>, StoreError> {
+        // A request for a read now, made while waiting or since the last read.
+        let fresh =
+            std::mem::take(&mut self.poked) || self.poke.notified().now_or_never().is_some();
         // Listen before reading: whatever commits after the read is then
         // notified, also after the listener's connection was lost.
         self.ensure_listener().await;
-        let batch = self
+        let batch = match self
             .store
             .read_all_after(self.position, self.batch_size)
-            .await?;
+            .await
+        {
+            Ok(batch) => batch,
+            Err(error) => {
+                // The request is answered by the read that succeeds.
+                self.poked |= fresh;
+                return Err(error);
+            }
+        };
         if let Some(last) = batch.events.last() {
             self.position = last.position;
-            return Ok(Some(batch.events));
+            return Ok(Some(Read {
+                events: batch.events,
+                fresh,
+            }));
+        }
+        if fresh {
+            return Ok(Some(Read {
+                events: Vec::new(),
+                fresh,
+            }));
         }
         let poll = self.store.options().poll_interval;
         if self.store.has_events_after(self.position).await? {
@@ -200,14 +320,19 @@ impl Reader {
     }
 
     async fn wait_for_news(&mut self, poll: Duration) {
+        let poke = self.poke.clone();
         // Not connected here: listening after the read could miss a commit
         // in between, so without a listener this wait is a plain poll and
         // the next read listens first.
         let Some(listener) = self.listener.as_mut() else {
-            tokio::time::sleep(poll).await;
+            tokio::select! {
+                () = poke.notified() => self.poked = true,
+                () = tokio::time::sleep(poll) => {}
+            }
             return;
         };
         tokio::select! {
+            () = poke.notified() => self.poked = true,
             received = listener.try_recv() => match received {
                 Ok(Some(_)) => {}
                 // The connection was lost, and notifications sent meanwhile

@@ -292,3 +292,167 @@ async fn batches_read_ahead_are_returned_together(pool: PgPool) {
     seen.extend(rest.iter().map(|e| e.position));
     assert_eq!(seen, written, "lost, repeated or reordered");
 }
+
+/// A consumer's next batch holds everything readable when it asks, not
+/// only what its reader read before: a consumer that writes in
+/// transactions (a projection) holds back, while each is open, the events
+/// committed after it began, and they must not wait a further batch once
+/// it commits.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_holds_what_became_readable_before_it_was_asked_for(pool: PgPool) {
+    crate::init_logging();
+    // Hourly polls, and held-back events looked at again at most every
+    // 100 ms: only the request for a fresh read brings `late` in at once.
+    let options = StoreOptions {
+        poll_interval: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    let store = EventStore::connect(pool.clone(), options)
+        .await
+        .expect("store");
+    let mut subscription = store.subscribe(Position::START).await.with_batch_size(100);
+    let first = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
+    assert_eq!(
+        collect(&mut subscription, 1).await[0].position,
+        first.position
+    );
+
+    // `early` takes its transaction id before the consumer's transaction
+    // does, so it is readable while that one is open: the reader reads it
+    // ahead. `late` commits after the consumer's transaction began and is
+    // held back until it commits.
+    let mut early_tx = store.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(early_tx.conn())
+        .await
+        .expect("xid");
+    let mut consumer = PgConnection::connect_with(&(*pool.connect_options()).clone())
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut consumer)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut consumer)
+        .await
+        .expect("xid");
+    let early = early_tx
+        .append(&request(Uuid::now_v7(), ExpectedVersion::Any, 1))
+        .await
+        .expect("append early");
+    early_tx.commit().await.expect("commit early");
+    readable(&store, first.position, early.position).await;
+    // The reader is woken by the commit's notification (or looks again
+    // within 100 ms) and reads `early` ahead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
+    // Long enough for the reader's looks at held-back events to space out
+    // to 100 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT")
+        .execute(&mut consumer)
+        .await
+        .expect("commit");
+    readable(&store, early.position, late.position).await;
+
+    let batch = tokio::time::timeout(GUARD, subscription.next_batch())
+        .await
+        .expect("a batch")
+        .expect("batch");
+    let positions: Vec<Position> = batch.iter().map(|e| e.position).collect();
+    assert_eq!(
+        positions,
+        vec![early.position, late.position],
+        "the batch missed what became readable before it was asked for"
+    );
+}
+
+/// Waits until the event at `position`, after `after`, is readable (other
+/// tests' transactions can hold it back for a while; see [`GUARD`]).
+async fn readable(store: &EventStore, after: Position, position: Position) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let batch = store.read_all_after(after, 10).await.expect("read");
+        if batch.events.iter().any(|e| e.position == position) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{position} never became readable"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A caller that stops waiting for a batch (a `select!` with a timer, as
+/// the projector's loop does) loses nothing: what the call had taken from
+/// the reader is returned by the next call. Appends keep coming while the
+/// consumer gives up on most of its calls after a millisecond.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_call_given_up_on_loses_nothing(pool: PgPool) {
+    let store = store(pool).await;
+    let mut subscription = store.subscribe(Position::START).await.with_batch_size(7);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for _ in 0..300 {
+                let count = 1 + written.len() % 3;
+                let outcome =
+                    appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, count)).await;
+                written.push(outcome.position);
+                if written.len() % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+            written
+        })
+    };
+    let mut seen: Vec<Position> = Vec::new();
+    let mut given_up = 0;
+    let deadline = Instant::now() + GUARD;
+    let last = loop {
+        match tokio::time::timeout(Duration::from_millis(1), subscription.next_batch()).await {
+            Ok(batch) => {
+                let batch = batch.expect("batch");
+                assert!(batch.len() <= 7, "a batch above the batch size");
+                seen.extend(batch.iter().map(|e| e.position));
+            }
+            Err(_) => given_up += 1,
+        }
+        if writer.is_finished() {
+            let written = writer.await.expect("writer");
+            break *written.last().expect("written");
+        }
+        assert!(Instant::now() < deadline, "the writer never finished");
+    };
+    while seen.last() != Some(&last) {
+        let batch = tokio::time::timeout(GUARD, subscription.next_batch())
+            .await
+            .expect("the rest arrives")
+            .expect("batch");
+        seen.extend(batch.iter().map(|e| e.position));
+    }
+    assert!(given_up > 0, "no call was given up on");
+    let all: Vec<Position> = store
+        .read_all_after(Position::START, 10_000)
+        .await
+        .expect("read")
+        .events
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    if seen != all {
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|p| !seen.contains(p))
+            .map(|p| p.to_string())
+            .collect();
+        panic!(
+            "lost, repeated or reordered: {} events seen of {}; never seen: {missing:?}",
+            seen.len(),
+            all.len()
+        );
+    }
+}
