@@ -79,16 +79,12 @@ pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result
         (None, None) => None,
     };
     let mut out = std::io::stdout().lock();
-    for kind in kinds {
-        let bar = progress_bar(total, kind.name());
-        let progress = |n: u64| bar.set_position(n);
-        match until {
-            None => {
-                let report =
-                    rebuild::replay_and_swap(&store, kind, args.select.batch_size, &progress)
-                        .await?;
-                bar.finish_and_clear();
-                writeln!(
+    let Some(until) = until else {
+        let reports = replay_all(&store, &kinds, total, args.select.batch_size).await;
+        let mut failed = 0;
+        for (kind, report) in reports {
+            match report {
+                Ok(report) => writeln!(
                     out,
                     "{}: {} events in {:.1} s ({:.0} events/s), swapped into {} at {}",
                     kind.name(),
@@ -97,24 +93,67 @@ pub async fn replay(mut args: ReplayArgs, settings: &Settings) -> anyhow::Result
                     report.events as f64 / report.elapsed.as_secs_f64().max(1e-9),
                     kind.live_schema(),
                     report.position
-                )?;
-            }
-            Some(until) => {
-                let (schema, report) =
-                    rebuild::build_as_of(&store, kind, until, args.select.batch_size, &progress)
-                        .await?;
-                bar.finish_and_clear();
-                writeln!(
-                    out,
-                    "{}: {} events up to {} built into schema {schema} (the live projection is unchanged)",
-                    kind.name(),
-                    report.events,
-                    report.position
-                )?;
+                )?,
+                Err(error) => {
+                    failed += 1;
+                    writeln!(
+                        out,
+                        "{}: FAILED, the live projection is unchanged: {error}",
+                        kind.name()
+                    )?;
+                }
             }
         }
+        if failed > 0 {
+            bail!("{failed} projection(s) not rebuilt");
+        }
+        return Ok(());
+    };
+    for kind in kinds {
+        let bar = progress_bar(total, kind.name());
+        let progress = |n: u64| bar.set_position(n);
+        let (schema, report) =
+            rebuild::build_as_of(&store, kind, until, args.select.batch_size, &progress).await?;
+        bar.finish_and_clear();
+        writeln!(
+            out,
+            "{}: {} events up to {} built into schema {schema} (the live projection is unchanged)",
+            kind.name(),
+            report.events,
+            report.position
+        )?;
     }
     Ok(())
+}
+
+/// Replays and swaps `kinds` side by side ([`rebuild::replay_and_swap_all`]),
+/// with a progress bar for each.
+pub async fn replay_all(
+    store: &EventStore,
+    kinds: &[Kind],
+    total: u64,
+    batch_size: usize,
+) -> Vec<rebuild::KindReport> {
+    let bars = indicatif::MultiProgress::new();
+    let shown: Vec<(Kind, ProgressBar)> = kinds
+        .iter()
+        .map(|&kind| (kind, bars.add(progress_bar(total, kind.name()))))
+        .collect();
+    let shown = std::sync::Arc::new(shown);
+    let progress = {
+        let shown = shown.clone();
+        move |kind: Kind, n: u64| {
+            if let Some((_, bar)) = shown.iter().find(|(k, _)| *k == kind) {
+                bar.set_position(n);
+            }
+        }
+    };
+    let reports =
+        rebuild::replay_and_swap_all(store, kinds, batch_size, std::sync::Arc::new(progress)).await;
+    for (_, bar) in shown.iter() {
+        bar.finish_and_clear();
+    }
+    reports
 }
 
 /// Applies the log to a sink whose checkpoint was just reset, with a

@@ -29,6 +29,8 @@ pub enum RebuildError {
         live: i32,
         current: i32,
     },
+    #[error("{0}")]
+    Task(String),
     #[error("{projection}: poison event at {position}: {reason}")]
     Poison {
         projection: &'static str,
@@ -314,6 +316,47 @@ pub async fn replay_and_swap(
         tracing::warn!(%error, schema = %retired, "the retired tables were not dropped; the next replay drops them");
     }
     Ok(report)
+}
+
+/// What [`replay_and_swap_all`] reports for each projection it replayed.
+pub type KindReport = (Kind, Result<BuildReport, RebuildError>);
+
+/// [`replay_and_swap`] for each of `kinds` at once, each in a task of its
+/// own: the projections share nothing but the log, and a replay spends as
+/// much time decoding and encoding on this side as it waits for the
+/// server, so side by side they use both kinds of core time (and together
+/// take about as long as the longest of them, not the sum). Each swap is
+/// its own transaction, so one projection failing leaves the others'
+/// swaps standing; every projection's outcome is returned, in the order
+/// of `kinds`. `progress` is called with a projection and the events it
+/// has applied so far.
+pub async fn replay_and_swap_all(
+    store: &EventStore,
+    kinds: &[Kind],
+    batch_size: usize,
+    progress: std::sync::Arc<dyn Fn(Kind, u64) + Send + Sync>,
+) -> Vec<KindReport> {
+    let tasks: Vec<_> = kinds
+        .iter()
+        .map(|&kind| {
+            let (store, progress) = (store.clone(), progress.clone());
+            tokio::spawn(async move {
+                let on_batch = |n: u64| progress(kind, n);
+                replay_and_swap(&store, kind, batch_size, &on_batch).await
+            })
+        })
+        .collect();
+    let mut reports = Vec::with_capacity(tasks.len());
+    for (&kind, task) in kinds.iter().zip(tasks) {
+        let report = task.await.unwrap_or_else(|error| {
+            Err(RebuildError::Task(format!(
+                "the replay of {} ended: {error}",
+                kind.name()
+            )))
+        });
+        reports.push((kind, report));
+    }
+    reports
 }
 
 /// In the caller's transaction: the live schema of `kind` becomes

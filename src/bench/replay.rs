@@ -4,17 +4,17 @@
 //!
 //! Both sides create the secondary indexes after loading the rows, and
 //! both use two connections at once: the replay runs the relational
-//! and the audit projection side by side, the baseline COPYs the relational
-//! tables on one connection and the audit log on the other.
+//! and the audit projection side by side (as `projection replay` does),
+//! the baseline COPYs the relational tables on one connection and the
+//! audit log on the other.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use eventstore::{EventStore, StoreOptions};
 use futures_util::TryStreamExt;
 use indicatif::ProgressBar;
 use infra::Settings;
-use projector::rebuild::{self, connect, create_indexes, create_schema};
+use projector::rebuild::{connect, create_indexes, create_schema};
 use projector::Kind;
 use sqlx::PgConnection;
 use testkit::history::History;
@@ -36,26 +36,19 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let events = generate(&store, args.events).await?;
     sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
 
-    let bar = progress_bar(events * 2, "replay");
+    // The replay `copilot-data projection replay` runs: every SQL
+    // projection side by side, with a bar for each.
     let started = Instant::now();
-    // The bar counts events applied by both projections.
-    let done = [AtomicU64::new(0), AtomicU64::new(0)];
-    let show = |i: usize, n: u64| {
-        done[i].store(n, Ordering::Relaxed);
-        bar.set_position(done[0].load(Ordering::Relaxed) + done[1].load(Ordering::Relaxed));
-    };
-    let (on_relational, on_audit) = (|n| show(0, n), |n| show(1, n));
-    let (relational, audit) = tokio::try_join!(
-        rebuild::replay_and_swap(&store, Kind::Relational, REPLAY_BATCH, &on_relational),
-        rebuild::replay_and_swap(&store, Kind::Audit, REPLAY_BATCH, &on_audit),
-    )?;
+    let reports = crate::ops::replay_all(&store, &Kind::ALL, events, REPLAY_BATCH).await;
     let replay_time = started.elapsed();
-    bar.finish_and_clear();
-    tracing::info!(
-        relational_s = relational.elapsed.as_secs_f64(),
-        audit_s = audit.elapsed.as_secs_f64(),
-        "replayed"
-    );
+    for (kind, report) in reports {
+        let report = report?;
+        tracing::info!(
+            projection = kind.name(),
+            seconds = report.elapsed.as_secs_f64(),
+            "replayed"
+        );
+    }
 
     let copy_time = bare_copy(&store).await?;
     let rows: i64 = sqlx::query_scalar(

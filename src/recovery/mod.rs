@@ -128,12 +128,8 @@ pub async fn restore_check(args: &RestoreCheckArgs, settings: &Settings) -> anyh
     // rebuilt once more and compared: the log replays, and deterministically.
     let store: EventStore = up::open_store(settings, up::Role::Projector).await?;
     let total = crate::ops::log_size(&store).await?;
-    for kind in Kind::ALL {
-        let bar = progress_bar(total, kind.name());
-        let report =
-            rebuild::replay_and_swap(&store, kind, args.batch_size, &|n| bar.set_position(n))
-                .await?;
-        bar.finish_and_clear();
+    for (kind, report) in crate::ops::replay_all(&store, &Kind::ALL, total, args.batch_size).await {
+        let report = report.with_context(|| format!("rebuilding {}", kind.name()))?;
         writeln!(
             out,
             "{:<18} {:<5} rebuilt from {} events in {:.1} s, up to {}",

@@ -170,3 +170,122 @@ async fn the_live_writer_keeps_its_lease_across_a_swap(pool: PgPool) {
     running.stop().await;
     support::assert_verified(&store).await;
 }
+
+/// A message of a conversation the log never started: the relational
+/// projection refuses it (poison), the audit log records it.
+async fn append_orphan_message(
+    store: &eventstore::EventStore,
+) -> (uuid::Uuid, eventstore::Position) {
+    use domain::codec::EventCodec as _;
+    use domain::ids::MessageId;
+    use domain::values::{CostTotal, CostUsd, MessageRole};
+    use domain::{conversation, Personal};
+    use eventstore::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
+
+    let event = conversation::Event::MessageAppended(conversation::MessageAppended {
+        message_id: MessageId(uuid::Uuid::now_v7()),
+        sequence: 1,
+        role: MessageRole::User,
+        content: Personal::new("a message nobody started a conversation for".into()),
+        tool_calls: None,
+        tool_results: None,
+        tokens_in: 1,
+        tokens_out: 1,
+        cost_usd: CostUsd::ZERO,
+        total_tokens: 2,
+        total_cost_usd: CostTotal::ZERO,
+        embedding: None,
+        appended_at: Utc::now(),
+    });
+    let stream_id = uuid::Uuid::now_v7();
+    let appended = store
+        .append(&AppendRequest {
+            stream_id,
+            stream_type: "conversation".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![NewEvent::new(
+                event.event_type(),
+                event.schema_version(),
+                event.encode().expect("encode"),
+            )],
+            metadata: Metadata::default(),
+        })
+        .await
+        .expect("append the orphan message");
+    (stream_id, appended.position)
+}
+
+/// `projection replay` rebuilds every SQL projection at once, each in a
+/// task of its own: both are swapped in and equal a fresh rebuild; and
+/// when one of them meets an event it cannot apply, the other's swap
+/// stands while the failed one's live projection stays as it was.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn replaying_every_projection_at_once_swaps_each_on_its_own(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    let mut history = History::new(17);
+    let running = support::spawn(&store, support::config()).await;
+    support::append(&store, &mut history, 600).await;
+    support::caught_up(&store).await;
+    running.stop().await;
+    let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let progress = {
+        let seen = seen.clone();
+        move |kind: Kind, n: u64| {
+            if let Ok(mut seen) = seen.lock() {
+                seen.insert(kind, n);
+            }
+        }
+    };
+    let reports = rebuild::replay_and_swap_all(&store, &Kind::ALL, 100, Arc::new(progress)).await;
+    assert_eq!(reports.len(), 2);
+    for (kind, report) in reports {
+        let report = report.unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+        assert!(report.events > 0);
+        assert_eq!(
+            seen.lock().expect("seen").get(&kind).copied(),
+            Some(report.events),
+            "{}: progress reached every event",
+            kind.name()
+        );
+        assert_eq!(support::checkpoint_of(&store, kind).await, report.position);
+    }
+    support::assert_verified(&store).await;
+
+    let relational_before = support::checkpoint_of(&store, Kind::Relational).await;
+    let (conversation, orphan) = append_orphan_message(&store).await;
+    let reports =
+        rebuild::replay_and_swap_all(&store, &Kind::ALL, 100, Arc::new(|_: Kind, _: u64| {})).await;
+    let outcome = |kind: Kind| {
+        reports
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, r)| r)
+            .expect("a report for every projection")
+    };
+    match outcome(Kind::Relational) {
+        // Stopped before it (the position is where the shadow stopped).
+        Err(rebuild::RebuildError::Poison {
+            position, reason, ..
+        }) => {
+            assert!(*position < orphan);
+            assert!(reason.contains(&conversation.to_string()), "{reason}");
+        }
+        other => panic!("the relational replay should stop at the orphan: {other:?}"),
+    }
+    assert_eq!(
+        support::checkpoint_of(&store, Kind::Relational).await,
+        relational_before,
+        "the failed projection's live checkpoint did not move"
+    );
+    let audit = outcome(Kind::Audit)
+        .as_ref()
+        .expect("the audit log replays");
+    assert_eq!(audit.position, orphan);
+    assert_eq!(support::checkpoint_of(&store, Kind::Audit).await, orphan);
+    let recorded = support::count(
+        &pool,
+        &format!("SELECT count(*) FROM audit.audit_logs WHERE resource_id = '{conversation}'"),
+    )
+    .await;
+    assert_eq!(recorded, 1, "the swapped-in audit log holds the orphan");
+}
