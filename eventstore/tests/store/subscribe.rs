@@ -25,18 +25,24 @@ async fn collect(subscription: &mut Subscription, count: usize) -> Vec<RecordedE
     seen
 }
 
-/// A store whose subscribers poll once an hour, so that only a notification
-/// (or a lost listener connection) wakes them within a test, and a task
-/// waiting for the size of its subscriber's first batch, given 200 ms to
-/// start waiting (if it starts later, its first read finds what was
-/// appended meanwhile, so a test still passes or fails on the same grounds).
-async fn waiting_subscriber(pool: PgPool) -> (EventStore, tokio::task::JoinHandle<usize>) {
+/// A store whose subscribers poll once an hour: only a notification (or a
+/// lost listener connection, or a look at held-back events) wakes them
+/// within a test.
+async fn polling_hourly(pool: PgPool) -> EventStore {
     crate::init_logging();
     let options = StoreOptions {
         poll_interval: Duration::from_secs(3600),
         ..StoreOptions::default()
     };
-    let store = EventStore::connect(pool, options).await.expect("store");
+    EventStore::connect(pool, options).await.expect("store")
+}
+
+/// A store whose subscribers poll once an hour (see [`polling_hourly`]), and a task
+/// waiting for the size of its subscriber's first batch, given 200 ms to
+/// start waiting (if it starts later, its first read finds what was
+/// appended meanwhile, so a test still passes or fails on the same grounds).
+async fn waiting_subscriber(pool: PgPool) -> (EventStore, tokio::task::JoinHandle<usize>) {
+    let store = polling_hourly(pool).await;
     let mut subscription = store.subscribe(Position::START).await;
     let waiter = tokio::spawn(async move { subscription.next_batch().await.expect("batch").len() });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -135,13 +141,7 @@ async fn transactions_ending_around_a_read_never_leave_a_subscriber_waiting(
         .connect_with(connect_options.clone())
         .await
         .expect("pool");
-    let options = StoreOptions {
-        poll_interval: Duration::from_secs(3600),
-        ..StoreOptions::default()
-    };
-    let store = EventStore::connect(pool.clone(), options)
-        .await
-        .expect("store");
+    let store = polling_hourly(pool.clone()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let churn = tokio::spawn({
         let stop = Arc::clone(&stop);
@@ -300,16 +300,9 @@ async fn batches_read_ahead_are_returned_together(pool: PgPool) {
 /// it commits.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_batch_holds_what_became_readable_before_it_was_asked_for(pool: PgPool) {
-    crate::init_logging();
     // Hourly polls, and held-back events looked at again at most every
     // 100 ms: only the request for a fresh read brings `late` in at once.
-    let options = StoreOptions {
-        poll_interval: Duration::from_secs(3600),
-        ..StoreOptions::default()
-    };
-    let store = EventStore::connect(pool.clone(), options)
-        .await
-        .expect("store");
+    let store = polling_hourly(pool.clone()).await;
     let mut subscription = store.subscribe(Position::START).await.with_batch_size(100);
     let first = appended(&store, request(Uuid::now_v7(), ExpectedVersion::Any, 1)).await;
     assert_eq!(
