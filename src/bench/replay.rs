@@ -4,7 +4,7 @@
 //!
 //! Both sides create the secondary indexes after loading the rows, and
 //! both use two connections at once: the replay runs the relational
-//! and the audit projection side by side (as `projection replay` does),
+//! and the audit projection side by side (as `copilot-data replay` does),
 //! the baseline COPYs the relational tables on one connection and the
 //! audit log on the other.
 
@@ -36,7 +36,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Vec<Fi
     let events = generate(&store, args.events).await?;
     sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
 
-    // The replay `copilot-data projection replay` runs: every SQL
+    // The replay `copilot-data replay` runs: every SQL
     // projection side by side, with a bar for each.
     let started = Instant::now();
     let reports = crate::ops::replay_all(&store, &Kind::ALL, events, REPLAY_BATCH).await;

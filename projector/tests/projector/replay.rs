@@ -215,7 +215,7 @@ async fn append_orphan_message(
     (stream_id, appended.position)
 }
 
-/// `projection replay` rebuilds every SQL projection at once, each in a
+/// `copilot-data replay` rebuilds every SQL projection at once, each in a
 /// task of its own: both are swapped in and equal a fresh rebuild; and
 /// when one of them meets an event it cannot apply, the other's swap
 /// stands while the failed one's live projection stays as it was.
