@@ -34,6 +34,11 @@ pub enum Operation {
     CommandService,
     /// Run the projector (read models and audit log) until SIGTERM or Ctrl-C.
     Projector,
+    /// Run the vector projection alone (embedding into the vector
+    /// collections) until SIGTERM or Ctrl-C: embedding in a process, or on
+    /// a host, of its own. Run the projector beside it with
+    /// COPILOT_PROJECTOR_VECTORS=false.
+    Embedder,
     /// Run the query API (HTTP, COPILOT_HTTP_ADDR) until SIGTERM or Ctrl-C.
     QueryService,
     /// Rebuild SQL projections from the start of the log. Without a limit

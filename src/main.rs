@@ -66,6 +66,14 @@ async fn run(command: Operation, settings: Settings) -> anyhow::Result<()> {
             let vectors = up::vector_config(&settings).await?;
             up::projector(settings, shutdown::signal(), vectors).await
         }
+        Operation::Embedder => {
+            let vectors = up::vector_config(&settings).await?.context(
+                "the vector projection is off (COPILOT_PROJECTOR_VECTORS=false): \
+                 an embedder has nothing to run",
+            )?;
+            let _metrics = up::serve_metrics(&settings).await?;
+            up::embedder(settings, shutdown::signal(), vectors).await
+        }
         Operation::QueryService => {
             let search = up::standalone_search(&settings)?;
             up::query_service(settings, shutdown::signal(), search).await

@@ -230,14 +230,30 @@ pub async fn projector(
     shutdown: impl Future<Output = ()> + Send,
     vectors: Option<projector::VectorConfig>,
 ) -> anyhow::Result<()> {
-    let store = open_store(&settings, Role::Projector).await?;
-    tracing::info!("projector running");
-    projector::run(
-        projector::ProjectorConfig::from_settings(&settings, vectors),
-        store.clone(),
-        shutdown,
-    )
-    .await?;
+    let config = projector::ProjectorConfig::from_settings(&settings, vectors);
+    run_projector(&settings, config, shutdown).await
+}
+
+/// The vector projection alone, in a process of its own (see
+/// [`projector::ProjectorConfig::embedder`]).
+pub async fn embedder(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+    vectors: projector::VectorConfig,
+) -> anyhow::Result<()> {
+    let config = projector::ProjectorConfig::embedder(&settings, vectors);
+    run_projector(&settings, config, shutdown).await
+}
+
+async fn run_projector(
+    settings: &Settings,
+    config: projector::ProjectorConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = open_store(settings, Role::Projector).await?;
+    tracing::info!(instance = %config.instance, projections = ?config.projections,
+        vectors = config.vectors.is_some(), "projector running");
+    projector::run(config, store.clone(), shutdown).await?;
     store.pool().close().await;
     Ok(())
 }

@@ -50,9 +50,15 @@ fn start_with(url: &str, redis_prefix: Option<&str>) -> Child {
 /// A projector running the SQL projections and the vector projection into
 /// the embedded store under `dir` (breakers under `prefix`).
 fn start_vectors(url: &str, dir: &std::path::Path, prefix: &str) -> Child {
+    start_role("projector", url, dir, prefix)
+}
+
+/// `copilot-data <role>` with the vector projection on, into the embedded
+/// store under `dir` (breakers under `prefix`).
+fn start_role(role: &str, url: &str, dir: &std::path::Path, prefix: &str) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_copilot-data"));
     command
-        .arg("projector")
+        .arg(role)
         .env("COPILOT_DATABASE_URL", url)
         .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
         .env("COPILOT_DATABASE_MAX_CONNECTIONS", "6")
@@ -69,7 +75,9 @@ fn start_vectors(url: &str, dir: &std::path::Path, prefix: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    command.spawn().expect("start copilot-data projector")
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start copilot-data {role}: {e}"))
 }
 
 /// Appends a generated history until told to stop.
@@ -229,8 +237,12 @@ async fn sigkill_mid_batch_many_times_loses_and_doubles_nothing(pool: PgPool) {
 }
 
 async fn holder(pool: &PgPool, kind: Kind) -> Option<String> {
+    holder_of(pool, kind.name()).await
+}
+
+async fn holder_of(pool: &PgPool, name: &str) -> Option<String> {
     sqlx::query_scalar("SELECT holder FROM projection_status WHERE name = $1")
-        .bind(kind.name())
+        .bind(name)
         .fetch_optional(pool)
         .await
         .expect("status")
@@ -380,6 +392,98 @@ async fn sigkill_during_vector_projection_leaves_every_point_once(pool: PgPool) 
         assert_eq!(count, ids.len(), "{collection}: no point twice");
     }
     drop(points);
+    let _ = std::fs::remove_dir_all(&dir);
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("clean up");
+}
+
+/// Embedding in a process of its own: `copilot-data embedder` leads the
+/// vector projection and nothing else, the projector beside it (without
+/// the vector projection) leads the others, and both catch up; killing the
+/// embedder stops no other projection. Without the vector projection an
+/// embedder refuses to start, saying why.
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn an_embedder_process_leads_the_vector_projection_alone(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let store = EventStore::connect(pool.clone(), StoreOptions::default())
+        .await
+        .expect("store");
+    let mut history = History::new(31);
+    for _ in 0..60 {
+        let request = history.next_append().expect("encode");
+        store.append(&request).await.expect("append");
+    }
+    let head = last_position(&store).await;
+    let dir = std::env::temp_dir().join(format!("copilot-embedder-{}", uuid::Uuid::new_v4()));
+    let prefix = format!("e{}:", uuid::Uuid::new_v4().simple());
+
+    // The embedder first: had it taken on any other projection, it would
+    // hold that one's lease before the projector starts.
+    let mut embedder = start_role("embedder", &url, &dir, &prefix);
+    let embedder_pid = embedder.id().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holder_of(&pool, "vectors").await.is_none() {
+        assert!(Instant::now() < deadline, "the embedder took no lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut projector = start(&url);
+    caught_up(&store).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while checkpoint::load(store.pool(), "vectors").await.expect("cp") != Some(head) {
+        assert!(Instant::now() < deadline, "the embedder did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        holder_of(&pool, "vectors").await,
+        Some(format!("embedder-{embedder_pid}"))
+    );
+    let projector_pid = projector.id().expect("running");
+    for kind in Kind::ALL {
+        assert_eq!(
+            holder(&pool, kind).await,
+            Some(format!("projector-{projector_pid}")),
+            "{} is led by the projector",
+            kind.name()
+        );
+    }
+
+    // Without its embedder the vector projection waits; the rest go on.
+    embedder.start_kill().expect("SIGKILL");
+    embedder.wait().await.expect("reaped");
+    for _ in 0..20 {
+        let request = history.next_append().expect("encode");
+        store.append(&request).await.expect("append");
+    }
+    caught_up(&store).await;
+    assert_eq!(
+        checkpoint::load(store.pool(), "vectors").await.expect("cp"),
+        Some(head)
+    );
+    projector.start_kill().expect("SIGKILL");
+    projector.wait().await.expect("reaped");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_copilot-data"))
+        .arg("embedder")
+        .env("COPILOT_DATABASE_URL", &url)
+        .env("COPILOT_MASTER_KEY", common::TEST_MASTER_KEY)
+        .env("COPILOT_METRICS_ADDR", "off")
+        .env("COPILOT_PROJECTOR_VECTORS", "false")
+        .env("COPILOT_LOG", "warn")
+        .output()
+        .await
+        .expect("run copilot-data embedder");
+    assert!(
+        !refused.status.success(),
+        "an embedder with nothing to run started"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("the vector projection is off"),
+        "the refusal says why: {said}"
+    );
+
     let _ = std::fs::remove_dir_all(&dir);
     infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
         .await

@@ -74,6 +74,20 @@ impl ProjectorConfig {
             ..ProjectorConfig::default()
         }
     }
+
+    /// The vector projection alone (`copilot-data embedder`): embedding in
+    /// a process of its own, on a host of its own if need be, cannot take
+    /// the CPU the other projections and the services need. The projector
+    /// beside it runs without the vector projection.
+    pub fn embedder(settings: &infra::Settings, vectors: VectorConfig) -> Self {
+        ProjectorConfig {
+            projections: Vec::new(),
+            instance: format!("embedder-{}", std::process::id()),
+            relay: None,
+            redis: None,
+            ..ProjectorConfig::from_settings(settings, Some(vectors))
+        }
+    }
 }
 
 enum Exit {
