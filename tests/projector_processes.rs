@@ -129,6 +129,26 @@ async fn caught_up(store: &EventStore) {
     }
 }
 
+/// Waits until the vector projection's checkpoint is `head`.
+async fn vectors_reach(store: &EventStore, head: Position) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while checkpoint::load(store.pool(), "vectors").await.expect("cp") != Some(head) {
+        assert!(
+            Instant::now() < deadline,
+            "the vector projection did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes a vector test's embedded store and Redis keys.
+async fn clean_up(dir: &std::path::Path, prefix: &str) {
+    let _ = std::fs::remove_dir_all(dir);
+    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", prefix)
+        .await
+        .expect("clean up");
+}
+
 async fn assert_verified(store: &EventStore) {
     let comparisons = rebuild::verify(store, &Kind::ALL, 1000, &|_| {})
         .await
@@ -363,14 +383,7 @@ async fn sigkill_during_vector_projection_leaves_every_point_once(pool: PgPool) 
 
     let mut projector = start_vectors(&url, &dir, &prefix);
     caught_up(&store).await;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while checkpoint::load(store.pool(), "vectors").await.expect("cp") != Some(head) {
-        assert!(
-            Instant::now() < deadline,
-            "the vector projection did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    vectors_reach(&store, head).await;
     // Killed once more: what it acknowledged must survive in the store.
     projector.start_kill().expect("SIGKILL");
     projector.wait().await.expect("reaped");
@@ -392,10 +405,7 @@ async fn sigkill_during_vector_projection_leaves_every_point_once(pool: PgPool) 
         assert_eq!(count, ids.len(), "{collection}: no point twice");
     }
     drop(points);
-    let _ = std::fs::remove_dir_all(&dir);
-    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
-        .await
-        .expect("clean up");
+    clean_up(&dir, &prefix).await;
 }
 
 /// Embedding in a process of its own: `copilot-data embedder` leads the
@@ -430,11 +440,7 @@ async fn an_embedder_process_leads_the_vector_projection_alone(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut projector = start(&url);
     caught_up(&store).await;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while checkpoint::load(store.pool(), "vectors").await.expect("cp") != Some(head) {
-        assert!(Instant::now() < deadline, "the embedder did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    vectors_reach(&store, head).await;
     assert_eq!(
         holder_of(&pool, "vectors").await,
         Some(format!("embedder-{embedder_pid}"))
@@ -484,8 +490,5 @@ async fn an_embedder_process_leads_the_vector_projection_alone(pool: PgPool) {
         "the refusal says why: {said}"
     );
 
-    let _ = std::fs::remove_dir_all(&dir);
-    infra::redis_conn::delete_prefix("redis://127.0.0.1:6379", &prefix)
-        .await
-        .expect("clean up");
+    clean_up(&dir, &prefix).await;
 }
