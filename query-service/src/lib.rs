@@ -204,7 +204,7 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
         .master_keys
         .clone()
         .map(|master| Arc::new(eventstore::data_keys::DataKeys::new(pool.clone(), master)));
-    let state = state::AppState {
+    let state = state::AppState::new(state::Shared {
         data_keys,
         db: Arc::new(db::Db {
             primary: pool.clone(),
@@ -224,7 +224,7 @@ pub async fn bind(config: QueryConfig, pool: PgPool) -> Result<Bound, ServeError
         health: Arc::new(health::Health { nats }),
         pubsub: config.redis.client().ok(),
         request_timeout: config.request_timeout,
-    };
+    });
     let tcp = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|source| ServeError::Bind {

@@ -20,8 +20,28 @@ use crate::search::Search;
 pub const POSITION_HEADER: HeaderName = HeaderName::from_static("x-projection-position");
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-cache");
 
+/// What every request shares, behind one `Arc`: axum clones the state for
+/// each extractor and middleware of every request, and a clone of the
+/// fields themselves (a Redis client's connection info, the rate limit's
+/// prefix) allocates.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub db: Arc<Db>,
     pub auth: Arc<Authenticator>,
     pub cache: Cache,
