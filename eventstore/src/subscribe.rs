@@ -39,8 +39,11 @@ pub struct Subscription {
 enum State {
     /// Not started: `with_batch_size` may still change the reader.
     Idle(Reader),
-    Running(tokio::sync::mpsc::Receiver<Result<Read, StoreError>>),
+    Running(Reads),
 }
+
+/// What the reading task sends.
+type Reads = tokio::sync::mpsc::Receiver<Result<Read, StoreError>>;
 
 /// One read of the reading task.
 struct Read {
@@ -152,22 +155,14 @@ impl Subscription {
         // which outlives this call: a caller that stops waiting (a `select!`
         // with a timer) loses nothing, and its next call goes on from there.
         let batching = &mut self.batching;
-        let mut full = batching.take_carried();
-        while !full {
-            match receiver.try_recv() {
-                Ok(read) => full = batching.join(read),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => full = batching.join(Err(StoreError::Closed)),
-            }
-        }
+        let mut full = batching.take_carried() || batching.join_waiting(receiver);
         if batching.events.is_empty() && !full {
             // Nothing was waiting: the next read is recent enough.
             while batching.events.is_empty() && !full {
-                full = batching.join(receiver.recv().await.unwrap_or(Err(StoreError::Closed)));
+                full = batching.join_next(receiver).await;
             }
-            while !full {
-                let Ok(read) = receiver.try_recv() else { break };
-                full = batching.join(read);
+            if !full {
+                batching.join_waiting(receiver);
             }
         } else if !full {
             if !batching.awaiting_fresh {
@@ -175,7 +170,7 @@ impl Subscription {
                 self.poke.notify_one();
             }
             while batching.awaiting_fresh && !full {
-                full = batching.join(receiver.recv().await.unwrap_or(Err(StoreError::Closed)));
+                full = batching.join_next(receiver).await;
             }
         }
         let batch = std::mem::take(&mut batching.events);
@@ -225,6 +220,28 @@ impl Batching {
             })),
             None => false,
         }
+    }
+
+    /// Joins every read already waiting in `reads`; true when the batch
+    /// is complete.
+    fn join_waiting(&mut self, reads: &mut Reads) -> bool {
+        loop {
+            let read = match reads.try_recv() {
+                Ok(read) => read,
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => Err(StoreError::Closed),
+            };
+            if self.join(read) {
+                return true;
+            }
+        }
+    }
+
+    /// Waits for the next read and joins it (a caller that stops waiting
+    /// loses nothing: `recv` takes nothing until it returns); true when the
+    /// batch is complete.
+    async fn join_next(&mut self, reads: &mut Reads) -> bool {
+        self.join(reads.recv().await.unwrap_or(Err(StoreError::Closed)))
     }
 
     /// Joins `read`; true when the batch is complete (full, or a failure
