@@ -129,16 +129,19 @@ async fn caught_up(store: &EventStore) {
     }
 }
 
-/// Waits until the vector projection's checkpoint is `head`.
-async fn vectors_reach(store: &EventStore, head: Position) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while checkpoint::load(store.pool(), "vectors").await.expect("cp") != Some(head) {
-        assert!(
-            Instant::now() < deadline,
-            "the vector projection did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits (up to `limit`) until checkpoint `name` is `head`.
+async fn reaches(store: &EventStore, name: &str, head: Position, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while checkpoint::load(store.pool(), name).await.expect("cp") != Some(head) {
+        assert!(Instant::now() < deadline, "{name} did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the vector projection's checkpoint is `head` (a batch of
+/// long messages takes seconds to embed).
+async fn vectors_reach(store: &EventStore, head: Position) {
+    reaches(store, "vectors", head, Duration::from_secs(240)).await;
 }
 
 /// Removes a vector test's embedded store and Redis keys.
@@ -220,14 +223,7 @@ async fn sigkill_mid_batch_many_times_loses_and_doubles_nothing(pool: PgPool) {
     let mut projector = start_with(&url, Some(&prefix));
     caught_up(&store).await;
     let head = last_position(&store).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint::load(store.pool(), "redis").await.expect("cp") != Some(head) {
-        assert!(
-            Instant::now() < deadline,
-            "the Redis projection did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reaches(&store, "redis", head, Duration::from_secs(60)).await;
     projector.start_kill().expect("SIGKILL");
     projector.wait().await.expect("reaped");
     assert_verified(&store).await;
