@@ -459,3 +459,28 @@ async fn a_set_append_that_loses_the_race_for_a_stream_runs_again(pool: PgPool) 
     assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(event_count(&pool).await, 5);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn large_payloads_are_stored_with_lz4_and_read_back_whole(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let stream = Uuid::now_v7();
+    let text = "a message long enough to be compressed. ".repeat(200);
+    let payload = rmp_serde::to_vec_named(&serde_json::json!({ "text": text })).expect("encode");
+    let mut large = request(stream, ExpectedVersion::NoStream, 0);
+    large.events.push(eventstore::NewEvent::new(
+        "thing_happened",
+        1,
+        payload.clone(),
+    ));
+    appended(&store, large).await;
+
+    let compression: Option<String> =
+        sqlx::query_scalar("SELECT pg_column_compression(payload) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("compression");
+    assert_eq!(compression.as_deref(), Some("lz4"));
+    let read = store.read_stream(stream, 1, 10).await.expect("read");
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].payload, payload);
+}
