@@ -197,6 +197,12 @@ pub async fn build(
     let mut projection = SqlProjection::new(kind, schema, PoisonPolicy::Stop);
     let mut position = Position::START;
     let mut applied = 0u64;
+    // A rebuild that stops for any reason starts again from an empty
+    // schema, so its batches need not wait for the WAL to reach the disk
+    // (a crash loses at most the last of them, and with them nothing
+    // anyone reads). The index build below commits as usual, which makes
+    // everything before it durable too.
+    run_sql(conn, "SET synchronous_commit = off").await?;
     let mut batches = read_ahead(store, Position::START, options.until, options.batch_size);
     while let Some(events) = batches.recv().await {
         let events = events?;
@@ -218,6 +224,7 @@ pub async fn build(
         applied += events.len() as u64;
         (options.progress)(applied);
     }
+    run_sql(conn, "RESET synchronous_commit").await?;
     create_indexes(conn, kind, schema).await?;
     Ok((
         projection,

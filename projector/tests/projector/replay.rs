@@ -289,3 +289,34 @@ async fn replaying_every_projection_at_once_swaps_each_on_its_own(pool: PgPool) 
     .await;
     assert_eq!(recorded, 1, "the swapped-in audit log holds the orphan");
 }
+
+/// A rebuild's batches commit without waiting for the WAL flush (it starts
+/// over after any failure); the connection must not keep that setting for
+/// what follows the build (the swap, a comparison, another build's end).
+#[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
+async fn a_rebuild_leaves_its_connection_committing_durably(pool: PgPool) {
+    let store = support::store(pool.clone()).await;
+    let mut history = History::new(21);
+    support::append(&store, &mut history, 300).await;
+    let mut conn = rebuild::connect(&store).await.expect("connect");
+    let (_, report) = rebuild::build(
+        &store,
+        &mut conn,
+        Kind::Relational,
+        "read_model_durable",
+        "relational@durable",
+        rebuild::BuildOptions {
+            until: Until::Head,
+            batch_size: 50,
+            progress: &|_| {},
+        },
+    )
+    .await
+    .expect("build");
+    assert!(report.events >= 300, "{report:?}");
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut conn)
+        .await
+        .expect("show");
+    assert_eq!(setting, "on");
+}
