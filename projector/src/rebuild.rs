@@ -195,14 +195,40 @@ pub async fn build(
     create_schema(conn, kind, schema).await?;
     checkpoint::delete(&mut *conn, checkpoint_name).await?;
     let mut projection = SqlProjection::new(kind, schema, PoisonPolicy::Stop);
-    let mut position = Position::START;
-    let mut applied = 0u64;
     // A rebuild that stops for any reason starts again from an empty
     // schema, so its batches need not wait for the WAL to reach the disk
     // (a crash loses at most the last of them, and with them nothing
-    // anyone reads). The index build below commits as usual, which makes
-    // everything before it durable too.
+    // anyone reads). The setting is reset whatever the outcome; the index
+    // build below commits as usual, which makes everything before it
+    // durable too.
     run_sql(conn, "SET synchronous_commit = off").await?;
+    let loaded = load(store, conn, &mut projection, kind, checkpoint_name, options).await;
+    let reset = run_sql(conn, "RESET synchronous_commit").await;
+    let (position, applied) = loaded?;
+    reset?;
+    create_indexes(conn, kind, schema).await?;
+    Ok((
+        projection,
+        BuildReport {
+            events: applied,
+            position,
+            elapsed: started.elapsed(),
+        },
+    ))
+}
+
+/// Applies the log from its start to `projection`, batch by batch, up to
+/// `options.until`. Returns the position reached and the events applied.
+async fn load(
+    store: &EventStore,
+    conn: &mut PgConnection,
+    projection: &mut SqlProjection,
+    kind: Kind,
+    checkpoint_name: &str,
+    options: BuildOptions<'_>,
+) -> Result<(Position, u64), RebuildError> {
+    let mut position = Position::START;
+    let mut applied = 0u64;
     let mut batches = read_ahead(store, Position::START, options.until, options.batch_size);
     while let Some(events) = batches.recv().await {
         let events = events?;
@@ -224,16 +250,7 @@ pub async fn build(
         applied += events.len() as u64;
         (options.progress)(applied);
     }
-    run_sql(conn, "RESET synchronous_commit").await?;
-    create_indexes(conn, kind, schema).await?;
-    Ok((
-        projection,
-        BuildReport {
-            events: applied,
-            position,
-            elapsed: started.elapsed(),
-        },
-    ))
+    Ok((position, applied))
 }
 
 /// Applies what the log holds after `position` to the projection's schema,

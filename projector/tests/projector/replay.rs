@@ -292,16 +292,38 @@ async fn replaying_every_projection_at_once_swaps_each_on_its_own(pool: PgPool) 
 
 /// A rebuild's batches commit without waiting for the WAL flush (it starts
 /// over after any failure); the connection must not keep that setting for
-/// what follows the build (the swap, a comparison, another build's end).
+/// what follows the build (the swap, a comparison, another build's end),
+/// whether the build succeeded or stopped at a poison event.
 #[sqlx::test(migrator = "infra::postgres::MIGRATOR")]
 async fn a_rebuild_leaves_its_connection_committing_durably(pool: PgPool) {
     let store = support::store(pool.clone()).await;
     let mut history = History::new(21);
     support::append(&store, &mut history, 300).await;
     let mut conn = rebuild::connect(&store).await.expect("connect");
-    let (_, report) = rebuild::build(
-        &store,
-        &mut conn,
+    let (_, report) = build_durable(&store, &mut conn).await.expect("build");
+    assert!(report.events >= 300, "{report:?}");
+    assert_eq!(synchronous_commit(&mut conn).await, "on", "after a build");
+
+    append_orphan_message(&store).await;
+    match build_durable(&store, &mut conn).await {
+        Err(rebuild::RebuildError::Poison { .. }) => {}
+        Err(other) => panic!("the build should stop at the orphan: {other}"),
+        Ok(_) => panic!("the build should stop at the orphan"),
+    }
+    assert_eq!(
+        synchronous_commit(&mut conn).await,
+        "on",
+        "after a failed build"
+    );
+}
+
+async fn build_durable(
+    store: &eventstore::EventStore,
+    conn: &mut sqlx::PgConnection,
+) -> Result<(projector::SqlProjection, rebuild::BuildReport), rebuild::RebuildError> {
+    rebuild::build(
+        store,
+        conn,
         Kind::Relational,
         "read_model_durable",
         "relational@durable",
@@ -312,11 +334,11 @@ async fn a_rebuild_leaves_its_connection_committing_durably(pool: PgPool) {
         },
     )
     .await
-    .expect("build");
-    assert!(report.events >= 300, "{report:?}");
-    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut conn)
+}
+
+async fn synchronous_commit(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(conn)
         .await
-        .expect("show");
-    assert_eq!(setting, "on");
+        .expect("show")
 }
